@@ -1,0 +1,1 @@
+"""The `biamat-engine` command line (Typer)."""

@@ -1,0 +1,25 @@
+"""The `biamat-engine` Typer app: one module per command, registered here."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="biamat-engine",
+    help="Biased multi-domain adversarial training (BiaMAT): prepare data, train, evaluate, benchmark.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Throughput benchmarks: print a table and write JSON.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def _register() -> None:
+    # Each command module adds itself to `app` (or `bench_app`) when imported.
+    from cli import train_cmd  # noqa: F401
+
+
+def main() -> None:
+    _register()
+    app()

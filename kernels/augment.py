@@ -1,0 +1,26 @@
+"""Padded random crop + horizontal flip of a uint8 batch into float channels-last."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def crop_flip_torch(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """images (B, H, W, 3) uint8; offsets (B, 2) int64 (dy, dx) in [0, 2*pad]; flips (B,) bool.
+
+    Returns (B, 3, H, W) float32 in [0, 1], channels_last: crop of the zero-padded image at
+    (dy, dx), mirrored left-right where flips is set."""
+    b, h, w, c = images.shape
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
+    x = F.pad(x, (pad, pad, pad, pad))
+    rows = offsets[:, 0, None] + torch.arange(h, device=images.device)  # (B, H)
+    cols = offsets[:, 1, None] + torch.arange(w, device=images.device)  # (B, W)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    bi = torch.arange(b, device=images.device)[:, None, None]
+    out = x.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]  # (B, H, W, 3)
+    return out.permute(0, 3, 1, 2)  # channels_last view of a contiguous NHWC tensor
+
+
+def crop_flip(images, offsets, flips, pad: int = 4, impl: str = "auto") -> torch.Tensor:
+    return crop_flip_torch(images, offsets, flips, pad)

@@ -1,0 +1,78 @@
+"""The two records that cross the loader boundary: a decoded dataset and a training batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class ArrayDataset:
+    """A whole image-classification split held in host memory.
+
+    Every source decodes into this, the .beton writer consumes it, and the resident and DALI
+    backends are fed from it.
+    """
+
+    images: np.ndarray
+    """(N, H, W, 3) uint8, RGB, height-width-channel as the publishers ship pixels."""
+    labels: np.ndarray
+    """(N,) int64 in [0, num_classes)."""
+    class_names: list[str]
+    """One name per class; its length is the class count."""
+    name: str = "dataset"
+    """Short name used in logs and manifests (`cifar10`, `shapes-aux`, ...)."""
+    meta: dict = field(default_factory=dict)
+    """Free-form facts worth keeping in a manifest (split, related classes, checksums)."""
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
+            raise ValueError(
+                f"{self.name}: images must be (N, H, W, 3) uint8, got "
+                f"{self.images.shape} {self.images.dtype}"
+            )
+        if self.labels.shape != (len(self.images),):
+            raise ValueError(
+                f"{self.name}: {len(self.images)} images but labels have shape {self.labels.shape}"
+            )
+        self.labels = self.labels.astype(np.int64, copy=False)
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
+            raise ValueError(
+                f"{self.name}: labels must lie in [0, {self.num_classes}), found "
+                f"[{self.labels.min()}, {self.labels.max()}]; check the class list"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index: np.ndarray, name: str | None = None) -> "ArrayDataset":
+        return ArrayDataset(
+            self.images[index], self.labels[index], list(self.class_names),
+            name or self.name, dict(self.meta),
+        )
+
+
+@dataclass
+class Batch:
+    """What every loader backend yields, already on the training device."""
+
+    x_pri: torch.Tensor
+    """(B, 3, H, W) float in [0, 1], channels_last."""
+    y_pri: torch.Tensor
+    """(B,) int64 primary labels."""
+    x_aux: torch.Tensor
+    """(Ba, 3, H, W) float in [0, 1], channels_last; Ba may be 0 when there is no aux data."""
+    y_aux: torch.Tensor
+    """(Ba,) int64 labels in each auxiliary dataset's own classes."""
+    aux_source: torch.Tensor
+    """(Ba,) int64 index of the auxiliary dataset each sample came from; sorted ascending."""
