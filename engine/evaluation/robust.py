@@ -1,0 +1,70 @@
+"""Accuracy under an attack, batch by batch: the loop the trainer and `eval` share."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from engine.attacks import pgd
+
+_ATTACK = re.compile(r"^(clean|pgd|cw)(\d*)$")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One white-box attack of the evaluation: `clean`, `pgdK` (CE) or `cwK` (margin, kappa 50)."""
+
+    kind: str
+    steps: int = 0
+
+    @property
+    def name(self) -> str:
+        return "clean" if self.kind == "clean" else f"{self.kind}{self.steps}"
+
+
+def parse_attack(name: str) -> AttackSpec:
+    """`clean`, `pgd20`, `cw100` -> AttackSpec; anything else is an error naming the forms."""
+    match = _ATTACK.match(name.strip().lower())
+    if not match or (match.group(1) != "clean" and not match.group(2)):
+        raise ValueError(f"unknown attack {name!r}: expected clean, pgdK or cwK (e.g. pgd100, cw100)")
+    kind, steps = match.group(1), int(match.group(2) or 0)
+    if kind != "clean" and steps < 1:
+        raise ValueError(f"attack {name!r} needs at least one step")
+    return AttackSpec(kind, steps)
+
+
+def accuracy(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    attack: AttackSpec | str = "clean",
+    *,
+    eps: float = 8 / 255,
+    step_size: float = 2 / 255,
+    batch_size: int = 256,
+    random_start: bool = True,
+    kernel_impl: str = "auto",
+) -> tuple[int, int]:
+    """(correct, total) of `model` on (images, labels) under `attack`, model in eval mode.
+
+    images: (N, 3, H, W) float in [0, 1] on the model's device (any memory format).
+    """
+    spec = parse_attack(attack) if isinstance(attack, str) else attack
+    correct = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(images), batch_size):
+            x, y = images[start:start + batch_size], labels[start:start + batch_size]
+            if spec.kind != "clean":
+                x = pgd(model, x, y, eps=eps, step_size=step_size, steps=spec.steps,
+                        loss="ce" if spec.kind == "pgd" else "cw", random_start=random_start,
+                        mode="eval", kernel_impl=kernel_impl)
+            with torch.no_grad():
+                correct += int((model(x).argmax(1) == y).sum())
+    finally:
+        model.train(was_training)
+    return correct, len(images)
