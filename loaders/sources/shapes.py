@@ -1,0 +1,302 @@
+"""The built-in `shapes` datasets: a 10-class primary set and a 20-class auxiliary set.
+
+Generated from a seed with numpy alone, so the demo and the tests need no download.
+
+- primary: ten geometric shapes (circle, square, triangle, ...) at a random position, scale,
+  small rotation, random foreground and background colours, a background gradient and pixel
+  noise. A small CNN learns them, but colour and position carry no label information.
+- aux: twenty classes. The first ten are *related*: the primary's shapes again, drawn in
+  another domain (striped fill, smooth-noise background), so they share the primary's robust
+  shape features. The last ten are *unrelated* textures (checkerboards, stripes at random
+  angles, smooth noise, gradients, ...) that contain none of the shapes. `meta["related"]`
+  records which is which, in class order; this is what BiaMAT's confidence test should find.
+
+Every image is rendered as whole-array numpy operations per class (no per-pixel loops);
+10k 32x32 images take about a second.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from loaders.types import ArrayDataset
+
+SHAPE_NAMES = [
+    "circle", "square", "triangle", "cross", "ring",
+    "horizontal-bar", "vertical-bar", "diamond", "plus", "star",
+]
+TEXTURE_NAMES = [
+    "checker", "stripes", "plaid", "zigzag", "smooth-noise",
+    "white-noise", "gradient", "blocks", "speckle", "waves",
+]
+KINDS = ("primary", "aux")
+SPLITS = ("train", "test")
+DEFAULT_N = {("primary", "train"): 5000, ("primary", "test"): 1000,
+             ("aux", "train"): 5000, ("aux", "test"): 1000}
+
+# Seeds are derived from (seed, kind, split) so train and test never share images.
+_KIND_ID = {"primary": 0, "aux": 1}
+_SPLIT_ID = {"train": 0, "test": 1}
+
+# Rotations stay small so that the axis-aligned pairs (square/diamond, plus/cross,
+# horizontal/vertical bar) remain distinct classes.
+_MAX_ROTATION = np.pi / 12
+_NOISE_STD = 0.06
+
+
+def class_names(kind: str) -> list[str]:
+    """Class names of a `shapes` set, in label order."""
+    _check_kind(kind)
+    if kind == "primary":
+        return list(SHAPE_NAMES)
+    return [f"{s}-textured" for s in SHAPE_NAMES] + [f"texture-{t}" for t in TEXTURE_NAMES]
+
+
+def make_shapes(kind: str = "primary", split: str = "train", n: int | None = None,
+                size: int = 32, seed: int = 0) -> ArrayDataset:
+    """Generates one split of a `shapes` set; the same arguments give identical arrays.
+
+    kind: "primary" (10 shape classes) or "aux" (10 related + 10 unrelated classes).
+    n: number of images (default 5000 for train, 1000 for test); classes are balanced
+    (counts differ by at most one) and shuffled.
+    """
+    _check_kind(kind)
+    if split not in SPLITS:
+        raise ValueError(f"shapes: unknown split {split!r}; expected one of {SPLITS}")
+    if n is None:
+        n = DEFAULT_N[(kind, split)]
+    if n < 0 or size < 8:
+        raise ValueError(f"shapes: need n >= 0 and size >= 8, got n={n}, size={size}")
+
+    rng = np.random.default_rng([seed, _KIND_ID[kind], _SPLIT_ID[split]])
+    names = class_names(kind)
+    labels = rng.permutation(np.arange(n) % len(names)).astype(np.int64)
+    images = np.empty((n, size, size, 3), np.uint8)
+    grid = _grid(size)
+    for label, name in enumerate(names):
+        index = np.flatnonzero(labels == label)
+        if len(index) == 0:
+            continue
+        images[index] = _to_uint8(_render(kind, label, len(index), grid, rng), rng)
+
+    related = [i < len(SHAPE_NAMES) for i in range(len(names))] if kind == "aux" else []
+    meta = {"kind": kind, "split": split, "seed": seed, "size": size, "generator": "shapes"}
+    if kind == "aux":
+        meta["related"] = related
+        meta["related_to"] = [SHAPE_NAMES[i] if r else None for i, r in enumerate(related)]
+    return ArrayDataset(images, labels, names, name=f"shapes-{kind}", meta=meta)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"shapes: unknown kind {kind!r}; expected one of {KINDS}")
+
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel centres in [-1, 1]: ys (S, 1) and xs (1, S), broadcastable to (m, S, S)."""
+    g = ((np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1)
+    return g[:, None], g[None, :]
+
+
+def _to_uint8(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(m, S, S, 3) float -> uint8 with pixel noise, so no two images are exactly alike."""
+    noisy = image + rng.normal(0.0, _NOISE_STD, image.shape).astype(np.float32)
+    return (np.clip(noisy, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _render(kind: str, label: int, m: int, grid, rng: np.random.Generator) -> np.ndarray:
+    """(m, S, S, 3) float32 images of one class."""
+    if kind == "primary":
+        return _render_shape(SHAPE_NAMES[label], m, grid, rng, textured=False)
+    if label < len(SHAPE_NAMES):
+        return _render_shape(SHAPE_NAMES[label], m, grid, rng, textured=True)
+    return _TEXTURES[TEXTURE_NAMES[label - len(SHAPE_NAMES)]](m, grid, rng)
+
+
+# ---------------------------------------------------------------- shapes
+# Each mask takes shape-local coordinates u (right), v (down), scaled so the shape spans
+# roughly [-1, 1], and returns a boolean (m, S, S) mask.
+
+def _mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    au, av = np.abs(u), np.abs(v)
+    if name == "circle":
+        return u * u + v * v < 0.8
+    if name == "square":
+        return np.maximum(au, av) < 0.75
+    if name == "triangle":  # apex up at v=-0.9, base at v=0.65
+        return (v < 0.65) & (au < 0.95 * (v + 0.9) / 1.55)
+    if name == "cross":  # diagonal X
+        return (np.minimum(np.abs(u - v), np.abs(u + v)) < 0.32) & (np.maximum(au, av) < 0.85)
+    if name == "ring":
+        d = np.sqrt(u * u + v * v)
+        return (d > 0.55) & (d < 0.95)
+    if name == "horizontal-bar":
+        return (au < 0.95) & (av < 0.3)
+    if name == "vertical-bar":
+        return (au < 0.3) & (av < 0.95)
+    if name == "diamond":
+        return au + av < 1.0
+    if name == "plus":
+        return ((au < 0.22) & (av < 0.95)) | ((av < 0.22) & (au < 0.95))
+    if name == "star":  # five lobes, one pointing up
+        d = np.sqrt(u * u + v * v)
+        theta = np.arctan2(u, -v)
+        return d < 0.5 + 0.45 * np.cos(5 * theta)
+    raise KeyError(name)
+
+
+def _local_coords(m: int, grid, rng: np.random.Generator):
+    """Random centre, scale and small rotation per image -> u, v of shape (m, S, S)."""
+    ys, xs = grid
+    cy, cx = (rng.uniform(-0.25, 0.25, (2, m, 1, 1))).astype(np.float32)
+    scale = rng.uniform(0.45, 0.7, (m, 1, 1)).astype(np.float32)
+    angle = rng.uniform(-_MAX_ROTATION, _MAX_ROTATION, (m, 1, 1)).astype(np.float32)
+    dy, dx = ys - cy, xs - cx
+    cos, sin = np.cos(angle), np.sin(angle)
+    u = (cos * dx + sin * dy) / scale
+    v = (-sin * dx + cos * dy) / scale
+    return u, v
+
+
+def _render_shape(name: str, m: int, grid, rng: np.random.Generator, textured: bool) -> np.ndarray:
+    u, v = _local_coords(m, grid, rng)
+    mask = _mask(name, u, v)[..., None].astype(np.float32)  # (m, S, S, 1)
+    fg, bg = _contrasting_colours(m, rng)
+    if textured:
+        # Another domain, same geometry: striped fill over a smooth-noise background.
+        fill = fg * (0.55 + 0.45 * _grating(m, grid, rng, 2.0, 5.0)[..., None])
+        bg2 = rng.uniform(0, 1, (m, 1, 1, 3)).astype(np.float32)
+        blend = _smooth_noise(m, grid[0].shape[0], rng, cells=4)[..., None]
+        background = bg * (1 - blend) + bg2 * blend
+        # Keep the shape legible against the busy background.
+        background = 0.5 * background + 0.5 * bg
+    else:
+        fill = np.broadcast_to(fg, mask.shape[:3] + (3,))
+        background = bg + 0.15 * _linear_ramp(m, grid, rng)[..., None]
+    return background * (1 - mask) + fill * mask
+
+
+def _contrasting_colours(m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground and background colours (m, 1, 1, 3) whose luminances differ by >= 0.3."""
+    fg = rng.uniform(0, 1, (m, 3)).astype(np.float32)
+    bg = rng.uniform(0, 1, (m, 3)).astype(np.float32)
+    lum = np.array([0.299, 0.587, 0.114], np.float32)
+    diff = fg @ lum - bg @ lum
+    push = np.where(fg @ lum > 0.5, -0.45, 0.45).astype(np.float32)
+    bg = np.where((np.abs(diff) < 0.3)[:, None], np.clip(fg + push[:, None], 0, 1), bg)
+    return fg[:, None, None, :], bg[:, None, None, :]
+
+
+# ---------------------------------------------------------------- fields and textures
+
+def _linear_ramp(m: int, grid, rng: np.random.Generator) -> np.ndarray:
+    """(m, S, S) in [-1, 1]: a linear ramp along a random direction."""
+    ys, xs = grid
+    angle = rng.uniform(0, 2 * np.pi, (m, 1, 1)).astype(np.float32)
+    return (np.cos(angle) * xs + np.sin(angle) * ys) / np.sqrt(2)
+
+
+def _grating(m: int, grid, rng, freq_lo: float, freq_hi: float) -> np.ndarray:
+    """(m, S, S) in [0, 1]: a sine grating at a random angle, frequency (cycles per image
+    half-width) and phase."""
+    ys, xs = grid
+    angle = rng.uniform(0, np.pi, (m, 1, 1)).astype(np.float32)
+    freq = rng.uniform(freq_lo, freq_hi, (m, 1, 1)).astype(np.float32)
+    phase = rng.uniform(0, 2 * np.pi, (m, 1, 1)).astype(np.float32)
+    t = np.cos(angle) * xs + np.sin(angle) * ys
+    return 0.5 + 0.5 * np.sin(np.pi * freq * t + phase)
+
+
+def _smooth_noise(m: int, size: int, rng, cells: int, channels: int = 0) -> np.ndarray:
+    """Bilinear upsampling of a (cells x cells) random field: (m, S, S) or (m, S, S, C)."""
+    shape = (m, cells, cells) + ((channels,) if channels else ())
+    low = rng.uniform(0, 1, shape).astype(np.float32)
+    # Interpolation matrix (S, cells): each output row mixes its two nearest low-res rows.
+    pos = np.clip((np.arange(size) + 0.5) / size * cells - 0.5, 0, cells - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, cells - 1)
+    w = (pos - lo).astype(np.float32)
+    interp = np.zeros((size, cells), np.float32)
+    np.add.at(interp, (np.arange(size), lo), 1 - w)
+    np.add.at(interp, (np.arange(size), hi), w)
+    if channels:
+        return np.einsum("ij,mjkc,lk->milc", interp, low, interp, optimize=True)
+    return np.einsum("ij,mjk,lk->mil", interp, low, interp, optimize=True)
+
+
+def _two_colour(pattern: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Maps a (m, S, S) pattern in [0, 1] between two random contrasting colours."""
+    c1, c2 = _contrasting_colours(len(pattern), rng)
+    p = pattern[..., None]
+    return c1 * (1 - p) + c2 * p
+
+
+def _checker(m, grid, rng):
+    size = grid[0].shape[0]
+    cell = rng.integers(2, max(3, size // 4) + 1, (m, 1, 1))
+    off = rng.integers(0, size, (2, m, 1, 1))
+    r, c = np.arange(size)[:, None], np.arange(size)[None, :]
+    return _two_colour((((r + off[0]) // cell + (c + off[1]) // cell) % 2).astype(np.float32), rng)
+
+
+def _stripes(m, grid, rng):
+    return _two_colour((_grating(m, grid, rng, 2.0, 6.0) > 0.5).astype(np.float32), rng)
+
+
+def _plaid(m, grid, rng):
+    return _two_colour(0.5 * (_grating(m, grid, rng, 2.0, 5.0) + _grating(m, grid, rng, 2.0, 5.0)), rng)
+
+
+def _zigzag(m, grid, rng):
+    ys, xs = grid
+    freq = rng.uniform(3.0, 6.0, (m, 1, 1)).astype(np.float32)
+    amp = rng.uniform(0.5, 1.5, (m, 1, 1)).astype(np.float32)
+    wobble = rng.uniform(4.0, 8.0, (m, 1, 1)).astype(np.float32)
+    wave = np.sin(np.pi * freq * ys + amp * np.sin(np.pi * wobble * xs))
+    # Half the images run the other way, so orientation alone does not name the class.
+    wave = np.where(rng.random((m, 1, 1)) < 0.5, wave, np.swapaxes(wave, 1, 2))
+    return _two_colour((wave > 0).astype(np.float32), rng)
+
+
+def _smooth(m, grid, rng):
+    size = grid[0].shape[0]
+    cells = int(rng.integers(3, 7))
+    return _smooth_noise(m, size, rng, cells=cells, channels=3)
+
+
+def _white_noise(m, grid, rng):
+    size = grid[0].shape[0]
+    base = rng.uniform(0.2, 0.8, (m, 1, 1, 3)).astype(np.float32)
+    return base + rng.uniform(-0.35, 0.35, (m, size, size, 3)).astype(np.float32)
+
+
+def _gradient(m, grid, rng):
+    return _two_colour(0.5 + 0.5 * _linear_ramp(m, grid, rng) * np.sqrt(2), rng)
+
+
+def _blocks(m, grid, rng):
+    size = grid[0].shape[0]
+    block = 4 if size % 4 == 0 else 1
+    low = rng.uniform(0, 1, (m, size // block + 1, size // block + 1, 3)).astype(np.float32)
+    return low.repeat(block, 1).repeat(block, 2)[:, :size, :size]
+
+
+def _speckle(m, grid, rng):
+    size = grid[0].shape[0]
+    base = rng.uniform(0.15, 0.85, (m, 1, 1, 3)).astype(np.float32)
+    spots = rng.random((m, size, size, 1)) < 0.08
+    shade = np.where(rng.random((m, size, size, 1)) < 0.5, -0.5, 0.5).astype(np.float32)
+    return base + spots * shade
+
+
+def _waves(m, grid, rng):
+    return _two_colour(_grating(m, grid, rng, 1.5, 4.0) * _grating(m, grid, rng, 1.5, 4.0), rng)
+
+
+_TEXTURES: dict[str, Callable[..., np.ndarray]] = {
+    "checker": _checker, "stripes": _stripes, "plaid": _plaid, "zigzag": _zigzag,
+    "smooth-noise": _smooth, "white-noise": _white_noise, "gradient": _gradient,
+    "blocks": _blocks, "speckle": _speckle, "waves": _waves,
+}
