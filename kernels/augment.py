@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels.dispatch import resolve
+
 
 def crop_flip_torch(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = 4) -> torch.Tensor:
     """images (B, H, W, 3) uint8; offsets (B, 2) int64 (dy, dx) in [0, 2*pad]; flips (B,) bool.
@@ -23,4 +25,22 @@ def crop_flip_torch(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Te
 
 
 def crop_flip(images, offsets, flips, pad: int = 4, impl: str = "auto") -> torch.Tensor:
-    return crop_flip_torch(images, offsets, flips, pad)
+    """The reference's semantics in one pass over the batch (see crop_flip_torch). The fast
+    kernels treat offsets outside [0, 2*pad] as reaching further into the zero padding."""
+    if images.dim() != 4 or images.shape[3] != 3 or images.dtype != torch.uint8:
+        raise ValueError(f"images must be a uint8 (B, H, W, 3) batch, got {images.dtype} {tuple(images.shape)}")
+    b = images.shape[0]
+    if tuple(offsets.shape) != (b, 2) or offsets.is_floating_point():
+        raise ValueError(f"offsets must be integer (dy, dx) pairs of shape ({b}, 2), got {offsets.dtype} {tuple(offsets.shape)}")
+    if tuple(flips.shape) != (b,) or flips.dtype != torch.bool:
+        raise ValueError(f"flips must be a bool tensor of shape ({b},), got {flips.dtype} {tuple(flips.shape)}")
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    name = resolve(impl, images)
+    if name == "torch":
+        return crop_flip_torch(images, offsets, flips, pad)
+    if name == "triton":
+        from kernels import _triton_augment as backend
+    else:
+        from kernels import _numba_augment as backend
+    return backend.crop_flip(images, offsets, flips, pad)

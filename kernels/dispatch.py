@@ -1,0 +1,84 @@
+"""Which implementation of a kernel runs: triton, numba or the plain-torch reference.
+
+`auto` picks Triton for CUDA tensors (when triton imports), numba for CPU tensors (when numba
+imports) and the torch reference otherwise. The environment variable BIAMAT_KERNELS, set to an
+implementation name, overrides every call, including calls that name an implementation, so one
+switch can force the reference everywhere while a fast kernel is under suspicion.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+IMPLS = ("triton", "numba", "torch")
+CHOICES = ("auto",) + IMPLS
+ENV_VAR = "BIAMAT_KERNELS"
+
+_INSTALL_HINT = {
+    "triton": "install it with `pip install triton` (CUDA builds of torch bring it)",
+    "numba": "install it with `pip install numba`",
+}
+
+
+@functools.cache
+def available(name: str) -> bool:
+    """True when the optional package `name` imports (checked once per process)."""
+    try:
+        importlib.import_module(name)
+    except Exception:  # a broken install (missing CUDA libs, ABI mismatch) counts as absent
+        return False
+    return True
+
+
+def triton_interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _requested(impl: str) -> str:
+    forced = os.environ.get(ENV_VAR, "").strip().lower()
+    if forced and forced != "auto":
+        if forced not in IMPLS:
+            raise ValueError(f"{ENV_VAR}={forced!r} is not a kernel implementation; expected one of {CHOICES}")
+        return forced
+    if impl not in CHOICES:
+        raise ValueError(f"impl={impl!r} is not a kernel implementation; expected one of {CHOICES}")
+    return impl
+
+
+def _auto(device: torch.device) -> str:
+    if device.type == "cuda" and available("triton"):
+        return "triton"
+    if device.type == "cpu" and available("numba"):
+        return "numba"
+    return "torch"
+
+
+def _check_usable(name: str, device: torch.device) -> None:
+    if name == "torch":
+        return
+    if not available(name):
+        raise ModuleNotFoundError(f"kernel implementation {name!r} needs the package {name!r}: {_INSTALL_HINT[name]}")
+    if name == "numba" and device.type != "cpu":
+        raise ValueError(
+            f"numba kernels run on CPU tensors, got a tensor on {device}; use impl='triton' or impl='torch' "
+            f"(or unset {ENV_VAR})"
+        )
+    if name == "triton" and device.type != "cuda" and not (device.type == "cpu" and triton_interpreter_on()):
+        raise ValueError(
+            f"Triton kernels run on CUDA tensors, got a tensor on {device}; set TRITON_INTERPRET=1 to run them on "
+            f"CPU through Triton's interpreter (slow, for tests) or use impl='numba' or impl='torch'"
+        )
+
+
+def resolve(impl: str, tensor: torch.Tensor) -> str:
+    """The implementation that a kernel called with `impl` on `tensor` runs: 'triton', 'numba' or
+    'torch'. Raises with the fix when the requested one cannot run on that tensor's device."""
+    name = _requested(impl)
+    if name == "auto":
+        name = _auto(tensor.device)
+    _check_usable(name, tensor.device)
+    return name
