@@ -1,0 +1,113 @@
+"""Resolving dataset specs to arrays, and datasets to streams through a named backend.
+
+A dataset spec is one of:
+
+- `shapes:primary` or `shapes:aux`, optionally with generator options after a `?`, joined
+  by `&`: `shapes:aux?n=2000&size=32&seed=3` (options: n, size, seed; see
+  `loaders.sources.shapes.make_shapes`);
+- a path to a `.beton` file written by `biamat-engine prepare`;
+- a path to a `.npz` file with arrays `images` (N, H, W, 3) uint8 and `labels` (N,) int, and
+  optionally `class_names` (otherwise the classes are named "0", "1", ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from loaders.stream import ImageStream
+from loaders.types import ArrayDataset
+
+BACKENDS = ("resident", "ffcv", "dali")
+SPEC_FORMS = ("shapes:primary", "shapes:aux", "shapes:KIND?n=N&size=S&seed=K",
+              "PATH.beton", "PATH.npz")
+_SHAPES_OPTIONS = ("n", "size", "seed")
+
+
+def open_dataset(spec: str, split: str) -> ArrayDataset:
+    """The `split` ("train" or "test") of the dataset `spec` names, decoded into host memory.
+
+    `split` selects the generated split for `shapes` specs; files hold one split each, so
+    for them it is only recorded in `meta` when the file does not say.
+    """
+    if spec.startswith("shapes:"):
+        return _open_shapes(spec, split)
+    path = Path(spec)
+    if path.suffix in (".beton", ".npz") and not path.is_file():
+        raise ValueError(f"dataset {spec!r}: no such file; write it with `biamat-engine prepare` "
+                         f"or check the path")
+    if path.suffix == ".beton":
+        from loaders.beton import read_beton  # the FFCV-format reader; heavy, so loaded here
+        return read_beton(path)
+    if path.suffix == ".npz":
+        return _open_npz(path, split)
+    raise ValueError(f"dataset {spec!r}: not a recognised spec; expected one of "
+                     f"{', '.join(SPEC_FORMS)}")
+
+
+def _open_shapes(spec: str, split: str) -> ArrayDataset:
+    from loaders.sources.shapes import KINDS, make_shapes
+
+    kind, _, query = spec.removeprefix("shapes:").partition("?")
+    if kind not in KINDS:
+        raise ValueError(f"dataset {spec!r}: unknown shapes kind {kind!r}; expected "
+                         f"shapes:primary or shapes:aux")
+    options: dict[str, int] = {}
+    for item in filter(None, query.split("&")):
+        key, eq, value = item.partition("=")
+        if key not in _SHAPES_OPTIONS or not eq:
+            raise ValueError(f"dataset {spec!r}: bad option {item!r}; expected key=value with "
+                             f"key in {_SHAPES_OPTIONS}, e.g. shapes:aux?n=2000&seed=3")
+        try:
+            options[key] = int(value)
+        except ValueError:
+            raise ValueError(f"dataset {spec!r}: option {key} must be an integer, got {value!r}")
+    return make_shapes(kind, split, **options)
+
+
+def _open_npz(path: Path, split: str) -> ArrayDataset:
+    with np.load(path, allow_pickle=False) as data:
+        missing = [k for k in ("images", "labels") if k not in data.files]
+        if missing:
+            raise ValueError(f"dataset {str(path)!r}: missing array(s) {missing}; a .npz dataset "
+                             f"needs images (N, H, W, 3) uint8 and labels (N,)")
+        images, labels = data["images"], data["labels"]
+        if "class_names" in data.files:
+            names = [str(c) for c in data["class_names"]]
+        else:
+            names = [str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0)]
+    return ArrayDataset(images, labels, names, name=path.stem,
+                        meta={"source": str(path), "split": split})
+
+
+def make_stream(dataset: ArrayDataset | str, *, backend: str, batch_size: int, device,
+                train: bool, seed: int, drop_last: bool = False, rank: int = 0,
+                world_size: int = 1, split: str | None = None, **backend_options) -> ImageStream:
+    """An `ImageStream` over `dataset` (an `ArrayDataset` or a spec for `open_dataset`) through
+    `backend`. `split` picks the split of a spec (default: train when `train`, else test);
+    `backend_options` go to the backend (e.g. `pad`, `kernel_impl` for resident)."""
+    common = dict(batch_size=batch_size, device=device, train=train, seed=seed,
+                  drop_last=drop_last, rank=rank, world_size=world_size, **backend_options)
+    split = split or ("train" if train else "test")
+    if backend == "resident":
+        from loaders.backends.resident import ResidentStream
+
+        if isinstance(dataset, str):
+            dataset = open_dataset(dataset, split)
+        return ResidentStream(dataset, **common)
+    if backend == "ffcv":
+        if not (isinstance(dataset, (str, Path)) and str(dataset).endswith(".beton")):
+            shown = dataset if isinstance(dataset, str) else f"in-memory dataset {dataset.name!r}"
+            raise ValueError(f"the ffcv backend reads .beton files, got {shown}; write one with "
+                             f"`biamat-engine prepare` or use --loader resident")
+        from loaders.backends.ffcv_backend import FfcvStream
+
+        return FfcvStream(str(dataset), **common)
+    if backend == "dali":
+        from loaders.backends.dali_backend import DaliStream
+
+        if isinstance(dataset, str):
+            dataset = open_dataset(dataset, split)
+        return DaliStream(dataset, **common)
+    raise ValueError(f"unknown loader backend {backend!r}; choose one of {', '.join(BACKENDS)}")
