@@ -90,7 +90,7 @@ class PairedStream:
                 x_aux = x_pri.new_empty((0,) + tuple(x_pri.shape[1:]))
                 y_aux = y_pri.new_empty((0,))
                 aux_source = y_pri.new_empty((0,))
-            yield Batch(x_pri, y_pri, x_aux, y_aux, aux_source)
+            yield Batch(x_pri, y_pri, x_aux, y_aux, aux_source, tuple(len(y) for y in ys))
 
     def state_dict(self) -> dict:
         return {

@@ -76,3 +76,5 @@ class Batch:
     """(Ba,) int64 labels in each auxiliary dataset's own classes."""
     aux_source: torch.Tensor
     """(Ba,) int64 index of the auxiliary dataset each sample came from; sorted ascending."""
+    aux_sizes: tuple[int, ...] = ()
+    """Samples of each auxiliary dataset, in order (known on the host: no device sync)."""

@@ -1,0 +1,359 @@
+"""The one configuration tree of a run: built from a preset or TOML plus overrides, stored with it.
+
+Each field carries its documentation; `__post_init__` checks values so a bad setting fails at
+start-up with the field's name, not hours later. `resolve_runtime` fills the `auto` fields from
+the device once, and the resolved tree is what `config.toml` and every checkpoint record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from fractions import Fraction
+from importlib import resources
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is wrong; the message names the key and the fix."""
+
+
+def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{section}.{name} = {value!r}: expected one of {', '.join(map(str, choices))}")
+
+
+def _check_range(section: str, name: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        raise ConfigError(f"{section}.{name} = {value!r}: expected a value in {bounds}")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    primary: str = "shapes:primary"
+    """Primary training data: a .beton path, a .npz, or a built-in spec such as `shapes:primary`."""
+    aux: list[str] = field(default_factory=list)
+    """Auxiliary datasets (one head each); empty means plain AT/TRADES."""
+    test: str = ""
+    """Held-out data for the per-epoch robust accuracy; empty uses the primary spec's test split."""
+    loader: str = "resident"
+    """Loader backend: resident (device memory), ffcv or dali."""
+    batch_size: int = 128
+    """Primary samples per step."""
+    aux_batch_size: int = 128
+    """Auxiliary samples per step, split evenly between the auxiliary datasets."""
+    drop_last: bool = False
+    """Drop the last incomplete primary batch of each epoch."""
+    num_workers: int = 4
+    """Worker threads/processes for the ffcv and dali backends."""
+
+    def __post_init__(self) -> None:
+        _check_choice("data", "loader", self.loader, ("resident", "ffcv", "dali"))
+        _check_range("data", "batch_size", self.batch_size, 1)
+        _check_range("data", "aux_batch_size", self.aux_batch_size, 0)
+        if self.aux and self.aux_batch_size < len(self.aux):
+            raise ConfigError(
+                f"data.aux_batch_size = {self.aux_batch_size} is smaller than the {len(self.aux)} "
+                "auxiliary datasets: each needs at least one sample per step"
+            )
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    name: str = "wrn-28-10"
+    """Architecture, `wrn-DEPTH-WIDTH` (wrn-28-10 for AT, wrn-34-10 for TRADES, wrn-16-10 on ImgNet100)."""
+    dropout: float = 0.0
+    """Dropout inside each residual block."""
+
+    def __post_init__(self) -> None:
+        from engine.models import parse_arch
+
+        try:
+            parse_arch(self.name)
+        except ValueError as err:
+            raise ConfigError(f"model.name: {err}") from None
+        _check_range("model", "dropout", self.dropout, 0.0, 0.99)
+
+
+@dataclass(kw_only=True)
+class AttackConfig:
+    eps: float = 8 / 255
+    """L-inf radius of the training attack (8/255 for AT, 0.031 for TRADES)."""
+    step_size: float = 2 / 255
+    """PGD step size (2/255 for AT, 0.007 for TRADES)."""
+    steps: int = 10
+    """PGD steps of the training attack."""
+
+    def __post_init__(self) -> None:
+        _check_range("attack", "eps", self.eps, 0.0, 1.0)
+        _check_range("attack", "step_size", self.step_size, 0.0, 1.0)
+        _check_range("attack", "steps", self.steps, 0)
+
+
+@dataclass(kw_only=True)
+class MethodConfig:
+    name: str = "at"
+    """Training objective: `at` (Madry PGD adversarial training) or `trades`."""
+    aux_mode: str = "biamat"
+    """How auxiliary samples are used: biamat (confidence routing), labels (all high), uniform
+    (all low: OAT), none (auxiliary data ignored)."""
+    alpha: float = 1.0
+    """Weight of the auxiliary loss (paper Table 12)."""
+    pi: float = 0.55
+    """Threshold factor: omega = pi * mean max-softmax of a clean primary batch (Table 12)."""
+    warmup_epochs: int = 5
+    """Epochs during which auxiliary samples are attacked and forwarded with zero loss weight."""
+    beta: float = 6.0
+    """TRADES robustness weight."""
+    threshold: str = "frozen"
+    """`frozen` (omega fixed at the end of warm-up, as the paper) or `ema` (re-estimated every
+    step, an extension)."""
+    ema_momentum: float = 0.99
+    """For threshold = ema: omega <- m * omega + (1 - m) * pi * mean confidence of the step."""
+    high_loss: str = "trades"
+    """TRADES only: loss on high-confidence auxiliary samples: `trades` (CE + beta*KL) or `ce`
+    (plain adversarial CE, the paper's choice with a CIFAR-100 primary, Appendix E)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("method", "name", self.name, ("at", "trades"))
+        _check_choice("method", "aux_mode", self.aux_mode, ("biamat", "labels", "uniform", "none"))
+        _check_choice("method", "threshold", self.threshold, ("frozen", "ema"))
+        _check_choice("method", "high_loss", self.high_loss, ("trades", "ce"))
+        _check_range("method", "alpha", self.alpha, 0.0)
+        _check_range("method", "pi", self.pi, 0.0)
+        _check_range("method", "warmup_epochs", self.warmup_epochs, 0)
+        _check_range("method", "beta", self.beta, 0.0)
+        _check_range("method", "ema_momentum", self.ema_momentum, 0.0, 1.0)
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    epochs: int = 100
+    """Training epochs; one epoch is one pass over the primary data."""
+    lr: float = 0.1
+    """Peak learning rate of SGD."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    nesterov: bool = False
+    """Nesterov momentum."""
+    weight_decay: float = 2e-4
+    """L2 weight decay (2e-4 for AT, 5e-4 for TRADES)."""
+    milestones: list[float] = field(default_factory=lambda: [0.6, 0.9])
+    """Epochs at which the LR is multiplied by `gamma`; values below 1 are fractions of `epochs`."""
+    gamma: float = 0.1
+    """LR decay factor at each milestone."""
+    lr_warmup_epochs: float = 0.0
+    """Linear LR warm-up from 0 over this many epochs (0: none, as the paper)."""
+
+    def __post_init__(self) -> None:
+        _check_range("optim", "epochs", self.epochs, 1)
+        _check_range("optim", "lr", self.lr, 0.0)
+        _check_range("optim", "momentum", self.momentum, 0.0, 1.0)
+        _check_range("optim", "weight_decay", self.weight_decay, 0.0)
+        _check_range("optim", "gamma", self.gamma, 0.0, 1.0)
+        _check_range("optim", "lr_warmup_epochs", self.lr_warmup_epochs, 0.0)
+        for m in self.milestones:
+            _check_range("optim", "milestones", m, 0.0)
+
+    def milestone_epochs(self) -> list[float]:
+        return sorted(m * self.epochs if m < 1 else m for m in self.milestones)
+
+
+@dataclass(kw_only=True)
+class RuntimeConfig:
+    device: str = "auto"
+    """`auto` (cuda when there is one), `cpu`, `cuda` or `cuda:N`."""
+    precision: str = "auto"
+    """`auto` (bf16 on GPUs that have it, fp16 + GradScaler on V100, fp32 on CPU), fp32, bf16, fp16."""
+    compile: str = "auto"
+    """torch.compile the model trunk: `auto` (on CUDA), `on`, `off`."""
+    channels_last: bool = True
+    """Keep activations in NHWC (channels_last), the layout tensor cores want."""
+    kernels: str = "auto"
+    """Kernel implementation for routing and the PGD update: auto, torch, numba, triton."""
+    seed: int = 0
+    """Seeds the model initialisation, the data order, the augmentation and the attacks."""
+    deterministic: bool = False
+    """Ask torch for deterministic algorithms (slower on GPUs)."""
+
+    def __post_init__(self) -> None:
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"runtime.device = {self.device!r}: expected auto, cpu, cuda or cuda:N")
+        _check_choice("runtime", "precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _check_choice("runtime", "compile", self.compile, ("auto", "on", "off"))
+        _check_choice("runtime", "kernels", self.kernels, ("auto", "torch", "numba", "triton"))
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    every: int = 1
+    """Evaluate every this many epochs (and always after the last one)."""
+    n: int = 1000
+    """Size of the fixed held-out subset for the per-epoch clean and robust accuracy."""
+    steps: int = 20
+    """PGD steps of the per-epoch robust accuracy (model selection)."""
+    batch_size: int = 256
+    """Batch size of the per-epoch evaluation."""
+
+    def __post_init__(self) -> None:
+        _check_range("eval", "every", self.every, 1)
+        _check_range("eval", "n", self.n, 1)
+        _check_range("eval", "steps", self.steps, 0)
+        _check_range("eval", "batch_size", self.batch_size, 1)
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.method.warmup_epochs >= self.optim.epochs and self.method.aux_mode == "biamat" and self.data.aux:
+            raise ConfigError(
+                f"method.warmup_epochs = {self.method.warmup_epochs} leaves no epoch after warm-up "
+                f"(optim.epochs = {self.optim.epochs}): the threshold would never be set"
+            )
+
+    @property
+    def uses_aux(self) -> bool:
+        return bool(self.data.aux) and self.method.aux_mode != "none"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        return _build(cls, data, "")
+
+
+def _parse_scalar(text: str, kind: type, key: str) -> Any:
+    """Parses an override's text as the field's type; fractions such as 8/255 are accepted."""
+    text = text.strip()
+    try:
+        if kind is bool:
+            if text.lower() in ("true", "1", "yes", "on"):
+                return True
+            if text.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(Fraction(text)) if "/" in text else float(text)
+        return text
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"{key} = {text!r}: expected a {kind.__name__}") from None
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = get_origin(hint)
+    if origin is list:
+        (item,) = get_args(hint)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()] if value.strip() else []
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} = {value!r}: expected a list")
+        return [_coerce(v, item, key) for v in value]
+    if isinstance(value, str) and hint is not str:
+        return _parse_scalar(value, hint, key)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint):
+        raise ConfigError(f"{key} = {value!r}: expected a {hint.__name__}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        where = prefix.rstrip(".") or "top level"
+        raise ConfigError(f"unknown key(s) {', '.join(sorted(unknown))} in {where}; known: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name} must be a table of settings")
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Applies `section.key=value` strings to a nested dict (values parsed when the tree is built)."""
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set method.pi=0.5")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"--set {item!r}: keys have the form section.key, e.g. optim.lr")
+        data.setdefault(parts[0], {})
+        if not isinstance(data[parts[0]], dict):
+            raise ConfigError(f"--set {item!r}: {parts[0]} is not a section")
+        data[parts[0]][parts[1]] = value
+    return data
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("engine") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def read_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from None
+
+
+def load_preset(name: str) -> dict:
+    path = resources.files("engine") / "presets" / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
+    return tomllib.loads(path.read_text())
+
+
+def load_config(preset: str | None = None, file: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Preset or file (not both), then overrides, then validation."""
+    if preset and file:
+        raise ConfigError("give --preset or --config, not both")
+    data = load_preset(preset) if preset else read_toml(file) if file else {}
+    return TrainConfig.from_dict(apply_overrides(data, list(overrides)))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def to_toml(config: TrainConfig) -> str:
+    lines = []
+    for section, values in config.to_dict().items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml_value(v)}" for key, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)

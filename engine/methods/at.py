@@ -1,0 +1,70 @@
+"""Madry adversarial training (AT) with routed auxiliary samples (AT+BiaMAT and variants).
+
+One PGD run attacks the combined batch [x_pri; x_aux] in train mode, maximising the routed sum:
+CE(f_pri, y) on primary samples, soft-CE(f_pri, uniform) on low, CE(f_aux, y_aux) on high.
+Loss = mean primary CE + alpha * (sum of routed auxiliary losses) / |B_aux|.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from engine.attacks import bn_mode, pgd_linf
+from engine.methods.context import MethodState, StepContext, StepStats
+from engine.methods.routing import aux_chunks, aux_head_logits, class_counts, route, routed_aux_losses
+from loaders.types import Batch
+
+
+def at_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepContext) -> tuple[torch.Tensor, StepStats]:
+    m = ctx.method
+    use_aux = m.aux_mode != "none" and len(batch.y_aux) > 0
+    n_pri = len(batch.y_pri)
+    sizes = aux_chunks(batch, len(model.aux_fc)) if use_aux else []
+    x_nat = torch.cat([batch.x_pri, batch.x_aux]) if use_aux else batch.x_pri  # (B + Ba, 3, H, W)
+
+    high = None
+    routed = False
+    if use_aux:
+        def clean_logits(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad(), bn_mode(model, "eval"), ctx.autocast():
+                return model.fc(ctx.trunk(x))
+
+        high, routed = route(state, ctx, lambda: clean_logits(batch.x_pri), lambda: clean_logits(batch.x_aux),
+                             len(batch.y_aux), batch.y_aux.device)
+
+    def per_sample_losses(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(primary CE (B,), routed aux losses (Ba,)) for inputs x = [x_pri; x_aux]."""
+        with ctx.autocast():
+            feats = ctx.trunk(x)  # (B + Ba, D)
+            logits_pri = model.fc(feats)
+            logits_aux = aux_head_logits(model, feats[n_pri:], sizes) if use_aux else []
+        ce_pri = F.cross_entropy(logits_pri[:n_pri].float(), batch.y_pri, reduction="none")
+        if not use_aux:
+            return ce_pri, ce_pri.new_zeros(0)
+        return ce_pri, routed_aux_losses(logits_pri[n_pri:], logits_aux, batch.y_aux, high, sizes, ctx.kernel_impl)
+
+    def attack_objective(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(per_sample_losses(x))
+
+    with bn_mode(model, "train"):
+        x_adv = pgd_linf(attack_objective, x_nat, eps=ctx.attack.eps, step_size=ctx.attack.step_size,
+                         steps=ctx.attack.steps, random_start=True, kernel_impl=ctx.kernel_impl)
+    model.train()
+    ce_pri, aux_losses = per_sample_losses(x_adv)
+    loss_pri = ce_pri.mean()
+    loss = loss_pri
+    stats = StepStats(loss=loss_pri.detach(), loss_pri=loss_pri.detach())
+    if use_aux:
+        n_aux = len(batch.y_aux)
+        weight = 0.0 if ctx.in_warmup else m.alpha
+        loss_high = (aux_losses * high).sum() / n_aux  # l_high of Algorithm 1
+        loss_low = (aux_losses * ~high).sum() / n_aux  # l_low of Algorithm 1
+        loss = loss_pri + weight * (loss_high + loss_low)
+        stats.loss_high, stats.loss_low = loss_high.detach(), loss_low.detach()
+        stats.n_aux, stats.n_high, stats.routed = n_aux, high.sum(), routed
+        if routed:
+            stats.seen_per_class, stats.high_per_class = class_counts(batch.y_aux, high, sizes, model.aux_classes)
+    stats.loss = loss.detach()
+    return loss, stats

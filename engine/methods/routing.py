@@ -1,0 +1,91 @@
+"""The BiaMAT selection: threshold omega, per-sample routing, and routed auxiliary losses.
+
+Routing decides, per auxiliary sample, which target it trains with: high -> its own label
+through its dataset's head f_aux; low -> the uniform distribution over the primary classes
+through f_pri (y_ER). The kernels do the per-sample work; this module holds the policy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from engine.methods.context import MethodState, StepContext
+from kernels.route import confidence_mask, routed_loss
+from loaders.types import Batch
+
+
+def aux_chunks(batch: Batch, n_sources: int) -> list[int]:
+    """Sizes of the contiguous runs of each auxiliary dataset in a batch (sources are sorted)."""
+    if batch.aux_sizes:
+        return list(batch.aux_sizes)
+    # A batch built by hand may lack the host-side sizes; counting costs one device sync.
+    return torch.bincount(batch.aux_source, minlength=n_sources).tolist()
+
+
+def aux_head_logits(model: nn.Module, feats_aux: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """Each auxiliary dataset's chunk of features through its own head."""
+    return [head(f) for head, f in zip(model.aux_fc, feats_aux.split(sizes))]
+
+
+def routed_aux_losses(
+    logits_pri_aux: torch.Tensor,
+    logits_aux: list[torch.Tensor],
+    y_aux: torch.Tensor,
+    high: torch.Tensor,
+    sizes: list[int],
+    kernel_impl: str,
+) -> torch.Tensor:
+    """(Ba,) float32: CE through f_aux where high, soft-CE to uniform through f_pri where low."""
+    parts = [
+        routed_loss(lp, la, y, h, impl=kernel_impl)
+        for lp, la, y, h in zip(logits_pri_aux.split(sizes), logits_aux, y_aux.split(sizes), high.split(sizes))
+        if len(y)
+    ]
+    return torch.cat(parts) if parts else logits_pri_aux.new_zeros((0,), dtype=torch.float32)
+
+
+def mean_confidence(logits_pri: torch.Tensor, kernel_impl: str) -> float:
+    _, conf = confidence_mask(logits_pri, 0.0, impl=kernel_impl)
+    return float(conf.mean())
+
+
+def route(
+    state: MethodState,
+    ctx: StepContext,
+    score_pri: "callable",
+    score_aux: "callable",
+    n_aux: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, bool]:
+    """(high (Ba,) bool, routed) for this step under the configured aux mode.
+
+    `score_pri()` / `score_aux()` return clean primary logits of the primary / auxiliary batch
+    with the model in eval mode; they are only called when the selection needs them, so the
+    extra forward passes are paid only in biamat mode after warm-up.
+    """
+    mode = ctx.method.aux_mode
+    if mode == "labels" or (mode == "biamat" and ctx.in_warmup):
+        # During warm-up auxiliary samples are attacked as high samples with zero loss weight.
+        return torch.ones(n_aux, dtype=torch.bool, device=device), False
+    if mode == "uniform":
+        return torch.zeros(n_aux, dtype=torch.bool, device=device), False
+    if mode != "biamat":
+        raise ValueError(f"aux_mode {mode!r} does not route auxiliary samples")
+    m = ctx.method
+    if state.omega is None:
+        state.omega = m.pi * mean_confidence(score_pri(), ctx.kernel_impl)
+    elif m.threshold == "ema":
+        fresh = m.pi * mean_confidence(score_pri(), ctx.kernel_impl)
+        state.omega = m.ema_momentum * state.omega + (1.0 - m.ema_momentum) * fresh
+    high, _ = confidence_mask(score_aux(), state.omega, impl=ctx.kernel_impl)
+    return high, True
+
+
+def class_counts(y_aux: torch.Tensor, high: torch.Tensor, sizes: list[int], classes: tuple[int, ...]):
+    """Per auxiliary dataset: (seen, high) counts per class for selection.jsonl."""
+    seen, chosen = [], []
+    for y, h, c in zip(y_aux.split(sizes), high.split(sizes), classes):
+        seen.append(torch.bincount(y, minlength=c))
+        chosen.append(torch.bincount(y, weights=h.float(), minlength=c).long())
+    return seen, chosen
