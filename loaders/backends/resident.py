@@ -105,7 +105,7 @@ class ResidentStream:
 
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, start = self._epoch, self._position
-        index = self._shard_index(epoch)  # (samples_per_rank,) int64 on the CPU
+        index = self.batch_indices(epoch)  # (samples_per_rank,) int64 on the CPU
         if start < self._num_batches:
             # One transfer per epoch for the sample order; batches slice it on the device.
             index_dev = _upload(index, self.device)
@@ -127,8 +127,9 @@ class ResidentStream:
             yield x, labels
         self._epoch, self._position = epoch + 1, 0
 
-    def _shard_index(self, epoch: int) -> torch.Tensor:
-        """This rank's sample indices for `epoch`, in visiting order."""
+    def batch_indices(self, epoch: int) -> torch.Tensor:
+        """The dataset indices this rank visits in `epoch`, in order (CPU int64); batch k is
+        the slice [k * batch_size, (k + 1) * batch_size)."""
         n = len(self.dataset)
         if self.train:
             gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, _ORDER_STREAM))
@@ -157,10 +158,6 @@ class ResidentStream:
         offsets = torch.randint(0, 2 * self.pad + 1, (self.batch_size, 2), generator=gen)
         flips = torch.rand(self.batch_size, generator=gen) < 0.5
         return offsets, flips
-
-    def batch_indices(self, epoch: int) -> torch.Tensor:
-        """The dataset indices this rank visits in `epoch`, in order (CPU int64)."""
-        return self._shard_index(epoch)
 
 
 def _upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
