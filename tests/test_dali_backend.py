@@ -74,7 +74,8 @@ def test_batches_match_numpy_reference_of_the_drawn_crops_and_flips():
         assert x.dtype == torch.float32 and y.dtype == torch.int64
         assert x.shape == (len(y), 3, 8, 8)
         assert x.is_contiguous(memory_format=torch.channels_last)
-        draws = draw_crop_flip(len(y), pad=4, seed=11, epoch=0, rank=0, batch_index=index)
+        draws = draw_crop_flip(len(y), batch_size=8, pad=4, seed=11, epoch=0, rank=0,
+                               batch_index=index)
         expected = reference_crop_flip(data.images[y.numpy()], draws.offsets, draws.flips, pad=4)
         np.testing.assert_allclose(x.permute(0, 2, 3, 1).numpy(), expected, rtol=0, atol=1e-6)
         flips_seen += int(draws.flips.sum())
@@ -122,13 +123,37 @@ def test_two_shards_are_disjoint_and_cover_the_epoch():
 
 
 @needs_dali
-def test_uneven_shards_still_cover_and_agree_on_the_batch_count():
+def test_uneven_shards_agree_on_the_batch_count_and_wrap_or_drop():
     data = identity_dataset(21)
-    streams = [make_stream(data, batch_size=4, rank=r, world_size=2) for r in range(2)]
-    shards = [labels_of(collect(s)) for s in streams]
-    assert len(streams[0]) == len(streams[1]) == 3
+    wrapped = [make_stream(data, batch_size=4, rank=r, world_size=2) for r in range(2)]
+    shards = [labels_of(collect(s)) for s in wrapped]
+    assert len(wrapped[0]) == len(wrapped[1]) == 3
     assert len(shards[0]) == len(shards[1]) == 11
     np.testing.assert_array_equal(np.unique(np.concatenate(shards)), np.arange(21))
+
+    dropped = [make_stream(data, batch_size=4, rank=r, world_size=2, drop_last=True)
+               for r in range(2)]
+    shards = [labels_of(collect(s)) for s in dropped]
+    assert len(dropped[0]) == len(dropped[1]) == 2
+    assert len(shards[0]) == len(shards[1]) == 8
+    assert not set(shards[0]) & set(shards[1])
+
+
+@needs_dali
+@pytest.mark.parametrize("train", [True, False])
+def test_dali_and_resident_streams_yield_the_same_batches(train):
+    from loaders.backends.resident import ResidentStream
+
+    data = identity_dataset(21)
+    options = dict(batch_size=8, device="cpu", train=train, seed=4, rank=1, world_size=2)
+    dali_stream = make_stream(data, **options)
+    resident_stream = ResidentStream(data, **options, kernel_impl="torch")
+    dali = collect(dali_stream) + collect(dali_stream)  # two epochs each
+    resident = collect(resident_stream) + collect(resident_stream)
+    assert len(dali) == 4
+    for (x, y), (xr, yr) in zip(dali, resident, strict=True):
+        assert torch.equal(y, yr)
+        torch.testing.assert_close(x, xr, rtol=0, atol=1e-6)
 
 
 @needs_dali

@@ -7,10 +7,14 @@ mirrors and converts them to float [0, 1] in HWC layout, on the GPU when `device
 to torch without a host round trip and viewed as a channels_last (B, 3, H, W) tensor.
 
 Randomness lives outside DALI (see `loaders.backends.dali_plan`): the order, the crop offsets
-and the flips are drawn from (seed, epoch, rank, batch index) and fed as extra external-source
-inputs. DALI's own random operators keep their state inside the pipeline, advanced by every
-prefetched batch, so a mid-epoch resume could not reproduce them without replaying the epoch;
-with the draws fed in, a resume just starts the source at the saved position.
+and the flips are drawn from (seed, epoch, rank, batch index), by the resident backend's rule,
+and fed as extra external-source inputs. DALI's own random operators keep their state inside
+the pipeline, advanced by every prefetched batch, so a mid-epoch resume could not reproduce
+them without replaying the epoch; with the draws fed in, a resume just starts the source at
+the saved position.
+
+Sharding (`rank`, `world_size`) and `drop_last` follow the resident backend; see
+`loaders.backends.dali_plan.shard_order`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 
 from loaders.backends.dali_pipeline import build_pipeline, import_dali
-from loaders.backends.dali_plan import batch_count, draw_crop_flip, shard_order, shard_size
+from loaders.backends.dali_plan import batch_count, draw_crop_flip, shard_order
 from loaders.backends.dali_source import StreamedDataset, batch_reader, image_shape
 from loaders.types import ArrayDataset
 
@@ -75,6 +79,13 @@ class DaliStream:
         self._labels = np.asarray(dataset.labels, dtype=np.int64)
         self._height, self._width = image_shape(dataset)
         self._device_id = self._dali_device_id(self.device)
+        self._num_batches = batch_count(len(self._labels), world_size, batch_size, drop_last)
+        if self._num_batches == 0:
+            raise ValueError(
+                f"{self._name}: {len(self._labels)} samples over {world_size} rank(s) make no "
+                f"batch of {batch_size}{' with drop_last' if drop_last else ''}; use a smaller "
+                f"batch size"
+            )
         self._epoch = 0
         self._position = 0
 
@@ -87,12 +98,11 @@ class DaliStream:
         raise ValueError(f"DaliStream runs on cpu or cuda devices, got {device}")
 
     def __len__(self) -> int:
-        samples = shard_size(len(self._labels), self.world_size)
-        return batch_count(samples, self.batch_size, self.drop_last)
+        return self._num_batches
 
     def _order(self, epoch: int) -> np.ndarray:
         return shard_order(len(self._labels), seed=self.seed, epoch=epoch, shuffle=self.train,
-                           rank=self.rank, world_size=self.world_size)
+                           rank=self.rank, world_size=self.world_size, drop_last=self.drop_last)
 
     def _batch_index(self, order: np.ndarray, batch: int) -> np.ndarray:
         return order[batch * self.batch_size:(batch + 1) * self.batch_size]
@@ -118,8 +128,9 @@ class DaliStream:
             images = self._read_batch(index)  # (b, H, W, 3) uint8
             if not self.train:
                 return images
-            draws = draw_crop_flip(len(index), pad=self.pad, seed=self.seed, epoch=epoch,
-                                   rank=self.rank, batch_index=batch)
+            draws = draw_crop_flip(len(index), batch_size=self.batch_size, pad=self.pad,
+                                   seed=self.seed, epoch=epoch, rank=self.rank,
+                                   batch_index=batch)
             starts = draws.offsets - np.int32(self.pad)  # (b, 2) slice start, may be negative
             return images, starts, draws.flips
 
