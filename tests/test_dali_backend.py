@@ -266,6 +266,23 @@ def test_invalid_shard_and_resume_positions_are_rejected():
     stream = make_stream(data, batch_size=4)
     with pytest.raises(ValueError, match="saved position 5"):
         stream.load_state_dict({"epoch": 0, "position": 5})
+    with pytest.raises(ValueError, match="make no batch of 16"):
+        make_stream(data, batch_size=16, drop_last=True)
+    with pytest.raises(ValueError, match="num_threads"):
+        make_stream(data, num_threads=0)
+
+
+@needs_dali
+def test_the_backend_factory_builds_a_dali_stream_from_a_dataset_spec():
+    from loaders.backends.dali_backend import DaliStream
+    from loaders.datasets import make_stream as make_named_stream
+
+    stream = make_named_stream("shapes:primary?n=40&size=16", backend="dali", batch_size=16,
+                               device="cpu", train=True, seed=0, num_threads=1)
+    assert isinstance(stream, DaliStream) and len(stream) == 3
+    batches = collect(stream)
+    assert [tuple(x.shape) for x, _ in batches] == [(16, 3, 16, 16)] * 2 + [(8, 3, 16, 16)]
+    assert all(0 <= int(y.min()) and int(y.max()) < stream.num_classes for _, y in batches)
 
 
 def test_missing_dali_says_how_to_install_it(monkeypatch):

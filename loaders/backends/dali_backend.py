@@ -62,6 +62,11 @@ class DaliStream:
             )
         if pad < 0:
             raise ValueError(f"DaliStream: pad must be non-negative, got {pad}")
+        if num_threads < 1 or prefetch_queue_depth < 1:
+            raise ValueError(
+                f"DaliStream: num_threads and prefetch_queue_depth must be at least 1, got "
+                f"{num_threads} and {prefetch_queue_depth} (data.num_workers sets num_threads)"
+            )
         self.batch_size = batch_size
         self.num_classes = dataset.num_classes
         self.image_size = dataset.image_size
