@@ -14,61 +14,61 @@ import numba
 import numpy as np
 import torch
 
+from kernels._numba_math import FAST, POW2, exp_nonpos
 
-@numba.njit(cache=True, inline="always")
-def _row_stats(z):
-    """(max, sum of exp(z - max), sum of z) of one row, in one pass (online max)."""
+
+@numba.njit(cache=True, fastmath=FAST, inline="always")
+def _row_stats(z, pow2):
+    """(max, sum of exp(z - max), sum of z) of one row. Two sweeps over a row that sits in L1
+    vectorise, where a one-sweep online max would branch on every element."""
     m = z[0]
-    s = np.float32(1.0)
-    total = z[0]
-    for j in range(1, z.shape[0]):
-        v = z[j]
-        total += v
-        if v > m:
-            s = s * np.float32(math.exp(m - v)) + np.float32(1.0)
-            m = v
-        else:
-            s += np.float32(math.exp(v - m))
+    total = np.float32(0.0)
+    for j in range(z.shape[0]):
+        m = max(m, z[j])
+        total += z[j]
+    s = np.float32(0.0)
+    for j in range(z.shape[0]):
+        s += exp_nonpos(z[j] - m, pow2)
     return m, s, total
 
 
-@numba.njit(cache=True, parallel=True)
-def _confidence_kernel(logits, omega, conf, high):
+@numba.njit(cache=True, parallel=True, fastmath=FAST)
+def _confidence_kernel(logits, omega, pow2, conf, high):
     for i in numba.prange(logits.shape[0]):
-        _, s, _ = _row_stats(logits[i])
+        _, s, _ = _row_stats(logits[i], pow2)
         conf[i] = np.float32(1.0) / s  # the max softmax is exp(m - m) / s
         high[i] = conf[i] >= omega
 
 
-@numba.njit(cache=True, parallel=True)
-def _routed_fwd_kernel(pri, aux, y, high, loss, lse):
+@numba.njit(cache=True, parallel=True, fastmath=FAST)
+def _routed_fwd_kernel(pri, aux, y, high, pow2, loss, lse):
     for i in numba.prange(pri.shape[0]):
         # Only the head that the sample is routed to is read.
         if high[i]:
-            m, s, _ = _row_stats(aux[i])
+            m, s, _ = _row_stats(aux[i], pow2)
             lse[i] = m + np.float32(math.log(s))
             loss[i] = lse[i] - aux[i, y[i]]
         else:
-            m, s, total = _row_stats(pri[i])
+            m, s, total = _row_stats(pri[i], pow2)
             lse[i] = m + np.float32(math.log(s))
             loss[i] = lse[i] - total / np.float32(pri.shape[1])  # soft-CE to uniform
 
 
-@numba.njit(cache=True, parallel=True)
-def _routed_bwd_kernel(grad, pri, aux, y, high, lse, gpri, gaux):
+@numba.njit(cache=True, parallel=True, fastmath=FAST)
+def _routed_bwd_kernel(grad, pri, aux, y, high, lse, pow2, gpri, gaux):
     inv_c = np.float32(1.0 / pri.shape[1])
     for i in numba.prange(pri.shape[0]):
         g = grad[i]
         if high[i]:
             # d CE / d z = softmax(z) - onehot(y); no gradient to the primary head
             for j in range(aux.shape[1]):
-                gaux[i, j] = g * np.float32(math.exp(aux[i, j] - lse[i]))
+                gaux[i, j] = g * exp_nonpos(aux[i, j] - lse[i], pow2)
             gaux[i, y[i]] -= g
             gpri[i, :] = 0.0
         else:
             # d soft-CE(uniform) / d z = softmax(z) - 1/c
             for j in range(pri.shape[1]):
-                gpri[i, j] = g * (np.float32(math.exp(pri[i, j] - lse[i])) - inv_c)
+                gpri[i, j] = g * (exp_nonpos(pri[i, j] - lse[i], pow2) - inv_c)
             gaux[i, :] = 0.0
 
 
@@ -86,7 +86,7 @@ def confidence_mask(logits_pri: torch.Tensor, omega: float) -> tuple[torch.Tenso
     conf = torch.empty(b, dtype=torch.float32)
     high = torch.empty(b, dtype=torch.bool)
     if b:
-        _confidence_kernel(_f32(logits_pri), np.float32(omega), conf.numpy(), high.numpy())
+        _confidence_kernel(_f32(logits_pri), np.float32(omega), POW2, conf.numpy(), high.numpy())
     return high, conf
 
 
@@ -96,7 +96,7 @@ def routed_loss_forward(pri, aux, y, high) -> tuple[torch.Tensor, torch.Tensor]:
     loss = torch.empty(b, dtype=torch.float32)
     lse = torch.empty(b, dtype=torch.float32)
     if b:
-        _routed_fwd_kernel(_f32(pri), _f32(aux), _labels(y), high.numpy(), loss.numpy(), lse.numpy())
+        _routed_fwd_kernel(_f32(pri), _f32(aux), _labels(y), high.numpy(), POW2, loss.numpy(), lse.numpy())
     return loss, lse
 
 
@@ -105,6 +105,6 @@ def routed_loss_backward(grad, pri, aux, y, high, lse) -> tuple[torch.Tensor, to
     gpri = torch.empty(pri.shape, dtype=torch.float32)
     gaux = torch.empty(aux.shape, dtype=torch.float32)
     if b:
-        _routed_bwd_kernel(_f32(grad), _f32(pri), _f32(aux), _labels(y), high.numpy(), lse.numpy(),
+        _routed_bwd_kernel(_f32(grad), _f32(pri), _f32(aux), _labels(y), high.numpy(), lse.numpy(), POW2,
                            gpri.numpy(), gaux.numpy())
     return gpri.to(pri.dtype), gaux.to(aux.dtype)
