@@ -1,0 +1,353 @@
+"""FFCV .beton files, written and read with numpy alone, plus their JSON manifest.
+
+The layout is FFCV 1.0.2's file format (version 2), so `ffcv.loader.Loader` reads what we
+write, but neither `prepare` nor the resident backend needs ffcv installed:
+
+    header | 2 field descriptors | per-sample metadata | zero pad to a page | data pages | alloc table
+
+Two fields: `image` (RGBImageField, raw mode: H*W*3 uint8 pixels) and `label` (IntField, int64
+stored inline in the metadata). Every image of a dataset has the same size, so images pack
+into pages at fixed offsets and no image straddles a page, which FFCV's page-wise caches need.
+
+Writing is streaming (one chunk in memory at a time) and atomic: everything goes to temporary
+files in the destination folder that are `os.replace`d at the end, so an error or Ctrl-C never
+leaves a half-written .beton or manifest behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from loaders.sources.base import ChunkedSource, SourceError, iter_chunks
+from loaders.types import ArrayDataset
+
+log = logging.getLogger(__name__)
+
+FFCV_FILE_VERSION = 2
+MANIFEST_VERSION = 1
+PAGE_SIZE = 1 << 23  # FFCV's default (4 x 2 MiB huge pages)
+
+# The dtypes below mirror ffcv/types.py and ffcv/fields/{rgb_image,basics}.py; a test checks
+# them against ffcv's own when it is installed.
+HEADER = np.dtype(
+    [("version", "<u2"), ("num_fields", "<u2"), ("page_size", "<u4"),
+     ("num_samples", "<u8"), ("alloc_table_ptr", "<u8")],
+    align=True,
+)
+FIELD_DESC = np.dtype([("type_id", "<u1"), ("name", ("<u1", 16)), ("arguments", ("<u1", (1024,)))], align=True)
+IMAGE_META = np.dtype([("mode", "<u1"), ("width", "<u2"), ("height", "<u2"), ("data_ptr", "<u8")])
+SAMPLE_META = np.dtype([("image", IMAGE_META), ("label", "<i8")], align=True)
+ALLOC_ENTRY = np.dtype([("sample_id", "<u8"), ("ptr", "<u8"), ("size", "<u8")])
+TYPE_INT, TYPE_RGB = 1, 2  # ffcv.types.TYPE_ID_HANDLER
+RAW_MODE = 1  # ffcv.fields.rgb_image.IMAGE_MODES["raw"]
+FIELDS = (("image", TYPE_RGB), ("label", TYPE_INT))
+
+
+def manifest_path(beton: str | os.PathLike) -> Path:
+    return Path(f"{os.fspath(beton)}.json")
+
+
+def _align(offset: int, page: int) -> int:
+    return -(-offset // page) * page
+
+
+def _field_descriptors() -> np.ndarray:
+    desc = np.zeros(len(FIELDS), dtype=FIELD_DESC)
+    for i, (name, type_id) in enumerate(FIELDS):
+        desc[i]["type_id"] = type_id
+        encoded = np.frombuffer(name.encode("ascii"), dtype="<u1")
+        desc[i]["name"][: len(encoded)] = encoded
+    return desc
+
+
+class _PagePacker:
+    """Appends fixed-size images to a file, page by page, remembering nothing but counts."""
+
+    def __init__(self, fp, image_bytes: int, page_size: int) -> None:
+        if image_bytes > page_size:
+            raise ValueError(f"an image of {image_bytes} bytes does not fit a {page_size}-byte page")
+        self.fp, self.image_bytes, self.page_size = fp, image_bytes, page_size
+        self.per_page = page_size // image_bytes
+        self.count = 0
+
+    def add(self, flat: np.ndarray) -> None:
+        """flat: (n, image_bytes) uint8, written after the images already there."""
+        pad = self.page_size - self.per_page * self.image_bytes
+        start = 0
+        while start < len(flat):
+            room = self.per_page - self.count % self.per_page
+            part = flat[start : start + room]
+            self.fp.write(part.tobytes())
+            self.count += len(part)
+            start += len(part)
+            if self.count % self.per_page == 0 and pad:
+                self.fp.write(bytes(pad))
+
+    def finish(self) -> None:
+        """Zero-fills the last page: FFCV's page caches read whole pages."""
+        used = self.count % self.per_page
+        if used:
+            self.fp.write(bytes(self.page_size - used * self.image_bytes))
+
+    def pointers(self, data_start: int) -> np.ndarray:
+        i = np.arange(self.count, dtype=np.uint64)
+        page, slot = i // self.per_page, i % self.per_page
+        return np.uint64(data_start) + page * np.uint64(self.page_size) + slot * np.uint64(self.image_bytes)
+
+
+def write_beton(
+    path: str | os.PathLike,
+    data: ArrayDataset | ChunkedSource,
+    *,
+    format: str = "arrays",
+    split: str = "train",
+    source: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    page_size: int = PAGE_SIZE,
+) -> dict:
+    """Writes `path` (.beton) and `path.json` (the manifest) atomically; returns the manifest.
+
+    `progress(n)` is called with the number of samples written after each chunk."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = data.image_size if isinstance(data, ChunkedSource) else data.images.shape[1]
+    class_names = list(data.class_names)
+    image_bytes = size * size * 3
+    header_bytes = HEADER.itemsize + len(FIELDS) * FIELD_DESC.itemsize
+    known = data.count if isinstance(data, ChunkedSource) else len(data)
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the published file private
+    spool: Path | None = None
+    tmp_manifest = tmp.with_suffix(".json.tmp")
+    try:
+        with os.fdopen(fd, "w+b") as out:
+            if known is not None:
+                # The count is known, so the data region's offset is too: pack straight into place.
+                data_start = _align(header_bytes + known * SAMPLE_META.itemsize, page_size)
+                out.seek(data_start)
+                data_fp = out
+            else:
+                # Unknown count (pickled ImageNet batches): spool the pages, place them at the end.
+                spool = tmp.with_suffix(".pages.tmp")
+                data_fp = open(spool, "w+b")
+            try:
+                packer = _PagePacker(data_fp, image_bytes, page_size)
+                labels, digest = _write_chunks(data, packer, size, class_names, progress)
+                packer.finish()
+                n = packer.count
+                if known is not None and n != known:
+                    raise SourceError(f"{data.name}: the source announced {known} samples but yielded {n}")
+                if known is None:
+                    data_start = _align(header_bytes + n * SAMPLE_META.itemsize, page_size)
+                    out.seek(data_start)
+                    data_fp.seek(0)
+                    shutil.copyfileobj(data_fp, out, 1 << 24)
+            finally:
+                if data_fp is not out:
+                    data_fp.close()
+            _write_index(out, n, labels, packer.pointers(data_start), size, page_size)
+            out.flush()
+            os.fsync(out.fileno())
+
+        manifest = _manifest(data, format, split, source, class_names, labels, size, digest)
+        tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
+        _publish([(tmp, path), (tmp_manifest, manifest_path(path))])
+        return manifest
+    finally:
+        for leftover in (tmp, tmp_manifest, spool):
+            if leftover is not None and leftover.exists():
+                leftover.unlink()
+
+
+def _write_chunks(data, packer: _PagePacker, size: int, class_names: list[str], progress):
+    digest = hashlib.sha256()
+    labels: list[np.ndarray] = []
+    for chunk in iter_chunks(data):
+        if chunk.images.shape[1:] != (size, size, 3):
+            raise SourceError(
+                f"{chunk.name}: every image must be {size}x{size}x3, found a chunk of {chunk.images.shape[1:]}"
+            )
+        if list(chunk.class_names) != class_names:
+            raise SourceError(f"{chunk.name}: a chunk came with a different class list than the dataset's")
+        flat = np.ascontiguousarray(chunk.images).reshape(len(chunk), -1)
+        packer.add(flat)
+        digest.update(flat.tobytes())
+        digest.update(chunk.labels.astype("<i8").tobytes())
+        labels.append(chunk.labels)
+        if progress is not None:
+            progress(len(chunk))
+    labels_all = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    if len(labels_all) == 0:
+        raise SourceError(f"{data.name}: the source holds no images; nothing to write")
+    return labels_all, digest.hexdigest()
+
+
+def _write_index(out, n: int, labels: np.ndarray, pointers: np.ndarray, size: int, page_size: int) -> None:
+    header = np.zeros(1, dtype=HEADER)
+    out.seek(0, os.SEEK_END)
+    alloc_ptr = out.tell()
+    header[0] = (FFCV_FILE_VERSION, len(FIELDS), page_size, n, alloc_ptr)
+    meta = np.zeros(n, dtype=SAMPLE_META)
+    meta["image"]["mode"] = RAW_MODE
+    meta["image"]["width"] = size
+    meta["image"]["height"] = size
+    meta["image"]["data_ptr"] = pointers
+    meta["label"] = labels
+    alloc = np.zeros(n, dtype=ALLOC_ENTRY)
+    alloc["sample_id"] = np.arange(n, dtype=np.uint64)
+    alloc["ptr"] = pointers
+    alloc["size"] = size * size * 3
+    out.write(alloc.tobytes())
+    out.seek(0)
+    out.write(header.tobytes())
+    out.write(_field_descriptors().tobytes())
+    out.write(meta.tobytes())
+
+
+def _manifest(data, format, split, source, class_names, labels, size, digest) -> dict:
+    meta = dict(data.meta)
+    counts = np.bincount(labels, minlength=len(class_names))
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "ffcv_file_version": FFCV_FILE_VERSION,
+        "name": data.name,
+        "format": format,
+        "split": split,
+        "source": source,
+        "source_sha256": meta.pop("source_sha256", None),
+        "content_sha256": digest,
+        "count": int(len(labels)),
+        "image_size": int(size),
+        "num_classes": len(class_names),
+        "class_names": class_names,
+        "class_counts": [int(c) for c in counts],
+        "fields": {"image": f"RGBImageField raw {size}x{size}x3 uint8", "label": "IntField int64"},
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if "related" in meta:
+        manifest["related"] = [bool(r) for r in meta.pop("related")]
+    manifest["meta"] = _jsonable(meta)
+    return manifest
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _publish(moves: list[tuple[Path, Path]]) -> None:
+    """Renames the finished files into place with Ctrl-C held back, so the .beton and its
+    manifest appear together (a signal mask only applies on the main thread)."""
+    on_main = threading.current_thread() is threading.main_thread()
+    if on_main:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        for src, dst in moves:
+            os.replace(src, dst)
+    finally:
+        if on_main:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The manifest of a .beton (pass the .beton or the .json path)."""
+    path = Path(path)
+    mpath = path if path.suffix == ".json" else manifest_path(path)
+    if not mpath.exists():
+        raise FileNotFoundError(
+            f"{mpath}: manifest not found; .beton files are written with their manifest by "
+            f"`biamat-engine prepare FORMAT SOURCE {path.with_suffix('.beton').name}`"
+        )
+    manifest = json.loads(mpath.read_text())
+    if manifest.get("manifest_version") != MANIFEST_VERSION:
+        raise ValueError(
+            f"{mpath}: manifest version {manifest.get('manifest_version')}, this engine reads "
+            f"{MANIFEST_VERSION}; prepare the dataset again"
+        )
+    return manifest
+
+
+class BetonIndex:
+    """The header, fields and per-sample metadata of a .beton, checked against what we write."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no such .beton file")
+        file_size = self.path.stat().st_size
+        header_bytes = HEADER.itemsize + len(FIELDS) * FIELD_DESC.itemsize
+        if file_size < header_bytes:
+            raise ValueError(f"{self.path}: {file_size} bytes is too short for a .beton file")
+        header = np.fromfile(self.path, dtype=HEADER, count=1)[0]
+        if header["version"] != FFCV_FILE_VERSION:
+            raise ValueError(f"{self.path}: FFCV file version {header['version']}, expected {FFCV_FILE_VERSION}")
+        desc = np.fromfile(self.path, dtype=FIELD_DESC, count=header["num_fields"], offset=HEADER.itemsize)
+        names = [bytes(d["name"]).split(b"\0")[0].decode("ascii") for d in desc]
+        types = [int(d["type_id"]) for d in desc]
+        if list(zip(names, types)) != list(FIELDS):
+            raise ValueError(
+                f"{self.path}: fields {list(zip(names, types))}, expected {list(FIELDS)} "
+                f"(image RGBImageField, label IntField) as written by `biamat-engine prepare`"
+            )
+        self.num_samples = int(header["num_samples"])
+        self.page_size = int(header["page_size"])
+        self.metadata = np.fromfile(self.path, dtype=SAMPLE_META, count=self.num_samples, offset=header_bytes)
+        if len(self.metadata) != self.num_samples:
+            raise ValueError(f"{self.path}: truncated: {len(self.metadata)} of {self.num_samples} metadata records")
+        image = self.metadata["image"]
+        if self.num_samples and (image["mode"] != RAW_MODE).any():
+            raise ValueError(f"{self.path}: JPEG-compressed images are not supported; write raw RGB with `prepare`")
+        sizes = set(zip(image["height"].tolist(), image["width"].tolist()))
+        if len(sizes) > 1 or any(h != w for h, w in sizes):
+            raise ValueError(f"{self.path}: images must share one square size, found {sorted(sizes)[:4]}")
+        self.image_size = int(image["height"][0]) if self.num_samples else 0
+        end = image["data_ptr"].astype(np.int64) + 3 * self.image_size**2
+        if self.num_samples and end.max() > file_size:
+            raise ValueError(f"{self.path}: truncated: image data runs past the end of the file")
+
+
+def read_beton(path: str | os.PathLike) -> ArrayDataset:
+    """Decodes a whole .beton into host memory; class names come from its manifest."""
+    index = BetonIndex(path)
+    manifest = read_manifest(path)
+    n, size = index.num_samples, index.image_size
+    if manifest["count"] != n:
+        raise ValueError(f"{path}: manifest says {manifest['count']} samples, the file holds {n}; prepare it again")
+    raw = np.memmap(index.path, dtype=np.uint8, mode="r")
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    flat = images.reshape(n, -1)
+    pointers = index.metadata["image"]["data_ptr"].astype(np.int64)
+    nbytes = flat.shape[1]
+    # Consecutive samples usually sit back to back within a page: copy runs, not single images.
+    breaks = np.flatnonzero(np.diff(pointers) != nbytes) + 1
+    for start, stop in zip(np.r_[0, breaks], np.r_[breaks, n]):
+        begin = pointers[start]
+        flat[start:stop] = raw[begin : begin + (stop - start) * nbytes].reshape(stop - start, nbytes)
+    del raw
+    labels = index.metadata["label"].astype(np.int64)
+    meta = dict(manifest.get("meta", {}))
+    meta.update(format=manifest.get("format"), split=manifest.get("split"), beton=str(path))
+    if "related" in manifest:
+        meta["related"] = list(manifest["related"])
+    return ArrayDataset(images, labels, list(manifest["class_names"]), manifest.get("name", Path(path).stem), meta)
