@@ -4,6 +4,9 @@ numba lowers math.exp to a scalar libm call per element, several times slower th
 SIMD exp; this polynomial form lets LLVM vectorise the softmax loops. Relative error < 4e-7
 down to exp(-87); below that it returns 2^-126 instead of a denormal, which no softmax sum or
 gradient can tell apart from 0 at float32 precision.
+
+numba's on-disk cache of a kernel does not notice edits to functions inlined from here: after
+changing this file, clear NUMBA_CACHE_DIR (scripts/test.sh uses build/numba-cache).
 """
 
 from __future__ import annotations
