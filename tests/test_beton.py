@@ -1,0 +1,130 @@
+"""The .beton writer/reader: round trips, FFCV's own reader agrees, failures leave nothing behind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from loaders.beton import SAMPLE_META, read_beton, read_manifest, write_beton
+from loaders.sources.base import ChunkedSource, SourceError
+from loaders.types import ArrayDataset
+
+
+def random_dataset(n=300, size=32, classes=7, seed=0):
+    rng = np.random.default_rng(seed)
+    return ArrayDataset(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), rng.integers(0, classes, n),
+                        [f"k{i}" for i in range(classes)], "rand", {"related": [True] * classes})
+
+
+def chunked(ds, rows, count, fail_after=None):
+    def chunks():
+        for i, start in enumerate(range(0, len(ds), rows)):
+            if fail_after is not None and i == fail_after:
+                raise KeyboardInterrupt  # what Ctrl-C raises in the middle of a write
+            yield ds.subset(np.arange(start, min(start + rows, len(ds))))
+    return ChunkedSource(chunks, ds.class_names, ds.image_size, ds.name, count, dict(ds.meta))
+
+
+@pytest.mark.parametrize("count_known", [True, False])
+def test_roundtrip_across_pages(tmp_path, count_known):
+    ds = random_dataset(n=1500, size=64)  # 12 KiB images over several 2 MiB pages
+    out = tmp_path / "d.beton"
+    seen = []
+    manifest = write_beton(out, chunked(ds, 256, len(ds) if count_known else None), page_size=1 << 21,
+                           progress=seen.append)
+    back = read_beton(out)
+    np.testing.assert_array_equal(back.images, ds.images)
+    np.testing.assert_array_equal(back.labels, ds.labels)
+    assert back.class_names == ds.class_names and sum(seen) == len(ds)
+    assert manifest == read_manifest(out) and manifest["related"] == [True] * 7
+    assert manifest["class_counts"] == np.bincount(ds.labels, minlength=7).tolist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.beton", "d.beton.json"]
+
+
+def test_ffcv_reader_agrees():
+    pytest.importorskip("ffcv")
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.types import ALLOC_TABLE_TYPE, FieldDescType, HeaderType, get_metadata_type
+
+    from loaders.beton import ALLOC_ENTRY, FIELD_DESC, HEADER
+
+    theirs = get_metadata_type([RGBImageField(), IntField()])
+    assert theirs.itemsize == SAMPLE_META.itemsize
+    assert [theirs.fields[n][1] for n in theirs.names] == [SAMPLE_META.fields[n][1] for n in SAMPLE_META.names]
+    assert theirs[0] == SAMPLE_META["image"]
+    for ours, ffcv_dtype in ((HEADER, HeaderType), (FIELD_DESC, FieldDescType), (ALLOC_ENTRY, ALLOC_TABLE_TYPE)):
+        assert ours == ffcv_dtype
+
+
+def test_ffcv_reader_reads_our_file(tmp_path):
+    pytest.importorskip("ffcv")
+    from ffcv.reader import Reader
+
+    ds = random_dataset(n=50)
+    write_beton(tmp_path / "d.beton", ds)
+    reader = Reader(str(tmp_path / "d.beton"))
+    assert reader.num_samples == 50 and list(reader.handlers) == ["image", "label"]
+    np.testing.assert_array_equal(reader.metadata["f1"], ds.labels)
+    assert len(reader.alloc_table) == 50
+
+
+@pytest.mark.parametrize("error", ["interrupt", "bad-chunk"])
+def test_failed_write_leaves_nothing(tmp_path, error):
+    ds = random_dataset()
+    out = tmp_path / "d.beton"
+    if error == "interrupt":
+        with pytest.raises(KeyboardInterrupt):
+            write_beton(out, chunked(ds, 64, len(ds), fail_after=2))
+    else:
+        bad = ArrayDataset(ds.images[:, :16, :16], ds.labels, ds.class_names, "bad")
+        src = ChunkedSource(lambda: iter([ds.subset(np.arange(64)), bad]), ds.class_names, 32, "mixed")
+        with pytest.raises(SourceError, match=r"bad: every image must be 32x32x3"):
+            write_beton(out, src)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_overwrite_keeps_previous_file(tmp_path):
+    out = tmp_path / "d.beton"
+    old = write_beton(out, random_dataset(seed=1))
+    with pytest.raises(KeyboardInterrupt):
+        write_beton(out, chunked(random_dataset(seed=2), 64, None, fail_after=1))
+    assert read_manifest(out) == old
+    np.testing.assert_array_equal(read_beton(out).images, random_dataset(seed=1).images)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.beton", "d.beton.json"]
+
+
+def test_count_mismatch_and_empty_source(tmp_path):
+    ds = random_dataset()
+    with pytest.raises(SourceError, match="announced 301 samples but yielded 300"):
+        write_beton(tmp_path / "d.beton", chunked(ds, 100, 301))
+    with pytest.raises(SourceError, match="holds no images"):
+        write_beton(tmp_path / "d.beton", ChunkedSource(lambda: iter([]), ["a"], 32, "none"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reader_errors_name_the_file(tmp_path):
+    write_beton(tmp_path / "d.beton", random_dataset())
+    (tmp_path / "d.beton.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"d\.beton\.json: manifest not found"):
+        read_beton(tmp_path / "d.beton")
+    (tmp_path / "t.beton").write_bytes(b"\x02\x00" * 10)
+    with pytest.raises(ValueError, match=r"t\.beton: 20 bytes is too short"):
+        read_beton(tmp_path / "t.beton")
+
+
+def test_prepare_cli_exit_codes(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import prepare_cmd  # noqa: F401
+    from cli.app import app
+
+    runner = CliRunner()
+    out = tmp_path / "s.beton"
+    result = runner.invoke(app, ["prepare", "shapes", "primary", str(out), "--split", "test"])
+    assert result.exit_code == 0, result.output
+    assert read_manifest(out)["split"] == "test" and len(read_beton(out)) == read_manifest(out)["count"]
+    (tmp_path / "junk.tar.gz").write_bytes(b"nope")
+    result = runner.invoke(app, ["prepare", "cifar10", str(tmp_path / "junk.tar.gz"), str(tmp_path / "c.beton")])
+    message = " ".join(result.output.split())  # rich wraps long lines
+    assert result.exit_code == 1 and "junk.tar.gz: not a readable tar archive" in message
+    assert not (tmp_path / "c.beton").exists() and not (tmp_path / "c.beton.json").exists()
