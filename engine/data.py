@@ -1,0 +1,108 @@
+"""From the data section of a config to the streams and the held-out set of a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.config import ConfigError, DataConfig
+from loaders.datasets import make_stream, open_dataset
+from loaders.stream import PairedStream, split_batch
+from loaders.types import ArrayDataset
+
+
+@dataclass
+class RunData:
+    stream: PairedStream
+    num_classes: int
+    aux_classes: tuple[int, ...]
+    class_names: list[str]
+    aux_names: list[str]
+    aux_class_names: list[list[str]]
+    aux_related: list[list[bool] | None]
+    """Per auxiliary dataset, the related/unrelated flag of each class where the data says so."""
+    heldout_x: torch.Tensor
+    """(n, 3, H, W) float in [0, 1], channels_last, on the device: fixed per-epoch eval subset."""
+    heldout_y: torch.Tensor
+
+
+def test_spec(data: DataConfig) -> str:
+    if data.test:
+        return data.test
+    if data.primary.startswith("shapes:"):
+        return data.primary  # the built-in sets generate their own test split
+    raise ConfigError(
+        f"data.test is empty and {data.primary!r} has no built-in test split: pass --test TEST.beton "
+        "(model selection needs held-out data)"
+    )
+
+
+def to_device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float [0, 1] channels_last on the device."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    return x.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+
+
+def heldout_subset(dataset: ArrayDataset, n: int, seed: int) -> np.ndarray:
+    """A fixed random subset of indices, the same in every epoch and on resume."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.permutation(len(dataset))[: min(n, len(dataset))])
+
+
+def build_run_data(
+    data: DataConfig, *, use_aux: bool, device: torch.device, seed: int, eval_n: int,
+    kernel_impl: str, rank: int = 0, world_size: int = 1,
+) -> RunData:
+    def stream(spec: str, batch_size: int, stream_seed: int, drop_last: bool):
+        options = {"kernel_impl": kernel_impl} if data.loader == "resident" else {}
+        if data.loader == "ffcv":
+            options["num_workers"] = data.num_workers
+        elif data.loader == "dali":
+            options["num_threads"] = data.num_workers
+        return make_stream(spec, backend=data.loader, batch_size=batch_size, device=device, train=True,
+                           seed=stream_seed, drop_last=drop_last, rank=rank, world_size=world_size, **options)
+
+    primary = stream(data.primary, data.batch_size, seed, data.drop_last)
+    aux_specs = data.aux if use_aux else []
+    # Auxiliary streams cycle forever, so dropping a ragged last batch loses nothing and keeps
+    # every step's auxiliary batch the same size.
+    aux = [stream(spec, bs, seed + 1000 * (i + 1), True)
+           for i, (spec, bs) in enumerate(zip(aux_specs, split_batch(data.aux_batch_size, len(aux_specs))))]
+    test = open_dataset(test_spec(data), "test")
+    if test.num_classes != primary.num_classes:
+        raise ConfigError(
+            f"held-out data {test_spec(data)!r} has {test.num_classes} classes, the primary data "
+            f"{data.primary!r} has {primary.num_classes}: they must be splits of the same dataset"
+        )
+    if test.image_size != primary.image_size:
+        raise ConfigError(f"held-out images are {test.image_size}px, primary images {primary.image_size}px")
+    for spec, s in zip(aux_specs, aux):
+        if s.image_size != primary.image_size:
+            raise ConfigError(
+                f"auxiliary data {spec!r} has {s.image_size}px images, the primary {primary.image_size}px: "
+                f"prepare it with --size {primary.image_size}"
+            )
+    index = heldout_subset(test, eval_n, seed)
+    aux_meta = [_dataset_facts(spec, s) for spec, s in zip(aux_specs, aux)]
+    return RunData(
+        stream=PairedStream(primary, aux),
+        num_classes=primary.num_classes,
+        aux_classes=tuple(s.num_classes for s in aux),
+        class_names=list(test.class_names),
+        aux_names=[m[0] for m in aux_meta],
+        aux_class_names=[m[1] for m in aux_meta],
+        aux_related=[m[2] for m in aux_meta],
+        heldout_x=to_device_images(test.images[index], device),
+        heldout_y=torch.from_numpy(test.labels[index]).to(device),
+    )
+
+
+def _dataset_facts(spec: str, stream) -> tuple[str, list[str], list[bool] | None]:
+    dataset = getattr(stream, "dataset", None)
+    if isinstance(dataset, ArrayDataset):
+        return dataset.name, list(dataset.class_names), dataset.meta.get("related")
+    manifest = getattr(stream, "manifest", None) or {}
+    names = manifest.get("class_names") or [str(i) for i in range(stream.num_classes)]
+    return manifest.get("name", spec), list(names), manifest.get("related")

@@ -1,0 +1,128 @@
+"""Device, precision, compile mode and kernel choice, resolved once from the machine.
+
+nanoGPT's habit: autocast is a `nullcontext` where it does nothing, the GradScaler is enabled
+only for fp16, and nothing below this module asks which device it is on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, ContextManager
+
+import torch
+
+from engine.config import ConfigError, RuntimeConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16
+    compile: bool
+    channels_last: bool
+    kernels: str  # torch | numba | triton
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def autocast(self) -> Callable[[], ContextManager]:
+        dtype = self.amp_dtype
+        if dtype is None:
+            return contextlib.nullcontext
+        return functools.partial(torch.autocast, device_type=self.device.type, dtype=dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        # Loss scaling only matters for fp16: bf16 has fp32's exponent range.
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"runtime.device = {name!r} but this machine has no CUDA device; use --device cpu")
+    return device
+
+
+def _auto_precision(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "fp32"
+    # V100 (compute capability 7.x) has no bf16 tensor cores: fp16 with a GradScaler there.
+    return "bf16" if torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
+
+
+def _auto_kernels(device: torch.device) -> str:
+    from kernels.dispatch import resolve
+
+    return resolve("auto", torch.empty(0, device=device))
+
+
+def resolve_runtime(cfg: RuntimeConfig) -> tuple[Runtime, RuntimeConfig]:
+    """The runtime for this machine, and the config with every `auto` replaced by its choice
+    (what config.toml records, so a run says exactly how it ran)."""
+    device = resolve_device(cfg.device)
+    precision = _auto_precision(device) if cfg.precision == "auto" else cfg.precision
+    if precision == "bf16" and device.type == "cpu":
+        log.warning("bf16 autocast on CPU is slow on most CPUs; consider runtime.precision=fp32")
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("runtime.precision = fp16 needs a CUDA device (fp16 autocast with a GradScaler)")
+    compile_on = device.type == "cuda" if cfg.compile == "auto" else cfg.compile == "on"
+    kernels = _auto_kernels(device) if cfg.kernels == "auto" else cfg.kernels
+    if os.environ.get("BIAMAT_KERNELS"):
+        kernels = os.environ["BIAMAT_KERNELS"]  # the global switch wins; record what really ran
+    runtime = Runtime(device, precision, compile_on, cfg.channels_last, kernels)
+    resolved = dataclasses.replace(
+        cfg, device=str(device), precision=precision, compile="on" if compile_on else "off", kernels=kernels
+    )
+    return runtime, resolved
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Every RNG a step draws from, in types `torch.load(weights_only=True)` accepts."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,292 @@
+"""The training loop: owns optimiser, schedule, AMP, compile, evaluation cadence, checkpoints
+and logs, and knows nothing about which method runs (it calls `METHODS[name]`).
+
+    load or start -> while epoch < epochs: train one epoch; evaluate; log; save
+
+Resuming from `last.pt` restores model, optimiser, scaler, step, method state, stream
+positions and RNG states, so a resumed run ends with the same metrics as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from engine.checkpoint import atomic_write_text, clean_state_dict, export_model, load_checkpoint, save_checkpoint
+from engine.config import TrainConfig, to_toml
+from engine.data import RunData, build_run_data
+from engine.evaluation import accuracy
+from engine.methods import METHODS, MethodState, StepContext, StepStats
+from engine.models import build, model_card, primary_state_dict
+from engine.run_files import JsonLines
+from engine.runtime import Runtime, resolve_runtime, rng_state, seed_everything, set_rng_state
+from engine.schedule import learning_rate
+
+log = logging.getLogger(__name__)
+
+StepHook = Callable[[int, int, int, float], None]
+"""on_step(epoch, batch_in_epoch, batches_per_epoch, images_per_s), for progress bars."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the run stops and the last good checkpoint is kept."""
+
+
+class _Classifier(nn.Module):
+    """h_pri through the (possibly compiled) trunk under the run's autocast, for evaluation."""
+
+    def __init__(self, model: nn.Module, trunk: Callable, autocast: Callable) -> None:
+        super().__init__()
+        self.model = model
+        self._trunk, self._autocast = trunk, autocast
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.model.fc(self._trunk(x)).float()
+
+
+class _EpochTotals:
+    """Sums step statistics on the device; read once per epoch."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.n_aux = self.routed_aux = 0
+        self.n_high: torch.Tensor | int = 0
+        self.seen: list[torch.Tensor] = []
+        self.high: list[torch.Tensor] = []
+
+    def add(self, s: StepStats) -> None:
+        self.steps += 1
+        for key in ("loss", "loss_pri", "loss_low", "loss_high"):
+            self.sums[key] = self.sums.get(key, 0.0) + getattr(s, key)
+        if s.routed:
+            self.routed_aux += s.n_aux
+            self.n_high = self.n_high + s.n_high
+            if not self.seen:
+                self.seen = [c.clone() for c in s.seen_per_class]
+                self.high = [c.clone() for c in s.high_per_class]
+            else:
+                for acc, c in zip(self.seen, s.seen_per_class):
+                    acc += c
+                for acc, c in zip(self.high, s.high_per_class):
+                    acc += c
+
+    def means(self) -> dict[str, float]:
+        return {k: float(v) / max(self.steps, 1) for k, v in self.sums.items()}
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
+                 on_step: StepHook | None = None) -> None:
+        self.out = Path(out_dir)
+        self.on_step = on_step
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
+        self.is_main = self.rank == 0
+        runtime, resolved = resolve_runtime(cfg.runtime)
+        self.cfg = dataclasses.replace(cfg, runtime=resolved)
+        self.rt: Runtime = runtime
+        seed_everything(cfg.runtime.seed)
+        if cfg.runtime.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+        self.data: RunData = build_run_data(
+            cfg.data, use_aux=cfg.uses_aux, device=runtime.device, seed=cfg.runtime.seed,
+            eval_n=cfg.eval.n, kernel_impl=runtime.kernels, rank=self.rank, world_size=self.world_size,
+        )
+        self.model = build(cfg.model.name, self.data.num_classes, self.data.aux_classes, dropout=cfg.model.dropout)
+        self.model.to(runtime.device)
+        if runtime.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.trunk = torch.compile(self.model.features) if runtime.compile else self.model.features
+        self.classifier = _Classifier(self.model, self.trunk, runtime.autocast())
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+            weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,
+        )
+        self.scaler = runtime.grad_scaler()
+        self.method_fn = METHODS[cfg.method.name]
+        self.method_state = MethodState()
+        self.epoch = 0
+        self.step = 0
+        self.best_robust = -1.0
+        self.metrics = JsonLines(self.out / "metrics.jsonl", self.is_main)
+        self.selection = JsonLines(self.out / "selection.jsonl", self.is_main)
+        if resume:
+            self._resume()
+        elif self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            for f in (self.metrics.path, self.selection.path):
+                f.unlink(missing_ok=True)
+        if self.is_main:
+            atomic_write_text(self.out / "config.toml", to_toml(self.cfg))
+
+    # ---- the loop -------------------------------------------------------------------------
+    def fit(self) -> list[dict]:
+        total = self.cfg.optim.epochs
+        while self.epoch < total:
+            record = self._train_epoch()
+            self.epoch += 1
+            if self.epoch % self.cfg.eval.every == 0 or self.epoch == total:
+                record.update(self._evaluate())
+            self._log_and_save(record)
+        return self.metrics.read()
+
+    def _context(self) -> StepContext:
+        return StepContext(
+            method=self.cfg.method, attack=self.cfg.attack,
+            in_warmup=self.epoch < self.cfg.method.warmup_epochs,
+            trunk=self.trunk, autocast=self.rt.autocast(), kernel_impl=self.rt.kernels,
+        )
+
+    def _train_epoch(self) -> dict:
+        ctx = self._context()
+        totals = _EpochTotals()
+        steps_per_epoch = len(self.data.stream)
+        images = 0
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.rt.device)
+        check_every = 1 if self.rt.device.type == "cpu" else 25  # a check is a device sync
+        self.model.train()
+        start = time.perf_counter()
+        for i, batch in enumerate(self.data.stream):
+            self.step += 1
+            lr = learning_rate(self.cfg.optim, self.step, steps_per_epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss, stats = self.method_fn(self.model, batch, self.method_state, ctx)
+            nonfinite |= ~torch.isfinite(loss)
+            if (i + 1) % check_every == 0 and bool(nonfinite):
+                self._fail_nonfinite(i + 1)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.world_size > 1:
+                self._allreduce_grads()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            totals.add(stats)
+            images += len(batch.y_pri) + len(batch.y_aux)
+            if self.on_step is not None:
+                self.on_step(self.epoch, i + 1, steps_per_epoch, images / (time.perf_counter() - start))
+        if bool(nonfinite):
+            self._fail_nonfinite(steps_per_epoch)
+        if self.rt.device.type == "cuda":
+            torch.cuda.synchronize(self.rt.device)
+        seconds = time.perf_counter() - start
+        means = totals.means()
+        record = {
+            "epoch": self.epoch + 1,
+            "step": self.step,
+            "lr": lr,
+            **{k: means.get(k, 0.0) for k in ("loss", "loss_pri", "loss_low", "loss_high")},
+            "omega": self.method_state.omega,
+            "n_high_ratio": (float(totals.n_high) / totals.routed_aux) if totals.routed_aux else None,
+            "warmup": ctx.in_warmup,
+            "images_per_s": images * self.world_size / seconds,
+            "seconds": seconds,
+        }
+        self._log_selection(totals)
+        return record
+
+    def _fail_nonfinite(self, batch_index: int) -> None:
+        raise NonFiniteLossError(
+            f"the training loss became NaN or inf in epoch {self.epoch + 1} (by batch {batch_index}, "
+            f"step {self.step}); the run stopped without saving, so {self.out / 'last.pt'} still holds "
+            "the last good state. Lower optim.lr, check the data for corrupt images, or use "
+            "runtime.precision=fp32, then resume with --resume."
+        )
+
+    def _allreduce_grads(self) -> None:
+        for p in self.model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world_size
+
+    def _evaluate(self) -> dict:
+        start = time.perf_counter()
+        x, y = self.data.heldout_x, self.data.heldout_y
+        common = dict(eps=self.cfg.attack.eps, step_size=self.cfg.attack.step_size,
+                      batch_size=self.cfg.eval.batch_size, kernel_impl=self.rt.kernels)
+        clean, n = accuracy(self.classifier, x, y, "clean", **common)
+        robust = clean
+        if self.cfg.eval.steps > 0:
+            robust, _ = accuracy(self.classifier, x, y, f"pgd{self.cfg.eval.steps}", **common)
+        return {"clean_acc": clean / n, "robust_acc": robust / n, "eval_seconds": time.perf_counter() - start}
+
+    def _log_selection(self, totals: _EpochTotals) -> None:
+        for i, (seen, high) in enumerate(zip(totals.seen, totals.high)):
+            self.selection.write({
+                "epoch": self.epoch + 1,
+                "aux": i,
+                "aux_name": self.data.aux_names[i],
+                "class_names": self.data.aux_class_names[i],
+                "related": self.data.aux_related[i],
+                "seen": seen.tolist(),
+                "high": high.tolist(),
+            })
+
+    # ---- files ----------------------------------------------------------------------------
+    def _card(self) -> dict:
+        return model_card(
+            self.model, self.cfg.model.name, self.data.class_names,
+            aux_classes=list(self.data.aux_classes), threat_model="Linf", eps=self.cfg.attack.eps,
+            method=self.cfg.method.name, aux_mode=self.cfg.method.aux_mode if self.cfg.uses_aux else "none",
+            aux_data=self.data.aux_names, image_size=int(self.data.heldout_x.shape[-1]),
+        )
+
+    def _state(self) -> dict:
+        return {
+            "model": clean_state_dict(self.model.state_dict()),
+            "model_card": self._card(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "method": self.method_state.state_dict(),
+            "stream": self.data.stream.state_dict(),
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_robust": self.best_robust,
+            "config": self.cfg.to_dict(),
+        }
+
+    def _log_and_save(self, record: dict) -> None:
+        robust = record.get("robust_acc")
+        improved = robust is not None and robust > self.best_robust
+        if improved:
+            self.best_robust = robust
+        if not self.is_main:
+            return
+        self.metrics.write(record)
+        state = self._state()
+        save_checkpoint(self.out / "last.pt", state)
+        if improved:
+            save_checkpoint(self.out / "best.pt", state)
+            export_model(self.out, primary_state_dict(self.model), {**self._card(), "epoch": self.epoch,
+                                                                     "robust_acc": robust})
+        log.info("epoch %d: %s", self.epoch, {k: v for k, v in record.items() if isinstance(v, (int, float))})
+
+    def _resume(self) -> None:
+        path = self.out / "last.pt"
+        state = load_checkpoint(path)  # CPU tensors; load_state_dict moves them to the device
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.method_state.load_state_dict(state["method"])
+        self.data.stream.load_state_dict(state["stream"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step, self.best_robust = state["epoch"], state["step"], state["best_robust"]
+        self.metrics.truncate_after(self.epoch)
+        self.selection.truncate_after(self.epoch)
+        log.info("resumed %s at epoch %d, step %d", path, self.epoch, self.step)
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, on_step: StepHook | None = None) -> list[dict]:
+    """Trains a run into `out_dir` and returns its metrics records."""
+    return Trainer(cfg, out_dir, resume=resume, on_step=on_step).fit()
