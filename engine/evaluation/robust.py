@@ -36,6 +36,56 @@ def parse_attack(name: str) -> AttackSpec:
     return AttackSpec(kind, steps)
 
 
+def robust_mask(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    attack: AttackSpec | str = "clean",
+    *,
+    eps: float = 8 / 255,
+    step_size: float = 2 / 255,
+    batch_size: int = 256,
+    restarts: int = 1,
+    kappa: float = 50.0,
+    random_start: bool = True,
+    kernel_impl: str = "auto",
+) -> torch.Tensor:
+    """(N,) bool: which samples `model` still classifies correctly under `attack`.
+
+    A sample counts as robust only when it is classified correctly clean and after every
+    restart (the AutoAttack convention: a robust accuracy can never exceed the clean one).
+    The model runs in eval mode; its previous mode is restored.
+    images: (N, 3, H, W) float in [0, 1] on the model's device (any memory format).
+    """
+    spec = parse_attack(attack) if isinstance(attack, str) else attack
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
+    masks = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(images), batch_size):
+            x, y = images[start:start + batch_size], labels[start:start + batch_size]
+            with torch.no_grad():
+                ok = model(x).argmax(1) == y  # (B,)
+            if spec.kind != "clean":
+                for _ in range(restarts):
+                    # Points already broken need no further restart.
+                    if not bool(ok.any()):
+                        break
+                    x_adv = pgd(model, x, y, eps=eps, step_size=step_size, steps=spec.steps,
+                                loss="ce" if spec.kind == "pgd" else "cw", kappa=kappa,
+                                random_start=random_start, mode="eval", kernel_impl=kernel_impl)
+                    with torch.no_grad():
+                        ok &= model(x_adv).argmax(1) == y
+            masks.append(ok)
+    finally:
+        model.train(was_training)
+    if not masks:
+        return torch.zeros(0, dtype=torch.bool, device=labels.device)
+    return torch.cat(masks)
+
+
 def accuracy(
     model: nn.Module,
     images: torch.Tensor,
@@ -52,19 +102,6 @@ def accuracy(
 
     images: (N, 3, H, W) float in [0, 1] on the model's device (any memory format).
     """
-    spec = parse_attack(attack) if isinstance(attack, str) else attack
-    correct = 0
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(images), batch_size):
-            x, y = images[start:start + batch_size], labels[start:start + batch_size]
-            if spec.kind != "clean":
-                x = pgd(model, x, y, eps=eps, step_size=step_size, steps=spec.steps,
-                        loss="ce" if spec.kind == "pgd" else "cw", random_start=random_start,
-                        mode="eval", kernel_impl=kernel_impl)
-            with torch.no_grad():
-                correct += int((model(x).argmax(1) == y).sum())
-    finally:
-        model.train(was_training)
-    return correct, len(images)
+    mask = robust_mask(model, images, labels, attack, eps=eps, step_size=step_size,
+                       batch_size=batch_size, random_start=random_start, kernel_impl=kernel_impl)
+    return int(mask.sum()), len(images)

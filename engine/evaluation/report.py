@@ -1,0 +1,55 @@
+"""The evaluation report: eps as text, RobustBench-style fields, atomic JSON output."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from fractions import Fraction
+from pathlib import Path
+
+
+def parse_eps(text: str | float) -> float:
+    """`8/255`, `0.031` or a number -> float in [0, 1]; anything else is an error naming the forms."""
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        try:
+            value = float(Fraction(str(text).strip()))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"cannot read eps {text!r}: expected a number or a fraction such as 8/255") from None
+    if not (0.0 <= value <= 1.0) or math.isnan(value):
+        raise ValueError(f"eps must lie in [0, 1] for images in [0, 1], got {text!r}")
+    return value
+
+
+def format_eps(value: float) -> str:
+    """0.0313725... -> `8/255`: the form papers and RobustBench write; other values as decimals."""
+    numerator = round(value * 255)
+    if numerator == 0 and value == 0:
+        return "0"
+    if abs(numerator / 255 - value) < 1e-9:
+        return f"{numerator}/255"
+    return f"{value:g}"
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Writes through a temporary file and os.replace, so a crash never leaves half a report."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    """(attack, robust accuracy, count, seconds) rows in report order, clean first."""
+    n = report["n"]
+    rows = [("clean", f"{100 * report['clean_acc']:.2f}%", f"{report['clean_correct']}/{n}",
+             f"{report['clean_seconds']:.1f}")]
+    for name, entry in report["attacks"].items():
+        rows.append((name, f"{100 * entry['robust_acc']:.2f}%", f"{entry['robust']}/{n}", f"{entry['seconds']:.1f}"))
+        for sub, count in entry.get("robust_after", {}).items():
+            rows.append((f"  after {sub}", f"{100 * count / max(n, 1):.2f}%", f"{count}/{n}",
+                         f"{entry['attack_seconds'][sub]:.1f}"))
+    return rows

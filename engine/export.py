@@ -1,0 +1,191 @@
+"""Export of the primary classifier for RobustBench: WideResNet weights, model card, README.
+
+RobustBench's `WideResNet(depth, widen_factor, num_classes)` has our key names (`conv1`,
+`block1.layer.N.{bn1, conv1, bn2, conv2, convShortcut}`, `bn1`, `fc`) but neither the
+`mu`/`sigma` normalisation buffers nor the auxiliary heads, so both are left out of the weights.
+RobustBench models take [0, 1] inputs, so the normalisation travels in the card (`normalization`
+mean and std) and is applied in front of the network: `net((x - mean) / std)`. It is not folded
+into `conv1`: that conv zero-pads the *normalised* image, i.e. pads with the mean colour, and a
+folded conv would pad raw pixels with black, changing every border output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+EXPORT_FORMATS = ("robustbench",)
+_NORMALIZATION_KEYS = ("mu", "sigma")
+# Keys of the run configuration worth a line in the card, wherever they sit in the TOML tree.
+_TRAINING_KEYS = ("method", "aux_mode", "primary", "aux", "test", "model", "epochs", "alpha", "pi",
+                  "beta", "warmup_epochs", "eps", "step_size", "steps", "lr", "weight_decay", "batch_size",
+                  "aux_batch_size", "seed", "loader", "precision")
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    weights: Path
+    card: Path
+    readme: Path
+
+
+def robustbench_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The primary classifier's weights under RobustBench's WideResNet keys (no mu/sigma/aux heads)."""
+    from engine.models import primary_state_dict
+
+    return {k: v.detach().cpu().contiguous() for k, v in primary_state_dict(model).items()
+            if k not in _NORMALIZATION_KEYS}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def training_summary(config: dict) -> dict[str, object]:
+    """The facts a reader of the card wants (method, aux data, alpha, ...) from the run's config."""
+    return {name: value for name, value in _flatten(config).items() if name.rsplit(".", 1)[-1] in _TRAINING_KEYS}
+
+
+def _eval_summary(eval_report: dict) -> dict:
+    attacks = eval_report.get("attacks", {})
+    return {
+        "threat_model": eval_report.get("threat_model", "Linf"),
+        "eps": eval_report.get("eps"),
+        "n": eval_report.get("n"),
+        "clean_acc": eval_report.get("clean_acc"),
+        "robust_acc": {name: entry.get("robust_acc") for name, entry in attacks.items()},
+        "autoattack_acc": eval_report.get("autoattack_acc"),
+        "test": eval_report.get("test"),
+        "sanity_warnings": [w.get("code") for w in eval_report.get("sanity_warnings", [])],
+    }
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def render_readme(card: dict) -> str:
+    """The model card as markdown, with the loading code RobustBench users need."""
+    arch = card["robustbench_architecture"]
+    norm = card["normalization"]
+    lines = [
+        f"# {card['name']}", "",
+        f"WideResNet-{arch['depth']}-{arch['widen_factor']} ({card['num_classes']} classes), "
+        f"trained with biamat-engine; exported from `{card['source']}`.", "",
+        "## Loading", "",
+        "Weights use RobustBench's WideResNet key names. Inputs are float NCHW images in [0, 1]; the",
+        "normalisation below is applied in front of the network (it is not folded into `conv1`).", "",
+        "```python",
+        "import torch",
+        "from safetensors.torch import load_file",
+        "from robustbench.model_zoo.architectures.wide_resnet import WideResNet",
+        "",
+        f"net = WideResNet(depth={arch['depth']}, widen_factor={arch['widen_factor']}, "
+        f"num_classes={arch['num_classes']})",
+        'net.load_state_dict(load_file("model.safetensors"))',
+        f"mean = torch.tensor({norm['mean']}).view(1, 3, 1, 1)",
+        f"std = torch.tensor({norm['std']}).view(1, 3, 1, 1)",
+        "model = lambda x: net((x - mean) / std)  # x: (B, 3, 32, 32) in [0, 1] -> logits",
+        "```", "",
+        "With biamat-engine: `engine.export.load_robustbench_export(DIR)` returns the same classifier.", "",
+    ]
+    training = card.get("training", {})
+    if training:
+        lines += ["## Training", "", "| setting | value |", "|---|---|"]
+        lines += [f"| {key} | {value} |" for key, value in training.items()]
+        lines.append("")
+    evaluation = card.get("evaluation")
+    if evaluation:
+        lines += [f"## Evaluation (threat model {evaluation['threat_model']}, eps {evaluation['eps']}, "
+                  f"n {evaluation['n']})", "", "| attack | accuracy |", "|---|---|",
+                  f"| clean | {_percent(evaluation['clean_acc'])} |"]
+        lines += [f"| {name} | {_percent(acc)} |" for name, acc in evaluation["robust_acc"].items()]
+        if evaluation["sanity_warnings"]:
+            lines += ["", f"Sanity warnings during evaluation: {', '.join(evaluation['sanity_warnings'])}."]
+        lines.append("")
+    else:
+        lines += ["## Evaluation", "", "No eval.json in the run directory: run `biamat-engine eval` first.", ""]
+    return "\n".join(lines)
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def export_robustbench(run: str | Path, out_dir: str | Path | None = None) -> ExportResult:
+    """Writes model.safetensors, model.json and README.md for RobustBench into `out_dir`
+    (default RUN_DIR/robustbench). `run` is a run directory or anything `engine.models.load` takes."""
+    from safetensors.torch import save_file
+
+    from engine.models import load
+
+    run = Path(run)
+    run_dir = run if run.is_dir() else run.parent
+    model = load(run)
+    if not hasattr(model, "mu") or not hasattr(model, "depth"):
+        raise ValueError(f"{run}: only WideResNet classifiers can be exported for RobustBench")
+    # Everything is read and checked before the first file is written.
+    weights = robustbench_state_dict(model)
+    config = {}
+    if (run_dir / "config.toml").exists():
+        with (run_dir / "config.toml").open("rb") as f:
+            config = tomllib.load(f)
+    eval_report = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else None
+    card = {
+        "name": f"biamat-{run_dir.resolve().name}",
+        "architecture": f"wrn-{model.depth}-{model.width}",
+        "robustbench_architecture": {"class": "WideResNet", "depth": model.depth,
+                                     "widen_factor": model.width, "num_classes": model.num_classes,
+                                     "sub_block1": False, "input_size": 32},
+        "num_classes": model.num_classes,
+        "threat_model": "Linf",
+        "input": "float NCHW in [0, 1]",
+        "normalization": {"mean": model.mu.flatten().tolist(), "std": model.sigma.flatten().tolist(),
+                          "apply": "net((x - mean) / std)",
+                          "folded_into_conv1": False},
+        "source": str(run),
+        "training": training_summary(config),
+        "training_config": config,
+        "evaluation": _eval_summary(eval_report) if eval_report else None,
+    }
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "robustbench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = ExportResult(out_dir, out_dir / "model.safetensors", out_dir / "model.json", out_dir / "README.md")
+    _write_atomic(result.weights, lambda p: save_file(weights, str(p), metadata={"format": "robustbench-wideresnet"}))
+    _write_atomic(result.card, lambda p: p.write_text(json.dumps(card, indent=2) + "\n"))
+    _write_atomic(result.readme, lambda p: p.write_text(render_readme(card)))
+    return result
+
+
+def load_robustbench_export(out_dir: str | Path) -> nn.Module:
+    """The exported classifier rebuilt with biamat-engine: our WideResNet with the card's
+    normalisation in its buffers, every other weight from model.safetensors."""
+    from safetensors.torch import load_file
+
+    from engine.models import build
+
+    out_dir = Path(out_dir)
+    card = json.loads((out_dir / "model.json").read_text())
+    norm = card["normalization"]
+    model = build(card["architecture"], card["num_classes"], mean=norm["mean"], std=norm["std"])
+    missing, unexpected = model.load_state_dict(load_file(str(out_dir / "model.safetensors")), strict=False)
+    if sorted(missing) != sorted(_NORMALIZATION_KEYS) or unexpected:
+        raise ValueError(f"{out_dir}/model.safetensors does not match {card['architecture']}: "
+                         f"missing {missing}, unexpected {unexpected}")
+    return model.eval()

@@ -1,0 +1,95 @@
+"""`biamat-engine eval` end to end through Typer on a tiny WideResNet saved as safetensors + model.json."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from cli.app import app
+import cli.eval_cmd  # noqa: F401  (registers the command)
+from engine.evaluation.runner import resolve_eps
+from engine.models import build, model_card, primary_state_dict
+
+
+def _calibrated_wrn():
+    """wrn-10-1 whose BatchNorm statistics come from random images, so predictions vary."""
+    torch.manual_seed(0)
+    model = build("wrn-10-1", 10, aux_classes=(5,))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(64, 3, 16, 16))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval-cli")
+    model = _calibrated_wrn()
+    save_file(primary_state_dict(model), str(root / "model.safetensors"))
+    (root / "model.json").write_text(json.dumps(model_card(model, "wrn-10-1", eps="2/255")))
+    images = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    with torch.no_grad():
+        labels = model(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).argmax(1).numpy()
+    np.savez(root / "test.npz", images=images, labels=labels)
+    return root
+
+
+def test_eval_writes_robustbench_style_report(saved):
+    out = saved / "eval.json"
+    result = CliRunner().invoke(app, [
+        "eval", str(saved / "model.safetensors"), "--test", str(saved / "test.npz"),
+        "--attacks", "clean,pgd3,cw3,aa", "--aa-attacks", "apgd-ce", "--aa-iterations", "3",
+        "--batch-size", "8", "--n", "10", "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["threat_model"] == "Linf"
+    assert report["eps"] == "2/255" and report["eps_value"] == pytest.approx(2 / 255)  # from model.json
+    assert report["n"] == 10 and report["clean_acc"] == 1.0  # labels are the model's own predictions
+    assert set(report["attacks"]) == {"pgd3", "cw3", "aa"}
+    for entry in report["attacks"].values():
+        assert 0.0 <= entry["robust_acc"] <= report["clean_acc"]
+        assert entry["robust"] == round(entry["robust_acc"] * 10)
+    assert report["autoattack_acc"] == report["attacks"]["aa"]["robust_acc"]
+    assert report["robust_acc"] == min(e["robust_acc"] for e in report["attacks"].values())
+    assert report["sanity_warnings"] == [] and report["backend"]["name"] == "eager"
+    assert report["model"].endswith("model.safetensors") and report["device"] == "cpu"
+    assert "pgd3" in result.output and "apgd-ce" in result.output  # the table
+
+
+def test_eps_option_overrides_the_card_and_accepts_fractions(saved):
+    assert resolve_eps(saved / "model.safetensors", "8/255") == (pytest.approx(8 / 255), "option")
+    assert resolve_eps(saved / "model.safetensors", None)[1].endswith("model.json eps")
+    (saved / "run").mkdir(exist_ok=True)
+    (saved / "run" / "config.toml").write_text('[attack]\neps = "4/255"\n')
+    assert resolve_eps(saved / "run", None)[0] == pytest.approx(4 / 255)
+    assert resolve_eps(saved / "nowhere.safetensors", None) == (pytest.approx(8 / 255), "default")
+
+
+def test_tensorrt_backend_stops_with_what_is_missing(saved):
+    out = saved / "never.json"
+    result = CliRunner().invoke(app, [
+        "eval", str(saved / "model.safetensors"), "--test", str(saved / "test.npz"), "--attacks", "clean",
+        "--backend", "tensorrt", "--out", str(out),
+    ])
+    assert result.exit_code == 2
+    assert "tensorrt backend cannot run here" in result.output and "CUDA" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--attacks", "clean,fgsm"], "unknown attack 'fgsm'"),
+    (["--eps", "eight"], "cannot read eps"),
+    (["--aa-attacks", "apgd-ce,deepfool"], "unknown AutoAttack attack(s) deepfool"),
+])
+def test_bad_options_are_clear_errors(saved, args, message):
+    result = CliRunner().invoke(app, ["eval", str(saved / "model.safetensors"), "--test",
+                                      str(saved / "test.npz"), *args])
+    assert result.exit_code == 2
+    assert message in result.output
