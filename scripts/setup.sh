@@ -23,4 +23,8 @@ fi
 # ffcv's setup.py imports numpy and pkgconfig at build time, so they go in first.
 $PIP install numpy pkgconfig setuptools wheel
 $PIP install --no-build-isolation -e ".[test,ffcv,dali,autoattack,triton]"
+# ffcv compiles its C extension against libturbojpeg/OpenCV at install time; fail here, not at
+# the first `--loader ffcv` run, when that went wrong.
+.venv/bin/python -c "import ffcv.loader, ffcv.libffcv, cv2" \
+    || { echo "ffcv 1.0.2 did not install: check pkg-config libturbojpeg0-dev libopencv-dev" >&2; exit 1; }
 echo "set-up done: .venv/bin/biamat-engine is ready"
