@@ -1,0 +1,90 @@
+"""`biamat-engine export --format robustbench`: weights, card and README that reload exactly."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from cli.app import app
+import cli.export_cmd  # noqa: F401  (registers the command)
+from engine.export import export_robustbench, load_robustbench_export
+from engine.models import build, model_card, primary_state_dict
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    torch.manual_seed(0)
+    model = build("wrn-10-2", 10, aux_classes=(7,), mean=MEAN, std=STD)
+    for m in model.modules():  # non-trivial BatchNorm statistics, so every buffer matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    model.eval()
+    save_file(primary_state_dict(model), str(tmp_path / "model.safetensors"))
+    (tmp_path / "model.json").write_text(json.dumps(model_card(model, "wrn-10-2")))
+    (tmp_path / "config.toml").write_text(
+        '[method]\nname = "at"\naux_mode = "biamat"\nalpha = 1.0\npi = 0.55\n'
+        '[data]\nprimary = "cifar10.beton"\naux = ["imagenet32.beton"]\n[attack]\neps = "8/255"\n')
+    (tmp_path / "eval.json").write_text(json.dumps({
+        "threat_model": "Linf", "eps": "8/255", "n": 1000, "clean_acc": 0.8712,
+        "attacks": {"pgd100": {"robust_acc": 0.5501}, "aa": {"robust_acc": 0.5123}},
+        "autoattack_acc": 0.5123, "sanity_warnings": []}))
+    return tmp_path, model
+
+
+def test_exported_weights_reload_to_the_same_logits(run_dir):
+    path, model = run_dir
+    result = export_robustbench(path)
+    weights = load_file(str(result.weights))
+    assert "mu" not in weights and "sigma" not in weights
+    assert not any(k.startswith("aux_fc.") for k in weights)
+    assert "block1.layer.0.convShortcut.weight" in weights and "fc.weight" in weights
+
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        # The RobustBench way: a WideResNet without normalisation (ours with identity buffers has
+        # exactly RobustBench's modules and keys), normalisation in front as the README shows.
+        plain = build("wrn-10-2", 10, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).eval()
+        missing, unexpected = plain.load_state_dict(weights, strict=False)
+        assert sorted(missing) == ["mu", "sigma"] and unexpected == []
+        norm = json.loads(result.card.read_text())["normalization"]
+        mean = torch.tensor(norm["mean"]).view(1, 3, 1, 1)
+        std = torch.tensor(norm["std"]).view(1, 3, 1, 1)
+        assert torch.allclose(plain((x - mean) / std), expected, atol=1e-5)
+        # The biamat-engine way.
+        assert torch.allclose(load_robustbench_export(result.out_dir)(x), expected, atol=1e-5)
+
+
+def test_card_and_readme_carry_training_and_evaluation(run_dir):
+    path, _ = run_dir
+    result = export_robustbench(path, path / "rb")
+    card = json.loads(result.card.read_text())
+    assert card["robustbench_architecture"] == {"class": "WideResNet", "depth": 10, "widen_factor": 2,
+                                                "num_classes": 10, "sub_block1": False, "input_size": 32}
+    assert card["normalization"]["mean"] == pytest.approx(MEAN)
+    assert card["training"]["method.aux_mode"] == "biamat"
+    assert card["training"]["data.aux"] == ["imagenet32.beton"]
+    assert card["evaluation"]["robust_acc"] == {"pgd100": 0.5501, "aa": 0.5123}
+    readme = result.readme.read_text()
+    assert "WideResNet(depth=10, widen_factor=2, num_classes=10)" in readme
+    assert "| aa | 51.23% |" in readme and "| clean | 87.12% |" in readme
+    assert "| method.aux_mode | biamat |" in readme
+
+
+def test_cli_export_and_its_errors(run_dir, tmp_path_factory):
+    path, _ = run_dir
+    out = tmp_path_factory.mktemp("export")
+    result = CliRunner().invoke(app, ["export", str(path), "--format", "robustbench", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "model.json", "README.md"}
+
+    bad = CliRunner().invoke(app, ["export", str(path), "--format", "onnx"])
+    assert bad.exit_code == 2 and "unknown export format 'onnx'" in bad.output
+    empty = tmp_path_factory.mktemp("empty")
+    missing = CliRunner().invoke(app, ["export", str(empty)])
+    assert missing.exit_code == 2 and "no model.safetensors" in missing.output
