@@ -117,7 +117,8 @@ def _resident(ctx: BenchContext):
 def _dali(ctx: BenchContext):
     from loaders.backends.dali_backend import DaliStream
 
-    kw = dict(batch_size=ctx.batch_size, device=ctx.device, train=True, seed=ctx.seed)
+    kw = dict(batch_size=ctx.batch_size, device=ctx.device, train=True, seed=ctx.seed,
+              num_threads=ctx.workers)  # DALI's CPU threads, as many as the others' workers
     return DaliStream(ctx.primary, **kw), DaliStream(ctx.aux, **kw)
 
 
