@@ -286,22 +286,31 @@ def test_the_backend_factory_builds_a_dali_stream_from_a_dataset_spec():
 
 
 def _train_one_epoch(loader: str, out_dir) -> dict:
-    from engine.config import load_config
-    from engine.trainer import train
+    """`biamat-engine train --loader LOADER` for one tiny epoch on shapes; its metrics record."""
+    import json
 
-    config = load_config(overrides=[
-        f"data.loader={loader}", "data.primary=shapes:primary?n=32&size=16",
-        "data.aux=shapes:aux?n=24&size=16", "data.test=shapes:primary?n=16&size=16",
-        "data.batch_size=16", "data.aux_batch_size=8", "data.num_workers=1",
-        "model.name=wrn-10-1", "attack.steps=1", "optim.epochs=1", "method.warmup_epochs=0",
-        "runtime.device=cpu", "runtime.compile=off", "eval.n=8", "eval.steps=1",
+    from typer.testing import CliRunner
+
+    from cli import train_cmd  # noqa: F401  (registers `train` on the app)
+    from cli.app import app
+
+    settings = ["data.batch_size=16", "data.aux_batch_size=8", "data.num_workers=1",
+                "attack.steps=1", "method.warmup_epochs=0", "runtime.compile=off", "eval.n=8",
+                "eval.steps=1"]
+    result = CliRunner().invoke(app, [
+        "train", "--primary", "shapes:primary?n=32&size=16", "--aux", "shapes:aux?n=24&size=16",
+        "--test", "shapes:primary?n=16&size=16", "--model", "wrn-10-1", "--epochs", "1",
+        "--loader", loader, "--device", "cpu", "--out", str(out_dir),
+        *[arg for item in settings for arg in ("--set", item)],
     ])
-    (record,) = train(config, out_dir)
-    return record
+    assert result.exit_code == 0, result.output
+    assert f'loader = "{loader}"' in (out_dir / "config.toml").read_text()
+    (line,) = (out_dir / "metrics.jsonl").read_text().splitlines()
+    return json.loads(line)
 
 
 @needs_dali
-def test_a_training_epoch_on_shapes_with_the_dali_loader_matches_the_resident_loader(tmp_path):
+def test_a_training_epoch_on_shapes_with_loader_dali_matches_the_resident_loader(tmp_path):
     dali = _train_one_epoch("dali", tmp_path / "dali")
     assert (tmp_path / "dali" / "model.safetensors").is_file()
     assert dali["epoch"] == 1 and dali["step"] == 2
