@@ -339,4 +339,5 @@ def test_cuda_pipeline_matches_the_cpu_pipeline():
     for (x, y), (xc, yc) in zip(on_gpu, on_cpu, strict=True):
         assert x.is_cuda and y.is_cuda
         assert x.is_contiguous(memory_format=torch.channels_last)
-        assert torch.equal(x.cpu(), xc) and torch.equal(y.cpu(), yc)
+        assert torch.equal(y.cpu(), yc)
+        torch.testing.assert_close(x.cpu(), xc, rtol=0, atol=1e-6)  # GPU float rounding may differ
