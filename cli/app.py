@@ -18,6 +18,8 @@ app.add_typer(bench_app, name="bench")
 def _register() -> None:
     # Each command module adds itself to `app` (or `bench_app`) when imported.
     from cli import train_cmd  # noqa: F401
+    from cli import demo_cmd  # noqa: F401
+    from cli import info_cmd  # noqa: F401
     from cli import eval_cmd  # noqa: F401
     from cli import export_cmd  # noqa: F401
     from cli import bench_eval  # noqa: F401

@@ -1,0 +1,95 @@
+"""What every command shares: error reporting, logging set-up, the progress bar."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from typing import Iterator
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+# Errors a user can fix from the message alone: printed without a traceback. Anything else
+# is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, ImportError)
+
+
+@contextlib.contextmanager
+def user_errors(*extra: type[BaseException]) -> Iterator[None]:
+    """Turns a user-fixable error into `error: message` and exit code 1."""
+    try:
+        yield
+    except USER_ERRORS + extra as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err_console.print("[bold yellow]interrupted[/]: files already written are complete; "
+                          "a training run continues with --resume")
+        raise typer.Exit(130) from None
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+class TrainProgress:
+    """A rich progress bar with live images/s, shown only on a terminal."""
+
+    def __init__(self, epochs: int) -> None:
+        self.enabled = sys.stdout.isatty()
+        self.epochs = epochs
+        self._progress = None
+        self._task = None
+        self._epoch = -1
+
+    def __enter__(self) -> "TrainProgress":
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
+                MofNCompleteColumn(), TextColumn("{task.fields[rate]:>8.1f} img/s"), TimeRemainingColumn(),
+                console=console, transient=False,
+            )
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def __call__(self, epoch: int, batch: int, batches: int, images_per_s: float) -> None:
+        if self._progress is None:
+            return
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._task = self._progress.add_task("train", total=batches, epoch=epoch + 1,
+                                                 epochs=self.epochs, rate=0.0)
+        self._progress.update(self._task, completed=batch, rate=images_per_s)
+
+
+def print_epoch_table(records: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title="training", show_edge=False)
+    for col in ("epoch", "loss", "loss_pri", "loss_low", "loss_high", "omega", "high %", "clean", "robust", "img/s"):
+        table.add_column(col, justify="right")
+
+    def fmt(v, spec=".3f"):
+        return "-" if v is None else format(v, spec)
+
+    for r in records:
+        ratio = r.get("n_high_ratio")
+        table.add_row(
+            str(r["epoch"]), fmt(r["loss"]), fmt(r["loss_pri"]), fmt(r["loss_low"]), fmt(r["loss_high"]),
+            fmt(r.get("omega"), ".4f"), fmt(None if ratio is None else 100 * ratio, ".1f"),
+            fmt(r.get("clean_acc")), fmt(r.get("robust_acc")), fmt(r["images_per_s"], ".1f"),
+        )
+    console.print(table)
