@@ -1,0 +1,181 @@
+"""WideResNet: published parameter counts, TRADES/RobustBench key names, heads, memory formats,
+and `engine.models.load` from every file it accepts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from engine.checkpoint import clean_state_dict, export_model, save_checkpoint
+from engine.models import build, load, model_card, parse_arch, primary_state_dict
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def millions(n: int) -> str:
+    return f"{n / 1e6:.2f} M"
+
+
+@pytest.mark.parametrize("name, exact, shown", [
+    ("wrn-28-10", 36_479_194, "36.48 M"),  # the published WRN-28-10 count (10 classes)
+    ("wrn-34-10", 46_160_474, "46.16 M"),  # the published WRN-34-10 count (TRADES)
+])
+def test_published_parameter_counts(name, exact, shown):
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = build(name, 10)
+    assert n_params(model) == exact
+    assert millions(n_params(model)) == shown
+
+
+def test_auxiliary_heads_add_exactly_a_linear_layer_each():
+    with torch.device("meta"):
+        base = n_params(build("wrn-28-10", 10))
+        with_aux = n_params(build("wrn-28-10", 10, aux_classes=(1000, 365)))
+    assert with_aux - base == (640 * 1000 + 1000) + (640 * 365 + 365)
+
+
+def expected_trades_keys(depth: int, width: int) -> set[str]:
+    """The state-dict keys of the TRADES / RobustBench WideResNet, written out from its layout."""
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    channels = [16, 16 * width, 32 * width, 64 * width]
+    keys = {"conv1.weight", "fc.weight", "fc.bias"} | {f"bn1.{s}" for s in bn}
+    for b in (1, 2, 3):
+        for i in range((depth - 4) // 6):
+            p = f"block{b}.layer.{i}"
+            keys |= {f"{p}.bn1.{s}" for s in bn} | {f"{p}.bn2.{s}" for s in bn}
+            keys |= {f"{p}.conv1.weight", f"{p}.conv2.weight"}
+            if i == 0 and channels[b - 1] != channels[b]:
+                keys.add(f"{p}.convShortcut.weight")
+    return keys
+
+
+@pytest.mark.parametrize("name", ["wrn-28-10", "wrn-16-1"])
+def test_key_names_follow_the_trades_robustbench_wideresnet(name):
+    with torch.device("meta"):
+        model = build(name, 10)
+    keys = set(model.state_dict())
+    # mu/sigma are the normalisation buffers that make inputs [0, 1]; everything else matches.
+    assert keys - {"mu", "sigma"} == expected_trades_keys(*parse_arch(name))
+    if name == "wrn-28-10":  # spelled out, as RobustBench checkpoints name them
+        assert {"conv1.weight", "block1.layer.0.bn1.weight", "block1.layer.0.convShortcut.weight",
+                "block3.layer.3.conv2.weight", "bn1.running_var", "fc.weight"} <= keys
+        assert "block1.layer.1.convShortcut.weight" not in keys
+
+
+def test_primary_and_auxiliary_heads_shapes():
+    torch.manual_seed(0)
+    model = build("wrn-10-1", 10, aux_classes=(20, 7)).eval()
+    x = torch.rand(5, 3, 16, 16)
+    feats = model.features(x)
+    assert feats.shape == (5, 64) and model.feature_dim == 64
+    assert model(x).shape == (5, 10)
+    assert [head(feats).shape for head in model.aux_fc] == [(5, 20), (5, 7)]
+    assert model.aux_classes == (20, 7)
+    assert torch.equal(model(x), model.fc(feats))
+    assert not any(k.startswith("aux_fc.") for k in primary_state_dict(model))
+    assert {k for k in model.state_dict() if k.startswith("aux_fc.")} == {
+        "aux_fc.0.weight", "aux_fc.0.bias", "aux_fc.1.weight", "aux_fc.1.bias"}
+
+
+def test_normalisation_is_inside_the_model():
+    torch.manual_seed(0)
+    model = build("wrn-10-1", 10, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).eval()
+    x = torch.rand(2, 3, 16, 16)
+    # conv1 sees (x - mean) / std: feeding the normalised image to the stem by hand agrees.
+    stem = model.conv1((x - 0.5) / 0.25)
+    assert torch.allclose(model.conv1((x - model.mu) / model.sigma), stem)
+    before = model(x)
+    model.mu.fill_(0.0)
+    assert not torch.allclose(model(x), before)
+
+
+def test_channels_last_input_gives_the_nchw_output():
+    torch.manual_seed(0)
+    model = build("wrn-10-2", 10, aux_classes=(20,)).eval()
+    x = torch.rand(4, 3, 16, 16)
+    ref = model(x)
+    model_cl = model.to(memory_format=torch.channels_last)
+    out = model_cl(x.contiguous(memory_format=torch.channels_last))
+    assert out.shape == (4, 10)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_is_active_only_in_training():
+    torch.manual_seed(0)
+    model = build("wrn-10-1", 10, dropout=0.5)
+    x = torch.rand(4, 3, 16, 16)
+    model.train()
+    assert not torch.equal(model.features(x), model.features(x))
+    model.eval()
+    assert torch.equal(model(x), model(x))
+
+
+def trained_like(model: torch.nn.Module) -> torch.nn.Module:
+    """Moves every weight and BN statistic off its initial value, so a round trip that drops
+    or mixes up tensors cannot pass by accident."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point() and name not in ("mu", "sigma"):
+                t.add_(0.05 * torch.randn(t.shape, generator=g))
+                if name.endswith("running_var"):
+                    t.abs_().add_(0.5)
+    return model
+
+
+def test_load_round_trip_from_model_safetensors_and_run_dir(tmp_path):
+    torch.manual_seed(0)
+    model = trained_like(build("wrn-10-1", 10, aux_classes=(20,), mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25)))
+    card = model_card(model, "wrn-10-1", [f"c{i}" for i in range(10)], aux_classes=[20])
+    export_model(tmp_path, primary_state_dict(model), card)
+    assert json.loads((tmp_path / "model.json").read_text())["architecture"] == "wrn-10-1"
+    x = torch.rand(3, 3, 16, 16)
+    expected = model.eval()(x)
+    for path in (tmp_path, tmp_path / "model.safetensors"):
+        loaded = load(path)
+        assert not loaded.training
+        assert len(loaded.aux_fc) == 0  # the exported classifier is h_pri only
+        assert torch.allclose(loaded.mu, model.mu) and torch.allclose(loaded.sigma, model.sigma)
+        assert torch.equal(loaded(x), expected)
+
+
+def test_load_round_trip_from_a_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = trained_like(build("wrn-10-1", 10, aux_classes=(20, 5)))
+    card = model_card(model, "wrn-10-1", aux_classes=[20, 5])
+    # As the trainer writes it: compile's `_orig_mod.` prefix removed before saving.
+    state = {f"_orig_mod.{k}": v for k, v in model.state_dict().items()}
+    save_checkpoint(tmp_path / "last.pt", {"model": clean_state_dict(state), "model_card": card})
+    loaded = load(tmp_path / "last.pt")
+    x = torch.rand(3, 3, 16, 16)
+    assert not loaded.training
+    assert loaded.aux_classes == (20, 5)
+    assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_build_and_load_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'resnet-18'.*wrn-DEPTH-WIDTH"):
+        build("resnet-18", 10)
+    with pytest.raises(ValueError, match="depth must be 6n\\+4"):
+        build("wrn-27-10", 10)
+    with pytest.raises(ValueError, match="num_classes must be >= 1"):
+        build("wrn-10-1", 0)
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        load(tmp_path / "nothing.safetensors")
+    with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
+        load(tmp_path)
+    model = build("wrn-10-1", 10)
+    export_model(tmp_path, primary_state_dict(model), model_card(model, "wrn-10-1"))
+    (tmp_path / "model.json").unlink()
+    with pytest.raises(FileNotFoundError, match="needs its model card"):
+        load(tmp_path / "model.safetensors")
+    (tmp_path / "weights.bin").write_bytes(b"\0")
+    with pytest.raises(ValueError, match="expected a run directory, .safetensors or .pt"):
+        load(tmp_path / "weights.bin")
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a biamat-engine checkpoint"):
+        load(tmp_path / "other.pt")
