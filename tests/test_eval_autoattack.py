@@ -27,8 +27,8 @@ def _model_and_data():
 
 def _engine(model, x, y, **kwargs):
     clean = robust_mask(model, x, y, "clean")
-    return run_autoattack(model, x, y, clean, eps=EPS, version="custom", attacks=ATTACKS, batch_size=8,
-                          seed=0, iterations=5, **kwargs)
+    return run_autoattack(model, x, y, clean, eps=EPS, version="custom", attacks=ATTACKS, batch_size=16,
+                          seed=0, iterations=3, **kwargs)
 
 
 def test_engine_equals_pyautoattack_called_directly():
@@ -38,8 +38,8 @@ def test_engine_equals_pyautoattack_called_directly():
     ours = _engine(model, x, y)
 
     direct = pyautoattack.AutoAttack(model, attacks=list(ATTACKS), version="custom", eps=EPS, seed=0, device="cpu")
-    direct.apgd.n_iter = direct.apgd_targeted.n_iter = 5
-    x_adv, _ = direct.run_standard_evaluation(x, y, batch_size=8)
+    direct.apgd.n_iter = direct.apgd_targeted.n_iter = 3
+    x_adv, _ = direct.run_standard_evaluation(x, y, batch_size=16)
     with torch.no_grad():
         reference = model(x_adv).argmax(1) == y
 

@@ -60,7 +60,7 @@ def tensorrt_missing(device: torch.device) -> list[str]:
         )
     if device.type != "cuda" or not torch.cuda.is_available():
         found = "torch has no CUDA device" if not torch.cuda.is_available() else f"device is {device}"
-        missing.append(f"a CUDA device ({found}; pass --device cuda on a GPU machine)")
+        missing.append(f"no CUDA device ({found}; it runs with --device cuda on a GPU machine)")
     return missing
 
 
@@ -98,7 +98,7 @@ def make_backend(
                        batch_size, static_shape=True)
     missing = tensorrt_missing(device)
     if missing:
-        raise BackendUnavailable("the tensorrt backend cannot run here; it needs " + " and ".join(missing)
+        raise BackendUnavailable("the tensorrt backend cannot run here: " + "; ".join(missing)
                                  + ". Use --backend eager or --backend compile instead.")
     forward = _tensorrt_forward(model, (batch_size, *image_shape))
     return Backend("tensorrt", "fp16", forward, batch_size, static_shape=True)
