@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from engine.attacks import bn_mode, check_unit_range, cw_margin_loss, kl_to, pgd, pgd_linf, trades_start
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 EPS = 8 / 255
 
 

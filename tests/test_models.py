@@ -11,6 +11,8 @@ import torch
 from engine.checkpoint import clean_state_dict, export_model, save_checkpoint
 from engine.models import build, load, model_card, parse_arch, primary_state_dict
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

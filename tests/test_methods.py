@@ -1,0 +1,276 @@
+"""Training objectives: AT and TRADES under every auxiliary mode, the BiaMAT routing invariants,
+the threshold omega, warm-up, and the losses against the formulas of DESIGN.md."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.config import AttackConfig, MethodConfig
+from engine.methods import METHODS, MethodState, StepContext
+from engine.models import build
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+AUX_CLASSES = {1: (20,), 2: (20, 7)}
+AUX_SIZES = {1: (8,), 2: (5, 3)}
+
+
+def tiny_model(n_aux_sets: int = 2, seed: int = 0):
+    torch.manual_seed(seed)
+    return build("wrn-10-1", 10, AUX_CLASSES[n_aux_sets]).train()
+
+
+def step(method: str, model, batch, *, state: MethodState | None = None, in_warmup: bool = False,
+         seed: int = 0, eps: float = 8 / 255, steps: int = 2, **method_kw):
+    """One objective call on `model` (mutated: BN statistics), with the attack's RNG seeded."""
+    ctx = StepContext(
+        method=MethodConfig(name=method, **method_kw),
+        attack=AttackConfig(eps=eps, step_size=2 / 255, steps=steps),
+        in_warmup=in_warmup, trunk=model.features,
+    )
+    state = state if state is not None else MethodState()
+    torch.manual_seed(seed)
+    loss, stats = METHODS[method](model, batch, state, ctx)
+    return loss, stats, state
+
+
+def mean_confidence(model, x) -> float:
+    """mean max softmax of h_pri(x) with the model in eval mode (the paper's confidence)."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        conf = F.softmax(model(x), 1).amax(1).mean()
+    model.train(was)
+    return float(conf)
+
+
+def test_both_methods_are_registered():
+    assert set(METHODS) == {"at", "trades"}
+
+
+@pytest.mark.parametrize("n_aux_sets", [1, 2])
+@pytest.mark.parametrize("aux_mode", ["none", "labels", "uniform", "biamat"])
+@pytest.mark.parametrize("method", ["at", "trades"])
+def test_every_method_and_aux_mode_gives_a_finite_loss_and_consistent_stats(method, aux_mode, n_aux_sets, batch_factory):
+    model = tiny_model(n_aux_sets)
+    batch = batch_factory(aux_sizes=AUX_SIZES[n_aux_sets], aux_classes=AUX_CLASSES[n_aux_sets])
+    loss, stats, state = step(method, model, batch, aux_mode=aux_mode, pi=1.0)
+    assert loss.shape == () and torch.isfinite(loss) and loss.requires_grad
+    assert torch.isfinite(stats.loss_pri) and float(stats.loss) == float(loss.detach())
+    loss.backward()
+    aux_grads = [p.grad for p in model.aux_fc.parameters()]
+    if aux_mode == "none":
+        assert float(stats.loss) == float(stats.loss_pri)
+        assert stats.n_aux == 0 and not stats.routed
+        assert all(g is None for g in aux_grads)  # the auxiliary data is ignored entirely
+        return
+    n_aux = sum(AUX_SIZES[n_aux_sets])
+    assert stats.n_aux == n_aux
+    n_high = int(stats.n_high)
+    assert n_high == {"labels": n_aux, "uniform": 0}.get(aux_mode, n_high)
+    assert 0 <= n_high <= n_aux
+    assert float(stats.loss) == pytest.approx(float(stats.loss_pri + stats.loss_low + stats.loss_high), rel=1e-5)
+    assert stats.routed == (aux_mode == "biamat")
+    assert (state.omega is not None) == (aux_mode == "biamat")
+    if aux_mode == "biamat":
+        seen, high = stats.seen_per_class, stats.high_per_class
+        assert [len(s) for s in seen] == list(AUX_CLASSES[n_aux_sets])
+        for s, y in zip(seen, batch.y_aux.split(AUX_SIZES[n_aux_sets])):
+            assert torch.equal(s, torch.bincount(y, minlength=len(s)))
+        assert all((h <= s).all() for h, s in zip(high, seen))
+        assert sum(int(h.sum()) for h in high) == n_high
+    if aux_mode == "labels":  # every auxiliary dataset trains its own head
+        assert all(g is not None and g.abs().sum() > 0 for g in aux_grads)
+
+
+def reference_aux_losses(model, feats_aux, logits_pri_aux, batch, high):
+    """Per auxiliary sample: CE(f_aux_i, y) where high, soft-CE(f_pri, uniform) where low."""
+    out, start = [], 0
+    for head, n in zip(model.aux_fc, batch.aux_sizes):
+        sl = slice(start, start + n)
+        ce_high = F.cross_entropy(head(feats_aux[sl]), batch.y_aux[sl], reduction="none")
+        ce_uniform = -F.log_softmax(logits_pri_aux[sl], 1).mean(1)
+        out.append(torch.where(high[sl], ce_high, ce_uniform))
+        start += n
+    return torch.cat(out)
+
+
+def reference_high_mask(model, batch, aux_mode: str, pi: float) -> torch.Tensor:
+    n_aux = len(batch.y_aux)
+    if aux_mode == "labels":
+        return torch.ones(n_aux, dtype=torch.bool)
+    if aux_mode == "uniform":
+        return torch.zeros(n_aux, dtype=torch.bool)
+    omega = pi * mean_confidence(model, batch.x_pri)
+    model.eval()
+    with torch.no_grad():
+        conf = F.softmax(model(batch.x_aux), 1).amax(1)
+    model.train()
+    return conf >= omega
+
+
+@pytest.mark.parametrize("aux_mode", ["labels", "uniform", "biamat"])
+def test_at_loss_is_the_design_formula(aux_mode, batch_factory):
+    # With eps = 0 and no attack steps, x_adv = x and the loss can be written out by hand:
+    # mean primary CE + alpha * (sum of routed auxiliary losses) / |B_aux|, one forward of [x_pri; x_aux].
+    model, batch = tiny_model(2), batch_factory(aux_sizes=(5, 3), aux_classes=(20, 7))
+    ref = copy.deepcopy(model)
+    high = reference_high_mask(ref, batch, aux_mode, pi=1.0)
+    if aux_mode == "biamat":
+        assert 0 < int(high.sum()) < len(high)  # a real mix of routes, or the test proves little
+    with torch.no_grad():
+        feats = ref.features(torch.cat([batch.x_pri, batch.x_aux]))  # (B + Ba, D), train-mode BN
+        logits = ref.fc(feats)
+        n = len(batch.y_pri)
+        loss_pri = F.cross_entropy(logits[:n], batch.y_pri)
+        aux = reference_aux_losses(ref, feats[n:], logits[n:], batch, high)  # (Ba,)
+        expected = loss_pri + 0.7 * aux.sum() / len(aux)
+
+    loss, stats, _ = step("at", model, batch, aux_mode=aux_mode, pi=1.0, alpha=0.7, eps=0.0, steps=0)
+    assert int(stats.n_high) == int(high.sum())
+    assert float(stats.loss_pri) == pytest.approx(float(loss_pri), rel=1e-5)
+    assert float(stats.loss_high) == pytest.approx(float((aux * high).sum() / len(aux)), rel=1e-5, abs=1e-7)
+    assert float(stats.loss_low) == pytest.approx(float((aux * ~high).sum() / len(aux)), rel=1e-5, abs=1e-7)
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("high_loss", ["trades", "ce"])
+@pytest.mark.parametrize("aux_mode", ["labels", "uniform", "biamat"])
+def test_trades_loss_is_the_design_formula_without_perturbation(aux_mode, high_loss, batch_factory):
+    # With eps = 0 the adversarial point is the clean one, every KL term vanishes and the loss is
+    # CE(primary) + alpha/|B_aux| * [soft-CE(uniform) on low; CE(y_aux) on high].
+    model, batch = tiny_model(2), batch_factory(aux_sizes=(5, 3), aux_classes=(20, 7))
+    ref = copy.deepcopy(model)
+    high = reference_high_mask(ref, batch, aux_mode, pi=1.0)
+    with torch.no_grad():
+        feats = ref.features(torch.cat([batch.x_pri, batch.x_aux]))  # (B + Ba, D), train-mode BN
+        logits = ref.fc(feats)
+        n = len(batch.y_pri)
+        aux = reference_aux_losses(ref, feats[n:], logits[n:], batch, high)  # (Ba,)
+        expected = F.cross_entropy(logits[:n], batch.y_pri) + 0.5 * aux.sum() / len(aux)
+
+    loss, stats, _ = step("trades", model, batch, aux_mode=aux_mode, pi=1.0, alpha=0.5, high_loss=high_loss,
+                          eps=0.0, steps=1)
+    assert int(stats.n_high) == int(high.sum())
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["at", "trades"])
+def test_pi_zero_routes_everything_high_and_equals_labels_mode(method, batch_factory):
+    batch = batch_factory(aux_sizes=(5, 3), aux_classes=(20, 7))
+    loss_b, stats_b, state = step(method, tiny_model(), batch, aux_mode="biamat", pi=0.0)
+    loss_l, stats_l, _ = step(method, tiny_model(), batch, aux_mode="labels")
+    assert state.omega == 0.0 and stats_b.routed
+    assert int(stats_b.n_high) == len(batch.y_aux)
+    assert float(loss_b.detach()) == pytest.approx(float(loss_l.detach()), rel=1e-6)
+    assert float(stats_b.loss_high) == pytest.approx(float(stats_l.loss_high), rel=1e-6)
+    assert float(stats_b.loss_low) == 0.0
+
+
+@pytest.mark.parametrize("method", ["at", "trades"])
+def test_huge_pi_routes_everything_low_and_equals_uniform_mode(method, batch_factory):
+    batch = batch_factory(aux_sizes=(5, 3), aux_classes=(20, 7))
+    loss_b, stats_b, state = step(method, tiny_model(), batch, aux_mode="biamat", pi=1e6)
+    loss_u, stats_u, _ = step(method, tiny_model(), batch, aux_mode="uniform")
+    assert state.omega > 1.0 and int(stats_b.n_high) == 0
+    assert float(loss_b.detach()) == pytest.approx(float(loss_u.detach()), rel=1e-6)
+    assert float(stats_b.loss_low) == pytest.approx(float(stats_u.loss_low), rel=1e-6)
+    assert float(stats_b.loss_high) == 0.0
+    assert [int(h.sum()) for h in stats_b.high_per_class] == [0, 0]
+
+
+def sgd_update(model, loss) -> None:
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= 0.5 * p.grad
+                p.grad = None
+
+
+@pytest.mark.parametrize("method", ["at", "trades"])
+def test_omega_is_set_after_warmup_from_the_clean_primary_batch_in_eval_mode_then_frozen(method, batch_factory):
+    model = tiny_model()
+    first, second = batch_factory(seed=1, aux_sizes=(5, 3), aux_classes=(20, 7)), batch_factory(
+        seed=2, aux_sizes=(5, 3), aux_classes=(20, 7))
+    state = MethodState()
+    loss, stats, _ = step(method, model, first, state=state, in_warmup=True, aux_mode="biamat", pi=0.55)
+    assert state.omega is None and not stats.routed
+    sgd_update(model, loss)
+
+    expected = 0.55 * mean_confidence(model, first.x_pri)
+    with torch.no_grad():  # train-mode BatchNorm would give another value
+        train_mode = 0.55 * float(F.softmax(copy.deepcopy(model).train()(first.x_pri), 1).amax(1).mean())
+    assert abs(train_mode - expected) > 1e-4
+    loss, stats, _ = step(method, model, first, state=state, aux_mode="biamat", pi=0.55)
+    assert stats.routed
+    assert state.omega == pytest.approx(expected, rel=1e-5)
+    omega = state.omega
+
+    sgd_update(model, loss)
+    assert 0.55 * mean_confidence(model, second.x_pri) != pytest.approx(omega, rel=1e-4)
+    step(method, model, second, state=state, aux_mode="biamat", pi=0.55)
+    assert state.omega == omega  # frozen, as the paper
+
+
+def test_ema_threshold_is_re_estimated_every_step(batch_factory):
+    model = tiny_model()
+    batches = [batch_factory(seed=s, aux_sizes=(5, 3), aux_classes=(20, 7)) for s in (1, 2)]
+    state = MethodState()
+    expected_first = 0.5 * mean_confidence(model, batches[0].x_pri)  # before the step moves BN statistics
+    loss, _, _ = step("at", model, batches[0], state=state, aux_mode="biamat", pi=0.5, threshold="ema",
+                      ema_momentum=0.5)
+    first = state.omega
+    assert first == pytest.approx(expected_first, rel=1e-5)  # the first estimate is not averaged
+    sgd_update(model, loss)
+    fresh = 0.5 * mean_confidence(model, batches[1].x_pri)
+    step("at", model, batches[1], state=state, aux_mode="biamat", pi=0.5, threshold="ema", ema_momentum=0.5)
+    assert state.omega != first
+    assert state.omega == pytest.approx(0.5 * first + 0.5 * fresh, rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["at", "trades"])
+@pytest.mark.parametrize("aux_mode", ["biamat", "labels", "uniform"])
+def test_during_warmup_the_auxiliary_loss_weight_is_zero(method, aux_mode, batch_factory):
+    model, batch = tiny_model(), batch_factory(aux_sizes=(5, 3), aux_classes=(20, 7))
+    loss, stats, state = step(method, model, batch, in_warmup=True, aux_mode=aux_mode, pi=0.55)
+    assert float(loss.detach()) == float(stats.loss_pri)
+    assert float(stats.loss_high + stats.loss_low) > 0  # computed and reported, just not weighted
+    assert state.omega is None and not stats.routed
+    if aux_mode != "uniform":  # warm-up attacks every auxiliary sample as high
+        assert int(stats.n_high) == len(batch.y_aux)
+    loss.backward()
+    for p in model.aux_fc.parameters():
+        assert p.grad is None or not p.grad.any()
+
+
+def test_trades_high_loss_ce_differs_from_trades(batch_factory):
+    batch = batch_factory(aux_sizes=(5, 3), aux_classes=(20, 7))
+    _, trades, _ = step("trades", tiny_model(), batch, aux_mode="labels", high_loss="trades")
+    _, ce, _ = step("trades", tiny_model(), batch, aux_mode="labels", high_loss="ce")
+    assert torch.isfinite(ce.loss_high) and float(ce.loss_high) > 0
+    assert float(trades.loss_high) != pytest.approx(float(ce.loss_high), rel=1e-3)
+    # The primary objective does not depend on the high-sample loss choice beyond the attack.
+    assert float(trades.loss_low) == float(ce.loss_low) == 0.0
+
+
+@pytest.mark.parametrize("method", ["at", "trades"])
+def test_aux_mode_none_equals_a_batch_without_auxiliary_data(method, batch_factory):
+    with_aux = batch_factory(aux_sizes=(5, 3), aux_classes=(20, 7))
+    without = batch_factory(aux_sizes=(), aux_classes=())
+    assert torch.equal(with_aux.x_pri, without.x_pri)  # same generator, primary drawn first
+    loss_a, _, _ = step(method, tiny_model(), with_aux, aux_mode="none")
+    loss_b, _, _ = step(method, tiny_model(), without, aux_mode="biamat")
+    assert float(loss_a.detach()) == float(loss_b.detach())
+
+
+def test_the_attack_moves_the_training_loss(batch_factory):
+    # The same batch with and without the attack: adversarial training must see a larger loss.
+    batch = batch_factory(aux_sizes=(5, 3), aux_classes=(20, 7))
+    attacked, _, _ = step("at", tiny_model(), batch, aux_mode="labels", steps=3)
+    clean, _, _ = step("at", tiny_model(), batch, aux_mode="labels", eps=0.0, steps=0)
+    assert float(attacked.detach()) > float(clean.detach())
