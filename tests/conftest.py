@@ -90,7 +90,7 @@ def tiny_config(*overrides: str):
     return TrainConfig.from_dict(apply_overrides({}, [*TINY_OVERRIDES, *overrides]))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_train_config():
     """`tiny_train_config(*overrides)` -> TrainConfig of a seconds-long CPU run."""
     return tiny_config

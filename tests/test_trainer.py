@@ -1,0 +1,279 @@
+"""The trainer on a seconds-long CPU run: the run directory's contract, exact resume, the NaN
+stop that keeps the last good checkpoint, clear errors for bad settings, the LR schedule."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.config import ConfigError, OptimConfig, RuntimeConfig, TrainConfig
+from engine.methods import METHODS
+from engine.models import build, load
+from engine.runtime import resolve_runtime
+from engine.schedule import learning_rate
+from engine.trainer import NonFiniteLossError, Trainer, train
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+CONTRACT_FIELDS = {"epoch", "step", "lr", "loss", "loss_pri", "loss_low", "loss_high", "omega", "n_high_ratio",
+                   "clean_acc", "robust_acc", "images_per_s", "seconds"}
+TIMING_FIELDS = {"images_per_s", "seconds", "eval_seconds"}
+# Absolute milestone at epoch 2, so a 2-epoch run resumed to 3 has the same schedule as a 3-epoch run.
+RUN = ("optim.milestones=2",)
+STEPS_PER_EPOCH = 2  # 64 primary images in batches of 32
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_train_config) -> tuple[TrainConfig, Path, list[dict]]:
+    """One uninterrupted 3-epoch AT+BiaMAT run (1 warm-up epoch), shared by the read-only tests."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = tiny_train_config(*RUN)
+        out = tmp_path_factory.mktemp("run")
+        records = train(cfg, out)
+    finally:
+        torch.set_num_threads(threads)
+    return cfg, out, records
+
+
+def test_run_directory_has_the_contracted_files(finished_run):
+    _, out, records = finished_run
+    for name in ("config.toml", "metrics.jsonl", "selection.jsonl", "last.pt", "best.pt",
+                 "model.safetensors", "model.json"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob(".*.tmp")), "a temporary file of an atomic write was left behind"
+    assert read_jsonl(out / "metrics.jsonl") == records
+
+
+def test_metrics_records_hold_the_contracted_fields(finished_run):
+    cfg, _, records = finished_run
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    for r in records:
+        assert CONTRACT_FIELDS <= set(r), CONTRACT_FIELDS - set(r)
+        assert r["step"] == STEPS_PER_EPOCH * r["epoch"]
+        assert r["lr"] == learning_rate(cfg.optim, r["step"], STEPS_PER_EPOCH)
+        assert 0.0 <= r["clean_acc"] <= 1.0 and 0.0 <= r["robust_acc"] <= 1.0
+        assert r["images_per_s"] > 0 and r["seconds"] > 0
+        assert r["loss"] == pytest.approx(r["loss_pri"] + (0 if r["epoch"] == 1 else 1.0) * (
+            r["loss_low"] + r["loss_high"]), rel=1e-5)
+    warmup, *after = records
+    assert warmup["omega"] is None and warmup["n_high_ratio"] is None
+    assert warmup["loss"] == warmup["loss_pri"] and warmup["loss_high"] > 0  # attacked, weight 0
+    assert after[0]["omega"] is not None and after[0]["omega"] > 0
+    assert after[1]["omega"] == after[0]["omega"]  # frozen after warm-up
+    assert all(0.0 <= r["n_high_ratio"] <= 1.0 for r in after)
+    assert [r["lr"] for r in records] == [0.1, 0.1, pytest.approx(0.01)]
+
+
+def test_selection_log_counts_every_routed_auxiliary_sample(finished_run):
+    _, out, records = finished_run
+    lines = read_jsonl(out / "selection.jsonl")
+    assert [line["epoch"] for line in lines] == [2, 3]  # nothing is routed during warm-up
+    for line, record in zip(lines, records[1:]):
+        assert line["aux"] == 0
+        assert len(line["seen"]) == len(line["high"]) == len(line["class_names"]) == 20
+        assert len(line["related"]) == 20 and sum(line["related"]) == 10
+        assert sum(line["seen"]) == STEPS_PER_EPOCH * 32
+        assert all(0 <= h <= s for h, s in zip(line["high"], line["seen"]))
+        assert sum(line["high"]) / sum(line["seen"]) == pytest.approx(record["n_high_ratio"])
+
+
+def test_config_toml_is_the_resolved_config(finished_run):
+    cfg, out, _ = finished_run
+    written = TrainConfig.from_dict(tomllib.loads((out / "config.toml").read_text()))
+    assert (written.runtime.device, written.runtime.precision, written.runtime.compile) == ("cpu", "fp32", "off")
+    assert written.runtime.kernels in ("torch", "numba", "triton")
+    assert written.data == cfg.data and written.method == cfg.method and written.optim == cfg.optim
+
+
+def test_checkpoints_load_with_weights_only_and_hold_the_training_state(finished_run):
+    cfg, out, records = finished_run
+    last = torch.load(out / "last.pt", weights_only=True)
+    best = torch.load(out / "best.pt", weights_only=True)
+    for ckpt in (last, best):
+        assert not [k for k in ckpt["model"] if "_orig_mod." in k]
+        assert {"model", "optimizer", "scaler", "method", "stream", "rng", "epoch", "step", "config",
+                "format_version", "model_card"} <= set(ckpt)
+    assert (last["epoch"], last["step"]) == (3, 6)
+    assert last["method"]["omega"] == records[-1]["omega"]
+    robust = [r["robust_acc"] for r in records]
+    assert best["epoch"] == robust.index(max(robust)) + 1  # the first epoch with the best robust accuracy
+    assert best["best_robust"] == max(robust)
+    assert last["config"]["optim"] == cfg.to_dict()["optim"]
+
+
+def test_exported_model_is_the_best_checkpoints_primary_classifier(finished_run):
+    _, out, records = finished_run
+    best = torch.load(out / "best.pt", weights_only=True)
+    exported = load(out)
+    assert not exported.training and len(exported.aux_fc) == 0
+    reference = build("wrn-10-1", 10, best["model_card"]["aux_classes"])
+    reference.load_state_dict(best["model"])
+    x = torch.rand(4, 3, 16, 16)
+    assert torch.equal(exported(x), reference.eval()(x))
+    card = json.loads((out / "model.json").read_text())
+    assert card["robust_acc"] == max(r["robust_acc"] for r in records)
+    assert card["threat_model"] == "Linf" and card["num_classes"] == 10
+
+
+class StopAt(Exception):
+    pass
+
+
+def test_a_run_interrupted_and_resumed_equals_the_uninterrupted_one(finished_run, tmp_path):
+    cfg, full_out, full = finished_run
+
+    def stop_in_epoch_3(epoch: int, batch: int, batches: int, rate: float) -> None:
+        if epoch == 2 and batch == 1:  # a step of epoch 3 has run; last.pt still holds epoch 2
+            raise StopAt
+
+    with pytest.raises(StopAt):
+        train(cfg, tmp_path, on_step=stop_in_epoch_3)
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 2
+    resumed = train(cfg, tmp_path, resume=True)
+    assert without_timing(resumed) == without_timing(full)
+    assert read_jsonl(tmp_path / "selection.jsonl") == read_jsonl(full_out / "selection.jsonl")
+    a = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
+    b = torch.load(full_out / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_a_shorter_run_extended_by_resume_equals_the_longer_run(finished_run, tmp_path, tiny_train_config):
+    cfg, _, full = finished_run
+    train(tiny_train_config(*RUN, "optim.epochs=2"), tmp_path)
+    resumed = train(tiny_train_config(*RUN, "optim.epochs=3"), tmp_path, resume=True)
+    assert without_timing(resumed) == without_timing(full)
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_train_config):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*last.pt"):
+        Trainer(tiny_train_config(), tmp_path, resume=True)
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, tiny_train_config):
+    real = METHODS["at"]
+    calls = {"n": 0}
+
+    def nan_in_epoch_2(model, batch, state, ctx):
+        loss, stats = real(model, batch, state, ctx)
+        calls["n"] += 1
+        if calls["n"] == STEPS_PER_EPOCH + 2:  # the second step of epoch 2
+            loss = loss * float("nan")
+        return loss, stats
+
+    monkeypatch.setitem(METHODS, "at", nan_in_epoch_2)
+    snapshot = {}
+
+    def keep_last_pt(epoch: int, batch: int, batches: int, rate: float) -> None:
+        if epoch == 1 and batch == 1:  # epoch 1 has been saved; its last.pt must survive
+            snapshot["bytes"] = (tmp_path / "last.pt").read_bytes()
+
+    with pytest.raises(NonFiniteLossError, match="NaN or inf in epoch 2") as err:
+        train(tiny_train_config(*RUN), tmp_path, on_step=keep_last_pt)
+    assert str(tmp_path / "last.pt") in str(err.value) and "--resume" in str(err.value)
+    assert (tmp_path / "last.pt").read_bytes() == snapshot["bytes"]
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1]
+
+
+def test_a_diverging_learning_rate_stops_in_the_first_epoch_without_a_checkpoint(tmp_path, tiny_train_config):
+    with pytest.raises(NonFiniteLossError, match="NaN or inf in epoch 1"):
+        train(tiny_train_config("optim.lr=1e30"), tmp_path)
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_trades_without_auxiliary_data_trains(tmp_path, tiny_train_config):
+    records = train(tiny_train_config("method.name=trades", "data.aux=", "method.aux_mode=none", "optim.epochs=1"),
+                    tmp_path)
+    (r,) = records
+    assert r["loss"] == r["loss_pri"] and r["omega"] is None and r["n_high_ratio"] is None
+    assert r["loss_low"] == r["loss_high"] == 0.0
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["model_card"]["aux_classes"] == []
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    (("data.test=shapes:aux?n=32&size=16",), ConfigError, "has 20 classes.*has 10"),
+    (("data.test=shapes:primary?n=32&size=24",), ConfigError, "held-out images are 24px, primary images 16px"),
+    (("data.aux=shapes:aux?n=64&size=24",), ConfigError, "24px images, the primary 16px.*--size 16"),
+    (("data.primary=shapes:triangles",), ValueError, "unknown shapes kind 'triangles'"),
+    (("data.primary=missing.beton",), ValueError, "'missing.beton': no such file"),
+    (("runtime.precision=fp16",), ConfigError, "fp16 needs a CUDA device"),
+])
+def test_bad_settings_fail_before_training_with_a_clear_error(overrides, error, message, tmp_path, tiny_train_config):
+    with pytest.raises(error, match=message):
+        train(tiny_train_config(*overrides), tmp_path)
+    assert not (tmp_path / "last.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error(tmp_path, tiny_train_config):
+    with pytest.raises(ConfigError, match="no CUDA device; use --device cpu"):
+        train(tiny_train_config("runtime.device=cuda"), tmp_path)
+
+
+def test_learning_rate_at_the_milestones():
+    optim = OptimConfig(epochs=10, lr=0.1, milestones=[0.6, 0.9], gamma=0.1)
+    spe = 5  # steps per epoch; step s is in epoch (s - 1) // spe
+    assert learning_rate(optim, 1, spe) == 0.1
+    assert learning_rate(optim, 6 * spe, spe) == 0.1  # last step of epoch index 5
+    assert learning_rate(optim, 6 * spe + 1, spe) == pytest.approx(0.01)  # epoch index 6 = 60%
+    assert learning_rate(optim, 9 * spe, spe) == pytest.approx(0.01)
+    assert learning_rate(optim, 9 * spe + 1, spe) == pytest.approx(0.001)  # 90%
+    trades = OptimConfig(epochs=110, lr=0.1, milestones=[100, 105])
+    assert learning_rate(trades, 100 * 391, 391) == 0.1
+    assert learning_rate(trades, 100 * 391 + 1, 391) == pytest.approx(0.01)
+    assert learning_rate(trades, 105 * 391 + 1, 391) == pytest.approx(0.001)
+
+
+def test_learning_rate_warmup_is_linear_then_the_peak():
+    optim = OptimConfig(epochs=10, lr=0.2, milestones=[5], lr_warmup_epochs=2)
+    spe = 10
+    assert learning_rate(optim, 1, spe) == pytest.approx(0.2 / 20)
+    assert learning_rate(optim, 10, spe) == pytest.approx(0.1)
+    assert learning_rate(optim, 20, spe) == pytest.approx(0.2)
+    assert learning_rate(optim, 21, spe) == pytest.approx(0.2)
+    assert learning_rate(optim, 51, spe) == pytest.approx(0.02)
+
+
+def test_runtime_on_cpu_is_fp32_eager_without_loss_scaling():
+    runtime, resolved = resolve_runtime(RuntimeConfig(device="cpu"))
+    assert (runtime.precision, runtime.compile, runtime.amp_dtype) == ("fp32", False, None)
+    assert not runtime.grad_scaler().is_enabled()
+    assert (resolved.device, resolved.precision, resolved.compile) == ("cpu", "fp32", "off")
+    assert resolved.kernels != "auto"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_runtime_resolves_bf16_on_gpus_that_have_it():
+    runtime, resolved = resolve_runtime(RuntimeConfig(device="cuda"))
+    major, _ = torch.cuda.get_device_capability()
+    assert runtime.precision == ("bf16" if major >= 8 else "fp16")
+    assert runtime.compile and resolved.compile == "on"
+    assert runtime.grad_scaler().is_enabled() == (runtime.precision == "fp16")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_tiny_compiled_mixed_precision_run_on_cuda(tmp_path, tiny_train_config):
+    records = train(tiny_train_config(*RUN, "runtime.device=cuda", "runtime.compile=on", "optim.epochs=2"), tmp_path)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert not [k for k in last["model"] if "_orig_mod." in k]
+    assert tomllib.loads((tmp_path / "config.toml").read_text())["runtime"]["compile"] == "on"
+    assert load(tmp_path)(torch.rand(2, 3, 16, 16)).shape == (2, 10)
