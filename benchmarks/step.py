@@ -1,0 +1,373 @@
+"""Training-step benchmark: the engine's step against the plain reference and the naive step.
+
+Every row trains its own copy of one set of initial weights on one fixed batch (random images in
+[0, 1], random labels): the engine as the trainer runs it (resolved runtime: channels-last,
+autocast, torch.compile of the trunk, kernel choice), the reference (benchmarks/reference_step.py:
+eager, fp32, NCHW, input-only attack gradients, TRADES clean logits recomputed at every attack
+step) and the naive step (the reference with `loss.backward()` in the attack). A step is what
+the trainer does: objective -> zero_grad -> (scaled) backward -> optimizer step.
+
+Timing is honest in airbench's sense: `warmup` untimed steps per row first (torch.compile,
+numba compilation, and the first BiaMAT step that fixes omega), then `repeats` rounds in which
+every row times `steps` steps in turn, so load changes on a shared machine hit all rows alike;
+each timing is synchronised with the device. Images/s counts primary + auxiliary images. The
+ratios engine/reference and engine/naive are taken per round (paired) and then averaged.
+
+MFU (CUDA only): model FLOPs of the engine's algorithm per step (analytic conv + linear FLOPs of
+the WideResNet times the forward-equivalents the step runs, see `step_forward_units`) over time,
+over the GPU's dense bf16/fp16 tensor peak. Every row is divided by the same model FLOPs, so the
+reference's wasted forwards count as time, not as useful work.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from benchmarks.reference_step import NAIVE_STEPS, REFERENCE_STEPS
+from engine.config import AttackConfig, MethodConfig, RuntimeConfig
+from engine.methods import METHODS, MethodState, StepContext
+from engine.models import build, parse_arch
+from engine.runtime import resolve_runtime
+from loaders.types import Batch
+
+log = logging.getLogger(__name__)
+
+# Dense bf16/fp16 tensor-core peak FLOP/s by GPU name (vendor data sheets, without sparsity).
+# Checked in order: the first entry whose words all occur in the device name wins.
+PEAK_FLOPS: tuple[tuple[tuple[str, ...], float], ...] = (
+    (("H100", "PCIE"), 756e12),
+    (("H100", "HBM3"), 989e12),  # SXM boards report "NVIDIA H100 80GB HBM3"
+    (("H100", "SXM"), 989e12),
+    (("H200",), 989e12),  # same compute as the H100 SXM
+    (("A100",), 312e12),
+    (("V100",), 125e12),  # fp16 (V100 has no bf16)
+)
+
+# Paper settings per method (DESIGN.md "The algorithm", Table 12 / Appendix E).
+METHOD_DEFAULTS = {
+    "at": (dict(alpha=1.0, pi=0.55), dict(eps=8 / 255, step_size=2 / 255)),
+    "trades": (dict(alpha=0.5, pi=0.5, beta=6.0), dict(eps=0.031, step_size=0.007)),
+}
+
+
+def peak_flops(device_name: str) -> float | None:
+    """Dense bf16/fp16 peak FLOP/s of a GPU by its name, or None when the table does not know it."""
+    upper = device_name.upper()
+    for words, peak in PEAK_FLOPS:
+        if all(w in upper for w in words):
+            return peak
+    return None
+
+
+def _conv_out(size: int, stride: int) -> int:
+    # 3x3 convs have padding 1 and 1x1 shortcuts padding 0: both give ceil(size / stride).
+    return -(-size // stride)
+
+
+def analytic_forward_flops(model_name: str, size: int, num_classes: int = 10) -> int:
+    """FLOPs (2 x multiply-accumulates of convolutions and the primary linear head) of one forward
+    of `wrn-D-K` on one size x size image; BatchNorm, ReLU and pooling are not counted, as in the
+    published figures (WRN-28-10 at 32x32: 10.49 GFLOP)."""
+    depth, width = parse_arch(model_name)
+    n = (depth - 4) // 6
+    macs = 3 * 16 * 9 * size * size  # stem conv
+    in_ch, hw = 16, size
+    for out_ch, stride in ((16 * width, 1), (32 * width, 2), (64 * width, 2)):
+        for i in range(n):
+            s = stride if i == 0 else 1
+            hw_out = _conv_out(hw, s)
+            macs += in_ch * out_ch * 9 * hw_out * hw_out  # conv1 (strided)
+            macs += out_ch * out_ch * 9 * hw_out * hw_out  # conv2
+            if in_ch != out_ch:
+                macs += in_ch * out_ch * hw_out * hw_out  # 1x1 shortcut
+            in_ch, hw = out_ch, hw_out
+    macs += in_ch * num_classes  # primary head
+    return 2 * macs
+
+
+def step_forward_units(method: str, impl: str, n_pri: int, n_aux: int, attack_steps: int, routed: bool) -> int:
+    """Forward-equivalents of one training step, summed over images, for what each implementation
+    runs. Units: a forward is 1, a backward to the input only is 1, a backward that also computes
+    weight gradients is 2. Steady state after warm-up: omega is fixed, so routing scores only
+    the auxiliary batch (the engine's TRADES reuses its clean eval logits for it).
+
+    AT, PGD-K: engine and reference 2K + 3 per image (23 for PGD-10), naive 3K + 3 (33).
+    TRADES: engine 1 (clean logits once) + 2K + 6 (clean and adversarial forwards, both
+    backpropagated); reference 3K + 6 (a clean forward at every attack step); naive 6K + 6.
+    """
+    n = n_pri + n_aux
+    k = attack_steps
+    if method == "at":
+        per_image = {"engine": 2 * k + 3, "reference": 2 * k + 3, "naive": 3 * k + 3}[impl]
+        return n * per_image + (n_aux if routed else 0)
+    if method == "trades":
+        per_image = {"engine": 2 * k + 7, "reference": 3 * k + 6, "naive": 6 * k + 6}[impl]
+        return n * per_image + (n_aux if routed and impl != "engine" else 0)
+    raise ValueError(f"unknown method {method!r}: expected at or trades")
+
+
+def train_step(step_fn: Callable, model: nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler | None, batch: Batch, state: MethodState, ctx: StepContext):
+    """One step as engine/trainer.py runs it: objective -> zero_grad -> (scaled) backward -> step."""
+    loss, stats = step_fn(model, batch, state, ctx)
+    optimizer.zero_grad(set_to_none=True)  # also drops what a naive attack accumulated
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return loss, stats
+
+
+@dataclass
+class Variant:
+    """One row: an implementation with its own model copy, optimiser and method state."""
+
+    method: str
+    impl: str  # engine | reference | naive
+    label: str
+    step_fn: Callable
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    batch: Batch
+    ctx: StepContext
+    settings: dict
+    state: MethodState = field(default_factory=MethodState)
+    seconds: list[float] = field(default_factory=list)
+
+    def step(self) -> None:
+        self.model.train()
+        train_step(self.step_fn, self.model, self.optimizer, self.scaler, self.batch, self.state, self.ctx)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def git_revision() -> str:
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).resolve().parent)
+        return done.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _make_batch(n_pri: int, n_aux: int, size: int, aux_classes: int, device: torch.device,
+                channels_last: bool, seed: int) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x_pri = torch.rand(n_pri, 3, size, size, generator=g)  # (B, 3, H, W)
+    x_aux = torch.rand(n_aux, 3, size, size, generator=g)  # (Ba, 3, H, W)
+    return Batch(
+        x_pri=x_pri.to(device).contiguous(memory_format=fmt), y_pri=torch.randint(0, 10, (n_pri,), generator=g).to(device),
+        x_aux=x_aux.to(device).contiguous(memory_format=fmt),
+        y_aux=torch.randint(0, aux_classes, (n_aux,), generator=g).to(device),
+        aux_source=torch.zeros(n_aux, dtype=torch.int64, device=device), aux_sizes=(n_aux,),
+    )
+
+
+def _optimizer(model: nn.Module) -> torch.optim.SGD:
+    # A small lr keeps many steps on a random batch finite; the cost of a step does not depend on it.
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def build_variants(method: str, base: nn.Module, *, device: str, n_pri: int, n_aux: int, size: int,
+                   aux_classes: int, aux_mode: str, attack_steps: int, compile: str, precision: str,
+                   kernels: str, seed: int) -> list[Variant]:
+    """The engine rows (every combination of the comma-separated compile and kernels choices),
+    then the reference and the naive rows, for one method."""
+    method_kw, attack_kw = METHOD_DEFAULTS[method]
+    mcfg = MethodConfig(name=method, aux_mode=aux_mode, **method_kw)
+    acfg = AttackConfig(steps=attack_steps, **attack_kw)
+    variants = []
+    for compile_choice, kernel_choice in itertools.product(_split(compile), _split(kernels)):
+        rt, resolved = resolve_runtime(RuntimeConfig(device=device, precision=precision, compile=compile_choice,
+                                                     kernels=kernel_choice))
+        model = copy.deepcopy(base).to(rt.device)
+        if rt.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        trunk = torch.compile(model.features) if rt.compile else model.features
+        ctx = StepContext(method=mcfg, attack=acfg, in_warmup=False, trunk=trunk, autocast=rt.autocast(),
+                          kernel_impl=rt.kernels)
+        settings = {"precision": rt.precision, "compile": resolved.compile, "kernels": rt.kernels,
+                    "channels_last": rt.channels_last}
+        label = f"engine ({rt.precision}, compile {resolved.compile}, kernels {rt.kernels})"
+        batch = _make_batch(n_pri, n_aux, size, aux_classes, rt.device, rt.channels_last, seed)
+        variants.append(Variant(method, "engine", label, METHODS[method], model, _optimizer(model), rt.grad_scaler(),
+                                batch, ctx, settings))
+    dev = torch.device(device) if device != "auto" else variants[0].model.fc.weight.device
+    for impl, table in (("reference", REFERENCE_STEPS), ("naive", NAIVE_STEPS)):
+        model = copy.deepcopy(base).to(dev)
+        ctx = StepContext(method=mcfg, attack=acfg, in_warmup=False, trunk=model.features)
+        batch = _make_batch(n_pri, n_aux, size, aux_classes, dev, False, seed)
+        settings = {"precision": "fp32", "compile": "off", "kernels": "none", "channels_last": False}
+        variants.append(Variant(method, impl, f"{impl} (fp32, eager, NCHW)", table[method], model, _optimizer(model),
+                                None, batch, ctx, settings))
+    return variants
+
+
+def _set_cpu_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+    try:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def run(method: str = "at", model_name: str = "wrn-16-4", batch: int = 64, aux_batch: int = 64,
+        aux_classes: int = 1000, size: int = 32, steps: int = 2, warmup: int = 2, repeats: int = 3,
+        attack_steps: int = 10, aux_mode: str = "biamat", device: str = "auto", compile: str = "auto",
+        precision: str = "auto", kernels: str = "auto", threads: int | None = None, seed: int = 0,
+        out: str | Path | None = None) -> dict:
+    """Times the engine, reference and naive steps side by side; returns (and optionally writes)
+    the JSON report. `compile` and `kernels` may list several choices (`on,off`, `auto,torch`):
+    each combination is an engine row."""
+    methods = ["at", "trades"] if method == "both" else [method]
+    for m in methods:
+        if m not in METHOD_DEFAULTS:
+            raise ValueError(f"--method must be at, trades or both, got {method!r}")
+    if warmup < 1:
+        raise ValueError("--warmup must be at least 1: the first BiaMAT step fixes omega and compiles")
+    if os.environ.get("BIAMAT_KERNELS"):
+        log.warning("BIAMAT_KERNELS=%s overrides every engine row's kernel choice", os.environ["BIAMAT_KERNELS"])
+    if threads is not None:
+        _set_cpu_threads(threads)
+    torch.manual_seed(seed)
+    depth_width = parse_arch(model_name)
+    base = build(model_name, 10, (aux_classes,))
+    variants = [v for m in methods for v in build_variants(
+        m, base, device=device, n_pri=batch, n_aux=aux_batch, size=size, aux_classes=aux_classes,
+        aux_mode=aux_mode, attack_steps=attack_steps, compile=compile, precision=precision, kernels=kernels,
+        seed=seed)]
+    dev = variants[0].batch.x_pri.device
+    load_before = os.getloadavg()
+    for v in variants:
+        start = time.perf_counter()
+        for _ in range(warmup):
+            v.step()
+        _sync(dev)
+        log.info("%s %s: warm-up %.1f s", v.method, v.label, time.perf_counter() - start)
+    for r in range(repeats):
+        for v in variants:  # interleaved: every round times every row once
+            _sync(dev)
+            start = time.perf_counter()
+            for _ in range(steps):
+                v.step()
+            _sync(dev)
+            v.seconds.append(time.perf_counter() - start)
+        log.info("round %d/%d done", r + 1, repeats)
+    load_after = os.getloadavg()
+
+    name = device_name(dev)
+    peak = peak_flops(name) if dev.type == "cuda" else None
+    fwd_flops = analytic_forward_flops(model_name, size, 10)
+    images = batch + aux_batch
+    routed = aux_mode == "biamat"
+    rows = []
+    for m in methods:
+        group = [v for v in variants if v.method == m]
+        ref = next(v for v in group if v.impl == "reference")
+        naive = next(v for v in group if v.impl == "naive")
+        model_flops = fwd_flops * step_forward_units(m, "engine", batch, aux_batch, attack_steps, routed)
+        for v in group:
+            rates = [steps * images / s for s in v.seconds]
+            mean, std = _mean_std(rates)
+            vs_ref = _mean_std([a / b for a, b in zip(ref.seconds, v.seconds)])
+            vs_naive = _mean_std([a / b for a, b in zip(naive.seconds, v.seconds)])
+            step_s = statistics.mean(v.seconds) / steps
+            rows.append({
+                "method": m, "impl": v.impl, "label": v.label, **v.settings,
+                "images_per_s": mean, "images_per_s_std": std, "step_seconds": step_s,
+                "vs_reference": vs_ref[0], "vs_reference_std": vs_ref[1],
+                "vs_naive": vs_naive[0], "vs_naive_std": vs_naive[1],
+                "executed_flops_per_step": fwd_flops * step_forward_units(m, v.impl, batch, aux_batch, attack_steps,
+                                                                          routed),
+                "model_flops_per_step": model_flops,
+                "mfu": (model_flops / step_s / peak) if peak else None,
+                "omega": v.state.omega,
+            })
+    notes = []
+    if dev.type == "cuda" and peak is None:
+        notes.append(f"peak FLOP/s of {name!r} unknown: MFU left out")
+    report = {
+        "benchmark": "step",
+        "device": name,
+        "torch": torch.__version__,
+        "git_revision": git_revision(),
+        "config": {
+            "method": method, "model": model_name, "depth_width": depth_width, "batch": batch, "aux_batch": aux_batch,
+            "aux_classes": aux_classes, "size": size, "attack_steps": attack_steps, "aux_mode": aux_mode,
+            "steps_per_repeat": steps, "warmup": warmup, "repeats": repeats, "device": dev.type,
+            "compile": compile, "precision": precision, "kernels": kernels, "cpu_threads": torch.get_num_threads(),
+            "seed": seed, "data": "random images in [0, 1], random labels, one fixed batch",
+            "biamat_kernels_env": os.environ.get("BIAMAT_KERNELS"),
+        },
+        "forward_flops_per_image": fwd_flops,
+        "peak_flops": peak,
+        "load_average": {"before": load_before, "after": load_after},
+        "notes": notes,
+        "rows": rows,
+    }
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def format_table(report: dict) -> str:
+    """A markdown table of the report (also what docs/benchmarks.md shows)."""
+    lines = ["| method | step | images/s | std | vs reference | vs naive | MFU |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        lines.append(f"| {r['method']} | {r['label']} | {r['images_per_s']:.1f} | {r['images_per_s_std']:.1f} "
+                     f"| {r['vs_reference']:.2f}x | {r['vs_naive']:.2f}x | {mfu} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    print(format_table(run()))
