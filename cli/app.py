@@ -26,6 +26,7 @@ def _register() -> None:
     from cli import bench_kernels  # noqa: F401
     from cli import prepare_cmd  # noqa: F401
     from cli import bench_loader  # noqa: F401
+    from cli import bench_step  # noqa: F401
 
 
 def main() -> None:

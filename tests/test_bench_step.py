@@ -271,3 +271,41 @@ def test_peak_table():
     assert peak_flops("NVIDIA A100-SXM4-40GB") == 312e12
     assert peak_flops("Tesla V100-SXM2-16GB") == 125e12
     assert peak_flops("NVIDIA GeForce RTX 3090") is None
+
+
+def test_bench_step_cli_writes_a_report(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.app import _register, app
+
+    _register()
+    out = tmp_path / "step.json"
+    result = CliRunner().invoke(app, [
+        "bench", "step", "--method", "both", "--model", "wrn-10-1", "--batch", "4", "--aux-batch", "4",
+        "--aux-classes", "7", "--size", "8", "--attack-steps", "1", "--steps", "1", "--warmup", "1", "--repeats", "2",
+        "--device", "cpu", "--compile", "off", "--kernels", "auto,torch", "--threads", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    import json
+
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "step" and report["torch"] == torch.__version__ and report["git_revision"]
+    rows = report["rows"]
+    assert [(r["method"], r["impl"]) for r in rows] == [(m, i) for m in ("at", "trades")
+                                                        for i in ("engine", "engine", "reference", "naive")]
+    assert {r["kernels"] for r in rows if r["impl"] == "engine"} == {"numba" if dispatch.available("numba") else
+                                                                      "torch", "torch"}
+    for r in rows:
+        assert r["images_per_s"] > 0 and r["mfu"] is None  # no MFU on a CPU
+        assert r["omega"] is not None  # warm-up ran a routed step, which fixed omega
+    assert next(r for r in rows if r["impl"] == "reference")["vs_reference"] == pytest.approx(1.0)
+
+
+def test_bench_step_cli_rejects_a_bad_method():
+    from typer.testing import CliRunner
+
+    from cli.app import _register, app
+
+    _register()
+    result = CliRunner().invoke(app, ["bench", "step", "--method", "pgd"])
+    assert result.exit_code != 0
+    assert "--method must be at, trades or both" in result.output
