@@ -1,0 +1,130 @@
+"""The `biamat-engine` CLI through Typer's CliRunner: help with examples, `train` into a run
+directory and `--resume`, user errors as `error: ...` with exit code 1, `info`."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import _register, app, bench_app
+from engine.config import to_toml
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+_register()
+runner = CliRunner(env={"COLUMNS": "160", "NO_COLOR": "1"})
+
+TINY_FLAGS = [
+    "--primary", "shapes:primary?n=64&size=16", "--aux", "shapes:aux?n=64&size=16",
+    "--test", "shapes:primary?n=32&size=16", "--model", "wrn-10-1", "--device", "cpu",
+    "--set", "data.batch_size=32", "--set", "data.aux_batch_size=32", "--set", "attack.steps=2",
+    "--set", "method.warmup_epochs=1", "--set", "eval.n=32", "--set", "eval.steps=2",
+]
+
+COMMANDS = [[c.name] for c in app.registered_commands] + [["bench", c.name] for c in bench_app.registered_commands]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_the_core_commands_are_registered():
+    assert {"train", "demo", "info"} <= {c.name for c in app.registered_commands}
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_commands_help_shows_an_example(command):
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output
+    assert f"biamat-engine {' '.join(command)}" in result.output  # the example runs this command
+
+
+def test_train_writes_a_run_directory_and_resume_continues_it(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("train", *TINY_FLAGS, "--epochs", "2", "--alpha", "0.7", "--pi", "0.4", "--seed", "3",
+                    "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "run directory" in result.output and "robust" in result.output  # the epoch table
+    written = tomllib.loads((out / "config.toml").read_text())
+    assert written["method"]["alpha"] == 0.7 and written["method"]["pi"] == 0.4
+    assert written["optim"]["epochs"] == 2 and written["runtime"]["seed"] == 3
+    assert written["data"]["aux"] == ["shapes:aux?n=64&size=16"] and written["model"]["name"] == "wrn-10-1"
+    for name in ("metrics.jsonl", "selection.jsonl", "last.pt", "best.pt", "model.safetensors"):
+        assert (out / name).is_file(), name
+
+    # --resume reads the run's own config.toml; --set may extend it.
+    result = invoke("train", "--out", str(out), "--resume", "--set", "optim.epochs=3")
+    assert result.exit_code == 0, result.output
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    resumed = tomllib.loads((out / "config.toml").read_text())
+    assert resumed["method"]["alpha"] == 0.7 and resumed["optim"]["epochs"] == 3
+
+
+def test_train_from_a_config_file(tmp_path, tiny_train_config):
+    config = tmp_path / "tiny.toml"
+    config.write_text(to_toml(tiny_train_config("optim.epochs=1", "data.aux=", "method.aux_mode=none")))
+    result = invoke("train", "--config", str(config), "--method", "trades", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    assert tomllib.loads((tmp_path / "run" / "config.toml").read_text())["method"]["name"] == "trades"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "method.pi=abc"], "method.pi = 'abc': expected a float"),
+    (["--set", "method.pie=0.5"], "unknown key(s) pie in method"),
+    (["--set", "methodpi"], "expected section.key=value"),
+    (["--method", "sgd"], "method.name = 'sgd'"),
+    (["--model", "resnet-18"], "model.name"),
+    (["--preset", "cifar11-at"], "unknown preset 'cifar11-at'"),
+    (["--preset", "demo", "--config", "x.toml"], "not both"),
+    (["--config", "missing.toml"], "config file not found: missing.toml"),
+])
+def test_bad_settings_exit_1_with_a_message_naming_the_key(args, message, tmp_path):
+    result = invoke("train", *args, "--out", str(tmp_path / "run"))
+    assert result.exit_code == 1, result.output
+    assert "error:" in result.output and message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_resume_without_last_pt_is_an_error(tmp_path):
+    result = invoke("train", "--out", str(tmp_path), "--resume")
+    assert result.exit_code == 1
+    assert "last.pt does not exist" in result.output and "without --resume" in result.output
+
+
+def test_resume_refuses_a_preset(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"")
+    result = invoke("train", "--out", str(tmp_path), "--resume", "--preset", "demo")
+    assert result.exit_code == 1 and "drop --preset/--config" in result.output
+
+
+def test_a_nan_loss_exits_1_with_the_advice(tmp_path):
+    result = invoke("train", *TINY_FLAGS, "--set", "optim.lr=1e30", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 1, result.output
+    assert "NaN or inf" in result.output and "Traceback" not in result.output
+
+
+def test_info_lists_versions_extras_and_presets():
+    result = invoke("info")
+    assert result.exit_code == 0, result.output
+    assert "torch" in result.output and "numba" in result.output
+    assert "cifar10-at-biamat-imagenet" in result.output and "demo" in result.output
+
+
+def test_demo_selection_summary_groups_related_and_unrelated_classes(tmp_path):
+    from cli.demo_cmd import selection_summary
+
+    lines = [
+        {"epoch": 1, "aux": 0, "related": [True, False], "seen": [100, 100], "high": [100, 100]},
+        {"epoch": 2, "aux": 0, "related": [True, True, False], "seen": [10, 20, 30], "high": [5, 15, 3]},
+    ]
+    (tmp_path / "selection.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert selection_summary(tmp_path) == [
+        ("related to the primary classes", 30, 20),  # only the last epoch counts
+        ("unrelated (textures, noise)", 30, 3),
+    ]
