@@ -100,9 +100,13 @@ def build_run_data(
 
 
 def _dataset_facts(spec: str, stream) -> tuple[str, list[str], list[bool] | None]:
+    """(name, class names, related flags) of an auxiliary dataset, whatever backend reads it."""
     dataset = getattr(stream, "dataset", None)
     if isinstance(dataset, ArrayDataset):
         return dataset.name, list(dataset.class_names), dataset.meta.get("related")
-    manifest = getattr(stream, "manifest", None) or {}
-    names = manifest.get("class_names") or [str(i) for i in range(stream.num_classes)]
-    return manifest.get("name", spec), list(names), manifest.get("related")
+    if spec.endswith(".beton"):  # streamed backends keep only the index; the manifest has the facts
+        from loaders.beton import read_manifest
+
+        manifest = read_manifest(spec)
+        return manifest.get("name", spec), list(manifest["class_names"]), manifest.get("related")
+    return spec, [str(i) for i in range(stream.num_classes)], None
