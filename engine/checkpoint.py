@@ -18,6 +18,12 @@ import torch
 FORMAT_VERSION = 1
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
     """Calls `write(tmp_path)`, then renames the temporary file over `path`."""
     path = Path(path)
@@ -26,6 +32,8 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp's 0600 (kept by writers that recreate the file) would make the result private.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

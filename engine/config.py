@@ -11,7 +11,6 @@ import dataclasses
 import json
 import tomllib
 from dataclasses import dataclass, field, fields
-from fractions import Fraction
 from importlib import resources
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -248,7 +247,10 @@ def _parse_scalar(text: str, kind: type, key: str) -> Any:
         if kind is int:
             return int(text)
         if kind is float:
-            return float(Fraction(text)) if "/" in text else float(text)
+            if "/" in text:  # 8/255 and 0.5/255 alike
+                numerator, denominator = text.split("/", 1)
+                return float(numerator) / float(denominator)
+            return float(text)
         return text
     except (ValueError, ZeroDivisionError):
         raise ConfigError(f"{key} = {text!r}: expected a {kind.__name__}") from None
@@ -265,7 +267,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return [_coerce(v, item, key) for v in value]
     if isinstance(value, str) and hint is not str:
         return _parse_scalar(value, hint, key)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, bool) and hint is not bool:
+        raise ConfigError(f"{key} = {value!r}: expected a {getattr(hint, '__name__', hint)}, not a boolean")
+    if hint is float and isinstance(value, int):
         return float(value)
     if hint in (int, float, str, bool) and not isinstance(value, hint):
         raise ConfigError(f"{key} = {value!r}: expected a {hint.__name__}")

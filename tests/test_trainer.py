@@ -60,7 +60,6 @@ def test_run_directory_has_the_contracted_files(finished_run):
     assert read_jsonl(out / "metrics.jsonl") == records
 
 
-@pytest.mark.xfail(strict=True, reason="engine/checkpoint.py atomic_write: mkstemp creates 0600 files, ignoring the umask")
 def test_run_files_honour_the_umask(finished_run):
     _, out, _ = finished_run
     umask = os.umask(0)
