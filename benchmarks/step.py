@@ -257,7 +257,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def run(method: str = "at", model_name: str = "wrn-16-4", batch: int = 64, aux_batch: int = 64,
+def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_batch: int = 64,
         aux_classes: int = 1000, size: int = 32, steps: int = 2, warmup: int = 2, repeats: int = 3,
         attack_steps: int = 10, aux_mode: str = "biamat", device: str = "auto", compile: str = "auto",
         precision: str = "auto", kernels: str = "auto", threads: int | None = None, seed: int = 0,

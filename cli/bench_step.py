@@ -12,8 +12,9 @@ from rich.table import Table
 from cli.app import bench_app
 
 _EPILOG = (
-    "Example (CPU, a few minutes): biamat-engine bench step --method at --model wrn-16-4 --batch 64 --aux-batch 64 "
-    "--device cpu --compile off,on --kernels auto,torch --out runs/bench/step-cpu.json\n\n"
+    "Example (CPU, about 7 minutes on 2 cores): biamat-engine bench step --method both --model wrn-10-2 --batch 64 "
+    "--aux-batch 64 --steps 1 --repeats 3 --device cpu --compile off,on --kernels auto,torch --threads 1 "
+    "--out runs/bench/step-cpu.json\n\n"
     "Example (GPU): biamat-engine bench step --method both --model wrn-28-10 --batch 128 --aux-batch 128 "
     "--device cuda --out runs/bench/step-cuda.json"
 )
@@ -37,7 +38,7 @@ def render_table(report: dict) -> Table:
 @bench_app.command("step", epilog=_EPILOG)
 def bench_step(
     method: str = typer.Option("at", help="at, trades or both."),
-    model: str = typer.Option("wrn-16-4", help="Architecture, wrn-DEPTH-WIDTH (the paper: wrn-28-10 / wrn-34-10)."),
+    model: str = typer.Option("wrn-10-2", help="Architecture, wrn-DEPTH-WIDTH (the paper: wrn-28-10 / wrn-34-10)."),
     batch: int = typer.Option(64, min=1, help="Primary images per step."),
     aux_batch: int = typer.Option(64, min=1, help="Auxiliary images per step."),
     aux_classes: int = typer.Option(1000, min=1, help="Classes of the auxiliary head (ImageNet: 1000)."),
