@@ -64,6 +64,8 @@ def demo_command(
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     epochs: Optional[int] = typer.Option(None, help="Override the demo preset's epochs."),
     seed: int = typer.Option(0, help="Seed of the data and the run."),
+    train_size: int = typer.Option(2000, min=16, help="Generated primary and auxiliary training images each."),
+    test_size: int = typer.Option(1000, min=16, help="Generated held-out primary images."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr."),
 ) -> None:
     """Generate the built-in shapes data, train AT+BiaMAT on it, evaluate, print the table."""
@@ -78,7 +80,7 @@ def demo_command(
 
     with user_errors(NonFiniteLossError):
         console.print("[bold]1/3[/] writing the built-in shapes datasets as .beton files")
-        paths = prepare_shapes(out / "data", primary_n=2000, aux_n=2000, test_n=1000, seed=seed)
+        paths = prepare_shapes(out / "data", primary_n=train_size, aux_n=train_size, test_n=test_size, seed=seed)
         overrides = [f"data.primary={paths['primary']}", f"data.test={paths['test']}",
                      f"runtime.device={device}", f"runtime.seed={seed}"]
         if epochs is not None:
@@ -98,7 +100,8 @@ def demo_command(
         report = run_evaluation(out, str(paths["test"]), eval_cfg)
         write_json(out / "eval.json", report)
 
-    table = Table(title="demo: best model on 1000 held-out shapes, Linf eps 8/255", show_edge=False)
+    table = Table(title=f"demo: best model on {report['n']} held-out shapes, Linf eps {report['eps']}",
+                  show_edge=False)
     for col in ("attack", "accuracy", "correct", "seconds"):
         table.add_column(col, justify="right")
     for row in summary_rows(report):

@@ -40,6 +40,24 @@ def bn_mode(model: nn.Module, mode: str) -> Iterator[None]:
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def input_gradients_only(model: nn.Module) -> Iterator[None]:
+    """Switches the weights' requires_grad off for the block.
+
+    `torch.autograd.grad(loss, [x])` alone skips weight gradients in eager mode, but a
+    torch.compile'd backward graph is traced for every input that requires grad and computes
+    them all; with the weights frozen, both modes do input-gradient work only.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def pgd_linf(
     loss_fn: LossFn,
     x_nat: torch.Tensor,
@@ -102,7 +120,7 @@ def pgd(
         objective = lambda xa: cw_margin_loss(model(xa), y, kappa)  # noqa: E731
     else:
         raise ValueError(f"unknown PGD loss {loss!r}: expected 'ce' or 'cw'")
-    with bn_mode(model, mode):
+    with bn_mode(model, mode), input_gradients_only(model):
         return pgd_linf(objective, x, eps=eps, step_size=step_size, steps=steps,
                         random_start=random_start, kernel_impl=kernel_impl)
 

@@ -186,3 +186,15 @@ def test_trades_start_is_a_small_gaussian_step_inside_the_cube():
     delta = (start - x)[inside]
     assert math.isclose(float(delta.std()), 0.001, rel_tol=0.05)
     assert abs(float(delta.mean())) < 1e-4
+
+
+def test_input_gradients_only_freezes_weights_for_the_block_and_restores_them():
+    from engine.attacks import input_gradients_only
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    model[1].bias.requires_grad_(False)  # a frozen parameter stays frozen afterwards
+    with pytest.raises(RuntimeError, match="boom"):
+        with input_gradients_only(model):
+            assert not any(p.requires_grad for p in model.parameters())
+            raise RuntimeError("boom")
+    assert [p.requires_grad for p in model.parameters()] == [True, True, True, False]

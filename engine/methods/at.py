@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.attacks import bn_mode, pgd_linf
+from engine.attacks import bn_mode, input_gradients_only, pgd_linf
 from engine.methods.context import MethodState, StepContext, StepStats
 from engine.methods.routing import aux_chunks, aux_head_logits, class_counts, route, routed_aux_losses
 from loaders.types import Batch
@@ -48,7 +48,7 @@ def at_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepContext
     def attack_objective(x: torch.Tensor) -> torch.Tensor:
         return torch.cat(per_sample_losses(x))
 
-    with bn_mode(model, "train"):
+    with bn_mode(model, "train"), input_gradients_only(model):
         x_adv = pgd_linf(attack_objective, x_nat, eps=ctx.attack.eps, step_size=ctx.attack.step_size,
                          steps=ctx.attack.steps, random_start=True, kernel_impl=ctx.kernel_impl)
     model.train()

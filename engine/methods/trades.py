@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.attacks import bn_mode, kl_to, pgd_linf, trades_start
+from engine.attacks import bn_mode, input_gradients_only, kl_to, pgd_linf, trades_start
 from engine.methods.context import MethodState, StepContext, StepStats
 from engine.methods.routing import aux_chunks, aux_head_logits, class_counts, route, routed_aux_losses
 from loaders.types import Batch
@@ -59,7 +59,7 @@ def trades_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepCon
         high_obj = _per_head_ce(la, batch.y_aux, sizes) if ce_on_high else _per_head_kl(p_aux_clean, la)
         return torch.cat([kl_pri[:n_pri], torch.where(high, high_obj, kl_pri[n_pri:])])
 
-    with bn_mode(model, "eval"):
+    with bn_mode(model, "eval"), input_gradients_only(model):
         x_adv = pgd_linf(attack_objective, x_nat, eps=ctx.attack.eps, step_size=ctx.attack.step_size,
                          steps=ctx.attack.steps, start=trades_start(x_nat), kernel_impl=ctx.kernel_impl)
 
