@@ -78,8 +78,9 @@ class TrainProgress:
 def print_epoch_table(records: list[dict]) -> None:
     from rich.table import Table
 
-    table = Table(title="training", show_edge=False)
-    for col in ("epoch", "loss", "loss_pri", "loss_low", "loss_high", "omega", "high %", "clean", "robust", "img/s"):
+    # Short headers keep the table whole on an 80-column terminal (full names: metrics.jsonl).
+    table = Table(title="training (loss: total, primary, aux low, aux high)", show_edge=False)
+    for col in ("epoch", "loss", "pri", "low", "high", "omega", "high%", "clean", "robust", "img/s"):
         table.add_column(col, justify="right")
 
     def fmt(v, spec=".3f"):
@@ -89,7 +90,7 @@ def print_epoch_table(records: list[dict]) -> None:
         ratio = r.get("n_high_ratio")
         table.add_row(
             str(r["epoch"]), fmt(r["loss"]), fmt(r["loss_pri"]), fmt(r["loss_low"]), fmt(r["loss_high"]),
-            fmt(r.get("omega"), ".4f"), fmt(None if ratio is None else 100 * ratio, ".1f"),
+            fmt(r.get("omega"), ".3f"), fmt(None if ratio is None else 100 * ratio, ".1f"),
             fmt(r.get("clean_acc")), fmt(r.get("robust_acc")), fmt(r["images_per_s"], ".1f"),
         )
     console.print(table)

@@ -64,8 +64,8 @@ def demo_command(
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     epochs: Optional[int] = typer.Option(None, help="Override the demo preset's epochs."),
     seed: int = typer.Option(0, help="Seed of the data and the run."),
-    train_size: int = typer.Option(2000, min=16, help="Generated primary and auxiliary training images each."),
-    test_size: int = typer.Option(1000, min=16, help="Generated held-out primary images."),
+    train_size: int = typer.Option(4000, min=16, help="Generated primary and auxiliary training images each."),
+    test_size: int = typer.Option(500, min=16, help="Generated held-out primary images."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr."),
 ) -> None:
     """Generate the built-in shapes data, train AT+BiaMAT on it, evaluate, print the table."""
@@ -83,9 +83,12 @@ def demo_command(
         paths = prepare_shapes(out / "data", primary_n=train_size, aux_n=train_size, test_n=test_size, seed=seed)
         overrides = [f"data.primary={paths['primary']}", f"data.test={paths['test']}",
                      f"runtime.device={device}", f"runtime.seed={seed}"]
+        preset = load_preset("demo")
         if epochs is not None:
-            overrides.append(f"optim.epochs={epochs}")
-        data = apply_overrides(load_preset("demo"), overrides)
+            # Keep the preset's share of warm-up epochs, so routing still runs at the end.
+            warmup = preset["method"]["warmup_epochs"] * epochs // preset["optim"]["epochs"]
+            overrides += [f"optim.epochs={epochs}", f"method.warmup_epochs={min(warmup, epochs - 1)}"]
+        data = apply_overrides(preset, overrides)
         data["data"]["aux"] = [str(paths["aux"])]
         cfg = TrainConfig.from_dict(data)
         console.print(f"[bold]2/3[/] training {cfg.model.name} with AT+BiaMAT for {cfg.optim.epochs} epochs "

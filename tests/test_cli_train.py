@@ -128,3 +128,17 @@ def test_demo_selection_summary_groups_related_and_unrelated_classes(tmp_path):
         ("related to the primary classes", 30, 20),  # only the last epoch counts
         ("unrelated (textures, noise)", 30, 3),
     ]
+
+
+def test_demo_runs_the_whole_pipeline_on_tiny_shapes(tmp_path):
+    out = tmp_path / "demo"
+    result = invoke("demo", "--out", str(out), "--device", "cpu", "--epochs", "2", "--train-size", "64",
+                    "--test-size", "32")
+    assert result.exit_code == 0, result.output
+    for name in ("config.toml", "metrics.jsonl", "selection.jsonl", "last.pt", "model.safetensors", "eval.json"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "data").glob("*.beton"))) == 3
+    report = json.loads((out / "eval.json").read_text())
+    assert report["n"] == 32 and set(report["attacks"]) == {"pgd20"}
+    assert 0.0 <= report["attacks"]["pgd20"]["robust_acc"] <= report["clean_acc"] <= 1.0
+    assert "pgd20" in result.output and "clean" in result.output
