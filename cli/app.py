@@ -32,3 +32,7 @@ def _register() -> None:
 def main() -> None:
     _register()
     app()
+
+
+if __name__ == "__main__":
+    main()
