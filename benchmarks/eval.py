@@ -12,17 +12,14 @@ restart (the package's `custom` default is 5), so the attack rows compare like w
 
 from __future__ import annotations
 
-import json
 import logging
-import platform
 import statistics
-import subprocess
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from benchmarks.common import device_name, git_revision, mean_std, time_calls, write_report
 from engine.evaluation.autoattack_runner import import_autoattack, run_autoattack
 from engine.evaluation.backends import BACKENDS, BackendUnavailable, make_backend
 from engine.evaluation.robust import robust_mask
@@ -33,44 +30,9 @@ log = logging.getLogger(__name__)
 EPS, STEP = 8 / 255, 2 / 255
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
-def git_revision() -> str:
-    try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              timeout=10, cwd=Path(__file__).resolve().parent)
-        return done.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> list[float]:
-    """Seconds of each of `repeats` timed calls, after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
 def _row(name: str, samples: list[float], n: int, **extra) -> dict:
-    rates = [n / s for s in samples]
-    return {"name": name, "images_per_s": statistics.mean(rates),
-            "images_per_s_std": statistics.stdev(rates) if len(rates) > 1 else 0.0,
+    rate, rate_std = mean_std([n / s for s in samples])
+    return {"name": name, "images_per_s": rate, "images_per_s_std": rate_std,
             "seconds": statistics.mean(samples), **extra}
 
 
@@ -94,7 +56,7 @@ def run(model_name: str = "wrn-16-4", n: int = 256, batch_size: int = 256, steps
             skipped[name] = str(err)
             continue
         log.info("clean pass, %s backend", name)
-        samples = _time(lambda: backend.predict(images), dev, repeats, warmup=2)
+        samples = time_calls(lambda: backend.predict(images), dev, repeats, warmup=2)
         preds = backend.predict(images)
         exact = preds if name == "eager" else exact
         agreement = float((preds == exact).float().mean())
@@ -118,12 +80,13 @@ def run(model_name: str = "wrn-16-4", n: int = 256, batch_size: int = 256, steps
         package = version = None
     for name, fn in attacks.items():
         log.info("attack %s", name)
-        attack_rows.append(_row(name, _time(fn, dev, repeats, warmup=1), n))
+        attack_rows.append(_row(name, time_calls(fn, dev, repeats, warmup=1), n))
 
     report = {
         "benchmark": "eval",
         "device": str(dev),
-        "device_name": device_name(dev),
+        # eval's config records no thread count, so the CPU's name carries it
+        "device_name": device_name(dev) + (f", {torch.get_num_threads()} threads" if dev.type == "cpu" else ""),
         "torch": torch.__version__,
         "autoattack": f"{package} {version}" if package else None,
         "git_revision": git_revision(),
@@ -133,9 +96,7 @@ def run(model_name: str = "wrn-16-4", n: int = 256, batch_size: int = 256, steps
         "attacks": attack_rows,
         "skipped": skipped,
     }
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, out)
     return report
 
 

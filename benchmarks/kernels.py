@@ -10,19 +10,14 @@ loop long enough to dwarf the timer, each synchronised with the device.
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
-import platform
-import statistics
-import subprocess
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from benchmarks.common import environment, mean_std, set_cpu_threads, time_calls, write_report
 from kernels import augment, dispatch, pgd, route
 
 log = logging.getLogger(__name__)
@@ -47,28 +42,11 @@ class Row:
     speedup: float  # reference time / this time (the eager torch reference is 1.0)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 3) -> tuple[float, float]:
     """Mean and standard deviation of one call, in microseconds."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    loops = max(1, int(MIN_LOOP_SECONDS / max(time.perf_counter() - start, 1e-9)))
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(loops):
-            fn()
-        _sync(device)
-        samples.append((time.perf_counter() - start) / loops * 1e6)
-    return statistics.mean(samples), (statistics.stdev(samples) if len(samples) > 1 else 0.0)
+    first = time_calls(fn, device, repeats=1, warmup=warmup)[0]  # after warm-up: sizes the loop
+    loops = max(1, int(MIN_LOOP_SECONDS / max(first, 1e-9)))
+    return mean_std([s * 1e6 for s in time_calls(fn, device, repeats, loops=loops)])
 
 
 @dataclass
@@ -121,45 +99,13 @@ def _fast_impls(device: torch.device) -> list[str]:
     return [fast] if dispatch.available(fast) else []
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
-
-
-def git_revision() -> str:
-    try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).resolve().parent)
-        return done.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _set_cpu_threads(threads: int) -> None:
-    # torch and numba get the same number of CPU threads so that the comparison is even
-    torch.set_num_threads(threads)
-    if dispatch.available("numba"):
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-
-
 def run(device: str = "cpu", repeats: int = 20, compile_reference: bool = True, threads: int | None = None,
         out: Path | None = None) -> dict:
     """Time every kernel at the workload's sizes; returns (and optionally writes) the JSON report.
     threads: CPU threads for torch and numba (default: torch's current setting)."""
     dev = torch.device(device)
     if threads is not None:
-        _set_cpu_threads(threads)
+        set_cpu_threads(threads)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
     notes = []
@@ -183,18 +129,14 @@ def run(device: str = "cpu", repeats: int = 20, compile_reference: bool = True, 
         log.info("%s %s done", case.kernel, case.shape)
     report = {
         "benchmark": "kernels",
-        "device": device_name(dev),
-        "torch": torch.__version__,
-        "git_revision": git_revision(),
+        **environment(dev),
         "config": {"device": dev.type, "repeats": repeats, "cpu_threads": torch.get_num_threads(), "batch": BATCH, "primary_classes": PRIMARY_CLASSES,
                    "aux_classes": AUX_CLASSES, "image_sizes": IMAGE_SIZES, "pad": PAD,
                    "compile_reference": compile_reference, "impls": ["torch"] + impls},
         "notes": notes,
         "rows": [asdict(r) for r in rows],
     }
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, out)
     return report
 
 

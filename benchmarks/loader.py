@@ -13,11 +13,7 @@ Warm-up (compilation, worker start) is excluded; each repeat times one primary e
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import statistics
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,6 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from benchmarks.common import environment, mean_std, sync, write_report
 from loaders.beton import write_beton
 from loaders.stream import PairedStream
 from loaders.types import ArrayDataset
@@ -132,17 +129,12 @@ BACKENDS: dict[str, Callable[[BenchContext], tuple]] = {
 }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time_epoch(paired: PairedStream, device: torch.device) -> tuple[float, int]:
     images = 0
     start = time.perf_counter()
     for batch in paired:
         images += len(batch.x_pri) + len(batch.x_aux)
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start, images
 
 
@@ -150,20 +142,6 @@ def random_dataset(n: int, size: int, classes: int, seed: int, name: str) -> Arr
     rng = np.random.default_rng(seed)
     return ArrayDataset(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
                         rng.integers(0, classes, n), [f"c{i}" for i in range(classes)], name)
-
-
-def _git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
 
 
 def run(*, n: int = 10_000, size: int = 32, device: str = "cpu", repeats: int = 3, batch_size: int = 128,
@@ -191,21 +169,18 @@ def run(*, n: int = 10_000, size: int = 32, device: str = "cpu", repeats: int = 
             for _ in range(repeats):
                 seconds, images = _time_epoch(paired, dev)
                 times.append(images / seconds)
-            rows.append({"backend": name, "images_per_s_mean": statistics.mean(times),
-                         "images_per_s_std": statistics.stdev(times) if len(times) > 1 else 0.0,
+            rate, rate_std = mean_std(times)
+            rows.append({"backend": name, "images_per_s_mean": rate, "images_per_s_std": rate_std,
                          "images_per_epoch": images, "repeats": repeats})
             del paired, pri, aux_stream
     baseline = next((r["images_per_s_mean"] for r in rows if r["backend"] == "dataloader"), None)
     for r in rows:
         r["vs_dataloader"] = r["images_per_s_mean"] / baseline if baseline else None
     report = {
-        "benchmark": "loader", "device": _device_name(dev), "torch": torch.__version__,
-        "git_revision": _git_revision(),
+        "benchmark": "loader", **environment(dev),
         "config": {"n": n, "size": size, "batch": f"{batch_size}+{batch_size}", "workers": workers,
                    "device": str(dev), "augment": "pad-4 crop + flip", "data": "random uint8"},
         "rows": rows, "notes": notes,
     }
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, out)
     return report

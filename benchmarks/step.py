@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import logging
 import os
-import platform
 import statistics
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +34,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from benchmarks.common import device_name, environment, mean_std, set_cpu_threads, sync, write_report
 from benchmarks.reference_step import NAIVE_STEPS, REFERENCE_STEPS
 from engine.config import AttackConfig, MethodConfig, RuntimeConfig
 from engine.methods import METHODS, MethodState, StepContext
@@ -157,34 +155,6 @@ class Variant:
         train_step(self.step_fn, self.model, self.optimizer, self.scaler, self.batch, self.state, self.ctx)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
-
-
-def git_revision() -> str:
-    try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).resolve().parent)
-        return done.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _make_batch(n_pri: int, n_aux: int, size: int, aux_classes: int, device: torch.device,
                 channels_last: bool, seed: int) -> Batch:
     g = torch.Generator().manual_seed(seed)
@@ -243,20 +213,6 @@ def build_variants(method: str, base: nn.Module, *, device: str, n_pri: int, n_a
     return variants
 
 
-def _set_cpu_threads(threads: int) -> None:
-    torch.set_num_threads(threads)
-    try:
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_batch: int = 64,
         aux_classes: int = 1000, size: int = 32, steps: int = 2, warmup: int = 2, repeats: int = 3,
         attack_steps: int = 10, aux_mode: str = "biamat", device: str = "auto", compile: str = "auto",
@@ -274,7 +230,7 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
     if os.environ.get("BIAMAT_KERNELS"):
         log.warning("BIAMAT_KERNELS=%s overrides every engine row's kernel choice", os.environ["BIAMAT_KERNELS"])
     if threads is not None:
-        _set_cpu_threads(threads)
+        set_cpu_threads(threads)
     torch.manual_seed(seed)
     depth_width = parse_arch(model_name)
     base = build(model_name, 10, (aux_classes,))
@@ -288,15 +244,15 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
         start = time.perf_counter()
         for _ in range(warmup):
             v.step()
-        _sync(dev)
+        sync(dev)
         log.info("%s %s: warm-up %.1f s", v.method, v.label, time.perf_counter() - start)
     for r in range(repeats):
         for v in variants:  # interleaved: every round times every row once
-            _sync(dev)
+            sync(dev)
             start = time.perf_counter()
             for _ in range(steps):
                 v.step()
-            _sync(dev)
+            sync(dev)
             v.seconds.append(time.perf_counter() - start)
         log.info("round %d/%d done", r + 1, repeats)
     load_after = os.getloadavg()
@@ -314,9 +270,9 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
         model_flops = fwd_flops * step_forward_units(m, "engine", batch, aux_batch, attack_steps, routed)
         for v in group:
             rates = [steps * images / s for s in v.seconds]
-            mean, std = _mean_std(rates)
-            vs_ref = _mean_std([a / b for a, b in zip(ref.seconds, v.seconds)])
-            vs_naive = _mean_std([a / b for a, b in zip(naive.seconds, v.seconds)])
+            mean, std = mean_std(rates)
+            vs_ref = mean_std([a / b for a, b in zip(ref.seconds, v.seconds)])
+            vs_naive = mean_std([a / b for a, b in zip(naive.seconds, v.seconds)])
             step_s = statistics.mean(v.seconds) / steps
             rows.append({
                 "method": m, "impl": v.impl, "label": v.label, **v.settings,
@@ -334,9 +290,7 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
         notes.append(f"peak FLOP/s of {name!r} unknown: MFU left out")
     report = {
         "benchmark": "step",
-        "device": name,
-        "torch": torch.__version__,
-        "git_revision": git_revision(),
+        **environment(dev),
         "config": {
             "method": method, "model": model_name, "depth_width": depth_width, "batch": batch, "aux_batch": aux_batch,
             "aux_classes": aux_classes, "size": size, "attack_steps": attack_steps, "aux_mode": aux_mode,
@@ -351,10 +305,7 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
         "notes": notes,
         "rows": rows,
     }
-    if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, out)
     return report
 
 
