@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from cli.app import bench_app
+from cli.bench_common import bench_errors, check_device, print_report
 
 _EPILOG = (
     "Example: biamat-engine bench kernels --device cpu --threads 1 --repeats 20 --out runs/bench/kernels.json\n\n"
@@ -41,16 +41,7 @@ def bench_kernels(
     at the BiaMAT workload's sizes, every implementation side by side with the torch reference."""
     from benchmarks.kernels import run
 
-    console = Console()
-    if device not in ("cpu", "cuda"):
-        raise typer.BadParameter(f"--device must be cpu or cuda, got {device!r}")
-    try:
+    check_device(device)
+    with bench_errors(RuntimeError):
         report = run(device=device, repeats=repeats, compile_reference=compile_reference, threads=threads, out=out)
-    except RuntimeError as err:
-        Console(stderr=True).print(f"[red]{err}[/red]")
-        raise typer.Exit(1) from err
-    console.print(render_table(report))
-    for note in report["notes"]:
-        console.print(f"note: {note}")
-    if out is not None:
-        console.print(f"wrote {out}")
+    print_report(render_table(report), report["notes"], out)

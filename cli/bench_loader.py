@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from cli.app import bench_app
+from cli.bench_common import check_device, print_report
 
 _EPILOG = "Example: biamat-engine bench loader --n 10000 --size 32 --device cpu --out runs/bench/loader.json"
 
@@ -44,12 +44,6 @@ def bench_loader(
     unknown = [b for b in names if b not in BACKENDS]
     if unknown:
         raise typer.BadParameter(f"unknown backends {unknown}; choose from {sorted(BACKENDS)}")
-    if device not in ("cpu", "cuda"):
-        raise typer.BadParameter(f"--device must be cpu or cuda, got {device!r}")
-    console = Console()
+    check_device(device)
     report = run(n=n, size=size, device=device, repeats=repeats, workers=workers, backends=names, out=out)
-    console.print(render_table(report))
-    for note in report["notes"]:
-        console.print(f"note: {note}")
-    if out is not None:
-        console.print(f"wrote {out}")
+    print_report(render_table(report), report["notes"], out)

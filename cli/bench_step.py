@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from cli.app import bench_app
+from cli.bench_common import bench_errors, print_report
 
 _EPILOG = (
     "Example (CPU, about 7 minutes on 2 cores): biamat-engine bench step --method both --model wrn-10-2 --batch 64 "
@@ -62,21 +62,13 @@ def bench_step(
     from benchmarks.step import run
     from engine.config import ConfigError
 
-    console = Console()
     if method not in ("at", "trades", "both"):
         raise typer.BadParameter(f"--method must be at, trades or both, got {method!r}")
     if aux_mode not in ("biamat", "labels", "uniform", "none"):
         raise typer.BadParameter(f"--aux-mode must be biamat, labels, uniform or none, got {aux_mode!r}")
-    try:
+    with bench_errors(ConfigError, ValueError, RuntimeError, ModuleNotFoundError):
         report = run(method=method, model_name=model, batch=batch, aux_batch=aux_batch, aux_classes=aux_classes,
                      size=size, steps=steps, warmup=warmup, repeats=repeats, attack_steps=attack_steps,
                      aux_mode=aux_mode, device=device, compile=compile, precision=precision, kernels=kernels,
                      threads=threads, out=out)
-    except (ConfigError, ValueError, RuntimeError, ModuleNotFoundError) as err:
-        Console(stderr=True).print(f"[red]{err}[/red]")
-        raise typer.Exit(1) from err
-    console.print(render_table(report))
-    for note in report["notes"]:
-        console.print(f"note: {note}")
-    if out is not None:
-        console.print(f"wrote {out}")
+    print_report(render_table(report), report["notes"], out)
