@@ -8,6 +8,15 @@ import numpy as np
 import torch
 
 
+def check_label_range(labels: np.ndarray, num_classes: int, name: str) -> None:
+    """ValueError naming the dataset `name` when a label of (N,) `labels` falls outside [0, num_classes)."""
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{name}: labels must lie in [0, {num_classes}), found [{labels.min()}, {labels.max()}]; "
+            f"check the class list"
+        )
+
+
 @dataclass
 class ArrayDataset:
     """A whole image-classification split held in host memory.
@@ -38,11 +47,7 @@ class ArrayDataset:
                 f"{self.name}: {len(self.images)} images but labels have shape {self.labels.shape}"
             )
         self.labels = self.labels.astype(np.int64, copy=False)
-        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
-            raise ValueError(
-                f"{self.name}: labels must lie in [0, {self.num_classes}), found "
-                f"[{self.labels.min()}, {self.labels.max()}]; check the class list"
-            )
+        check_label_range(self.labels, self.num_classes, self.name)
 
     @property
     def num_classes(self) -> int:

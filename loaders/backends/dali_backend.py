@@ -24,13 +24,14 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from loaders.backends._stream_state import EpochPosition, batch_count, check_sharding
 from loaders.backends.dali_pipeline import build_pipeline, import_dali
-from loaders.backends.dali_plan import batch_count, draw_crop_flip, shard_order
+from loaders.backends.dali_plan import draw_crop_flip, shard_order
 from loaders.backends.dali_source import StreamedDataset, batch_reader, image_shape
 from loaders.types import ArrayDataset
 
 
-class DaliStream:
+class DaliStream(EpochPosition):
     """One dataset through a DALI pipeline, yielding augmented (x, y) batches on `device`.
 
     Follows the `ImageStream` contract of `loaders.stream`: epoch `e` of rank `rank` always
@@ -54,12 +55,8 @@ class DaliStream:
         prefetch_queue_depth: int = 2,
     ) -> None:
         self._dali = import_dali()  # fail here, with the install hint, not at the first batch
-        if batch_size < 1:
-            raise ValueError(f"DaliStream: batch_size must be at least 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(
-                f"DaliStream: rank must lie in [0, world_size), got rank {rank} of {world_size}"
-            )
+        name = getattr(dataset, "name", "dataset")
+        check_sharding(name, batch_size, rank, world_size)
         if pad < 0:
             raise ValueError(f"DaliStream: pad must be non-negative, got {pad}")
         if num_threads < 1 or prefetch_queue_depth < 1:
@@ -79,18 +76,12 @@ class DaliStream:
         self.pad = pad
         self._num_threads = num_threads
         self._prefetch_queue_depth = prefetch_queue_depth
-        self._name = getattr(dataset, "name", "dataset")
+        self._name = name
         self._read = batch_reader(dataset)
         self._labels = np.asarray(dataset.labels, dtype=np.int64)
         self._height, self._width = image_shape(dataset)
         self._device_id = self._dali_device_id(self.device)
-        self._num_batches = batch_count(len(self._labels), world_size, batch_size, drop_last)
-        if self._num_batches == 0:
-            raise ValueError(
-                f"{self._name}: {len(self._labels)} samples over {world_size} rank(s) make no "
-                f"batch of {batch_size}{' with drop_last' if drop_last else ''}; use a smaller "
-                f"batch size"
-            )
+        self._num_batches = batch_count(self._name, len(self._labels), world_size, batch_size, drop_last)
         self._epoch = 0
         self._position = 0
 
@@ -171,15 +162,3 @@ class DaliStream:
                 yield x, y
             del pipe
         self._epoch, self._position = epoch + 1, 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self._epoch, "position": self._position}
-
-    def load_state_dict(self, state: dict) -> None:
-        position = int(state["position"])
-        if not 0 <= position <= len(self):
-            raise ValueError(
-                f"{self._name}: saved position {position} lies outside an epoch of {len(self)} "
-                f"batches; resume with the same dataset, batch size and world size"
-            )
-        self._epoch, self._position = int(state["epoch"]), position

@@ -17,25 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from loaders.backends._stream_state import samples_per_rank
 from loaders.backends.resident import derive_seed
 
 # Tags that keep the permutation and augmentation seed streams apart (as in the resident one).
 _ORDER_STREAM = 0
 _AUGMENT_STREAM = 1
-
-
-def samples_per_rank(num_samples: int, world_size: int, drop_last: bool) -> int:
-    """Samples each rank visits per epoch, the same on every rank: DDP ranks that disagreed on
-    the step count would hang in the last all-reduce."""
-    if drop_last:
-        return num_samples // world_size
-    return -(-num_samples // world_size)
-
-
-def batch_count(num_samples: int, world_size: int, batch_size: int, drop_last: bool) -> int:
-    """Batches per epoch on each rank; a short final batch counts unless `drop_last`."""
-    per_rank = samples_per_rank(num_samples, world_size, drop_last)
-    return per_rank // batch_size if drop_last else -(-per_rank // batch_size)
 
 
 def shard_order(

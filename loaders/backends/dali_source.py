@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from loaders.types import ArrayDataset
+from loaders.types import ArrayDataset, check_label_range
 
 
 @dataclass
@@ -40,11 +40,7 @@ class StreamedDataset:
         self.labels = np.asarray(self.labels).astype(np.int64, copy=False)
         if self.labels.ndim != 1:
             raise ValueError(f"{self.name}: labels must be (N,), got shape {self.labels.shape}")
-        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
-            raise ValueError(
-                f"{self.name}: labels must lie in [0, {self.num_classes}), found "
-                f"[{self.labels.min()}, {self.labels.max()}]; check the class list"
-            )
+        check_label_range(self.labels, self.num_classes, self.name)
 
     @property
     def num_classes(self) -> int:

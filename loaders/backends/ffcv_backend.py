@@ -21,6 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from loaders.backends._stream_state import EpochPosition, batch_count, check_sharding, samples_per_rank
 from loaders.backends.resident import derive_seed
 from loaders.beton import BetonIndex, read_manifest
 
@@ -121,7 +122,7 @@ class _ExplicitOrder:
         return self.order
 
 
-class FfcvStream:
+class FfcvStream(EpochPosition):
     """One .beton through FFCV, yielding (x, y) batches on `device` (see loaders.stream)."""
 
     def __init__(
@@ -134,13 +135,10 @@ class FfcvStream:
             import ffcv  # noqa: F401
         except ImportError as err:
             raise ImportError(f"{_INSTALL_HINT} ({err})") from None
-        if batch_size <= 0:
-            raise ValueError(f"{path}: batch_size must be positive, got {batch_size}")
-        if world_size <= 0 or not 0 <= rank < world_size:
-            raise ValueError(f"{path}: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        check_sharding(str(path), batch_size, rank, world_size)
         if order not in ORDERS:
             raise ValueError(f"{path}: order must be one of {ORDERS}, got {order!r}")
-        self.path = str(path)
+        self.path = self._name = str(path)
         index = BetonIndex(path)
         manifest = read_manifest(path)
         self.class_names = list(manifest["class_names"])
@@ -154,12 +152,8 @@ class FfcvStream:
         self.samples = np.arange(index.num_samples, dtype=np.uint64) if indices is None else np.asarray(indices, np.uint64)
         if len(self.samples) and self.samples.max() >= index.num_samples:
             raise ValueError(f"{path}: indices reach {self.samples.max()}, the file holds {index.num_samples} samples")
-        n = len(self.samples)
-        self.samples_per_rank = n // world_size if drop_last else -(-n // world_size)
-        self._num_batches = (self.samples_per_rank // batch_size if drop_last
-                             else -(-self.samples_per_rank // batch_size))
-        if self._num_batches == 0:
-            raise ValueError(f"{path}: {n} samples over {world_size} rank(s) make no batch of {batch_size}")
+        self.samples_per_rank = samples_per_rank(len(self.samples), world_size, drop_last)
+        self._num_batches = batch_count(self.path, len(self.samples), world_size, batch_size, drop_last)
         # Which page each sample's pixels sit on, for the page-local quasi-random order.
         self._pages = index.metadata["image"]["data_ptr"] // np.uint64(index.page_size)
         self._key = np.zeros(1, dtype=np.uint64)  # read by the compiled crop/flip at run time
@@ -190,18 +184,6 @@ class FfcvStream:
 
     def __len__(self) -> int:
         return self._num_batches
-
-    def state_dict(self) -> dict:
-        return {"epoch": self._epoch, "position": self._position}
-
-    def load_state_dict(self, state: dict) -> None:
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if epoch < 0 or not 0 <= position <= self._num_batches:
-            raise ValueError(
-                f"{self.path}: cannot resume at epoch {epoch}, batch {position}: this stream has "
-                f"{self._num_batches} batches per epoch; same dataset, batch size and world size?"
-            )
-        self._epoch, self._position = epoch, position
 
     def batch_indices(self, epoch: int) -> np.ndarray:
         """The sample ids this rank visits in `epoch`, in order; batch k is [k*B, (k+1)*B)."""

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from kernels.augment import crop_flip
+from loaders.backends._stream_state import EpochPosition, batch_count, check_sharding, samples_per_rank
 from loaders.types import ArrayDataset
 
 # Tags that keep the permutation and augmentation seed streams apart.
@@ -40,7 +41,7 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-class ResidentStream:
+class ResidentStream(EpochPosition):
     """One `ArrayDataset` held on `device`, yielding augmented (x, y) batches.
 
     Implements `loaders.stream.ImageStream`: x is (B, 3, H, W) float32 in [0, 1],
@@ -50,14 +51,11 @@ class ResidentStream:
     def __init__(self, dataset: ArrayDataset, *, batch_size: int, device, train: bool, seed: int,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1, pad: int = 4,
                  kernel_impl: str = "auto") -> None:
-        if batch_size <= 0:
-            raise ValueError(f"{dataset.name}: batch_size must be positive, got {batch_size}")
-        if world_size <= 0 or not 0 <= rank < world_size:
-            raise ValueError(f"{dataset.name}: need 0 <= rank < world_size, got rank={rank}, "
-                             f"world_size={world_size}")
+        check_sharding(dataset.name, batch_size, rank, world_size)
         if seed < 0 or pad < 0:
             raise ValueError(f"{dataset.name}: seed and pad must be >= 0, got seed={seed}, pad={pad}")
         self.dataset = dataset
+        self._name = dataset.name
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.train = train
@@ -70,17 +68,8 @@ class ResidentStream:
         self.num_classes = dataset.num_classes
         self.image_size = dataset.image_size
 
-        n = len(dataset)
-        self.samples_per_rank = n // world_size if drop_last else -(-n // world_size)
-        if drop_last:
-            self._num_batches = self.samples_per_rank // batch_size
-        else:
-            self._num_batches = -(-self.samples_per_rank // batch_size)
-        if self._num_batches == 0:
-            raise ValueError(
-                f"{dataset.name}: {n} samples over {world_size} rank(s) make no batch of "
-                f"{batch_size}{' with drop_last' if drop_last else ''}; use a smaller batch size"
-            )
+        self.samples_per_rank = samples_per_rank(len(dataset), world_size, drop_last)
+        self._num_batches = batch_count(dataset.name, len(dataset), world_size, batch_size, drop_last)
 
         self._images = _upload(torch.from_numpy(dataset.images), self.device)  # (N, H, W, 3) uint8
         self._labels = _upload(torch.from_numpy(dataset.labels), self.device)  # (N,) int64
@@ -89,19 +78,6 @@ class ResidentStream:
 
     def __len__(self) -> int:
         return self._num_batches
-
-    def state_dict(self) -> dict:
-        return {"epoch": self._epoch, "position": self._position}
-
-    def load_state_dict(self, state: dict) -> None:
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if epoch < 0 or not 0 <= position <= self._num_batches:
-            raise ValueError(
-                f"{self.dataset.name}: cannot resume at epoch {epoch}, batch {position}: this "
-                f"stream has {self._num_batches} batches per epoch; was the checkpoint written "
-                f"with another dataset, batch size or world size?"
-            )
-        self._epoch, self._position = epoch, position
 
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, start = self._epoch, self._position
