@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from engine.attacks import bn_mode, input_gradients_only, pgd_linf
 from engine.methods.context import MethodState, StepContext, StepStats
-from engine.methods.routing import aux_chunks, aux_head_logits, class_counts, route, routed_aux_losses
+from engine.methods.routing import aux_chunks, aux_head_logits, aux_stats, route, routed_aux_losses
 from loaders.types import Batch
 
 
@@ -62,9 +62,6 @@ def at_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepContext
         loss_high = (aux_losses * high).sum() / n_aux  # l_high of Algorithm 1
         loss_low = (aux_losses * ~high).sum() / n_aux  # l_low of Algorithm 1
         loss = loss_pri + weight * (loss_high + loss_low)
-        stats.loss_high, stats.loss_low = loss_high.detach(), loss_low.detach()
-        stats.n_aux, stats.n_high, stats.routed = n_aux, high.sum(), routed
-        if routed:
-            stats.seen_per_class, stats.high_per_class = class_counts(batch.y_aux, high, sizes, model.aux_classes)
+        aux_stats(stats, high, routed, batch, sizes, model, loss_high, loss_low)
     stats.loss = loss.detach()
     return loss, stats

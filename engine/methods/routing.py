@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from engine.methods.context import MethodState, StepContext
+from engine.methods.context import MethodState, StepContext, StepStats
 from kernels.route import confidence_mask, routed_loss
 from loaders.types import Batch
 
@@ -89,3 +89,13 @@ def class_counts(y_aux: torch.Tensor, high: torch.Tensor, sizes: list[int], clas
         seen.append(torch.bincount(y, minlength=c))
         chosen.append(torch.bincount(y, weights=h.float(), minlength=c).long())
     return seen, chosen
+
+
+def aux_stats(stats: StepStats, high: torch.Tensor, routed: bool, batch: Batch, sizes: list[int], model: nn.Module,
+              loss_high: torch.Tensor, loss_low: torch.Tensor) -> None:
+    """Fills the auxiliary part of a step's `stats`: both loss terms, how many auxiliary samples
+    went high, and, when the selection routed them, the per-class counts for selection.jsonl."""
+    stats.loss_high, stats.loss_low = loss_high.detach(), loss_low.detach()
+    stats.n_aux, stats.n_high, stats.routed = len(batch.y_aux), high.sum(), routed
+    if routed:
+        stats.seen_per_class, stats.high_per_class = class_counts(batch.y_aux, high, sizes, model.aux_classes)

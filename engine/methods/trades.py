@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from engine.attacks import bn_mode, input_gradients_only, kl_to, pgd_linf, trades_start
 from engine.methods.context import MethodState, StepContext, StepStats
-from engine.methods.routing import aux_chunks, aux_head_logits, class_counts, route, routed_aux_losses
+from engine.methods.routing import aux_chunks, aux_head_logits, aux_stats, route, routed_aux_losses
 from loaders.types import Batch
 
 
@@ -85,9 +85,6 @@ def trades_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepCon
         loss_low = (low_term * ~high).sum() / n_aux
         weight = 0.0 if ctx.in_warmup else m.alpha
         loss = loss_pri + weight * (loss_high + loss_low)
-        stats.loss_high, stats.loss_low = loss_high.detach(), loss_low.detach()
-        stats.n_aux, stats.n_high, stats.routed = n_aux, high.sum(), routed
-        if routed:
-            stats.seen_per_class, stats.high_per_class = class_counts(batch.y_aux, high, sizes, model.aux_classes)
+        aux_stats(stats, high, routed, batch, sizes, model, loss_high, loss_low)
     stats.loss = loss.detach()
     return loss, stats
