@@ -73,6 +73,7 @@ def train_command(
 ) -> None:
     """Train AT or TRADES, with or without BiaMAT auxiliary data, into a run directory."""
     setup_logging(verbose)
+    from engine.distributed import init_from_env
     from engine.trainer import NonFiniteLossError, train
 
     with user_errors(NonFiniteLossError):
@@ -82,6 +83,7 @@ def train_command(
         if resume and not (out / "last.pt").exists():
             raise FileNotFoundError(f"--resume: {out / 'last.pt'} does not exist; start the run without --resume")
         cfg = build_config(preset, config, overrides, aux, out if resume else None)
+        init_from_env(cfg.runtime.device)  # a no-op unless launched by torchrun
         with TrainProgress(cfg.optim.epochs) as progress:
             records = train(cfg, out, resume=resume, on_step=progress)
     print_epoch_table(records)

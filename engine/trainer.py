@@ -22,6 +22,7 @@ import torch.nn as nn
 from engine.checkpoint import atomic_write_text, clean_state_dict, export_model, load_checkpoint, save_checkpoint
 from engine.config import TrainConfig, to_toml
 from engine.data import RunData, build_run_data
+from engine.distributed import average_gradients, rank_device
 from engine.evaluation import accuracy
 from engine.methods import METHODS, MethodState, StepContext, StepStats
 from engine.models import build, model_card, primary_state_dict
@@ -91,6 +92,8 @@ class Trainer:
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
         self.is_main = self.rank == 0
+        if self.world_size > 1:
+            cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, device=rank_device(cfg.runtime.device)))
         runtime, resolved = resolve_runtime(cfg.runtime)
         self.cfg = dataclasses.replace(cfg, runtime=resolved)
         self.rt: Runtime = runtime
@@ -168,7 +171,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.world_size > 1:
-                self._allreduce_grads()
+                average_gradients(self.model.parameters())
             self.scaler.step(self.optimizer)
             self.scaler.update()
             totals.add(stats)
@@ -202,12 +205,6 @@ class Trainer:
             "the last good state. Lower optim.lr, check the data for corrupt images, or use "
             "runtime.precision=fp32, then resume with --resume."
         )
-
-    def _allreduce_grads(self) -> None:
-        for p in self.model.parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad /= self.world_size
 
     def _evaluate(self) -> dict:
         start = time.perf_counter()
