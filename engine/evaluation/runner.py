@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from engine.data import to_device_images
 from engine.evaluation.autoattack_runner import AA_ATTACKS, AA_VERSIONS, run_autoattack
 from engine.evaluation.backends import BACKENDS, agreement_tolerance, make_backend
 from engine.evaluation.report import format_eps, parse_eps
@@ -97,8 +98,8 @@ def resolve_eps(model_path: str | Path, explicit: str | float | None) -> tuple[f
 
 def to_unit_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1] and (N,) int64, on `device`."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255)
-    return x.contiguous(), torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+    device = torch.device(device)
+    return to_device_images(images, device), torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
 
 
 def _device_name(device: torch.device) -> str:
