@@ -72,7 +72,7 @@ def demo_command(
     setup_logging(verbose)
     from rich.table import Table
 
-    from engine.config import apply_overrides, load_preset, TrainConfig
+    from engine.config import load_config, load_preset
     from engine.evaluation.report import summary_rows, write_json
     from engine.evaluation.runner import EvalConfig, run_evaluation
     from engine.runtime import resolve_device
@@ -88,9 +88,7 @@ def demo_command(
             # Keep the preset's share of warm-up epochs, so routing still runs at the end.
             warmup = preset["method"]["warmup_epochs"] * epochs // preset["optim"]["epochs"]
             overrides += [f"optim.epochs={epochs}", f"method.warmup_epochs={min(warmup, epochs - 1)}"]
-        data = apply_overrides(preset, overrides)
-        data["data"]["aux"] = [str(paths["aux"])]
-        cfg = TrainConfig.from_dict(data)
+        cfg = load_config("demo", overrides=overrides, aux=[str(paths["aux"])])
         console.print(f"[bold]2/3[/] training {cfg.model.name} with AT+BiaMAT for {cfg.optim.epochs} epochs "
                       f"(warm-up {cfg.method.warmup_epochs}) into {out}")
         with TrainProgress(cfg.optim.epochs) as progress:

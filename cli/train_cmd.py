@@ -34,20 +34,14 @@ def flag_overrides(**flags) -> list[str]:
 
 
 def build_config(preset, config_file, overrides, aux, resume_dir):
-    from engine.config import apply_overrides, load_preset, read_toml, TrainConfig, ConfigError
+    """The run's config: its own config.toml on --resume, else preset or file; then the flags."""
+    from engine.config import ConfigError, load_config
 
     if resume_dir is not None:
         if preset or config_file:
             raise ConfigError("--resume continues the run's own config.toml: drop --preset/--config")
-        data = read_toml(resume_dir / "config.toml")
-    elif preset and config_file:
-        raise ConfigError("give --preset or --config, not both")
-    else:
-        data = load_preset(preset) if preset else read_toml(config_file) if config_file else {}
-    data = apply_overrides(data, overrides)
-    if aux:
-        data.setdefault("data", {})["aux"] = list(aux)
-    return TrainConfig.from_dict(data)
+        config_file = resume_dir / "config.toml"
+    return load_config(preset, config_file, overrides, aux=list(aux) or None)
 
 
 @app.command("train", epilog=EPILOG)

@@ -334,12 +334,21 @@ def load_preset(name: str) -> dict:
     return tomllib.loads(path.read_text())
 
 
-def load_config(preset: str | None = None, file: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """Preset or file (not both), then overrides, then validation."""
+def load_config(
+    preset: str | None = None,
+    file: str | Path | None = None,
+    overrides: list[str] = (),
+    aux: list[str] | None = None,
+) -> TrainConfig:
+    """Preset or file (not both), then overrides, then `aux` (a list: paths may hold commas)
+    in place of data.aux when given, then validation."""
     if preset and file:
         raise ConfigError("give --preset or --config, not both")
     data = load_preset(preset) if preset else read_toml(file) if file else {}
-    return TrainConfig.from_dict(apply_overrides(data, list(overrides)))
+    data = apply_overrides(data, list(overrides))
+    if aux is not None:
+        data.setdefault("data", {})["aux"] = list(aux)
+    return TrainConfig.from_dict(data)
 
 
 def _toml_value(value: Any) -> str:

@@ -59,7 +59,7 @@ class _EpochTotals:
     def __init__(self) -> None:
         self.steps = 0
         self.sums: dict[str, torch.Tensor | float] = {}
-        self.n_aux = self.routed_aux = 0
+        self.routed_aux = 0
         self.n_high: torch.Tensor | int = 0
         self.seen: list[torch.Tensor] = []
         self.high: list[torch.Tensor] = []
