@@ -92,7 +92,7 @@ def demo_command(
         console.print(f"[bold]2/3[/] training {cfg.model.name} with AT+BiaMAT for {cfg.optim.epochs} epochs "
                       f"(warm-up {cfg.method.warmup_epochs}) into {out}")
         with TrainProgress(cfg.optim.epochs) as progress:
-            records = train(cfg, out, on_step=progress)
+            records = train(cfg, out, overwrite=True, on_step=progress)  # a demo simply runs again
         print_epoch_table(records)
 
         console.print("[bold]3/3[/] evaluating the best model on the held-out shapes (clean, PGD-20)")

@@ -63,6 +63,7 @@ def train_command(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
     seed: Optional[int] = typer.Option(None, help="Seed of everything random."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN_DIR from its last.pt."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished or stopped run in RUN_DIR."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr."),
 ) -> None:
     """Train AT or TRADES, with or without BiaMAT auxiliary data, into a run directory."""
@@ -70,7 +71,7 @@ def train_command(
     from engine.distributed import init_from_env
     from engine.trainer import NonFiniteLossError, train
 
-    with user_errors(NonFiniteLossError):
+    with user_errors(NonFiniteLossError, FileExistsError):
         overrides = flag_overrides(primary=primary, test=test, method=method, aux_mode=aux_mode, alpha=alpha,
                                    pi=pi, epochs=epochs, model=model, loader=loader, device=device,
                                    seed=seed) + list(set_)
@@ -79,6 +80,6 @@ def train_command(
         cfg = build_config(preset, config, overrides, aux, out if resume else None)
         init_from_env(cfg.runtime.device)  # a no-op unless launched by torchrun
         with TrainProgress(cfg.optim.epochs) as progress:
-            records = train(cfg, out, resume=resume, on_step=progress)
+            records = train(cfg, out, resume=resume, overwrite=overwrite, on_step=progress)
     print_epoch_table(records)
     console.print(f"run directory: [bold]{out}[/] (best model: {out / 'model.safetensors'})")

@@ -85,9 +85,14 @@ class _EpochTotals:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
                  on_step: StepHook | None = None) -> None:
         self.out = Path(out_dir)
+        if not resume and not overwrite and (self.out / "last.pt").exists():
+            raise FileExistsError(
+                f"{self.out} already holds a run (last.pt): continue it with --resume, pick another --out, "
+                "or pass --overwrite to replace it"
+            )
         self.on_step = on_step
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
@@ -127,8 +132,10 @@ class Trainer:
             self._resume()
         elif self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            for f in (self.metrics.path, self.selection.path):
-                f.unlink(missing_ok=True)
+            # A replaced run leaves nothing of its own behind to be mistaken for this one's.
+            for name in ("metrics.jsonl", "selection.jsonl", "last.pt", "best.pt", "model.safetensors",
+                         "model.json", "eval.json"):
+                (self.out / name).unlink(missing_ok=True)
         if self.is_main:
             atomic_write_text(self.out / "config.toml", to_toml(self.cfg))
 
@@ -284,6 +291,7 @@ class Trainer:
         log.info("resumed %s at epoch %d, step %d", path, self.epoch, self.step)
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, on_step: StepHook | None = None) -> list[dict]:
+def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          on_step: StepHook | None = None) -> list[dict]:
     """Trains a run into `out_dir` and returns its metrics records."""
-    return Trainer(cfg, out_dir, resume=resume, on_step=on_step).fit()
+    return Trainer(cfg, out_dir, resume=resume, overwrite=overwrite, on_step=on_step).fit()

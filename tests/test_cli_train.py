@@ -142,3 +142,18 @@ def test_demo_runs_the_whole_pipeline_on_tiny_shapes(tmp_path):
     assert report["n"] == 32 and set(report["attacks"]) == {"pgd20"}
     assert 0.0 <= report["attacks"]["pgd20"]["robust_acc"] <= report["clean_acc"] <= 1.0
     assert "pgd20" in result.output and "clean" in result.output
+
+
+def test_a_new_run_never_replaces_an_existing_one_without_overwrite(tmp_path):
+    args = ["train", "--out", str(tmp_path), "--primary", "shapes:primary?n=32&size=16",
+            "--test", "shapes:primary?n=16&size=16", "--model", "wrn-10-1", "--epochs", "1", "--device", "cpu",
+            "--set", "data.batch_size=16", "--set", "attack.steps=1", "--set", "eval.n=8", "--set", "eval.steps=1"]
+    assert invoke(*args).exit_code == 0
+    before = (tmp_path / "last.pt").read_bytes()
+    refused = invoke(*args)
+    assert refused.exit_code == 1 and "--resume" in refused.output and "--overwrite" in refused.output
+    assert (tmp_path / "last.pt").read_bytes() == before
+    (tmp_path / "eval.json").write_text("{}")  # a stale report of the old run
+    assert invoke(*args, "--overwrite").exit_code == 0
+    assert not (tmp_path / "eval.json").exists()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
