@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import platform
 
 import typer
@@ -33,7 +34,13 @@ def probe(module: str) -> tuple[bool, str]:
         mod = importlib.import_module(module)
     except Exception as err:  # a broken install is as unusable as a missing one
         return False, f"{type(err).__name__}: {err}".splitlines()[0][:90]
-    return True, str(getattr(mod, "__version__", "installed"))
+    try:
+        # The distribution's own version: some packages (ffcv 1.0.2) report a stale __version__.
+        top = module.split(".")[0]
+        dist = importlib.metadata.packages_distributions().get(top, [top])[0]
+        return True, importlib.metadata.version(dist)
+    except (importlib.metadata.PackageNotFoundError, IndexError):
+        return True, str(getattr(mod, "__version__", "installed"))
 
 
 @app.command("info", epilog=EPILOG)
