@@ -40,6 +40,18 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the run stops and the last good checkpoint is kept."""
 
 
+def _compiled(fn: Callable) -> Callable:
+    """torch.compile for the trunk. One run calls it in several guarded variants (train or eval
+    BatchNorm, weights frozen for the attack or not, grad on or off, a few batch sizes), more
+    than Dynamo's default of 8 recompiles, past which it would silently fall back to eager."""
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 32))
+    return torch.compile(fn)
+
+
 class _Classifier(nn.Module):
     """h_pri through the (possibly compiled) trunk under the run's autocast, for evaluation."""
 
@@ -114,7 +126,7 @@ class Trainer:
         self.model.to(runtime.device)
         if runtime.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.trunk = torch.compile(self.model.features) if runtime.compile else self.model.features
+        self.trunk = _compiled(self.model.features) if runtime.compile else self.model.features
         self.classifier = _Classifier(self.model, self.trunk, runtime.autocast())
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,

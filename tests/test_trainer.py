@@ -287,3 +287,16 @@ def test_a_tiny_compiled_mixed_precision_run_on_cuda(tmp_path, tiny_train_config
     assert not [k for k in last["model"] if "_orig_mod." in k]
     assert tomllib.loads((tmp_path / "config.toml").read_text())["runtime"]["compile"] == "on"
     assert load(tmp_path)(torch.rand(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_a_compiled_run_on_cpu_matches_the_eager_run(tmp_path, tiny_train_config):
+    """torch.compile of the trunk (train/eval, frozen-weight attack and weight-gradient variants)
+    computes what eager does; its files carry no `_orig_mod.` prefix."""
+    eager = train(tiny_train_config("optim.epochs=2", "runtime.compile=off"), tmp_path / "eager")
+    compiled = train(tiny_train_config("optim.epochs=2", "runtime.compile=on"), tmp_path / "compiled")
+    for e, c in zip(eager, compiled):
+        for key in ("loss", "loss_pri", "loss_low", "loss_high"):
+            assert c[key] == pytest.approx(e[key], rel=2e-2, abs=1e-3), (c["epoch"], key)
+    state = torch.load(tmp_path / "compiled" / "last.pt", weights_only=True)
+    assert not any("_orig_mod." in k for k in state["model"])
+    assert 'compile = "on"' in (tmp_path / "compiled" / "config.toml").read_text()
