@@ -60,13 +60,14 @@ def eval_command(
     step_size: str = typer.Option("2/255", help="PGD/CW step size, e.g. 2/255."),
     restarts: int = typer.Option(1, help="PGD/CW random restarts."),
     backend: str = typer.Option("eager", help="Clean-pass backend: eager, compile or tensorrt."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = typer.Option("auto", help="auto (cuda when there is one), cpu, cuda or cuda:N."),
     out: Optional[Path] = typer.Option(None, help="Report path (default: eval.json in the run directory)."),
 ) -> None:
     """Evaluates a classifier: clean accuracy, PGD-K, CW-K and AutoAttack at L-inf eps."""
     from engine.evaluation.backends import BackendUnavailable
     from engine.evaluation.report import parse_eps, write_json
     from engine.evaluation.runner import EvalConfig, resolve_eps, run_evaluation
+    from engine.runtime import resolve_device
 
     console = Console(stderr=True)
     try:
@@ -75,7 +76,7 @@ def eval_command(
             attacks=_split(attacks), aa_attacks=_split(aa_attacks or ""), aa_version=aa_version,
             aa_iterations=aa_iterations, aa_state=str(aa_state) if aa_state else None, eps=eps_value,
             step_size=parse_eps(step_size), restarts=restarts, n=n, batch_size=batch_size, seed=seed,
-            backend=backend, device=device,
+            backend=backend, device=str(resolve_device(device)),
         )
         with console.status("evaluating") as status:
             report = run_evaluation(model, test, config, progress=lambda msg: status.update(msg))
