@@ -13,16 +13,14 @@ import torch.nn.functional as F
 
 from engine.attacks import bn_mode, input_gradients_only, pgd_linf
 from engine.methods.context import MethodState, StepContext, StepStats
-from engine.methods.routing import aux_chunks, aux_head_logits, aux_stats, route, routed_aux_losses
+from engine.methods.routing import aux_head_logits, aux_stats, combined_inputs, route, routed_aux_losses
 from loaders.types import Batch
 
 
 def at_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepContext) -> tuple[torch.Tensor, StepStats]:
     m = ctx.method
-    use_aux = m.aux_mode != "none" and len(batch.y_aux) > 0
+    use_aux, sizes, x_nat = combined_inputs(model, batch, m.aux_mode)  # x_nat: (B + Ba, 3, H, W)
     n_pri = len(batch.y_pri)
-    sizes = aux_chunks(batch, len(model.aux_fc)) if use_aux else []
-    x_nat = torch.cat([batch.x_pri, batch.x_aux]) if use_aux else batch.x_pri  # (B + Ba, 3, H, W)
 
     high = None
     routed = False

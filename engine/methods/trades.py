@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from engine.attacks import bn_mode, input_gradients_only, kl_to, pgd_linf, trades_start
 from engine.methods.context import MethodState, StepContext, StepStats
-from engine.methods.routing import aux_chunks, aux_head_logits, aux_stats, route, routed_aux_losses
+from engine.methods.routing import aux_head_logits, aux_stats, combined_inputs, route, routed_aux_losses
 from loaders.types import Batch
 
 
@@ -30,10 +30,8 @@ def _per_head_ce(logits: list[torch.Tensor], y_aux: torch.Tensor, sizes: list[in
 
 def trades_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepContext) -> tuple[torch.Tensor, StepStats]:
     m = ctx.method
-    use_aux = m.aux_mode != "none" and len(batch.y_aux) > 0
+    use_aux, sizes, x_nat = combined_inputs(model, batch, m.aux_mode)  # x_nat: (B + Ba, 3, H, W)
     n_pri = len(batch.y_pri)
-    sizes = aux_chunks(batch, len(model.aux_fc)) if use_aux else []
-    x_nat = torch.cat([batch.x_pri, batch.x_aux]) if use_aux else batch.x_pri  # (B + Ba, 3, H, W)
     ce_on_high = m.high_loss == "ce"
 
     def heads(feats: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
