@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engine.checkpoint import atomic_write_text
+
 
 class JsonLines:
     """Appends one JSON object per line; `truncate_after` drops lines of epochs a resumed run
@@ -25,7 +27,8 @@ class JsonLines:
             return
         kept = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line)["epoch"] <= epoch]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        # Atomic: a crash while trimming must not lose the epochs that are kept.
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def read(self) -> list[dict]:
         if not self.path.exists():
