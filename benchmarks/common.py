@@ -3,7 +3,6 @@ synchronisation, timing with warm-up, mean and spread, CPU threads, and writing 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -14,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from engine.run_dir import write_json
 from kernels import dispatch
 
 
@@ -84,9 +84,7 @@ def set_cpu_threads(threads: int) -> None:
 
 
 def write_report(report: dict, out: str | Path | None) -> None:
-    """Writes the report as indented JSON (creating the folder); nothing when `out` is None."""
+    """Writes the report as indented JSON, atomically (creating the folder); nothing when `out` is None."""
     if out is None:
         return
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)

@@ -6,7 +6,6 @@ how the confidence selection treated related and unrelated auxiliary classes.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -45,7 +44,9 @@ def prepare_shapes(data_dir: Path, primary_n: int, aux_n: int, test_n: int, seed
 
 def selection_summary(run_dir: Path) -> list[tuple[str, int, int]]:
     """(group, seen, high) over the last routed epoch: related vs unrelated auxiliary classes."""
-    lines = [json.loads(line) for line in (run_dir / "selection.jsonl").read_text().splitlines() if line.strip()]
+    from engine.run_dir import RunDir, read_json_lines
+
+    lines = read_json_lines(RunDir(run_dir).selection)
     if not lines:
         return []
     last_epoch = lines[-1]["epoch"]
@@ -73,8 +74,9 @@ def demo_command(
     from rich.table import Table
 
     from engine.config import load_config, load_preset
-    from engine.evaluation.report import summary_rows, write_json
-    from engine.evaluation.runner import EvalConfig, run_evaluation
+    from engine.evaluation.report import summary_rows
+    from engine.run_dir import RunDir, write_json
+    from engine.evaluation.runner import EvalPlan, run_evaluation
     from engine.runtime import resolve_device
     from engine.trainer import NonFiniteLossError, train
 
@@ -96,10 +98,10 @@ def demo_command(
         print_epoch_table(records)
 
         console.print("[bold]3/3[/] evaluating the best model on the held-out shapes (clean, PGD-20)")
-        eval_cfg = EvalConfig(attacks=("clean", "pgd20"), eps=cfg.attack.eps, step_size=2 / 255,
+        eval_cfg = EvalPlan(attacks=("clean", "pgd20"), eps=cfg.attack.eps, step_size=2 / 255,
                               device=str(resolve_device(device)))
         report = run_evaluation(out, str(paths["test"]), eval_cfg)
-        write_json(out / "eval.json", report)
+        write_json(RunDir(out).eval_report, report)
 
     table = Table(title=f"demo: best model on {report['n']} held-out shapes, Linf eps {report['eps']}",
                   show_edge=False)

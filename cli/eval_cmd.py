@@ -23,7 +23,9 @@ def _split(text: str) -> tuple[str, ...]:
 
 
 def _default_out(model: Path) -> Path:
-    return (model if model.is_dir() else model.parent) / "eval.json"
+    from engine.run_dir import RunDir
+
+    return RunDir.of(model).eval_report
 
 
 def render_table(report: dict) -> Table:
@@ -65,14 +67,15 @@ def eval_command(
 ) -> None:
     """Evaluates a classifier: clean accuracy, PGD-K, CW-K and AutoAttack at L-inf eps."""
     from engine.evaluation.backends import BackendUnavailable
-    from engine.evaluation.report import parse_eps, write_json
-    from engine.evaluation.runner import EvalConfig, resolve_eps, run_evaluation
+    from engine.evaluation.report import parse_eps
+    from engine.run_dir import write_json
+    from engine.evaluation.runner import EvalPlan, resolve_eps, run_evaluation
     from engine.runtime import resolve_device
 
     console = Console(stderr=True)
     try:
         eps_value, eps_source = resolve_eps(model, eps)
-        config = EvalConfig(
+        config = EvalPlan(
             attacks=_split(attacks), aa_attacks=_split(aa_attacks or ""), aa_version=aa_version,
             aa_iterations=aa_iterations, aa_state=str(aa_state) if aa_state else None, eps=eps_value,
             step_size=parse_eps(step_size), restarts=restarts, n=n, batch_size=batch_size, seed=seed,

@@ -36,11 +36,12 @@ def flag_overrides(**flags) -> list[str]:
 def build_config(preset, config_file, overrides, aux, resume_dir):
     """The run's config: its own config.toml on --resume, else preset or file; then the flags."""
     from engine.config import ConfigError, load_config
+    from engine.run_dir import RunDir
 
     if resume_dir is not None:
         if preset or config_file:
             raise ConfigError("--resume continues the run's own config.toml: drop --preset/--config")
-        config_file = resume_dir / "config.toml"
+        config_file = RunDir(resume_dir).config
     return load_config(preset, config_file, overrides, aux=list(aux) or None)
 
 
@@ -69,17 +70,19 @@ def train_command(
     """Train AT or TRADES, with or without BiaMAT auxiliary data, into a run directory."""
     setup_logging(verbose)
     from engine.distributed import init_from_env
+    from engine.run_dir import RunDir
     from engine.trainer import NonFiniteLossError, train
 
+    files = RunDir(out)
     with user_errors(NonFiniteLossError, FileExistsError):
         overrides = flag_overrides(primary=primary, test=test, method=method, aux_mode=aux_mode, alpha=alpha,
                                    pi=pi, epochs=epochs, model=model, loader=loader, device=device,
                                    seed=seed) + list(set_)
-        if resume and not (out / "last.pt").exists():
-            raise FileNotFoundError(f"--resume: {out / 'last.pt'} does not exist; start the run without --resume")
+        if resume and not files.holds_run():
+            raise FileNotFoundError(f"--resume: {files.last} does not exist; start the run without --resume")
         cfg = build_config(preset, config, overrides, aux, out if resume else None)
         init_from_env(cfg.runtime.device)  # a no-op unless launched by torchrun
         with TrainProgress(cfg.optim.epochs) as progress:
             records = train(cfg, out, resume=resume, overwrite=overwrite, on_step=progress)
     print_epoch_table(records)
-    console.print(f"run directory: [bold]{out}[/] (best model: {out / 'model.safetensors'})")
+    console.print(f"run directory: [bold]{out}[/] (best model: {files.weights})")

@@ -7,42 +7,13 @@ A checkpoint is a plain dict of tensors and builtins so it loads with
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 
+from engine.run_dir import RunDir, atomic_write, write_json
+
 FORMAT_VERSION = 1
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
-    """Calls `write(tmp_path)`, then renames the temporary file over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp's 0600 (kept by writers that recreate the file) would make the result private.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -73,8 +44,8 @@ def export_model(folder: str | Path, state_dict: dict[str, torch.Tensor], card: 
     """Writes model.safetensors and its card model.json (what `engine.models.load` reads)."""
     from engine.safetensors_io import save_file
 
-    folder = Path(folder)
+    files = RunDir(folder)
     tensors = {k: v.detach().cpu().contiguous() for k, v in clean_state_dict(state_dict).items()}
-    atomic_write(folder / "model.safetensors", lambda tmp: save_file(tensors, tmp))
-    atomic_write_text(folder / "model.json", json.dumps(card, indent=2) + "\n")
-    return folder / "model.safetensors"
+    atomic_write(files.weights, lambda tmp: save_file(tensors, tmp))
+    write_json(files.card, card)
+    return files.weights

@@ -11,14 +11,13 @@ folded conv would pad raw pixels with black, changing every border output.
 
 from __future__ import annotations
 
-import json
-import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from engine.run_dir import RunDir, atomic_write, atomic_write_text, read_config, read_json, write_json
 
 EXPORT_FORMATS = ("robustbench",)
 _NORMALIZATION_KEYS = ("mu", "sigma")
@@ -122,12 +121,6 @@ def render_readme(card: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def export_robustbench(run: str | Path, out_dir: str | Path | None = None) -> ExportResult:
     """Writes model.safetensors, model.json and README.md for RobustBench into `out_dir`
     (default RUN_DIR/robustbench). `run` is a run directory or anything `engine.models.load` takes."""
@@ -136,17 +129,15 @@ def export_robustbench(run: str | Path, out_dir: str | Path | None = None) -> Ex
     from engine.models import load
 
     run = Path(run)
-    run_dir = run if run.is_dir() else run.parent
+    files = RunDir.of(run)
+    run_dir = files.root
     model = load(run)
     if not hasattr(model, "mu") or not hasattr(model, "depth"):
         raise ValueError(f"{run}: only WideResNet classifiers can be exported for RobustBench")
     # Everything is read and checked before the first file is written.
     weights = robustbench_state_dict(model)
-    config = {}
-    if (run_dir / "config.toml").exists():
-        with (run_dir / "config.toml").open("rb") as f:
-            config = tomllib.load(f)
-    eval_report = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else None
+    config = read_config(run_dir).to_dict() if files.config.exists() else {}
+    eval_report = read_json(files.eval_report) if files.eval_report.exists() else None
     card = {
         "name": f"biamat-{run_dir.resolve().name}",
         "architecture": f"wrn-{model.depth}-{model.width}",
@@ -166,10 +157,11 @@ def export_robustbench(run: str | Path, out_dir: str | Path | None = None) -> Ex
     }
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "robustbench"
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = ExportResult(out_dir, out_dir / "model.safetensors", out_dir / "model.json", out_dir / "README.md")
-    _write_atomic(result.weights, lambda p: save_file(weights, str(p), metadata={"format": "robustbench-wideresnet"}))
-    _write_atomic(result.card, lambda p: p.write_text(json.dumps(card, indent=2) + "\n"))
-    _write_atomic(result.readme, lambda p: p.write_text(render_readme(card)))
+    exported = RunDir(out_dir)
+    result = ExportResult(out_dir, exported.weights, exported.card, out_dir / "README.md")
+    atomic_write(result.weights, lambda p: save_file(weights, p, metadata={"format": "robustbench-wideresnet"}))
+    write_json(result.card, card)
+    atomic_write_text(result.readme, render_readme(card))
     return result
 
 
@@ -180,12 +172,12 @@ def load_robustbench_export(out_dir: str | Path) -> nn.Module:
 
     from engine.models import build
 
-    out_dir = Path(out_dir)
-    card = json.loads((out_dir / "model.json").read_text())
+    files = RunDir(out_dir)
+    card = read_json(files.card)
     norm = card["normalization"]
     model = build(card["architecture"], card["num_classes"], mean=norm["mean"], std=norm["std"])
-    missing, unexpected = model.load_state_dict(load_file(str(out_dir / "model.safetensors")), strict=False)
+    missing, unexpected = model.load_state_dict(load_file(str(files.weights)), strict=False)
     if sorted(missing) != sorted(_NORMALIZATION_KEYS) or unexpected:
-        raise ValueError(f"{out_dir}/model.safetensors does not match {card['architecture']}: "
+        raise ValueError(f"{files.weights} does not match {card['architecture']}: "
                          f"missing {missing}, unexpected {unexpected}")
     return model.eval()

@@ -19,14 +19,14 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from engine.checkpoint import atomic_write_text, clean_state_dict, export_model, load_checkpoint, save_checkpoint
+from engine.checkpoint import clean_state_dict, export_model, load_checkpoint, save_checkpoint
 from engine.config import TrainConfig, to_toml
 from engine.data import RunData, build_run_data
 from engine.distributed import average_gradients, rank_device
 from engine.evaluation import accuracy
 from engine.methods import METHODS, MethodState, StepContext, StepStats
 from engine.models import build, model_card, primary_state_dict
-from engine.run_files import JsonLines
+from engine.run_dir import JsonLines, RunDir, atomic_write_text
 from engine.runtime import Runtime, resolve_runtime, rng_state, seed_everything, set_rng_state
 from engine.schedule import learning_rate
 
@@ -100,9 +100,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
                  on_step: StepHook | None = None) -> None:
         self.out = Path(out_dir)
-        if not resume and not overwrite and (self.out / "last.pt").exists():
+        self.files = RunDir(self.out)
+        if not resume and not overwrite and self.files.holds_run():
             raise FileExistsError(
-                f"{self.out} already holds a run (last.pt): continue it with --resume, pick another --out, "
+                f"{self.out} already holds a run ({self.files.last.name}): continue it with --resume, pick another --out, "
                 "or pass --overwrite to replace it"
             )
         self.on_step = on_step
@@ -138,18 +139,17 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.best_robust = -1.0
-        self.metrics = JsonLines(self.out / "metrics.jsonl", self.is_main)
-        self.selection = JsonLines(self.out / "selection.jsonl", self.is_main)
+        self.metrics = JsonLines(self.files.metrics, self.is_main)
+        self.selection = JsonLines(self.files.selection, self.is_main)
         if resume:
             self._resume()
         elif self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             # A replaced run leaves nothing of its own behind to be mistaken for this one's.
-            for name in ("metrics.jsonl", "selection.jsonl", "last.pt", "best.pt", "model.safetensors",
-                         "model.json", "eval.json"):
-                (self.out / name).unlink(missing_ok=True)
+            for path in self.files.run_files():
+                path.unlink(missing_ok=True)
         if self.is_main:
-            atomic_write_text(self.out / "config.toml", to_toml(self.cfg))
+            atomic_write_text(self.files.config, to_toml(self.cfg))
 
     # ---- the loop -------------------------------------------------------------------------
     def fit(self) -> list[dict]:
@@ -220,7 +220,7 @@ class Trainer:
     def _fail_nonfinite(self, batch_index: int) -> None:
         raise NonFiniteLossError(
             f"the training loss became NaN or inf in epoch {self.epoch + 1} (by batch {batch_index}, "
-            f"step {self.step}); the run stopped without saving, so {self.out / 'last.pt'} still holds "
+            f"step {self.step}); the run stopped without saving, so {self.files.last} still holds "
             "the last good state. Lower optim.lr, check the data for corrupt images, or use "
             "runtime.precision=fp32, then resume with --resume."
         )
@@ -281,15 +281,15 @@ class Trainer:
             return
         self.metrics.write(record)
         state = self._state()
-        save_checkpoint(self.out / "last.pt", state)
+        save_checkpoint(self.files.last, state)
         if improved:
-            save_checkpoint(self.out / "best.pt", state)
+            save_checkpoint(self.files.best, state)
             export_model(self.out, primary_state_dict(self.model), {**self._card(), "epoch": self.epoch,
                                                                      "robust_acc": robust})
         log.info("epoch %d: %s", self.epoch, {k: v for k, v in record.items() if isinstance(v, (int, float))})
 
     def _resume(self) -> None:
-        path = self.out / "last.pt"
+        path = self.files.last
         state = load_checkpoint(path)  # CPU tensors; load_state_dict moves them to the device
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

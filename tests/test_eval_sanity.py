@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from engine.evaluation import runner
 from engine.evaluation.backends import Backend, BackendUnavailable, make_backend, tensorrt_missing
-from engine.evaluation.runner import EvalConfig, evaluate
+from engine.evaluation.runner import EvalPlan, evaluate
 from engine.evaluation.sanity import run_checks
 
 
@@ -82,7 +82,7 @@ def test_checks_restore_the_model_mode():
 def test_warnings_reach_the_report():
     model = Softmaxed().eval()
     x, y = _data(model)
-    report = evaluate(model, x, y, EvalConfig(attacks=("clean",), batch_size=8))
+    report = evaluate(model, x, y, EvalPlan(attacks=("clean",), batch_size=8))
     assert [w["code"] for w in report["sanity_warnings"]] == ["probabilities"]
     assert "remove the final softmax" in report["sanity_warnings"][0]["message"]
 
@@ -121,7 +121,7 @@ def test_backend_mismatch_is_reported(monkeypatch):
         return Backend(name, "fp16", lambda inp: model(inp).roll(1, dims=1), 8, static_shape=False)
 
     monkeypatch.setattr(runner, "make_backend", shifted_backend)
-    report = evaluate(model, x, y, EvalConfig(attacks=("clean",), backend="tensorrt", batch_size=8))
+    report = evaluate(model, x, y, EvalPlan(attacks=("clean",), backend="tensorrt", batch_size=8))
     assert report["backend"]["exact_clean_acc"] == 1.0
     assert report["backend"]["clean_acc"] == 0.0
     assert report["clean_acc"] == 1.0  # the reported figure is the exact model's

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
+
+from engine.run_dir import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +122,6 @@ def _fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: d
     return h.hexdigest()[:16]
 
 
-def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path)
-
-
 def _load_state(path: Path, fingerprint: str) -> dict | None:
     if not path.exists():
         return None
@@ -210,7 +205,7 @@ def run_autoattack(
             state["done"].append({"attack": attack, "robust": result.robust_after[attack],
                                   "seconds": result.seconds[attack]})
             state["robust"] = "".join("1" if r else "0" for r in robust.tolist())
-            _save_state(path, state)
+            atomic_write_text(path, json.dumps(state))
         if on_attack_done is not None:
             on_attack_done(attack, result.robust_after[attack])
     result.mask = robust

@@ -1,12 +1,9 @@
-"""The evaluation report: eps as text, RobustBench-style fields, atomic JSON output."""
+"""The evaluation report: eps as text and the report's rows for a table."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from fractions import Fraction
-from pathlib import Path
 
 
 def parse_eps(text: str | float) -> float:
@@ -31,15 +28,6 @@ def format_eps(value: float) -> str:
     if abs(numerator / 255 - value) < 1e-9:
         return f"{numerator}/255"
     return f"{value:g}"
-
-
-def write_json(path: str | Path, data: dict) -> None:
-    """Writes through a temporary file and os.replace, so a crash never leaves half a report."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import platform
 import time
-import tomllib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +21,7 @@ from engine.evaluation.backends import BACKENDS, agreement_tolerance, make_backe
 from engine.evaluation.report import format_eps, parse_eps
 from engine.evaluation.robust import parse_attack, robust_mask
 from engine.evaluation.sanity import SanityWarning, run_checks
+from engine.run_dir import RunDir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,10 @@ DEFAULT_EPS = 8 / 255
 
 
 @dataclass(kw_only=True)
-class EvalConfig:
+class EvalPlan:
+    """What `biamat-engine eval` runs: which attacks, at which eps, on which backend and device.
+    (The training run's per-epoch held-out check is `engine.config.EvalConfig`.)"""
+
     attacks: tuple[str, ...] = ("clean", "pgd100", "cw100", "aa")
     """`clean`, `pgdK` (cross-entropy), `cwK` (CW margin), `aa` (AutoAttack), in report order."""
     aa_version: str = "standard"
@@ -79,18 +82,12 @@ def resolve_eps(model_path: str | Path, explicit: str | float | None) -> tuple[f
     if explicit is not None:
         return parse_eps(explicit), "option"
     path = Path(model_path)
-    run_dir = path if path.is_dir() else path.parent
-    config = run_dir / "config.toml"
-    if config.exists():
-        with config.open("rb") as f:
-            eps = tomllib.load(f).get("attack", {}).get("eps")
-        if eps is not None:
-            return parse_eps(eps), f"{config} [attack] eps"
-    card = (path / "model.json") if path.is_dir() else path.with_suffix(".json")
+    files = RunDir.of(path)
+    if files.config.exists():
+        return files.read_config().attack.eps, f"{files.config} [attack] eps"
+    card = files.card if path.is_dir() else path.with_suffix(".json")
     if card.exists():
-        import json
-
-        eps = json.loads(card.read_text()).get("eps")
+        eps = read_json(card).get("eps")
         if eps is not None:
             return parse_eps(eps), f"{card} eps"
     return DEFAULT_EPS, "default"
@@ -112,7 +109,7 @@ def evaluate(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    config: EvalConfig,
+    config: EvalPlan,
     *,
     model_path: str | None = None,
     progress: Callable[[str], None] | None = None,
@@ -229,7 +226,7 @@ class LoadedEval:
     notes: list[str] = field(default_factory=list)
 
 
-def load_for_eval(model_path: str | Path, test_spec: str, config: EvalConfig) -> LoadedEval:
+def load_for_eval(model_path: str | Path, test_spec: str, config: EvalPlan) -> LoadedEval:
     """The model (eval mode, on config.device) and the first config.n test images as tensors."""
     from engine.models import load
     from loaders.datasets import open_dataset
@@ -249,7 +246,7 @@ def load_for_eval(model_path: str | Path, test_spec: str, config: EvalConfig) ->
     return LoadedEval(model, images, labels, getattr(dataset, "name", str(test_spec)), notes)
 
 
-def run_evaluation(model_path: str | Path, test_spec: str, config: EvalConfig,
+def run_evaluation(model_path: str | Path, test_spec: str, config: EvalPlan,
                    progress: Callable[[str], None] | None = None) -> dict:
     """Loads model and test set, evaluates, and returns the report (with the test set named)."""
     loaded = load_for_eval(model_path, test_spec, config)

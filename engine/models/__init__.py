@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from engine.models.wideresnet import CIFAR10_MEAN, CIFAR10_STD, WideResNet
+from engine.run_dir import RunDir
 
 _WRN = re.compile(r"^wrn-(\d+)-(\d+)$")
 
@@ -77,12 +78,13 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> WideResNet:
     """Loads the primary classifier from a run directory, a model.safetensors or a checkpoint."""
     path = Path(path)
     if path.is_dir():
-        if not (path / "model.safetensors").exists():
+        files = RunDir(path)
+        if not files.weights.exists():
             raise FileNotFoundError(
-                f"{path} has no model.safetensors: is it a finished run directory? "
-                "Pass a checkpoint (best.pt / last.pt) to load an unfinished run."
+                f"{path} has no {files.weights.name}: is it a finished run directory? "
+                f"Pass a checkpoint ({files.best.name} / {files.last.name}) to load an unfinished run."
             )
-        path = path / "model.safetensors"
+        path = files.weights
     if not path.exists():
         raise FileNotFoundError(f"model file not found: {path}")
     if path.suffix == ".safetensors":
