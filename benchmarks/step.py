@@ -4,8 +4,7 @@ Every row trains its own copy of one set of initial weights on one fixed batch (
 [0, 1], random labels): the engine as the trainer runs it (resolved runtime: channels-last,
 autocast, torch.compile of the trunk, kernel choice), the reference (benchmarks/reference_step.py:
 eager, fp32, NCHW, input-only attack gradients, TRADES clean logits recomputed at every attack
-step) and the naive step (the reference with `loss.backward()` in the attack). A step is what
-the trainer does: objective -> zero_grad -> (scaled) backward -> optimizer step.
+step) and the naive step (the reference with `loss.backward()` in the attack).
 
 Timing is honest in airbench's sense: `warmup` untimed steps per row first (torch.compile,
 numba compilation, and the first BiaMAT step that fixes omega), then `repeats` rounds in which
@@ -17,6 +16,9 @@ MFU (CUDA only): model FLOPs of the engine's algorithm per step (analytic conv +
 the WideResNet times the forward-equivalents the step runs, see `step_forward_units`) over time,
 over the GPU's dense bf16/fp16 tensor peak. Every row is divided by the same model FLOPs, so the
 reference's wasted forwards count as time, not as useful work.
+
+Every row steps through `engine.step.TrainStep`, the object the trainer trains with, and the
+engine rows compile their trunk with the trainer's `compile_trunk`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -40,6 +41,7 @@ from engine.config import AttackConfig, MethodConfig, RuntimeConfig
 from engine.methods import METHODS, MethodState, StepContext
 from engine.models import build, parse_arch
 from engine.runtime import resolve_runtime
+from engine.step import Objective, TrainStep, compile_trunk
 from loaders.types import Batch
 
 log = logging.getLogger(__name__)
@@ -118,41 +120,26 @@ def step_forward_units(method: str, impl: str, n_pri: int, n_aux: int, attack_st
     raise ValueError(f"unknown method {method!r}: expected at or trades")
 
 
-def train_step(step_fn: Callable, model: nn.Module, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler | None, batch: Batch, state: MethodState, ctx: StepContext):
-    """One step as engine/trainer.py runs it: objective -> zero_grad -> (scaled) backward -> step."""
-    loss, stats = step_fn(model, batch, state, ctx)
-    optimizer.zero_grad(set_to_none=True)  # also drops what a naive attack accumulated
-    if scaler is None:
-        loss.backward()
-        optimizer.step()
-    else:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    return loss, stats
-
-
 @dataclass
 class Variant:
-    """One row: an implementation with its own model copy, optimiser and method state."""
+    """One row: an implementation with its own model copy, optimiser and method state, stepped
+    by the trainer's own `TrainStep` (only the objective and the runtime differ between rows)."""
 
     method: str
     impl: str  # engine | reference | naive
     label: str
-    step_fn: Callable
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
+    train_step: TrainStep
     batch: Batch
     ctx: StepContext
     settings: dict
-    state: MethodState = field(default_factory=MethodState)
     seconds: list[float] = field(default_factory=list)
 
+    @property
+    def state(self) -> MethodState:
+        return self.train_step.state
+
     def step(self) -> None:
-        self.model.train()
-        train_step(self.step_fn, self.model, self.optimizer, self.scaler, self.batch, self.state, self.ctx)
+        self.train_step(self.batch, self.ctx)
 
 
 def _make_batch(n_pri: int, n_aux: int, size: int, aux_classes: int, device: torch.device,
@@ -169,9 +156,10 @@ def _make_batch(n_pri: int, n_aux: int, size: int, aux_classes: int, device: tor
     )
 
 
-def _optimizer(model: nn.Module) -> torch.optim.SGD:
+def _train_step(objective: Objective, model: nn.Module, scaler: torch.amp.GradScaler) -> TrainStep:
     # A small lr keeps many steps on a random batch finite; the cost of a step does not depend on it.
-    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    return TrainStep(model, objective, optimizer, scaler, MethodState())
 
 
 def _split(value: str) -> list[str]:
@@ -193,23 +181,23 @@ def build_variants(method: str, base: nn.Module, *, device: str, n_pri: int, n_a
         model = copy.deepcopy(base).to(rt.device)
         if rt.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        trunk = torch.compile(model.features) if rt.compile else model.features
-        ctx = StepContext(method=mcfg, attack=acfg, in_warmup=False, trunk=trunk, autocast=rt.autocast(),
-                          kernel_impl=rt.kernels)
+        ctx = StepContext(method=mcfg, attack=acfg, in_warmup=False, trunk=compile_trunk(model, rt),
+                          autocast=rt.autocast(), kernel_impl=rt.kernels)
         settings = {"precision": rt.precision, "compile": resolved.compile, "kernels": rt.kernels,
                     "channels_last": rt.channels_last}
         label = f"engine ({rt.precision}, compile {resolved.compile}, kernels {rt.kernels})"
         batch = _make_batch(n_pri, n_aux, size, aux_classes, rt.device, rt.channels_last, seed)
-        variants.append(Variant(method, "engine", label, METHODS[method], model, _optimizer(model), rt.grad_scaler(),
+        variants.append(Variant(method, "engine", label, _train_step(METHODS[method], model, rt.grad_scaler()),
                                 batch, ctx, settings))
-    dev = torch.device(device) if device != "auto" else variants[0].model.fc.weight.device
+    dev = variants[0].batch.x_pri.device
     for impl, table in (("reference", REFERENCE_STEPS), ("naive", NAIVE_STEPS)):
         model = copy.deepcopy(base).to(dev)
         ctx = StepContext(method=mcfg, attack=acfg, in_warmup=False, trunk=model.features)
         batch = _make_batch(n_pri, n_aux, size, aux_classes, dev, False, seed)
         settings = {"precision": "fp32", "compile": "off", "kernels": "none", "channels_last": False}
-        variants.append(Variant(method, impl, f"{impl} (fp32, eager, NCHW)", table[method], model, _optimizer(model),
-                                None, batch, ctx, settings))
+        disabled = torch.amp.GradScaler(dev.type, enabled=False)  # fp32: scale 1, plain optimizer.step
+        variants.append(Variant(method, impl, f"{impl} (fp32, eager, NCHW)",
+                                _train_step(table[method], model, disabled), batch, ctx, settings))
     return variants
 
 

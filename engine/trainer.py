@@ -1,5 +1,6 @@
 """The training loop: owns optimiser, schedule, AMP, compile, evaluation cadence, checkpoints
-and logs, and knows nothing about which method runs (it calls `METHODS[name]`).
+and logs, and knows nothing about which method runs (it hands `METHODS[name]` to the
+`engine.step.TrainStep` that every batch goes through).
 
     load or start -> while epoch < epochs: train one epoch; evaluate; log; save
 
@@ -22,13 +23,14 @@ import torch.nn as nn
 from engine.checkpoint import clean_state_dict, export_model, load_checkpoint, save_checkpoint
 from engine.config import TrainConfig, to_toml
 from engine.data import RunData, build_run_data
-from engine.distributed import average_gradients, rank_device
+from engine.distributed import rank_device
 from engine.evaluation import accuracy
 from engine.methods import METHODS, MethodState, StepContext, StepStats
 from engine.models import build, model_card, primary_state_dict
 from engine.run_dir import JsonLines, RunDir, atomic_write_text
 from engine.runtime import Runtime, resolve_runtime, rng_state, seed_everything, set_rng_state
 from engine.schedule import learning_rate
+from engine.step import TrainStep, compile_trunk
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +40,6 @@ StepHook = Callable[[int, int, int, float], None]
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the run stops and the last good checkpoint is kept."""
-
-
-def _compiled(fn: Callable) -> Callable:
-    """torch.compile for the trunk. One run calls it in several guarded variants (train or eval
-    BatchNorm, weights frozen for the attack or not, grad on or off, a few batch sizes), more
-    than Dynamo's default of 8 recompiles, past which it would silently fall back to eager."""
-    import torch._dynamo.config as dynamo_config
-
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(dynamo_config, name):
-            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 32))
-    return torch.compile(fn)
 
 
 class _Classifier(nn.Module):
@@ -62,7 +52,7 @@ class _Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self._autocast():
-            return self.model.fc(self._trunk(x)).float()
+            return self.model.heads(self._trunk(x))[0].float()
 
 
 class _EpochTotals:
@@ -96,46 +86,51 @@ class _EpochTotals:
         return {k: float(v) / max(self.steps, 1) for k, v in self.sums.items()}
 
 
+class _NonFiniteWatch:
+    """Collects `not isfinite(loss)` on the device and reads it only every `every` steps: a
+    read is a device sync, which on a GPU would stall the queue after every step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.flag = torch.zeros((), dtype=torch.bool, device=device)
+        self.every = 1 if device.type == "cpu" else 25
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.flag |= ~torch.isfinite(loss)
+
+    def due(self, steps_done: int) -> bool:
+        return steps_done % self.every == 0 and bool(self.flag)
+
+    def seen(self) -> bool:
+        return bool(self.flag)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
                  on_step: StepHook | None = None) -> None:
-        self.out = Path(out_dir)
-        self.files = RunDir(self.out)
+        self.files = RunDir(out_dir)
+        self.out = self.files.root
         if not resume and not overwrite and self.files.holds_run():
             raise FileExistsError(
-                f"{self.out} already holds a run ({self.files.last.name}): continue it with --resume, pick another --out, "
-                "or pass --overwrite to replace it"
+                f"{self.out} already holds a run ({self.files.last.name}): continue it with --resume, "
+                "pick another --out, or pass --overwrite to replace it"
             )
         self.on_step = on_step
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
         self.is_main = self.rank == 0
-        if self.world_size > 1:
-            cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, device=rank_device(cfg.runtime.device)))
-        runtime, resolved = resolve_runtime(cfg.runtime)
-        self.cfg = dataclasses.replace(cfg, runtime=resolved)
-        self.rt: Runtime = runtime
+        self.cfg, self.rt = self._resolve(cfg)
         seed_everything(cfg.runtime.seed)
         if cfg.runtime.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-
         self.data: RunData = build_run_data(
-            cfg.data, use_aux=cfg.uses_aux, device=runtime.device, seed=cfg.runtime.seed,
-            eval_n=cfg.eval.n, kernel_impl=runtime.kernels, rank=self.rank, world_size=self.world_size,
+            cfg.data, use_aux=cfg.uses_aux, device=self.rt.device, seed=cfg.runtime.seed,
+            eval_n=cfg.eval.n, kernel_impl=self.rt.kernels, rank=self.rank, world_size=self.world_size,
         )
-        self.model = build(cfg.model.name, self.data.num_classes, self.data.aux_classes, dropout=cfg.model.dropout)
-        self.model.to(runtime.device)
-        if runtime.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.trunk = _compiled(self.model.features) if runtime.compile else self.model.features
-        self.classifier = _Classifier(self.model, self.trunk, runtime.autocast())
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-            weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,
-        )
-        self.scaler = runtime.grad_scaler()
-        self.method_fn = METHODS[cfg.method.name]
-        self.method_state = MethodState()
+        self.model = self._build_model()
+        self.trunk = compile_trunk(self.model, self.rt)
+        self.classifier = _Classifier(self.model, self.trunk, self.rt.autocast())
+        self.train_step = TrainStep(self.model, METHODS[cfg.method.name], self._build_optimizer(),
+                                    self.rt.grad_scaler(), MethodState(), self.world_size)
         self.epoch = 0
         self.step = 0
         self.best_robust = -1.0
@@ -144,12 +139,47 @@ class Trainer:
         if resume:
             self._resume()
         elif self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            # A replaced run leaves nothing of its own behind to be mistaken for this one's.
-            for path in self.files.run_files():
-                path.unlink(missing_ok=True)
+            self._clear_run_dir()
         if self.is_main:
             atomic_write_text(self.files.config, to_toml(self.cfg))
+
+    # ---- set-up ---------------------------------------------------------------------------
+    def _resolve(self, cfg: TrainConfig) -> tuple[TrainConfig, Runtime]:
+        """Device, precision, compile and kernels fixed once; the resolved tree is what the run records."""
+        if self.world_size > 1:
+            cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, device=rank_device(cfg.runtime.device)))
+        runtime, resolved = resolve_runtime(cfg.runtime)
+        return dataclasses.replace(cfg, runtime=resolved), runtime
+
+    def _build_model(self) -> nn.Module:
+        model = build(self.cfg.model.name, self.data.num_classes, self.data.aux_classes, dropout=self.cfg.model.dropout)
+        model.to(self.rt.device)
+        if self.rt.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        optim = self.cfg.optim
+        return torch.optim.SGD(self.model.parameters(), lr=optim.lr, momentum=optim.momentum,
+                               weight_decay=optim.weight_decay, nesterov=optim.nesterov)
+
+    def _clear_run_dir(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        # A replaced run leaves nothing of its own behind to be mistaken for this one's.
+        for path in self.files.run_files():
+            path.unlink(missing_ok=True)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.train_step.optimizer
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        return self.train_step.scaler
+
+    @property
+    def method_state(self) -> MethodState:
+        return self.train_step.state
 
     # ---- the loop -------------------------------------------------------------------------
     def fit(self) -> list[dict]:
@@ -169,41 +199,43 @@ class Trainer:
             trunk=self.trunk, autocast=self.rt.autocast(), kernel_impl=self.rt.kernels,
         )
 
+    def _set_learning_rate(self, steps_per_epoch: int) -> float:
+        lr = learning_rate(self.cfg.optim, self.step, steps_per_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
     def _train_epoch(self) -> dict:
         ctx = self._context()
         totals = _EpochTotals()
         steps_per_epoch = len(self.data.stream)
+        watch = _NonFiniteWatch(self.rt.device)
         images = 0
-        nonfinite = torch.zeros((), dtype=torch.bool, device=self.rt.device)
-        check_every = 1 if self.rt.device.type == "cpu" else 25  # a check is a device sync
-        self.model.train()
         start = time.perf_counter()
         for i, batch in enumerate(self.data.stream):
             self.step += 1
-            lr = learning_rate(self.cfg.optim, self.step, steps_per_epoch)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            loss, stats = self.method_fn(self.model, batch, self.method_state, ctx)
-            nonfinite |= ~torch.isfinite(loss)
-            if (i + 1) % check_every == 0 and bool(nonfinite):
+            lr = self._set_learning_rate(steps_per_epoch)
+            loss, stats = self.train_step(batch, ctx)
+            # Checked after the optimiser step it belongs to: that step is lost with the run, as
+            # nothing is saved before the epoch ends, and last.pt still holds the last good state.
+            watch.add(loss)
+            if watch.due(i + 1):
                 self._fail_nonfinite(i + 1)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if self.world_size > 1:
-                average_gradients(self.model.parameters())
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
             totals.add(stats)
             images += len(batch.y_pri) + len(batch.y_aux)
             if self.on_step is not None:
                 self.on_step(self.epoch, i + 1, steps_per_epoch, images / (time.perf_counter() - start))
-        if bool(nonfinite):
+        if watch.seen():
             self._fail_nonfinite(steps_per_epoch)
         if self.rt.device.type == "cuda":
             torch.cuda.synchronize(self.rt.device)
         seconds = time.perf_counter() - start
+        self._log_selection(totals)
+        return self._epoch_record(totals, ctx, lr, images, seconds)
+
+    def _epoch_record(self, totals: _EpochTotals, ctx: StepContext, lr: float, images: int, seconds: float) -> dict:
         means = totals.means()
-        record = {
+        return {
             "epoch": self.epoch + 1,
             "step": self.step,
             "lr": lr,
@@ -214,8 +246,6 @@ class Trainer:
             "images_per_s": images * self.world_size / seconds,
             "seconds": seconds,
         }
-        self._log_selection(totals)
-        return record
 
     def _fail_nonfinite(self, batch_index: int) -> None:
         raise NonFiniteLossError(

@@ -21,12 +21,13 @@ import pytest
 import torch
 
 from benchmarks.reference_step import NAIVE_STEPS, REFERENCE_STEPS, reference_route
-from benchmarks.step import analytic_forward_flops, peak_flops, step_forward_units, train_step
+from benchmarks.step import analytic_forward_flops, peak_flops, step_forward_units
 from engine.attacks import bn_mode
 from engine.config import AttackConfig, MethodConfig
 from engine.methods import METHODS, MethodState, StepContext
 from engine.methods.routing import route
 from engine.models import build
+from engine.step import TrainStep
 from kernels import dispatch
 from loaders.types import Batch
 
@@ -173,11 +174,12 @@ def test_omega_frozen_and_routing_agree_over_steps(method):
         eng_opt = torch.optim.SGD(eng_model.parameters(), lr=0.05, momentum=0.9)
         eng_opt.load_state_dict(copy.deepcopy(ref_opt.state_dict()))  # load_state_dict would share buffers
         torch.manual_seed(step)
-        loss_r, _ = train_step(REFERENCE_STEPS[method], ref_model, ref_opt, None, _batch(), ref_state,
-                               _ctx(ref_model, cfg, attack, False))
+        fp32 = torch.amp.GradScaler("cpu", enabled=False)
+        loss_r, _ = TrainStep(ref_model, REFERENCE_STEPS[method], ref_opt, fp32, ref_state)(
+            _batch(), _ctx(ref_model, cfg, attack, False))
         torch.manual_seed(step)
-        loss_e, _ = train_step(METHODS[method], eng_model, eng_opt, None, _batch(), eng_state,
-                               _ctx(eng_model, cfg, attack, False))
+        loss_e, _ = TrainStep(eng_model, METHODS[method], eng_opt, fp32, eng_state)(
+            _batch(), _ctx(eng_model, cfg, attack, False))
         torch.testing.assert_close(loss_e.detach(), loss_r.detach(), rtol=1e-5, atol=1e-6)
         for pa, pb in zip(eng_model.parameters(), ref_model.parameters()):
             torch.testing.assert_close(pa.detach(), pb.detach(), rtol=1e-4, atol=1e-6)

@@ -83,6 +83,19 @@ def test_primary_and_auxiliary_heads_shapes():
         "aux_fc.0.weight", "aux_fc.0.bias", "aux_fc.1.weight", "aux_fc.1.bias"}
 
 
+def test_heads_give_primary_logits_and_each_auxiliary_chunk_through_its_own_head():
+    torch.manual_seed(0)
+    model = build("wrn-10-1", 10, aux_classes=(20, 7)).eval()
+    feats = model.features(torch.rand(9, 3, 16, 16))  # 4 primary rows, then auxiliary chunks of 3 and 2
+    logits_pri, logits_aux = model.heads(feats, (3, 2))
+    assert torch.equal(logits_pri, model.fc(feats))
+    assert len(logits_aux) == 2
+    assert torch.equal(logits_aux[0], model.aux_fc[0](feats[4:7]))
+    assert torch.equal(logits_aux[1], model.aux_fc[1](feats[7:9]))
+    no_aux_pri, no_aux = model.heads(feats)
+    assert torch.equal(no_aux_pri, model.fc(feats)) and no_aux == []
+
+
 def test_normalisation_is_inside_the_model():
     torch.manual_seed(0)
     model = build("wrn-10-1", 10, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).eval()

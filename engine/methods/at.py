@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from engine.attacks import bn_mode, input_gradients_only, pgd_linf
 from engine.methods.context import MethodState, StepContext, StepStats
-from engine.methods.routing import aux_head_logits, aux_stats, combined_inputs, route, routed_aux_losses
+from engine.methods.routing import aux_stats, combined_inputs, route, routed_aux_losses
 from loaders.types import Batch
 
 
@@ -27,7 +27,7 @@ def at_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepContext
     if use_aux:
         def clean_logits(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad(), bn_mode(model, "eval"), ctx.autocast():
-                return model.fc(ctx.trunk(x))
+                return ctx.logits(model, x)[0]
 
         high, routed = route(state, ctx, lambda: clean_logits(batch.x_pri), lambda: clean_logits(batch.x_aux),
                              len(batch.y_aux), batch.y_aux.device)
@@ -35,9 +35,7 @@ def at_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepContext
     def per_sample_losses(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(primary CE (B,), routed aux losses (Ba,)) for inputs x = [x_pri; x_aux]."""
         with ctx.autocast():
-            feats = ctx.trunk(x)  # (B + Ba, D)
-            logits_pri = model.fc(feats)
-            logits_aux = aux_head_logits(model, feats[n_pri:], sizes) if use_aux else []
+            logits_pri, logits_aux = ctx.logits(model, x, sizes)  # (B + Ba, c), [(Ba_i, c_i)]
         ce_pri = F.cross_entropy(logits_pri[:n_pri].float(), batch.y_pri, reduction="none")
         if not use_aux:
             return ce_pri, ce_pri.new_zeros(0)

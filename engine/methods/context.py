@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Sequence
 
 import torch
+import torch.nn as nn
 
 from engine.config import AttackConfig, MethodConfig
 
@@ -37,6 +38,12 @@ class StepContext:
     """The model's feature extractor, possibly torch.compile'd: (N, 3, H, W) -> (N, D)."""
     autocast: Callable[[], ContextManager] = contextlib.nullcontext
     kernel_impl: str = "auto"
+
+    def logits(self, model: nn.Module, x: torch.Tensor,
+               aux_sizes: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`model.heads` over the trunk: primary logits of every row and the auxiliary heads'
+        logits of the trailing auxiliary chunks. The caller sets autocast and grad mode."""
+        return model.heads(self.trunk(x), aux_sizes)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from engine.attacks import bn_mode, input_gradients_only, kl_to, pgd_linf, trades_start
 from engine.methods.context import MethodState, StepContext, StepStats
-from engine.methods.routing import aux_head_logits, aux_stats, combined_inputs, route, routed_aux_losses
+from engine.methods.routing import aux_stats, combined_inputs, route, routed_aux_losses
 from loaders.types import Batch
 
 
@@ -34,12 +34,9 @@ def trades_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepCon
     n_pri = len(batch.y_pri)
     ce_on_high = m.high_loss == "ce"
 
-    def heads(feats: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return model.fc(feats), (aux_head_logits(model, feats[n_pri:], sizes) if use_aux else [])
-
     # Clean predictions in eval mode, once per batch: the attack's KL targets and the routing scores.
     with torch.no_grad(), bn_mode(model, "eval"), ctx.autocast():
-        lp_clean, la_clean = heads(ctx.trunk(x_nat))
+        lp_clean, la_clean = ctx.logits(model, x_nat, sizes)
     p_pri_clean = F.softmax(lp_clean.float(), dim=1)  # (B + Ba, c)
     p_aux_clean = [F.softmax(la.float(), dim=1) for la in la_clean]
 
@@ -50,7 +47,7 @@ def trades_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepCon
 
     def attack_objective(x: torch.Tensor) -> torch.Tensor:
         with ctx.autocast():
-            lp, la = heads(ctx.trunk(x))
+            lp, la = ctx.logits(model, x, sizes)
         kl_pri = kl_to(p_pri_clean, lp)  # (B + Ba,)
         if not use_aux:
             return kl_pri
@@ -64,8 +61,8 @@ def trades_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepCon
     model.train()
     # Two forward passes, as the reference: BatchNorm sees clean and adversarial batches apart.
     with ctx.autocast():
-        lp_nat, la_nat = heads(ctx.trunk(x_nat))
-        lp_adv, la_adv = heads(ctx.trunk(x_adv))
+        lp_nat, la_nat = ctx.logits(model, x_nat, sizes)
+        lp_adv, la_adv = ctx.logits(model, x_adv, sizes)
     p_pri_nat = F.softmax(lp_nat.float(), dim=1)
     loss_pri = F.cross_entropy(lp_nat[:n_pri].float(), batch.y_pri) + m.beta * kl_to(p_pri_nat[:n_pri], lp_adv[:n_pri]).mean()
     loss = loss_pri

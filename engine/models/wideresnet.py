@@ -59,8 +59,8 @@ class NetworkBlock(nn.Module):
 class WideResNet(nn.Module):
     """WRN-depth-width: shared trunk `features`, primary head `fc`, auxiliary heads `aux_fc[i]`.
 
-    `forward(x)` returns primary logits (the robust classifier h_pri); the trainer calls
-    `features` once on the combined batch and applies the heads it needs.
+    `forward(x)` returns primary logits (the robust classifier h_pri); a training step calls
+    `features` (possibly compiled) once on the combined batch, then `heads`.
     """
 
     def __init__(
@@ -113,6 +113,16 @@ class WideResNet(nn.Module):
         out = self.block3(self.block2(self.block1(out)))
         out = self.relu(self.bn1(out))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+    def heads(self, feats: torch.Tensor, aux_sizes: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Features (N, D) -> primary logits (N, c) of every row, and, per auxiliary dataset, the
+        logits of its chunk of the last sum(aux_sizes) rows through its own head (the combined
+        batch is [x_pri; x_aux], auxiliary datasets in order)."""
+        logits_pri = self.fc(feats)
+        if not aux_sizes:
+            return logits_pri, []
+        feats_aux = feats[len(feats) - sum(aux_sizes):]  # (Ba, D)
+        return logits_pri, [head(f) for head, f in zip(self.aux_fc, feats_aux.split(list(aux_sizes)))]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))

@@ -1,0 +1,133 @@
+"""`engine.step`: the one training step the trainer trains with and `bench step` times."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.config import AttackConfig, MethodConfig, RuntimeConfig
+from engine.methods import METHODS, MethodState, StepContext, StepStats
+from engine.models import build
+from engine.runtime import resolve_runtime
+from engine.step import RECOMPILE_LIMIT, TrainStep, compile_trunk
+from tests.conftest import make_batch
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def _ce_objective(model, batch, state, ctx):
+    loss = F.cross_entropy(model.heads(ctx.trunk(batch.x_pri))[0], batch.y_pri)
+    return loss, StepStats(loss=loss.detach(), loss_pri=loss.detach())
+
+
+def _ctx(model) -> StepContext:
+    return StepContext(method=MethodConfig(name="at", aux_mode="none"), attack=AttackConfig(steps=1),
+                       in_warmup=False, trunk=model.features)
+
+
+def test_a_step_is_objective_backward_and_one_optimizer_step():
+    torch.manual_seed(0)
+    model = build("wrn-10-1", 10)
+    by_hand = copy.deepcopy(model)
+    batch = make_batch(n_pri=6, aux_sizes=(), aux_classes=())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step = TrainStep(model, _ce_objective, opt, torch.amp.GradScaler("cpu", enabled=False), MethodState())
+    model.eval()  # a step trains, whatever mode the model was left in
+    loss, _ = step(batch, _ctx(model))
+
+    opt_hand = torch.optim.SGD(by_hand.parameters(), lr=0.1, momentum=0.9)
+    by_hand.train()
+    loss_hand = F.cross_entropy(by_hand(batch.x_pri), batch.y_pri)
+    loss_hand.backward()
+    opt_hand.step()
+    torch.testing.assert_close(loss.detach(), loss_hand.detach())
+    for a, b in zip(model.state_dict().values(), by_hand.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert model.training
+
+
+def test_gradients_of_an_earlier_step_never_leak_into_the_next():
+    torch.manual_seed(0)
+    model = build("wrn-10-1", 10)
+    batch = make_batch(n_pri=4, aux_sizes=(), aux_classes=())
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 1e3)  # what a naive attack's loss.backward() leaves behind
+    reference = copy.deepcopy(model)
+    for p in reference.parameters():
+        p.grad = None
+    fp32 = torch.amp.GradScaler("cpu", enabled=False)
+    TrainStep(model, _ce_objective, torch.optim.SGD(model.parameters(), lr=0.1), fp32, MethodState())(batch, _ctx(model))
+    TrainStep(reference, _ce_objective, torch.optim.SGD(reference.parameters(), lr=0.1), fp32,
+              MethodState())(batch, _ctx(reference))
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_an_enabled_scaler_skips_the_step_of_a_non_finite_loss():
+    torch.manual_seed(0)
+    model = build("wrn-10-1", 10)
+    before = copy.deepcopy(model.state_dict())
+
+    def inf_objective(model, batch, state, ctx):
+        loss, stats = _ce_objective(model, batch, state, ctx)
+        return loss * float("inf"), stats
+
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    step = TrainStep(model, inf_objective, torch.optim.SGD(model.parameters(), lr=0.1), scaler, MethodState())
+    step(make_batch(n_pri=4, aux_sizes=(), aux_classes=()), _ctx(model))
+    for key, value in model.state_dict().items():
+        if value.is_floating_point() and "running" not in key:
+            assert torch.equal(value, before[key]), key
+    assert scaler.get_scale() < 65536.0  # the scaler backed off
+
+
+def test_the_method_state_persists_across_steps():
+    torch.manual_seed(0)
+    model = build("wrn-10-1", 10, aux_classes=(20,))
+    ctx = StepContext(method=MethodConfig(name="at", aux_mode="biamat", pi=0.5), attack=AttackConfig(steps=1),
+                      in_warmup=False, trunk=model.features)
+    step = TrainStep(model, METHODS["at"], torch.optim.SGD(model.parameters(), lr=0.01),
+                     torch.amp.GradScaler("cpu", enabled=False), MethodState())
+    step(make_batch(seed=0), ctx)
+    omega = step.state.omega
+    assert omega is not None and 0 < omega <= 0.5
+    step(make_batch(seed=1), ctx)
+    assert step.state.omega == omega  # omega is fixed at the first routed step
+
+
+def test_compile_trunk_follows_the_runtime_and_raises_the_recompile_limit():
+    model = build("wrn-10-1", 10)
+    eager, _ = resolve_runtime(RuntimeConfig(device="cpu", compile="off"))
+    assert compile_trunk(model, eager) == model.features
+    compiled, _ = resolve_runtime(RuntimeConfig(device="cpu", compile="on"))
+    trunk = compile_trunk(model, compiled)
+    assert trunk != model.features and callable(trunk)
+    import torch._dynamo.config as dynamo_config
+
+    limits = [getattr(dynamo_config, n) for n in ("recompile_limit", "cache_size_limit") if hasattr(dynamo_config, n)]
+    assert limits and all(limit >= RECOMPILE_LIMIT for limit in limits)
+
+
+def test_bench_step_rows_train_through_the_trainers_step(monkeypatch):
+    """`bench step` times TrainStep objects, and its engine rows take their trunk from
+    `compile_trunk`, so "the engine's step" is the one that trains."""
+    import benchmarks.step as bench
+
+    seen = []
+
+    def spy(model, runtime):
+        seen.append(runtime.compile)
+        return compile_trunk(model, runtime)
+
+    monkeypatch.setattr(bench, "compile_trunk", spy)
+    base = build("wrn-10-1", 10, aux_classes=(7,))
+    variants = bench.build_variants("at", base, device="cpu", n_pri=2, n_aux=2, size=8, aux_classes=7,
+                                    aux_mode="biamat", attack_steps=1, compile="off,on", precision="auto",
+                                    kernels="torch", seed=0)
+    assert seen == [False, True]
+    assert all(isinstance(v.train_step, TrainStep) for v in variants)
+    assert [v.impl for v in variants] == ["engine", "engine", "reference", "naive"]
+    assert variants[0].train_step.objective is METHODS["at"]
