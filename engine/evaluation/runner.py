@@ -1,5 +1,6 @@
-"""The whole evaluation of a primary classifier: sanity checks, clean pass on a backend, each
-white-box attack on the exact model, AutoAttack, and the RobustBench-style report."""
+"""The whole evaluation of a primary classifier, as a pipeline: load -> sanity checks -> clean
+pass of the exact model -> clean pass on a backend -> each white-box attack and AutoAttack on
+the exact model -> the RobustBench-style report. What runs is an `EvalPlan` (plan.py)."""
 
 from __future__ import annotations
 
@@ -16,81 +17,16 @@ import torch
 import torch.nn as nn
 
 from engine.data import to_device_images
-from engine.evaluation.autoattack_runner import AA_ATTACKS, AA_VERSIONS, run_autoattack
-from engine.evaluation.backends import BACKENDS, agreement_tolerance, make_backend
-from engine.evaluation.report import format_eps, parse_eps
+from engine.evaluation.autoattack_runner import run_autoattack
+from engine.evaluation.backends import agreement_tolerance, make_backend
+from engine.evaluation.plan import EvalPlan, resolve_eps
+from engine.evaluation.report import format_eps
 from engine.evaluation.robust import parse_attack, robust_mask
 from engine.evaluation.sanity import SanityWarning, run_checks
-from engine.run_dir import RunDir, read_json
+
+__all__ = ["EvalPlan", "evaluate", "load_for_eval", "resolve_eps", "run_evaluation", "to_unit_tensors"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_EPS = 8 / 255
-
-
-@dataclass(kw_only=True)
-class EvalPlan:
-    """What `biamat-engine eval` runs: which attacks, at which eps, on which backend and device.
-    (The training run's per-epoch held-out check is `engine.config.EvalConfig`.)"""
-
-    attacks: tuple[str, ...] = ("clean", "pgd100", "cw100", "aa")
-    """`clean`, `pgdK` (cross-entropy), `cwK` (CW margin), `aa` (AutoAttack), in report order."""
-    aa_version: str = "standard"
-    """AutoAttack version; `custom` when `aa_attacks` is given."""
-    aa_attacks: tuple[str, ...] = ()
-    """A custom AutoAttack list (e.g. apgd-ce, apgd-t) for a quick run."""
-    aa_iterations: int | None = None
-    """Override of APGD/FAB iterations for quick runs; None keeps the package's 100."""
-    aa_state: str | None = None
-    """State file that makes an AutoAttack run resumable."""
-    eps: float = DEFAULT_EPS
-    step_size: float = 2 / 255
-    restarts: int = 1
-    """PGD/CW restarts: a point is robust only if it survives every one."""
-    kappa: float = 50.0
-    n: int | None = None
-    """Evaluate the first n test images (all when None), as RobustBench's n_ex."""
-    batch_size: int = 256
-    seed: int = 0
-    backend: str = "eager"
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if not self.attacks:
-            raise ValueError("no attacks to run: pass e.g. --attacks clean,pgd100,cw100,aa")
-        for name in self.attacks:
-            if name != "aa":
-                parse_attack(name)
-        if self.aa_attacks:
-            self.aa_version = "custom"
-        if self.aa_version not in AA_VERSIONS:
-            raise ValueError(f"unknown AutoAttack version {self.aa_version!r}: expected one of {', '.join(AA_VERSIONS)}")
-        unknown = [a for a in self.aa_attacks if a not in AA_ATTACKS]
-        if unknown:
-            raise ValueError(f"unknown AutoAttack attack(s) {', '.join(unknown)}: expected some of {', '.join(AA_ATTACKS)}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
-        if not 0 <= self.eps <= 1:
-            raise ValueError(f"eps must lie in [0, 1], got {self.eps}")
-        if self.batch_size < 1 or self.restarts < 1 or (self.n is not None and self.n < 1):
-            raise ValueError("batch_size, restarts and n must be positive")
-
-
-def resolve_eps(model_path: str | Path, explicit: str | float | None) -> tuple[float, str]:
-    """eps and where it came from: the option, the run's config.toml [attack] eps, the model card's
-    `eps`, or the 8/255 default."""
-    if explicit is not None:
-        return parse_eps(explicit), "option"
-    path = Path(model_path)
-    files = RunDir.of(path)
-    if files.config.exists():
-        return files.read_config().attack.eps, f"{files.config} [attack] eps"
-    card = files.card if path.is_dir() else path.with_suffix(".json")
-    if card.exists():
-        eps = read_json(card).get("eps")
-        if eps is not None:
-            return parse_eps(eps), f"{card} eps"
-    return DEFAULT_EPS, "default"
 
 
 def to_unit_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,82 +50,101 @@ def evaluate(
     model_path: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Evaluates `model` on (images, labels) as `config` says and returns the report dict.
+    """Evaluates `model` on (images, labels) as `config` says and returns the report dict:
+    sanity checks -> clean pass of the exact model -> clean pass on the backend -> each attack.
 
     images: (N, 3, H, W) float in [0, 1] on the model's device; labels (N,) int64.
     """
     say = progress or (lambda _msg: None)
-    device = images.device
-    n = len(images)
-    warnings: list[SanityWarning] = run_checks(model, images[: min(n, config.batch_size)],
-                                               labels[: min(n, config.batch_size)])
+    head = min(len(images), config.batch_size)
+    warnings: list[SanityWarning] = run_checks(model, images[:head], labels[:head])
     model.eval()
-
-    # The clean pass of the exact model: the reference for the backend and every attack's start.
-    say("clean accuracy (exact model)")
-    start = time.perf_counter()
-    clean = robust_mask(model, images, labels, "clean", batch_size=config.batch_size)  # (N,)
-    clean_seconds = time.perf_counter() - start
-
+    clean, clean_seconds = _clean_pass(model, images, labels, config, say)
     backend_entry = {"name": "eager", "precision": "fp32"}
     if config.backend != "eager":
-        say(f"clean accuracy ({config.backend} backend)")
-        backend = make_backend(model, config.backend, batch_size=config.batch_size,
-                               image_shape=tuple(images.shape[1:]), device=device)
-        backend.predict(images[: config.batch_size])  # compile / build outside the timing
-        start = time.perf_counter()
-        preds = backend.predict(images)
-        seconds = time.perf_counter() - start
-        backend_clean = float((preds == labels).float().mean()) if n else 0.0
-        exact_clean = float(clean.float().mean()) if n else 0.0
-        with torch.no_grad():
-            exact_preds = torch.cat([model(images[i:i + config.batch_size]).argmax(1)
-                                     for i in range(0, n, config.batch_size)])
-        agreement = float((preds == exact_preds).float().mean()) if n else 1.0
-        tolerance = agreement_tolerance(backend.precision)
-        backend_entry = {"name": backend.name, "precision": backend.precision, "clean_acc": backend_clean,
-                         "exact_clean_acc": exact_clean, "agreement": agreement, "tolerance": tolerance,
-                         "seconds": seconds}
-        if abs(backend_clean - exact_clean) > tolerance or 1 - agreement > tolerance:
-            warnings.append(SanityWarning(
-                "backend-mismatch",
-                f"the {backend.name} backend's clean accuracy {100 * backend_clean:.2f}% differs from the exact "
-                f"model's {100 * exact_clean:.2f}% (predictions agree on {100 * agreement:.2f}%, tolerance "
-                f"{100 * tolerance:.1f}%): the reported clean accuracy is the exact model's",
-            ))
+        backend_entry, warning = _backend_pass(model, images, labels, clean, config, say)
+        warnings += [warning] if warning else []
+    attacks = {name: _attack_pass(name, model, images, labels, clean, config, say)
+               for name in config.attacks if name != "clean"}
+    return _report(model_path, images, clean, clean_seconds, backend_entry, attacks, warnings, config)
 
-    attacks: dict[str, dict] = {}
-    for name in config.attacks:
-        if name == "clean":
-            continue
-        torch.manual_seed(config.seed)  # each attack's random start is reproducible on its own
-        start = time.perf_counter()
-        if name == "aa":
-            say(f"AutoAttack ({config.aa_version})")
-            result = run_autoattack(
-                model, images, labels, clean, eps=config.eps, version=config.aa_version,
-                attacks=config.aa_attacks, batch_size=config.batch_size, seed=config.seed,
-                iterations=config.aa_iterations, state_path=config.aa_state,
-            )
-            mask = result.mask
-            entry = {"package": f"{result.package} {result.package_version}", "version": result.version,
-                     "attacks": result.attacks, "robust_after": result.robust_after,
-                     "attack_seconds": result.seconds, "resumed": result.resumed,
-                     "iterations": config.aa_iterations or "package default"}
-        else:
-            spec = parse_attack(name)
-            say(f"{name} ({'cross-entropy' if spec.kind == 'pgd' else f'CW margin, kappa {config.kappa:g}'})")
-            mask = robust_mask(model, images, labels, spec, eps=config.eps, step_size=config.step_size,
-                               batch_size=config.batch_size, restarts=config.restarts, kappa=config.kappa)
-            entry = {"loss": "ce" if spec.kind == "pgd" else "cw", "steps": spec.steps,
-                     "step_size": format_eps(config.step_size), "restarts": config.restarts,
-                     "random_start": True}
-            if spec.kind == "cw":
-                entry["kappa"] = config.kappa
-        robust = int(mask.sum())
-        attacks[name] = {"robust_acc": robust / n if n else 0.0, "robust": robust,
-                         "seconds": time.perf_counter() - start, **entry}
 
+def _clean_pass(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: EvalPlan,
+                say: Callable[[str], None]) -> tuple[torch.Tensor, float]:
+    """(N,) bool correct of the exact model, and its seconds: the reference for the backend and
+    every attack's set of points to attack."""
+    say("clean accuracy (exact model)")
+    start = time.perf_counter()
+    clean = robust_mask(model, images, labels, "clean", batch_size=config.batch_size)
+    return clean, time.perf_counter() - start
+
+
+def _backend_pass(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, clean: torch.Tensor,
+                  config: EvalPlan, say: Callable[[str], None]) -> tuple[dict, SanityWarning | None]:
+    """The clean pass on a faster backend (compile, TensorRT), timed, and checked against the
+    exact model: a backend that disagrees beyond its precision's tolerance gets a warning."""
+    say(f"clean accuracy ({config.backend} backend)")
+    n, bs = len(images), config.batch_size
+    backend = make_backend(model, config.backend, batch_size=bs, image_shape=tuple(images.shape[1:]),
+                           device=images.device)
+    backend.predict(images[:bs])  # compile / build outside the timing
+    start = time.perf_counter()
+    preds = backend.predict(images)
+    seconds = time.perf_counter() - start
+    backend_clean = float((preds == labels).float().mean()) if n else 0.0
+    exact_clean = float(clean.float().mean()) if n else 0.0
+    with torch.no_grad():
+        exact_preds = torch.cat([model(images[i:i + bs]).argmax(1) for i in range(0, n, bs)])
+    agreement = float((preds == exact_preds).float().mean()) if n else 1.0
+    tolerance = agreement_tolerance(backend.precision)
+    entry = {"name": backend.name, "precision": backend.precision, "clean_acc": backend_clean,
+             "exact_clean_acc": exact_clean, "agreement": agreement, "tolerance": tolerance, "seconds": seconds}
+    if abs(backend_clean - exact_clean) <= tolerance and 1 - agreement <= tolerance:
+        return entry, None
+    return entry, SanityWarning(
+        "backend-mismatch",
+        f"the {backend.name} backend's clean accuracy {100 * backend_clean:.2f}% differs from the exact "
+        f"model's {100 * exact_clean:.2f}% (predictions agree on {100 * agreement:.2f}%, tolerance "
+        f"{100 * tolerance:.1f}%): the reported clean accuracy is the exact model's",
+    )
+
+
+def _attack_pass(name: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, clean: torch.Tensor,
+                 config: EvalPlan, say: Callable[[str], None]) -> dict:
+    """One attack of the plan on the exact model: its robust accuracy, count, seconds and settings."""
+    torch.manual_seed(config.seed)  # each attack's random start is reproducible on its own
+    start = time.perf_counter()
+    if name == "aa":
+        say(f"AutoAttack ({config.aa_version})")
+        result = run_autoattack(
+            model, images, labels, clean, eps=config.eps, version=config.aa_version,
+            attacks=config.aa_attacks, batch_size=config.batch_size, seed=config.seed,
+            iterations=config.aa_iterations, state_path=config.aa_state,
+        )
+        mask = result.mask
+        entry = {"package": f"{result.package} {result.package_version}", "version": result.version,
+                 "attacks": result.attacks, "robust_after": result.robust_after,
+                 "attack_seconds": result.seconds, "resumed": result.resumed,
+                 "iterations": config.aa_iterations or "package default"}
+    else:
+        spec = parse_attack(name)
+        say(f"{name} ({'cross-entropy' if spec.kind == 'pgd' else f'CW margin, kappa {config.kappa:g}'})")
+        mask = robust_mask(model, images, labels, spec, eps=config.eps, step_size=config.step_size,
+                           batch_size=config.batch_size, restarts=config.restarts, kappa=config.kappa)
+        entry = {"loss": "ce" if spec.kind == "pgd" else "cw", "steps": spec.steps,
+                 "step_size": format_eps(config.step_size), "restarts": config.restarts,
+                 "random_start": True}
+        if spec.kind == "cw":
+            entry["kappa"] = config.kappa
+    robust, n = int(mask.sum()), len(images)
+    return {"robust_acc": robust / n if n else 0.0, "robust": robust, "seconds": time.perf_counter() - start,
+            **entry}
+
+
+def _report(model_path: str | None, images: torch.Tensor, clean: torch.Tensor, clean_seconds: float,
+            backend_entry: dict, attacks: dict[str, dict], warnings: list[SanityWarning], config: EvalPlan) -> dict:
+    """The RobustBench-style report: accuracies, the plan, where and when it ran."""
+    n, device = len(images), images.device
     clean_correct = int(clean.sum())
     report = {
         "model": str(model_path) if model_path is not None else None,

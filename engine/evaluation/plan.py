@@ -1,0 +1,80 @@
+"""What `biamat-engine eval` runs (`EvalPlan`), checked before anything is loaded, and the eps
+a model was trained for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.evaluation.autoattack_runner import AA_ATTACKS, AA_VERSIONS
+from engine.evaluation.backends import BACKENDS
+from engine.evaluation.report import parse_eps
+from engine.evaluation.robust import parse_attack
+from engine.run_dir import RunDir, read_json
+
+DEFAULT_EPS = 8 / 255
+
+
+@dataclass(kw_only=True)
+class EvalPlan:
+    """What `biamat-engine eval` runs: which attacks, at which eps, on which backend and device.
+    (The training run's per-epoch held-out check is `engine.config.EvalConfig`.)"""
+
+    attacks: tuple[str, ...] = ("clean", "pgd100", "cw100", "aa")
+    """`clean`, `pgdK` (cross-entropy), `cwK` (CW margin), `aa` (AutoAttack), in report order."""
+    aa_version: str = "standard"
+    """AutoAttack version; `custom` when `aa_attacks` is given."""
+    aa_attacks: tuple[str, ...] = ()
+    """A custom AutoAttack list (e.g. apgd-ce, apgd-t) for a quick run."""
+    aa_iterations: int | None = None
+    """Override of APGD/FAB iterations for quick runs; None keeps the package's 100."""
+    aa_state: str | None = None
+    """State file that makes an AutoAttack run resumable."""
+    eps: float = DEFAULT_EPS
+    step_size: float = 2 / 255
+    restarts: int = 1
+    """PGD/CW restarts: a point is robust only if it survives every one."""
+    kappa: float = 50.0
+    n: int | None = None
+    """Evaluate the first n test images (all when None), as RobustBench's n_ex."""
+    batch_size: int = 256
+    seed: int = 0
+    backend: str = "eager"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not self.attacks:
+            raise ValueError("no attacks to run: pass e.g. --attacks clean,pgd100,cw100,aa")
+        for name in self.attacks:
+            if name != "aa":
+                parse_attack(name)
+        if self.aa_attacks:
+            self.aa_version = "custom"
+        if self.aa_version not in AA_VERSIONS:
+            raise ValueError(f"unknown AutoAttack version {self.aa_version!r}: expected one of {', '.join(AA_VERSIONS)}")
+        unknown = [a for a in self.aa_attacks if a not in AA_ATTACKS]
+        if unknown:
+            raise ValueError(f"unknown AutoAttack attack(s) {', '.join(unknown)}: expected some of {', '.join(AA_ATTACKS)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+        if not 0 <= self.eps <= 1:
+            raise ValueError(f"eps must lie in [0, 1], got {self.eps}")
+        if self.batch_size < 1 or self.restarts < 1 or (self.n is not None and self.n < 1):
+            raise ValueError("batch_size, restarts and n must be positive")
+
+
+def resolve_eps(model_path: str | Path, explicit: str | float | None) -> tuple[float, str]:
+    """eps and where it came from: the option, the run's config.toml [attack] eps, the model card's
+    `eps`, or the 8/255 default."""
+    if explicit is not None:
+        return parse_eps(explicit), "option"
+    path = Path(model_path)
+    files = RunDir.of(path)
+    if files.config.exists():
+        return files.read_config().attack.eps, f"{files.config} [attack] eps"
+    card = files.card if path.is_dir() else path.with_suffix(".json")
+    if card.exists():
+        eps = read_json(card).get("eps")
+        if eps is not None:
+            return parse_eps(eps), f"{card} eps"
+    return DEFAULT_EPS, "default"
