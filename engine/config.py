@@ -69,7 +69,7 @@ class ModelConfig:
     """Dropout inside each residual block."""
 
     def __post_init__(self) -> None:
-        from engine.models import parse_arch
+        from engine.arch import parse_arch
 
         try:
             parse_arch(self.name)
