@@ -3,8 +3,6 @@ synchronisation, timing with warm-up, mean and spread, CPU threads, and writing 
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import subprocess
 import time
@@ -14,22 +12,8 @@ from typing import Callable
 import torch
 
 from engine.run_dir import write_json
+from engine.runtime import device_name
 from kernels import dispatch
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model and core count (/proc/cpuinfo where there is one)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
 
 
 def git_revision() -> str:

@@ -86,7 +86,7 @@ def run(model_name: str = "wrn-16-4", n: int = 256, batch_size: int = 256, steps
         "benchmark": "eval",
         "device": str(dev),
         # eval's config records no thread count, so the CPU's name carries it
-        "device_name": device_name(dev) + (f", {torch.get_num_threads()} threads" if dev.type == "cpu" else ""),
+        "device_name": device_name(dev, threads=True),
         "torch": torch.__version__,
         "autoattack": f"{package} {version}" if package else None,
         "git_revision": git_revision(),

@@ -11,7 +11,9 @@ import dataclasses
 import functools
 import logging
 import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, ContextManager
 
 import torch
@@ -42,6 +44,24 @@ class Runtime:
     def grad_scaler(self) -> torch.amp.GradScaler:
         # Loss scaling only matters for fp16: bf16 has fp32's exponent range.
         return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+
+def device_name(device: torch.device, threads: bool = False) -> str:
+    """The GPU's name, or the CPU's model and core count (/proc/cpuinfo where there is one): what
+    reports and benchmarks say they ran on. `threads` adds torch's CPU thread count, which sets
+    the speed of a CPU run."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    name = f"{model}, {os.cpu_count()} cores"
+    return f"{name}, {torch.get_num_threads()} threads" if threads else name
 
 
 def resolve_device(name: str) -> torch.device:

@@ -5,7 +5,6 @@ the exact model -> the RobustBench-style report. What runs is an `EvalPlan` (pla
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -23,6 +22,7 @@ from engine.evaluation.plan import EvalPlan, resolve_eps
 from engine.evaluation.report import format_eps
 from engine.evaluation.robust import parse_attack, robust_mask
 from engine.evaluation.sanity import SanityWarning, run_checks
+from engine.runtime import device_name
 
 __all__ = ["EvalPlan", "evaluate", "load_for_eval", "resolve_eps", "run_evaluation", "to_unit_tensors"]
 
@@ -33,12 +33,6 @@ def to_unit_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1] and (N,) int64, on `device`."""
     device = torch.device(device)
     return to_device_images(images, device), torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def evaluate(
@@ -161,7 +155,7 @@ def _report(model_path: str | None, images: torch.Tensor, clean: torch.Tensor, c
         "backend": backend_entry,
         "sanity_warnings": [w.to_dict() for w in warnings],
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device, threads=True),
         "seed": config.seed,
         "batch_size": config.batch_size,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
