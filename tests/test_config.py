@@ -7,11 +7,15 @@ import ast
 import dataclasses
 import inspect
 import tomllib
+from fractions import Fraction
 
 import pytest
 
 from engine import config as config_module
-from engine.config import ConfigError, TrainConfig, apply_overrides, load_config, preset_names, to_toml
+from engine.config import (
+    ConfigError, TrainConfig, apply_overrides, load_config, load_preset, parse_number, preset_names, to_toml,
+)
+from engine.evaluation.report import parse_eps
 
 # Paper Table 2: primary x method x auxiliary dataset ("" = the plain AT/TRADES baseline).
 TABLE2_AUX = {
@@ -234,3 +238,75 @@ def test_every_field_has_a_docstring():
         cls = getattr(config_module, section) if isinstance(section, str) else section
         for f in dataclasses.fields(cls):
             assert (cls.__name__, f.name) in documented, f"{cls.__name__}.{f.name} has no docstring"
+
+
+def test_parse_number_divides_fractions_exactly():
+    assert parse_number("8/255") == 8 / 255 and parse_number(" 2/255 ") == 2 / 255
+    assert parse_number("0.031") == 0.031 and parse_number("2e-4") == 2e-4 and parse_number(7) == 7.0
+    # 0.7 / 3 in floats rounds twice (0.2333...33); the exact 7/30 rounds once (0.2333...34).
+    assert parse_number("0.7/3") == float(Fraction(7, 30)) != 0.7 / 3
+    assert parse_number("0.5/255") == float(Fraction(1, 510))
+    for bad in ("8/0", "8/255/3", "eight", "8/", "/255", ""):
+        with pytest.raises(ValueError, match="fraction such as 8/255"):
+            parse_number(bad)
+
+
+def test_eval_reads_eps_with_the_config_reader():
+    assert parse_eps("0.7/3") == parse_number("0.7/3")  # one reader: no second rounding rule
+    assert parse_eps("8/255") == load_config(preset="cifar10-at").attack.eps
+    with pytest.raises(ValueError, match="cannot read eps 'eight'"):
+        parse_eps("eight")
+
+
+def test_fractions_are_read_in_toml_files_and_lists(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[attack]\neps = "8/255"\nstep_size = "0.5/255"\n[optim]\nmilestones = ["3/5", 90]\n')
+    cfg = load_config(file=path)
+    assert (cfg.attack.eps, cfg.attack.step_size) == (8 / 255, 0.5 / 255)
+    assert cfg.optim.milestones == [0.6, 90.0]
+    path.write_text('[attack]\neps = "8/0"\n')
+    with pytest.raises(ConfigError, match=r"attack\.eps = '8/0': expected a float \(or a fraction such as 8/255\)"):
+        load_config(file=path)
+
+
+def test_a_config_file_may_start_from_a_preset(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('base = "cifar100-trades-biamat-imagenet"\n[method]\npi = 0.45\n[data]\naux = []\n')
+    cfg = load_config(file=path)
+    expected = load_config(preset="cifar100-trades-biamat-imagenet", overrides=["method.pi=0.45", "data.aux="])
+    assert cfg == expected
+    assert cfg.method.high_loss == "ce" and cfg.optim.milestone_epochs() == [100, 105]  # kept from the chain
+
+
+def test_base_errors_name_the_file_and_the_fix(tmp_path, monkeypatch):
+    path = tmp_path / "run.toml"
+    path.write_text('base = "cifar11-at"\n')
+    with pytest.raises(ConfigError, match=r"run\.toml: base = 'cifar11-at' is not a preset; available: .*cifar10-at"):
+        load_config(file=path)
+    path.write_text("base = 3\n")
+    with pytest.raises(ConfigError, match=r"run\.toml: base = 3: expected a preset name"):
+        load_config(file=path)
+    # A loop among presets: a -> b -> a (the folder stands in for engine/presets).
+    folder = tmp_path / "engine" / "presets"
+    folder.mkdir(parents=True)
+    (folder / "a.toml").write_text('base = "b"\n')
+    (folder / "b.toml").write_text('base = "a"\n')
+    (folder / "c.toml").write_text('base = "c"\n')
+    monkeypatch.setattr(config_module.resources, "files", lambda package: tmp_path / package)
+    with pytest.raises(ConfigError, match=r"preset 'b': the base presets form a cycle: a -> b -> a"):
+        load_preset("a")
+    with pytest.raises(ConfigError, match=r"the base presets form a cycle: c -> c"):
+        load_preset("c")
+    path.write_text('base = "a"\n')
+    with pytest.raises(ConfigError, match=r"cycle: a -> b -> a"):
+        load_config(file=path)
+
+
+def test_a_base_section_is_merged_key_by_key_and_lists_are_replaced():
+    data = config_module.resolve_base(
+        {"base": "cifar10-at", "optim": {"milestones": [50]}, "method": {"pi": 0.1}}, "test"
+    )
+    preset = load_preset("cifar10-at")
+    assert data["optim"] == {**preset["optim"], "milestones": [50]}
+    assert data["method"] == {**preset["method"], "pi": 0.1}
+    assert "base" not in data and data["attack"] == preset["attack"]
