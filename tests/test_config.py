@@ -1,5 +1,6 @@
-"""The configuration tree: presets carry the paper's hyperparameters, overrides parse, bad values
-fail naming the key, and the TOML written to a run directory reads back to the same tree."""
+"""The configuration tree: overrides and fractions parse, base presets resolve, bad values fail
+naming the key, and the TOML written to a run directory reads back to the same tree.
+(The presets' values against the paper: tests/test_presets.py.)"""
 
 from __future__ import annotations
 
@@ -13,93 +14,9 @@ import pytest
 
 from engine import config as config_module
 from engine.config import (
-    ConfigError, TrainConfig, apply_overrides, load_config, load_preset, parse_number, preset_names, to_toml,
+    ConfigError, TrainConfig, apply_overrides, load_config, load_preset, parse_number, to_toml,
 )
 from engine.evaluation.report import parse_eps
-
-# Paper Table 2: primary x method x auxiliary dataset ("" = the plain AT/TRADES baseline).
-TABLE2_AUX = {
-    "cifar10": ("", "svhn", "cifar100", "places365", "imagenet"),
-    "cifar100": ("", "places365", "imagenet"),
-    "imgnet100": ("", "places365", "imgnet900"),
-}
-TABLE2_PRESETS = sorted(
-    f"{primary}-{method}" + (f"-biamat-{aux}" if aux else "")
-    for primary, auxes in TABLE2_AUX.items() for method in ("at", "trades") for aux in auxes
-)
-
-
-def test_a_preset_for_every_table2_row_and_the_demo():
-    assert len(TABLE2_PRESETS) == 22
-    missing = (set(TABLE2_PRESETS) | {"demo"}) - set(preset_names())
-    assert not missing, f"no preset for {sorted(missing)}"
-
-
-@pytest.mark.parametrize("name", preset_names())
-def test_every_preset_loads_validates_and_round_trips_through_toml(name):
-    cfg = load_config(preset=name)
-    assert isinstance(cfg, TrainConfig)
-    again = TrainConfig.from_dict(tomllib.loads(to_toml(cfg)))
-    assert again == cfg
-
-
-# Table 12 (alpha, pi) per (primary, method) with BiaMAT.
-TABLE12 = {
-    ("cifar10", "at"): (1.0, 0.55),
-    ("cifar10", "trades"): (0.5, 0.5),
-    ("cifar100", "at"): (1.0, 0.5),
-    ("cifar100", "trades"): (1.0, 0.3),
-    ("imgnet100", "at"): (1.0, 0.5),
-}
-
-
-@pytest.mark.parametrize("name", [p for p in TABLE2_PRESETS if "-biamat-" in p])
-def test_table12_alpha_and_pi(name):
-    primary, method = name.split("-")[:2]
-    cfg = load_config(preset=name)
-    assert cfg.method.name == method
-    assert cfg.method.aux_mode == "biamat"
-    assert len(cfg.data.aux) == 1
-    if (primary, method) in TABLE12:  # ImgNet100 TRADES has no Table 12 row
-        assert (cfg.method.alpha, cfg.method.pi) == TABLE12[(primary, method)]
-
-
-def test_cifar100_trades_biamat_uses_plain_ce_on_high_samples():
-    for aux in ("places365", "imagenet"):
-        cfg = load_config(preset=f"cifar100-trades-biamat-{aux}")
-        assert cfg.method.high_loss == "ce"
-    for aux in ("cifar100", "places365", "imagenet", "svhn"):
-        assert load_config(preset=f"cifar10-trades-biamat-{aux}").method.high_loss == "trades"
-
-
-@pytest.mark.parametrize("name", [p for p in TABLE2_PRESETS if "-trades" in p])
-def test_trades_presets_follow_appendix_e(name):
-    cfg = load_config(preset=name)
-    assert cfg.attack.eps == 0.031 and cfg.attack.step_size == 0.007 and cfg.attack.steps == 10
-    assert cfg.optim.epochs == 110
-    assert cfg.optim.milestone_epochs() == [100, 105]
-    assert cfg.optim.weight_decay == 5e-4
-    assert cfg.method.beta == 6.0
-    assert cfg.model.name == ("wrn-16-10" if name.startswith("imgnet100") else "wrn-34-10")
-
-
-@pytest.mark.parametrize("name", [p for p in TABLE2_PRESETS if "-at" in p])
-def test_at_presets_follow_table12(name):
-    cfg = load_config(preset=name)
-    assert cfg.attack.eps == pytest.approx(8 / 255, abs=1e-15)
-    assert cfg.attack.step_size == pytest.approx(2 / 255, abs=1e-15)
-    assert cfg.attack.steps == 10
-    assert cfg.optim.epochs == 100
-    assert cfg.optim.milestone_epochs() == pytest.approx([60, 90])
-    assert cfg.optim.weight_decay == 2e-4
-    assert cfg.optim.lr == 0.1 and cfg.optim.momentum == 0.9
-    assert cfg.model.name == ("wrn-16-10" if name.startswith("imgnet100") else "wrn-28-10")
-
-
-@pytest.mark.parametrize("name", [p for p in TABLE2_PRESETS if "-biamat-" not in p])
-def test_baseline_presets_use_no_auxiliary_data(name):
-    cfg = load_config(preset=name)
-    assert cfg.data.aux == [] and not cfg.uses_aux
 
 
 def test_set_overrides_parse_fractions_lists_bools_and_strings():
