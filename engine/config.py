@@ -417,22 +417,10 @@ def load_config(
     return TrainConfig.from_dict(data)
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
 def to_toml(config: TrainConfig) -> str:
-    lines = []
-    for section, values in config.to_dict().items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml_value(v)}" for key, v in values.items()]
-        lines.append("")
-    return "\n".join(lines)
+    """The resolved tree as TOML (what config.toml holds): plain floats, read back exactly."""
+    try:
+        import tomli_w  # imported here: reading configs needs only the standard library
+    except ImportError:
+        raise ImportError("writing config.toml needs the tomli-w package: pip install tomli-w") from None
+    return tomli_w.dumps(config.to_dict())

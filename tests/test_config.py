@@ -227,3 +227,17 @@ def test_a_base_section_is_merged_key_by_key_and_lists_are_replaced():
     assert data["optim"] == {**preset["optim"], "milestones": [50]}
     assert data["method"] == {**preset["method"], "pi": 0.1}
     assert "base" not in data and data["attack"] == preset["attack"]
+
+
+def test_writing_config_toml_without_tomli_w_says_how_to_install_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tomli_w", None)  # what `import tomli_w` sees where it is missing
+    with pytest.raises(ImportError, match="pip install tomli-w"):
+        to_toml(TrainConfig())
+
+
+def test_config_toml_reads_back_exactly_what_fractions_gave():
+    cfg = load_config(overrides=["attack.eps=0.7/3", "attack.step_size=2/255", "optim.milestones=3/5,0.9"])
+    again = TrainConfig.from_dict(tomllib.loads(to_toml(cfg)))
+    assert again == cfg and again.attack.eps == float(Fraction(7, 30))
