@@ -42,7 +42,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def export_model(folder: str | Path, state_dict: dict[str, torch.Tensor], card: dict) -> Path:
     """Writes model.safetensors and its card model.json (what `engine.models.load` reads)."""
-    from engine.safetensors_io import save_file
+    from safetensors.torch import save_file
 
     files = RunDir(folder)
     tensors = {k: v.detach().cpu().contiguous() for k, v in clean_state_dict(state_dict).items()}

@@ -3,6 +3,19 @@
 Each field carries its documentation; `__post_init__` checks values so a bad setting fails at
 start-up with the field's name, not hours later. `resolve_runtime` fills the `auto` fields from
 the device once, and the resolved tree is what `config.toml` and every checkpoint record.
+
+Files. A preset (engine/presets/NAME.toml) or a file given with --config may start with
+`base = "<preset name>"`: its sections are then laid over that preset's, key by key, and the
+base may have a base of its own. So a file that changes two settings of a paper run reads
+
+    base = "cifar10-at"
+    [method]
+    pi = 0.5
+
+An unknown base or a chain that loops is an error naming the file. Numbers may be written as the
+paper writes them: a string such as `eps = "8/255"` is divided exactly (`parse_number`), in
+files, in `--set` overrides and in lists alike. `config.toml` holds the resolved tree with plain
+floats, and reads back to the same tree.
 """
 
 from __future__ import annotations
@@ -11,6 +24,7 @@ import dataclasses
 import json
 import tomllib
 from dataclasses import dataclass, field, fields
+from fractions import Fraction
 from importlib import resources
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -234,8 +248,28 @@ class TrainConfig:
         return _build(cls, data, "")
 
 
+def parse_number(text: str | float) -> float:
+    """`0.031`, `2e-4` or a fraction such as `8/255` or `0.5/255` -> float.
+
+    The one reader of numbers written as text, for the config and for eval's eps and step size.
+    A fraction is divided exactly and rounded once, so "8/255" gives the same float as 8 / 255.
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    numerator, slash, denominator = str(text).strip().partition("/")
+    try:
+        if not slash:
+            return float(numerator)
+        if "/" in denominator:
+            raise ValueError
+        return float(Fraction(numerator) / Fraction(denominator))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"cannot read {text!r} as a number: expected a decimal such as 0.031 "
+                         "or a fraction such as 8/255") from None
+
+
 def _parse_scalar(text: str, kind: type, key: str) -> Any:
-    """Parses an override's text as the field's type; fractions such as 8/255 are accepted."""
+    """Parses an override's (or a TOML string's) text as the field's type."""
     text = text.strip()
     try:
         if kind is bool:
@@ -247,13 +281,11 @@ def _parse_scalar(text: str, kind: type, key: str) -> Any:
         if kind is int:
             return int(text)
         if kind is float:
-            if "/" in text:  # 8/255 and 0.5/255 alike
-                numerator, denominator = text.split("/", 1)
-                return float(numerator) / float(denominator)
-            return float(text)
+            return parse_number(text)
         return text
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"{key} = {text!r}: expected a {kind.__name__}") from None
+    except ValueError:
+        hint = " (or a fraction such as 8/255)" if kind is float else ""
+        raise ConfigError(f"{key} = {text!r}: expected a {kind.__name__}{hint}") from None
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -318,6 +350,7 @@ def preset_names() -> list[str]:
 
 
 def read_toml(path: str | Path) -> dict:
+    """A TOML file as written, its `base` not yet resolved."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
@@ -327,11 +360,44 @@ def read_toml(path: str | Path) -> dict:
         raise ConfigError(f"{path} is not valid TOML: {err}") from None
 
 
-def load_preset(name: str) -> dict:
+def _read_preset(name: str, wanted_by: str | None = None) -> dict:
     path = resources.files("engine") / "presets" / f"{name}.toml"
     if not path.is_file():
-        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
-    return tomllib.loads(path.read_text())
+        where = f"{wanted_by}: base = {name!r} is not a preset" if wanted_by else f"unknown preset {name!r}"
+        raise ConfigError(f"{where}; available: {', '.join(preset_names())}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"preset {name!r} ({path}) is not valid TOML: {err}") from None
+
+
+def resolve_base(data: dict, origin: str, chain: tuple[str, ...] = ()) -> dict:
+    """`data` laid over the settings of its `base` preset (and that preset's base, and so on).
+
+    A section present in both is merged key by key; a key of `data` replaces the base's (lists
+    too). `origin` names the file in errors; `chain` holds the presets already on the way here.
+    """
+    data = dict(data)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f'{origin}: base = {base!r}: expected a preset name such as "cifar10-at"')
+    if base in chain:
+        raise ConfigError(f"{origin}: the base presets form a cycle: {' -> '.join(chain + (base,))}")
+    below = resolve_base(_read_preset(base, wanted_by=origin), f"preset {base!r}", chain + (base,))
+    merged = dict(below)
+    for section, values in data.items():
+        if isinstance(values, dict) and isinstance(below.get(section), dict):
+            merged[section] = {**below[section], **values}
+        else:
+            merged[section] = values
+    return merged
+
+
+def load_preset(name: str) -> dict:
+    """The named preset with its base chain resolved (numbers may still be text such as "8/255")."""
+    return resolve_base(_read_preset(name), f"preset {name!r}", (name,))
 
 
 def load_config(
@@ -340,33 +406,21 @@ def load_config(
     overrides: list[str] = (),
     aux: list[str] | None = None,
 ) -> TrainConfig:
-    """Preset or file (not both), then overrides, then `aux` (a list: paths may hold commas)
-    in place of data.aux when given, then validation."""
+    """Preset or file (not both; a file may name a preset as its `base`), then overrides, then
+    `aux` (a list: paths may hold commas) in place of data.aux when given, then validation."""
     if preset and file:
         raise ConfigError("give --preset or --config, not both")
-    data = load_preset(preset) if preset else read_toml(file) if file else {}
+    data = load_preset(preset) if preset else resolve_base(read_toml(file), str(file)) if file else {}
     data = apply_overrides(data, list(overrides))
     if aux is not None:
         data.setdefault("data", {})["aux"] = list(aux)
     return TrainConfig.from_dict(data)
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
 def to_toml(config: TrainConfig) -> str:
-    lines = []
-    for section, values in config.to_dict().items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml_value(v)}" for key, v in values.items()]
-        lines.append("")
-    return "\n".join(lines)
+    """The resolved tree as TOML (what config.toml holds): plain floats, read back exactly."""
+    try:
+        import tomli_w  # imported here: reading configs needs only the standard library
+    except ImportError:
+        raise ImportError("writing config.toml needs the tomli-w package: pip install tomli-w") from None
+    return tomli_w.dumps(config.to_dict())

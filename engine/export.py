@@ -124,7 +124,7 @@ def render_readme(card: dict) -> str:
 def export_robustbench(run: str | Path, out_dir: str | Path | None = None) -> ExportResult:
     """Writes model.safetensors, model.json and README.md for RobustBench into `out_dir`
     (default RUN_DIR/robustbench). `run` is a run directory or anything `engine.models.load` takes."""
-    from engine.safetensors_io import save_file
+    from safetensors.torch import save_file
 
     from engine.models import load
 
@@ -168,7 +168,7 @@ def export_robustbench(run: str | Path, out_dir: str | Path | None = None) -> Ex
 def load_robustbench_export(out_dir: str | Path) -> nn.Module:
     """The exported classifier rebuilt with biamat-engine: our WideResNet with the card's
     normalisation in its buffers, every other weight from model.safetensors."""
-    from engine.safetensors_io import load_file
+    from safetensors.torch import load_file
 
     from engine.models import build
 

@@ -1,5 +1,6 @@
-"""The configuration tree: presets carry the paper's hyperparameters, overrides parse, bad values
-fail naming the key, and the TOML written to a run directory reads back to the same tree."""
+"""The configuration tree: overrides and fractions parse, base presets resolve, bad values fail
+naming the key, and the TOML written to a run directory reads back to the same tree.
+(The presets' values against the paper: tests/test_presets.py.)"""
 
 from __future__ import annotations
 
@@ -7,95 +8,15 @@ import ast
 import dataclasses
 import inspect
 import tomllib
+from fractions import Fraction
 
 import pytest
 
 from engine import config as config_module
-from engine.config import ConfigError, TrainConfig, apply_overrides, load_config, preset_names, to_toml
-
-# Paper Table 2: primary x method x auxiliary dataset ("" = the plain AT/TRADES baseline).
-TABLE2_AUX = {
-    "cifar10": ("", "svhn", "cifar100", "places365", "imagenet"),
-    "cifar100": ("", "places365", "imagenet"),
-    "imgnet100": ("", "places365", "imgnet900"),
-}
-TABLE2_PRESETS = sorted(
-    f"{primary}-{method}" + (f"-biamat-{aux}" if aux else "")
-    for primary, auxes in TABLE2_AUX.items() for method in ("at", "trades") for aux in auxes
+from engine.config import (
+    ConfigError, TrainConfig, apply_overrides, load_config, load_preset, parse_number, to_toml,
 )
-
-
-def test_a_preset_for_every_table2_row_and_the_demo():
-    assert len(TABLE2_PRESETS) == 22
-    missing = (set(TABLE2_PRESETS) | {"demo"}) - set(preset_names())
-    assert not missing, f"no preset for {sorted(missing)}"
-
-
-@pytest.mark.parametrize("name", preset_names())
-def test_every_preset_loads_validates_and_round_trips_through_toml(name):
-    cfg = load_config(preset=name)
-    assert isinstance(cfg, TrainConfig)
-    again = TrainConfig.from_dict(tomllib.loads(to_toml(cfg)))
-    assert again == cfg
-
-
-# Table 12 (alpha, pi) per (primary, method) with BiaMAT.
-TABLE12 = {
-    ("cifar10", "at"): (1.0, 0.55),
-    ("cifar10", "trades"): (0.5, 0.5),
-    ("cifar100", "at"): (1.0, 0.5),
-    ("cifar100", "trades"): (1.0, 0.3),
-    ("imgnet100", "at"): (1.0, 0.5),
-}
-
-
-@pytest.mark.parametrize("name", [p for p in TABLE2_PRESETS if "-biamat-" in p])
-def test_table12_alpha_and_pi(name):
-    primary, method = name.split("-")[:2]
-    cfg = load_config(preset=name)
-    assert cfg.method.name == method
-    assert cfg.method.aux_mode == "biamat"
-    assert len(cfg.data.aux) == 1
-    if (primary, method) in TABLE12:  # ImgNet100 TRADES has no Table 12 row
-        assert (cfg.method.alpha, cfg.method.pi) == TABLE12[(primary, method)]
-
-
-def test_cifar100_trades_biamat_uses_plain_ce_on_high_samples():
-    for aux in ("places365", "imagenet"):
-        cfg = load_config(preset=f"cifar100-trades-biamat-{aux}")
-        assert cfg.method.high_loss == "ce"
-    for aux in ("cifar100", "places365", "imagenet", "svhn"):
-        assert load_config(preset=f"cifar10-trades-biamat-{aux}").method.high_loss == "trades"
-
-
-@pytest.mark.parametrize("name", [p for p in TABLE2_PRESETS if "-trades" in p])
-def test_trades_presets_follow_appendix_e(name):
-    cfg = load_config(preset=name)
-    assert cfg.attack.eps == 0.031 and cfg.attack.step_size == 0.007 and cfg.attack.steps == 10
-    assert cfg.optim.epochs == 110
-    assert cfg.optim.milestone_epochs() == [100, 105]
-    assert cfg.optim.weight_decay == 5e-4
-    assert cfg.method.beta == 6.0
-    assert cfg.model.name == ("wrn-16-10" if name.startswith("imgnet100") else "wrn-34-10")
-
-
-@pytest.mark.parametrize("name", [p for p in TABLE2_PRESETS if "-at" in p])
-def test_at_presets_follow_table12(name):
-    cfg = load_config(preset=name)
-    assert cfg.attack.eps == pytest.approx(8 / 255, abs=1e-15)
-    assert cfg.attack.step_size == pytest.approx(2 / 255, abs=1e-15)
-    assert cfg.attack.steps == 10
-    assert cfg.optim.epochs == 100
-    assert cfg.optim.milestone_epochs() == pytest.approx([60, 90])
-    assert cfg.optim.weight_decay == 2e-4
-    assert cfg.optim.lr == 0.1 and cfg.optim.momentum == 0.9
-    assert cfg.model.name == ("wrn-16-10" if name.startswith("imgnet100") else "wrn-28-10")
-
-
-@pytest.mark.parametrize("name", [p for p in TABLE2_PRESETS if "-biamat-" not in p])
-def test_baseline_presets_use_no_auxiliary_data(name):
-    cfg = load_config(preset=name)
-    assert cfg.data.aux == [] and not cfg.uses_aux
+from engine.evaluation.report import parse_eps
 
 
 def test_set_overrides_parse_fractions_lists_bools_and_strings():
@@ -234,3 +155,89 @@ def test_every_field_has_a_docstring():
         cls = getattr(config_module, section) if isinstance(section, str) else section
         for f in dataclasses.fields(cls):
             assert (cls.__name__, f.name) in documented, f"{cls.__name__}.{f.name} has no docstring"
+
+
+def test_parse_number_divides_fractions_exactly():
+    assert parse_number("8/255") == 8 / 255 and parse_number(" 2/255 ") == 2 / 255
+    assert parse_number("0.031") == 0.031 and parse_number("2e-4") == 2e-4 and parse_number(7) == 7.0
+    # 0.7 / 3 in floats rounds twice (0.2333...33); the exact 7/30 rounds once (0.2333...34).
+    assert parse_number("0.7/3") == float(Fraction(7, 30)) != 0.7 / 3
+    assert parse_number("0.5/255") == float(Fraction(1, 510))
+    for bad in ("8/0", "8/255/3", "eight", "8/", "/255", ""):
+        with pytest.raises(ValueError, match="fraction such as 8/255"):
+            parse_number(bad)
+
+
+def test_eval_reads_eps_with_the_config_reader():
+    assert parse_eps("0.7/3") == parse_number("0.7/3")  # one reader: no second rounding rule
+    assert parse_eps("8/255") == load_config(preset="cifar10-at").attack.eps
+    with pytest.raises(ValueError, match="cannot read eps 'eight'"):
+        parse_eps("eight")
+
+
+def test_fractions_are_read_in_toml_files_and_lists(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[attack]\neps = "8/255"\nstep_size = "0.5/255"\n[optim]\nmilestones = ["3/5", 90]\n')
+    cfg = load_config(file=path)
+    assert (cfg.attack.eps, cfg.attack.step_size) == (8 / 255, 0.5 / 255)
+    assert cfg.optim.milestones == [0.6, 90.0]
+    path.write_text('[attack]\neps = "8/0"\n')
+    with pytest.raises(ConfigError, match=r"attack\.eps = '8/0': expected a float \(or a fraction such as 8/255\)"):
+        load_config(file=path)
+
+
+def test_a_config_file_may_start_from_a_preset(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('base = "cifar100-trades-biamat-imagenet"\n[method]\npi = 0.45\n[data]\naux = []\n')
+    cfg = load_config(file=path)
+    expected = load_config(preset="cifar100-trades-biamat-imagenet", overrides=["method.pi=0.45", "data.aux="])
+    assert cfg == expected
+    assert cfg.method.high_loss == "ce" and cfg.optim.milestone_epochs() == [100, 105]  # kept from the chain
+
+
+def test_base_errors_name_the_file_and_the_fix(tmp_path, monkeypatch):
+    path = tmp_path / "run.toml"
+    path.write_text('base = "cifar11-at"\n')
+    with pytest.raises(ConfigError, match=r"run\.toml: base = 'cifar11-at' is not a preset; available: .*cifar10-at"):
+        load_config(file=path)
+    path.write_text("base = 3\n")
+    with pytest.raises(ConfigError, match=r"run\.toml: base = 3: expected a preset name"):
+        load_config(file=path)
+    # A loop among presets: a -> b -> a (the folder stands in for engine/presets).
+    folder = tmp_path / "engine" / "presets"
+    folder.mkdir(parents=True)
+    (folder / "a.toml").write_text('base = "b"\n')
+    (folder / "b.toml").write_text('base = "a"\n')
+    (folder / "c.toml").write_text('base = "c"\n')
+    monkeypatch.setattr(config_module.resources, "files", lambda package: tmp_path / package)
+    with pytest.raises(ConfigError, match=r"preset 'b': the base presets form a cycle: a -> b -> a"):
+        load_preset("a")
+    with pytest.raises(ConfigError, match=r"the base presets form a cycle: c -> c"):
+        load_preset("c")
+    path.write_text('base = "a"\n')
+    with pytest.raises(ConfigError, match=r"cycle: a -> b -> a"):
+        load_config(file=path)
+
+
+def test_a_base_section_is_merged_key_by_key_and_lists_are_replaced():
+    data = config_module.resolve_base(
+        {"base": "cifar10-at", "optim": {"milestones": [50]}, "method": {"pi": 0.1}}, "test"
+    )
+    preset = load_preset("cifar10-at")
+    assert data["optim"] == {**preset["optim"], "milestones": [50]}
+    assert data["method"] == {**preset["method"], "pi": 0.1}
+    assert "base" not in data and data["attack"] == preset["attack"]
+
+
+def test_writing_config_toml_without_tomli_w_says_how_to_install_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tomli_w", None)  # what `import tomli_w` sees where it is missing
+    with pytest.raises(ImportError, match="pip install tomli-w"):
+        to_toml(TrainConfig())
+
+
+def test_config_toml_reads_back_exactly_what_fractions_gave():
+    cfg = load_config(overrides=["attack.eps=0.7/3", "attack.step_size=2/255", "optim.milestones=3/5,0.9"])
+    again = TrainConfig.from_dict(tomllib.loads(to_toml(cfg)))
+    assert again == cfg and again.attack.eps == float(Fraction(7, 30))

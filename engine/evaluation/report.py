@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import math
-from fractions import Fraction
+
+from engine.config import parse_number
 
 
 def parse_eps(text: str | float) -> float:
     """`8/255`, `0.031` or a number -> float in [0, 1]; anything else is an error naming the forms."""
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        try:
-            value = float(Fraction(str(text).strip()))
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"cannot read eps {text!r}: expected a number or a fraction such as 8/255") from None
+    try:
+        value = parse_number(text)  # the config's reader, so eval and training read 8/255 alike
+    except ValueError:
+        raise ValueError(f"cannot read eps {text!r}: expected a number or a fraction such as 8/255") from None
     if not (0.0 <= value <= 1.0) or math.isnan(value):
         raise ValueError(f"eps must lie in [0, 1] for images in [0, 1], got {text!r}")
     return value

@@ -73,7 +73,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> WideResNet:
     if not path.exists():
         raise FileNotFoundError(f"model file not found: {path}")
     if path.suffix == ".safetensors":
-        from engine.safetensors_io import load_file
+        from safetensors.torch import load_file
 
         card_path = path.with_suffix(".json")
         if not card_path.exists():

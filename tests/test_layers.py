@@ -1,0 +1,68 @@
+"""The package layers: cli -> benchmarks -> engine -> loaders -> kernels, no arrow back up and
+no import circle between modules (lazy imports inside functions count: they still tie the
+modules together, only later)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LAYERS = ["cli", "benchmarks", "engine", "loaders", "kernels"]  # each may import only those after it
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every project module `path` imports, wherever the import statement stands."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            # `from pkg import module` imports the module when it is one
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name.split(".")[0] in LAYERS}
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for layer in LAYERS for p in (REPO / layer).rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        graph[name] = {m for m in _imports(path) if m in modules and m != name}
+    return graph
+
+
+def test_no_layer_imports_a_layer_above_it():
+    upward = []
+    for module, targets in _graph().items():
+        rank = LAYERS.index(module.split(".")[0])
+        upward += [f"{module} -> {t}" for t in targets if LAYERS.index(t.split(".")[0]) < rank]
+    assert upward == []
+
+
+def test_no_import_circle():
+    graph = _graph()
+    # A package's __init__ importing its own submodules is how packages re-export: drop those
+    # edges (parent -> child), a child importing its package is still a circle when it closes.
+    edges = {m: {t for t in ts if not t.startswith(m + ".")} for m, ts in graph.items()}
+    cycles, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [node, nxt]) if nxt in stack
+                              else f"{node} -> {nxt}")
+            elif nxt not in state:
+                visit(nxt, stack + [node])
+        state[node] = "done"
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [])
+    assert cycles == []
