@@ -9,6 +9,7 @@ import torch
 
 from engine.config import ConfigError, DataConfig
 from loaders.datasets import make_stream, open_dataset
+from loaders.images import to_device_images
 from loaders.stream import PairedStream, split_batch
 from loaders.types import ArrayDataset
 
@@ -37,12 +38,6 @@ def test_spec(data: DataConfig) -> str:
         f"data.test is empty and {data.primary!r} has no built-in test split: pass --test TEST.beton "
         "(model selection needs held-out data)"
     )
-
-
-def to_device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float [0, 1] channels_last on the device."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    return x.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
 
 
 def heldout_subset(dataset: ArrayDataset, n: int, seed: int) -> np.ndarray:

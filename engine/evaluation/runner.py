@@ -16,12 +16,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from engine.data import to_device_images
 from engine.evaluation.autoattack_runner import AA_ATTACKS, AA_VERSIONS, run_autoattack
 from engine.evaluation.backends import BACKENDS, agreement_tolerance, make_backend
 from engine.evaluation.report import format_eps, parse_eps
 from engine.evaluation.robust import parse_attack, robust_mask
 from engine.evaluation.sanity import SanityWarning, run_checks
+from loaders.images import to_device_images
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ import torch
 from loaders.backends._stream_state import EpochPosition, batch_count, check_sharding, samples_per_rank
 from loaders.backends.resident import derive_seed
 from loaders.beton import BetonIndex, read_manifest
+from loaders.images import unit_images
 
 _INSTALL_HINT = "the ffcv backend needs ffcv: pip install --no-build-isolation 'biamat-engine[ffcv]' (see scripts/setup.sh)"
 _ORDER_STREAM, _AUGMENT_STREAM = 0, 1
@@ -228,7 +229,7 @@ class FfcvStream(EpochPosition):
             try:
                 for k, (images, labels) in enumerate(iterator, start):
                     # (B, H, W, 3) uint8 in a buffer FFCV reuses: the float copy detaches it.
-                    x = images.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W) channels_last
+                    x = unit_images(images)  # (B, 3, H, W) channels_last
                     y = labels.reshape(-1).to(torch.int64, copy=True)  # (B,)
                     self._position = k + 1
                     yield x, y

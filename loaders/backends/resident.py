@@ -28,6 +28,7 @@ import torch
 
 from kernels.augment import crop_flip
 from loaders.backends._stream_state import EpochPosition, batch_count, check_sharding, samples_per_rank
+from loaders.images import unit_images
 from loaders.types import ArrayDataset
 
 # Tags that keep the permutation and augmentation seed streams apart.
@@ -97,8 +98,7 @@ class ResidentStream(EpochPosition):
                 x = crop_flip(images, offsets[k - start, :b], flips[k - start, :b], self.pad,
                               impl=self.kernel_impl)
             else:
-                # A channels_last view of the NHWC batch; .float() keeps those strides.
-                x = images.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
+                x = unit_images(images)  # (B, 3, H, W)
             self._position = k + 1
             yield x, labels
         self._epoch, self._position = epoch + 1, 0
