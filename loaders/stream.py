@@ -11,15 +11,21 @@ from typing import Iterator, Protocol, Sequence
 
 import torch
 
-from loaders.types import Batch
+from loaders.types import Batch, DatasetInfo
 
 
 class ImageStream(Protocol):
-    """One dataset through one backend, yielding augmented batches on the device."""
+    """One dataset through one backend, yielding augmented batches on the device.
+
+    Every backend's constructor takes the same arguments (dataset, batch_size, device, train,
+    seed, drop_last, rank, world_size and a `LoaderOptions`); `loaders.datasets.make_stream`
+    builds one by backend name."""
 
     batch_size: int
-    num_classes: int
-    image_size: int
+    """Samples per batch (a final partial batch may hold fewer unless drop_last)."""
+    info: DatasetInfo
+    """The dataset's name, class names, image size and meta (e.g. related classes): all the
+    engine needs to know about the data, whichever backend reads it."""
 
     def __len__(self) -> int:
         """Batches per epoch."""

@@ -1,4 +1,5 @@
-"""The two records that cross the loader boundary: a decoded dataset and a training batch."""
+"""The records that cross the loader boundary: a decoded dataset, the facts a stream reports
+about its dataset, and a training batch."""
 
 from __future__ import annotations
 
@@ -17,8 +18,55 @@ def check_label_range(labels: np.ndarray, num_classes: int, name: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the engine reads about a stream's dataset, the same whichever backend reads it.
+
+    Every backend's stream carries one as `info`: the in-memory backends take it from their
+    dataset, the streamed ones from the .beton manifest (`loaders.beton.beton_info`), which is
+    also where `read_beton` takes an in-memory dataset's name, classes and meta from."""
+
+    name: str
+    """Short name used in logs, manifests and model cards (`cifar10`, `shapes-aux`, ...)."""
+    class_names: tuple[str, ...]
+    """One name per class; its length is the class count."""
+    image_size: int
+    """H == W of every image, in pixels."""
+    meta: dict = field(default_factory=dict)
+    """Free-form facts from the source or manifest (split, format, related classes, ...)."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def related(self) -> list[bool] | None:
+        """Per class, whether it resembles a primary class, where the data records it (the
+        built-in shapes auxiliary set does); None where it does not."""
+        related = self.meta.get("related")
+        return None if related is None else [bool(r) for r in related]
+
+
+class DescribedDataset:
+    """Mixin of the dataset records (`ArrayDataset`, the DALI backend's `StreamedDataset`): the
+    class count and the `DatasetInfo` a stream over them reports, from their own fields."""
+
+    name: str
+    class_names: list[str]
+    image_size: int
+    meta: dict
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(self.name, tuple(self.class_names), self.image_size, dict(self.meta))
+
+
 @dataclass
-class ArrayDataset:
+class ArrayDataset(DescribedDataset):
     """A whole image-classification split held in host memory.
 
     Every source decodes into this, the .beton writer consumes it, and the resident and DALI
@@ -48,10 +96,6 @@ class ArrayDataset:
             )
         self.labels = self.labels.astype(np.int64, copy=False)
         check_label_range(self.labels, self.num_classes, self.name)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     @property
     def image_size(self) -> int:
