@@ -44,7 +44,9 @@ class ImageStream(Protocol):
 
 
 def split_batch(total: int, parts: int) -> list[int]:
-    """Splits `total` samples over `parts` streams as evenly as possible, earlier ones first."""
+    """Splits `total` samples over `parts` streams as evenly as possible, earlier ones first:
+    how a run's auxiliary batch is shared between its auxiliary datasets (the batch sizes of
+    their streams, which each `Batch` then records as `aux_sizes`)."""
     if parts <= 0:
         return []
     base, extra = divmod(total, parts)
@@ -68,8 +70,9 @@ class PairedStream:
         return len(self.primary)
 
     @property
-    def aux_batch_size(self) -> int:
-        return sum(s.batch_size for s in self.aux)
+    def aux_sizes(self) -> tuple[int, ...]:
+        """Samples each auxiliary dataset contributes to a step, in `aux_source` order."""
+        return tuple(s.batch_size for s in self.aux)
 
     def _next_aux(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         for _ in range(2):  # a fresh epoch always has at least one batch

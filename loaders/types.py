@@ -126,4 +126,14 @@ class Batch:
     aux_source: torch.Tensor
     """(Ba,) int64 index of the auxiliary dataset each sample came from; sorted ascending."""
     aux_sizes: tuple[int, ...] = ()
-    """Samples of each auxiliary dataset, in order (known on the host: no device sync)."""
+    """Samples of each auxiliary dataset, in order (known on the host: no device sync); the
+    paired stream fills it. Read it through `aux_split`."""
+
+    def aux_split(self, n_sources: int) -> list[int]:
+        """How many of x_aux's rows belong to each of the `n_sources` auxiliary datasets, in
+        order: the sizes to split x_aux, y_aux and their logits by, for the engine's objectives
+        and the reference steps alike. A batch built without `aux_sizes` counts `aux_source`
+        instead, which waits for the device."""
+        if self.aux_sizes:
+            return list(self.aux_sizes)
+        return torch.bincount(self.aux_source, minlength=n_sources).tolist()

@@ -1,11 +1,15 @@
-"""The loader seam: every backend takes the same arguments and `LoaderOptions`, and reports the
-same `DatasetInfo` for the same .beton."""
+"""The loader seam: every backend takes the same arguments and `LoaderOptions`, reports the same
+`DatasetInfo` for the same .beton, and the paired stream's batches carry the auxiliary split
+that the engine's objectives and the reference steps both read through `Batch.aux_split`."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import inspect
 
 import pytest
+import torch
 
 from loaders.backends.dali_backend import DaliStream
 from loaders.backends.ffcv_backend import FfcvStream
@@ -14,6 +18,8 @@ from loaders.beton import BetonIndex, beton_info, read_manifest, write_beton
 from loaders.datasets import make_stream
 from loaders.options import LoaderOptions
 from loaders.sources.shapes import make_shapes
+from loaders.stream import PairedStream, split_batch
+from loaders.types import Batch
 from tests.fixtures_backends import BACKENDS
 
 
@@ -68,3 +74,67 @@ def test_options_that_no_backend_can_use_are_refused():
         LoaderOptions(pad=-2)
     with pytest.raises(TypeError):
         LoaderOptions(4)  # keyword-only: which option a number sets is never a guess
+
+
+def _resident(kind: str, n: int, batch_size: int, seed: int):
+    return make_stream(make_shapes(kind, n=n, size=16, seed=seed), backend="resident", batch_size=batch_size,
+                       device="cpu", train=True, seed=seed, drop_last=kind == "aux")
+
+
+def test_the_paired_stream_records_the_auxiliary_split_on_every_batch():
+    sizes = split_batch(13, 3)
+    assert sizes == [5, 4, 4]  # evenly, earlier datasets first
+    paired = PairedStream(_resident("primary", 24, 8, 0),
+                          [_resident("aux", 12 + i, b, i + 1) for i, b in enumerate(sizes)])
+    assert paired.aux_sizes == (5, 4, 4)
+    steps = 0
+    for _ in range(2):  # the auxiliary streams wrap around their own, shorter epochs
+        for batch in paired:
+            steps += 1
+            assert batch.aux_sizes == paired.aux_sizes
+            assert batch.aux_split(3) == sizes == torch.bincount(batch.aux_source, minlength=3).tolist()
+    assert steps == 6
+
+
+def test_a_batch_built_without_sizes_counts_its_sources_empty_ones_included():
+    y = torch.tensor([3, 1, 0, 2, 2])
+    batch = Batch(x_pri=torch.zeros(2, 3, 4, 4), y_pri=torch.zeros(2, dtype=torch.int64),
+                  x_aux=torch.zeros(5, 3, 4, 4), y_aux=y, aux_source=torch.tensor([0, 0, 1, 1, 1]))
+    assert batch.aux_split(3) == [2, 3, 0]  # the third dataset sent nothing this step
+    assert dataclasses.replace(batch, aux_sizes=(2, 3, 0)).aux_split(3) == [2, 3, 0]
+    assert PairedStream(_resident("primary", 16, 8, 0)).aux_sizes == ()
+
+
+@pytest.mark.parametrize("sizes", [(5, 3), (8, 0)])
+@pytest.mark.parametrize("method", ["at", "trades"])
+def test_the_engine_and_the_reference_step_split_the_aux_batch_the_same_way(method, sizes, batch_factory):
+    # Both read the per-dataset sizes through Batch.aux_split: with the sizes recorded or counted
+    # from aux_source, with two auxiliary heads (one of them sent nothing this step in (8, 0)),
+    # the losses and statistics are the same numbers.
+    # eps = 0: the batch is channels_last, whose start noise the NCHW reference draws in another
+    # order (see tests/test_bench_step.py).
+    from benchmarks.reference_step import REFERENCE_STEPS
+    from engine.config import AttackConfig, MethodConfig
+    from engine.methods import METHODS, MethodState, StepContext
+    from engine.models import build
+
+    recorded = batch_factory(aux_sizes=sizes, aux_classes=(20, 7))
+    counted = dataclasses.replace(recorded, aux_sizes=())
+    torch.manual_seed(0)
+    model = build("wrn-10-1", 10, (20, 7))
+    method_cfg = MethodConfig(name=method, aux_mode="biamat", pi=1.0)
+    attack = AttackConfig(eps=0.0, step_size=2 / 255, steps=1)
+    results = []
+    for step in (METHODS[method], REFERENCE_STEPS[method]):
+        for batch in (recorded, counted):
+            fresh = copy.deepcopy(model)  # each step moves BatchNorm statistics
+            ctx = StepContext(method=method_cfg, attack=attack, in_warmup=False, trunk=fresh.features,
+                              kernel_impl="torch")
+            torch.manual_seed(1)
+            loss, stats = step(fresh, batch, MethodState(), ctx)
+            results.append((loss.detach(), stats))
+    for loss, stats in results[1:]:
+        torch.testing.assert_close(loss, results[0][0], rtol=1e-4, atol=1e-6)
+        assert [len(s) for s in stats.seen_per_class] == [20, 7]
+        for seen, first in zip(stats.seen_per_class, results[0][1].seen_per_class):
+            assert torch.equal(seen, first)

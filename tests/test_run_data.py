@@ -43,6 +43,7 @@ def test_the_aux_facts_come_from_the_beton_whatever_the_loader(betons, loader):
     assert run.aux_names == ["shapes-aux", "shapes-aux"]
     assert run.aux_class_names == [m["class_names"] for m in manifests]
     assert run.aux_related == [m["related"] for m in manifests]
+    assert run.stream.aux_sizes == (5, 4)  # aux_batch_size 9 over two datasets
     assert run.class_names == make_shapes("primary", "test", n=20, size=16).class_names
 
 
