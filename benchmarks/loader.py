@@ -25,6 +25,7 @@ import torch
 
 from benchmarks.common import environment, mean_std, sync, write_report
 from loaders.beton import write_beton
+from loaders.options import LoaderOptions
 from loaders.stream import PairedStream
 from loaders.types import ArrayDataset
 
@@ -48,7 +49,7 @@ class PilDataLoaderStream:
         from PIL import Image
 
         self.batch_size, self.device = batch_size, torch.device(device)
-        self.num_classes, self.image_size = dataset.num_classes, dataset.image_size
+        self.info = dataset.info
         self._epoch = 0
         pil = _PilDataset([Image.fromarray(img) for img in dataset.images], dataset.labels, pad)
         self._loader = torch.utils.data.DataLoader(
@@ -100,7 +101,7 @@ class _PilDataset(torch.utils.data.Dataset):
 def _ffcv(ctx: BenchContext):
     from loaders.backends.ffcv_backend import FfcvStream
 
-    kw = dict(batch_size=ctx.batch_size, device=ctx.device, train=True, seed=ctx.seed, num_workers=ctx.workers)
+    kw = dict(batch_size=ctx.batch_size, device=ctx.device, train=True, seed=ctx.seed, options=LoaderOptions(workers=ctx.workers))
     return FfcvStream(ctx.primary_path, **kw), FfcvStream(ctx.aux_path, **kw)
 
 
@@ -115,7 +116,7 @@ def _dali(ctx: BenchContext):
     from loaders.backends.dali_backend import DaliStream
 
     kw = dict(batch_size=ctx.batch_size, device=ctx.device, train=True, seed=ctx.seed,
-              num_threads=ctx.workers)  # DALI's CPU threads, as many as the others' workers
+              options=LoaderOptions(workers=ctx.workers))  # DALI's CPU threads, as many as the others' workers
     return DaliStream(ctx.primary, **kw), DaliStream(ctx.aux, **kw)
 
 

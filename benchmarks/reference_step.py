@@ -38,12 +38,6 @@ from engine.methods.context import MethodState, StepContext, StepStats
 from loaders.types import Batch
 
 
-def _aux_sizes(batch: Batch, n_heads: int) -> list[int]:
-    if batch.aux_sizes:
-        return list(batch.aux_sizes)
-    return torch.bincount(batch.aux_source, minlength=n_heads).tolist()
-
-
 def _heads(model: nn.Module, x: torch.Tensor, n_pri: int, sizes: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Primary logits of all of x (N, c), and each auxiliary chunk's logits through its own head."""
     feats = model.features(x)  # (N, D)
@@ -73,6 +67,18 @@ def reference_route(model: nn.Module, x_pri: torch.Tensor, x_aux: torch.Tensor, 
         high = _max_softmax(model(x_aux)) >= state.omega
     model.train(was_training)
     return high, True
+
+
+def _routed_batch(model: nn.Module, batch: Batch, state: MethodState, ctx: StepContext):
+    """(use_aux, per-dataset auxiliary sizes, high, routed, x_nat): the batch made NCHW-contiguous
+    as the reference code has it, its auxiliary samples routed, and x_nat = [x_pri; x_aux]
+    (B + Ba, 3, H, W), or x_pri alone when the step leaves auxiliary data out."""
+    x_pri = batch.x_pri.contiguous()
+    if ctx.method.aux_mode == "none" or len(batch.y_aux) == 0:
+        return False, [], None, False, x_pri
+    x_aux = batch.x_aux.contiguous()
+    high, routed = reference_route(model, x_pri, x_aux, state, ctx)
+    return True, batch.aux_split(len(model.aux_fc)), high, routed, torch.cat([x_pri, x_aux])
 
 
 def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -123,17 +129,9 @@ def reference_at_step(model: nn.Module, batch: Batch, state: MethodState, ctx: S
     """Madry AT (+ routed auxiliary samples): PGD on [x_pri; x_aux] in train mode maximising the
     routed per-sample sum, then mean primary CE + alpha * (routed aux losses summed) / |B_aux|."""
     m, a = ctx.method, ctx.attack
-    x_pri, y_pri = batch.x_pri.contiguous(), batch.y_pri
-    use_aux = m.aux_mode != "none" and len(batch.y_aux) > 0
+    y_pri = batch.y_pri
     n_pri = len(y_pri)
-    sizes = _aux_sizes(batch, len(model.aux_fc)) if use_aux else []
-    high, routed = None, False
-    if use_aux:
-        x_aux = batch.x_aux.contiguous()
-        high, routed = reference_route(model, x_pri, x_aux, state, ctx)
-        x_nat = torch.cat([x_pri, x_aux])  # (B + Ba, 3, H, W)
-    else:
-        x_nat = x_pri
+    use_aux, sizes, high, routed, x_nat = _routed_batch(model, batch, state, ctx)
 
     def losses(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         logits, aux_logits = _heads(model, x, n_pri, sizes)
@@ -168,18 +166,10 @@ def reference_trades_step(model: nn.Module, batch: Batch, state: MethodState, ct
     """TRADES (+ routed auxiliary samples): the KL attack in eval mode from x + 0.001 N(0, 1) with
     the clean logits recomputed at every step, then CE + beta KL per routed target."""
     m, a = ctx.method, ctx.attack
-    x_pri, y_pri = batch.x_pri.contiguous(), batch.y_pri
-    use_aux = m.aux_mode != "none" and len(batch.y_aux) > 0
+    y_pri = batch.y_pri
     n_pri = len(y_pri)
-    sizes = _aux_sizes(batch, len(model.aux_fc)) if use_aux else []
     ce_on_high = m.high_loss == "ce"
-    high, routed = None, False
-    if use_aux:
-        x_aux = batch.x_aux.contiguous()
-        high, routed = reference_route(model, x_pri, x_aux, state, ctx)
-        x_nat = torch.cat([x_pri, x_aux])  # (B + Ba, 3, H, W)
-    else:
-        x_nat = x_pri
+    use_aux, sizes, high, routed, x_nat = _routed_batch(model, batch, state, ctx)
     y_aux_chunks = batch.y_aux.split(sizes) if use_aux else []
 
     model.eval()

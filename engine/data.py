@@ -9,6 +9,8 @@ import torch
 
 from engine.config import ConfigError, DataConfig
 from loaders.datasets import make_stream, open_dataset
+from loaders.images import to_device_images
+from loaders.options import LoaderOptions
 from loaders.stream import PairedStream, split_batch
 from loaders.types import ArrayDataset
 
@@ -39,12 +41,6 @@ def test_spec(data: DataConfig) -> str:
     )
 
 
-def to_device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float [0, 1] channels_last on the device."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    return x.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
-
-
 def heldout_subset(dataset: ArrayDataset, n: int, seed: int) -> np.ndarray:
     """A fixed random subset of indices, the same in every epoch and on resume."""
     rng = np.random.default_rng(seed)
@@ -55,14 +51,11 @@ def build_run_data(
     data: DataConfig, *, use_aux: bool, device: torch.device, seed: int, eval_n: int,
     kernel_impl: str, rank: int = 0, world_size: int = 1,
 ) -> RunData:
+    options = LoaderOptions(workers=data.num_workers, kernel_impl=kernel_impl)
+
     def stream(spec: str, batch_size: int, stream_seed: int, drop_last: bool):
-        options = {"kernel_impl": kernel_impl} if data.loader == "resident" else {}
-        if data.loader == "ffcv":
-            options["num_workers"] = data.num_workers
-        elif data.loader == "dali":
-            options["num_threads"] = data.num_workers
         return make_stream(spec, backend=data.loader, batch_size=batch_size, device=device, train=True,
-                           seed=stream_seed, drop_last=drop_last, rank=rank, world_size=world_size, **options)
+                           seed=stream_seed, drop_last=drop_last, rank=rank, world_size=world_size, options=options)
 
     primary = stream(data.primary, data.batch_size, seed, data.drop_last)
     aux_specs = data.aux if use_aux else []
@@ -71,42 +64,30 @@ def build_run_data(
     aux = [stream(spec, bs, seed + 1000 * (i + 1), True)
            for i, (spec, bs) in enumerate(zip(aux_specs, split_batch(data.aux_batch_size, len(aux_specs))))]
     test = open_dataset(test_spec(data), "test")
-    if test.num_classes != primary.num_classes:
+    size = primary.info.image_size
+    if test.num_classes != primary.info.num_classes:
         raise ConfigError(
             f"held-out data {test_spec(data)!r} has {test.num_classes} classes, the primary data "
-            f"{data.primary!r} has {primary.num_classes}: they must be splits of the same dataset"
+            f"{data.primary!r} has {primary.info.num_classes}: they must be splits of the same dataset"
         )
-    if test.image_size != primary.image_size:
-        raise ConfigError(f"held-out images are {test.image_size}px, primary images {primary.image_size}px")
+    if test.image_size != size:
+        raise ConfigError(f"held-out images are {test.image_size}px, primary images {size}px")
     for spec, s in zip(aux_specs, aux):
-        if s.image_size != primary.image_size:
+        if s.info.image_size != size:
             raise ConfigError(
-                f"auxiliary data {spec!r} has {s.image_size}px images, the primary {primary.image_size}px: "
-                f"prepare it with --size {primary.image_size}"
+                f"auxiliary data {spec!r} has {s.info.image_size}px images, the primary {size}px: "
+                f"prepare it with --size {size}"
             )
     index = heldout_subset(test, eval_n, seed)
-    aux_meta = [_dataset_facts(spec, s) for spec, s in zip(aux_specs, aux)]
+    aux_info = [s.info for s in aux]
     return RunData(
         stream=PairedStream(primary, aux),
-        num_classes=primary.num_classes,
-        aux_classes=tuple(s.num_classes for s in aux),
+        num_classes=primary.info.num_classes,
+        aux_classes=tuple(i.num_classes for i in aux_info),
         class_names=list(test.class_names),
-        aux_names=[m[0] for m in aux_meta],
-        aux_class_names=[m[1] for m in aux_meta],
-        aux_related=[m[2] for m in aux_meta],
+        aux_names=[i.name for i in aux_info],
+        aux_class_names=[list(i.class_names) for i in aux_info],
+        aux_related=[i.related for i in aux_info],
         heldout_x=to_device_images(test.images[index], device),
         heldout_y=torch.from_numpy(test.labels[index]).to(device),
     )
-
-
-def _dataset_facts(spec: str, stream) -> tuple[str, list[str], list[bool] | None]:
-    """(name, class names, related flags) of an auxiliary dataset, whatever backend reads it."""
-    dataset = getattr(stream, "dataset", None)
-    if isinstance(dataset, ArrayDataset):
-        return dataset.name, list(dataset.class_names), dataset.meta.get("related")
-    if spec.endswith(".beton"):  # streamed backends keep only the index; the manifest has the facts
-        from loaders.beton import read_manifest
-
-        manifest = read_manifest(spec)
-        return manifest.get("name", spec), list(manifest["class_names"]), manifest.get("related")
-    return spec, [str(i) for i in range(stream.num_classes)], None

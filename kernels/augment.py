@@ -14,6 +14,9 @@ def crop_flip_torch(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Te
     Returns (B, 3, H, W) float32 in [0, 1], channels_last: crop of the zero-padded image at
     (dy, dx), mirrored left-right where flips is set."""
     b, h, w, c = images.shape
+    # loaders.images.unit_images's conversion, restated: kernels may not import loaders, and
+    # this reference spells out the math its fused twins share; tests/test_images.py holds the
+    # identity crop of every implementation equal to unit_images.
     x = images.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
     x = F.pad(x, (pad, pad, pad, pad))
     rows = offsets[:, 0, None] + torch.arange(h, device=images.device)  # (B, H)

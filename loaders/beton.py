@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from loaders.sources.base import ChunkedSource, SourceError, iter_chunks
-from loaders.types import ArrayDataset
+from loaders.types import ArrayDataset, DatasetInfo
 
 log = logging.getLogger(__name__)
 
@@ -346,8 +346,17 @@ def read_beton(path: str | os.PathLike) -> ArrayDataset:
         flat[start:stop] = raw[begin : begin + (stop - start) * nbytes].reshape(stop - start, nbytes)
     del raw
     labels = index.metadata["label"].astype(np.int64)
+    info = beton_info(index, manifest)
+    return ArrayDataset(images, labels, list(info.class_names), info.name, info.meta)
+
+
+def beton_info(index: BetonIndex, manifest: dict | None = None) -> DatasetInfo:
+    """The name, classes, image size and meta of the .beton behind `index`, from its manifest
+    (read here unless given): what a stream over the file reports as `info`, whichever backend
+    reads it, and what `read_beton` names its in-memory copy with."""
+    manifest = read_manifest(index.path) if manifest is None else manifest
     meta = dict(manifest.get("meta", {}))
-    meta.update(format=manifest.get("format"), split=manifest.get("split"), beton=str(path))
+    meta.update(format=manifest.get("format"), split=manifest.get("split"), beton=str(index.path))
     if "related" in manifest:
         meta["related"] = list(manifest["related"])
-    return ArrayDataset(images, labels, list(manifest["class_names"]), manifest.get("name", Path(path).stem), meta)
+    return DatasetInfo(manifest.get("name", index.path.stem), tuple(manifest["class_names"]), index.image_size, meta)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from loaders.options import LoaderOptions
 from loaders.stream import ImageStream
 from loaders.types import ArrayDataset
 
@@ -83,19 +84,18 @@ def _open_npz(path: Path, split: str) -> ArrayDataset:
 
 def make_stream(dataset: ArrayDataset | str, *, backend: str, batch_size: int, device,
                 train: bool, seed: int, drop_last: bool = False, rank: int = 0,
-                world_size: int = 1, split: str | None = None, **backend_options) -> ImageStream:
+                world_size: int = 1, split: str | None = None,
+                options: LoaderOptions = LoaderOptions()) -> ImageStream:
     """An `ImageStream` over `dataset` (an `ArrayDataset` or a spec for `open_dataset`) through
-    `backend`. `split` picks the split of a spec (default: train when `train`, else test);
-    `backend_options` go to the backend (e.g. `pad`, `kernel_impl` for resident)."""
+    `backend`. `split` picks the split of a spec (default: train when `train`, else test).
+    Every backend takes the same arguments and the same `options`, passed on as they are."""
     common = dict(batch_size=batch_size, device=device, train=train, seed=seed,
-                  drop_last=drop_last, rank=rank, world_size=world_size, **backend_options)
+                  drop_last=drop_last, rank=rank, world_size=world_size, options=options)
     split = split or ("train" if train else "test")
     if backend == "resident":
         from loaders.backends.resident import ResidentStream
 
-        if isinstance(dataset, str):
-            dataset = open_dataset(dataset, split)
-        return ResidentStream(dataset, **common)
+        return ResidentStream(_in_memory(dataset, split), **common)
     if backend == "ffcv":
         if not (isinstance(dataset, (str, Path)) and str(dataset).endswith(".beton")):
             shown = dataset if isinstance(dataset, str) else f"in-memory dataset {dataset.name!r}"
@@ -107,7 +107,10 @@ def make_stream(dataset: ArrayDataset | str, *, backend: str, batch_size: int, d
     if backend == "dali":
         from loaders.backends.dali_backend import DaliStream
 
-        if isinstance(dataset, str):
-            dataset = open_dataset(dataset, split)
-        return DaliStream(dataset, **common)
+        return DaliStream(_in_memory(dataset, split), **common)
     raise ValueError(f"unknown loader backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _in_memory(dataset: ArrayDataset | str, split: str) -> ArrayDataset:
+    """The resident and DALI backends read host arrays: a spec is decoded here first."""
+    return open_dataset(dataset, split) if isinstance(dataset, str) else dataset

@@ -11,15 +11,21 @@ from typing import Iterator, Protocol, Sequence
 
 import torch
 
-from loaders.types import Batch
+from loaders.types import Batch, DatasetInfo
 
 
 class ImageStream(Protocol):
-    """One dataset through one backend, yielding augmented batches on the device."""
+    """One dataset through one backend, yielding augmented batches on the device.
+
+    Every backend's constructor takes the same arguments (dataset, batch_size, device, train,
+    seed, drop_last, rank, world_size and a `LoaderOptions`); `loaders.datasets.make_stream`
+    builds one by backend name."""
 
     batch_size: int
-    num_classes: int
-    image_size: int
+    """Samples per batch (a final partial batch may hold fewer unless drop_last)."""
+    info: DatasetInfo
+    """The dataset's name, class names, image size and meta (e.g. related classes): all the
+    engine needs to know about the data, whichever backend reads it."""
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -38,7 +44,9 @@ class ImageStream(Protocol):
 
 
 def split_batch(total: int, parts: int) -> list[int]:
-    """Splits `total` samples over `parts` streams as evenly as possible, earlier ones first."""
+    """Splits `total` samples over `parts` streams as evenly as possible, earlier ones first:
+    how a run's auxiliary batch is shared between its auxiliary datasets (the batch sizes of
+    their streams, which each `Batch` then records as `aux_sizes`)."""
     if parts <= 0:
         return []
     base, extra = divmod(total, parts)
@@ -62,8 +70,9 @@ class PairedStream:
         return len(self.primary)
 
     @property
-    def aux_batch_size(self) -> int:
-        return sum(s.batch_size for s in self.aux)
+    def aux_sizes(self) -> tuple[int, ...]:
+        """Samples each auxiliary dataset contributes to a step, in `aux_source` order."""
+        return tuple(s.batch_size for s in self.aux)
 
     def _next_aux(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         for _ in range(2):  # a fresh epoch always has at least one batch

@@ -1,4 +1,5 @@
-"""The two records that cross the loader boundary: a decoded dataset and a training batch."""
+"""The records that cross the loader boundary: a decoded dataset, the facts a stream reports
+about its dataset, and a training batch."""
 
 from __future__ import annotations
 
@@ -17,8 +18,55 @@ def check_label_range(labels: np.ndarray, num_classes: int, name: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the engine reads about a stream's dataset, the same whichever backend reads it.
+
+    Every backend's stream carries one as `info`: the in-memory backends take it from their
+    dataset, the streamed ones from the .beton manifest (`loaders.beton.beton_info`), which is
+    also where `read_beton` takes an in-memory dataset's name, classes and meta from."""
+
+    name: str
+    """Short name used in logs, manifests and model cards (`cifar10`, `shapes-aux`, ...)."""
+    class_names: tuple[str, ...]
+    """One name per class; its length is the class count."""
+    image_size: int
+    """H == W of every image, in pixels."""
+    meta: dict = field(default_factory=dict)
+    """Free-form facts from the source or manifest (split, format, related classes, ...)."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def related(self) -> list[bool] | None:
+        """Per class, whether it resembles a primary class, where the data records it (the
+        built-in shapes auxiliary set does); None where it does not."""
+        related = self.meta.get("related")
+        return None if related is None else [bool(r) for r in related]
+
+
+class DescribedDataset:
+    """Mixin of the dataset records (`ArrayDataset`, the DALI backend's `StreamedDataset`): the
+    class count and the `DatasetInfo` a stream over them reports, from their own fields."""
+
+    name: str
+    class_names: list[str]
+    image_size: int
+    meta: dict
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(self.name, tuple(self.class_names), self.image_size, dict(self.meta))
+
+
 @dataclass
-class ArrayDataset:
+class ArrayDataset(DescribedDataset):
     """A whole image-classification split held in host memory.
 
     Every source decodes into this, the .beton writer consumes it, and the resident and DALI
@@ -50,10 +98,6 @@ class ArrayDataset:
         check_label_range(self.labels, self.num_classes, self.name)
 
     @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
     def image_size(self) -> int:
         return int(self.images.shape[1])
 
@@ -82,4 +126,14 @@ class Batch:
     aux_source: torch.Tensor
     """(Ba,) int64 index of the auxiliary dataset each sample came from; sorted ascending."""
     aux_sizes: tuple[int, ...] = ()
-    """Samples of each auxiliary dataset, in order (known on the host: no device sync)."""
+    """Samples of each auxiliary dataset, in order (known on the host: no device sync); the
+    paired stream fills it. Read it through `aux_split`."""
+
+    def aux_split(self, n_sources: int) -> list[int]:
+        """How many of x_aux's rows belong to each of the `n_sources` auxiliary datasets, in
+        order: the sizes to split x_aux, y_aux and their logits by, for the engine's objectives
+        and the reference steps alike. A batch built without `aux_sizes` counts `aux_source`
+        instead, which waits for the device."""
+        if self.aux_sizes:
+            return list(self.aux_sizes)
+        return torch.bincount(self.aux_source, minlength=n_sources).tolist()

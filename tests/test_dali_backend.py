@@ -15,6 +15,7 @@ import torch
 
 from loaders.backends.dali_plan import draw_crop_flip
 from loaders.backends.dali_source import StreamedDataset
+from loaders.options import LoaderOptions
 from loaders.stream import PairedStream
 from loaders.types import ArrayDataset
 
@@ -67,7 +68,7 @@ def labels_of(batches) -> np.ndarray:
 @needs_dali
 def test_batches_match_numpy_reference_of_the_drawn_crops_and_flips():
     data = identity_dataset(21)
-    stream = make_stream(data, pad=4, seed=11)
+    stream = make_stream(data, options=LoaderOptions(pad=4), seed=11)
     batches = collect(stream)
     flips_seen, shifts_seen = 0, 0
     for index, (x, y) in enumerate(batches):
@@ -147,7 +148,7 @@ def test_dali_and_resident_streams_yield_the_same_batches(train):
     data = identity_dataset(21)
     options = dict(batch_size=8, device="cpu", train=train, seed=4, rank=1, world_size=2)
     dali_stream = make_stream(data, **options)
-    resident_stream = ResidentStream(data, **options, kernel_impl="torch")
+    resident_stream = ResidentStream(data, **options, options=LoaderOptions(kernel_impl="torch"))
     dali = collect(dali_stream) + collect(dali_stream)  # two epochs each
     resident = collect(resident_stream) + collect(resident_stream)
     assert len(dali) == 4
@@ -268,8 +269,8 @@ def test_invalid_shard_and_resume_positions_are_rejected():
         stream.load_state_dict({"epoch": 0, "position": 5})
     with pytest.raises(ValueError, match="make no batch of 16"):
         make_stream(data, batch_size=16, drop_last=True)
-    with pytest.raises(ValueError, match="num_threads"):
-        make_stream(data, num_threads=0)
+    with pytest.raises(ValueError, match="workers"):
+        make_stream(data, options=LoaderOptions(workers=0))
 
 
 @needs_dali
@@ -278,11 +279,11 @@ def test_the_backend_factory_builds_a_dali_stream_from_a_dataset_spec():
     from loaders.datasets import make_stream as make_named_stream
 
     stream = make_named_stream("shapes:primary?n=40&size=16", backend="dali", batch_size=16,
-                               device="cpu", train=True, seed=0, num_threads=1)
+                               device="cpu", train=True, seed=0, options=LoaderOptions(workers=1))
     assert isinstance(stream, DaliStream) and len(stream) == 3
     batches = collect(stream)
     assert [tuple(x.shape) for x, _ in batches] == [(16, 3, 16, 16)] * 2 + [(8, 3, 16, 16)]
-    assert all(0 <= int(y.min()) and int(y.max()) < stream.num_classes for _, y in batches)
+    assert all(0 <= int(y.min()) and int(y.max()) < stream.info.num_classes for _, y in batches)
 
 
 def _train_one_epoch(loader: str, out_dir) -> dict:

@@ -13,10 +13,12 @@ pytest.importorskip("ffcv")
 from kernels.augment import crop_flip_torch  # noqa: E402
 from loaders.backends.ffcv_backend import FfcvStream, augment_params  # noqa: E402
 from loaders.beton import read_beton, write_beton  # noqa: E402
+from loaders.options import LoaderOptions  # noqa: E402
 from loaders.sources import read_source  # noqa: E402
 from tests import fixtures_formats as fx  # noqa: E402
 
 N, B = 203, 32  # a partial last batch on purpose
+TWO_WORKERS = LoaderOptions(workers=2)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def beton(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def train_stream(beton):
-    return FfcvStream(beton[0], batch_size=B, device="cpu", train=True, seed=11, num_workers=2)
+    return FfcvStream(beton[0], batch_size=B, device="cpu", train=True, seed=11, options=TWO_WORKERS)
 
 
 def to_uint8(x):
@@ -40,7 +42,7 @@ def to_uint8(x):
 
 def test_eval_stream_is_byte_exact_and_sequential(beton):
     path, images, labels = beton
-    stream = FfcvStream(path, batch_size=B, device="cpu", train=False, seed=0, num_workers=2)
+    stream = FfcvStream(path, batch_size=B, device="cpu", train=False, seed=0, options=TWO_WORKERS)
     batches = list(stream.epoch())
     assert len(batches) == len(stream) == -(-len(labels) // B)
     x = torch.cat([b[0] for b in batches])
@@ -48,7 +50,7 @@ def test_eval_stream_is_byte_exact_and_sequential(beton):
     np.testing.assert_array_equal(to_uint8(x), images)
     np.testing.assert_array_equal(torch.cat([b[1] for b in batches]).numpy(), labels)
     np.testing.assert_array_equal(read_beton(path).images, images)  # the resident backend's path
-    assert stream.num_classes == 10 and stream.image_size == 32
+    assert stream.info.num_classes == 10 and stream.info.image_size == 32
 
 
 def test_train_epoch_matches_reference_and_sees_each_sample_once(beton, train_stream):

@@ -6,6 +6,7 @@ import torch
 
 from loaders.backends.resident import ResidentStream
 from loaders.datasets import make_stream
+from loaders.options import LoaderOptions
 from loaders.sources.shapes import make_shapes
 from loaders.stream import PairedStream
 from loaders.types import ArrayDataset
@@ -137,7 +138,7 @@ def numpy_crop_flip(images: np.ndarray, offsets: np.ndarray, flips: np.ndarray, 
 @pytest.mark.parametrize("impl", ["torch", "auto"])
 def test_crops_match_numpy_reference_and_batches_are_channels_last(impl):
     ds = make_shapes("primary", n=50, size=16)
-    s = stream(ds, batch_size=16, kernel_impl=impl, pad=3)
+    s = stream(ds, batch_size=16, options=LoaderOptions(kernel_impl=impl, pad=3))
     order = s.batch_indices(0).numpy()
     batches = run_epoch(s)
     assert [len(y) for _, y in batches] == [16, 16, 16, 2]
@@ -211,9 +212,9 @@ def test_paired_stream_state_round_trip_resumes_identically():
 
 def test_make_stream_builds_resident_from_a_spec_and_rejects_the_rest():
     s = make_stream("shapes:aux?n=40&size=16", backend="resident", batch_size=8, device="cpu",
-                    train=False, seed=0, pad=2)
-    assert isinstance(s, ResidentStream) and len(s) == 5 and s.num_classes == 20
-    assert s.dataset.meta["split"] == "test" and s.pad == 2
+                    train=False, seed=0, options=LoaderOptions(pad=2))
+    assert isinstance(s, ResidentStream) and len(s) == 5 and s.info.num_classes == 20
+    assert s.info.meta["split"] == "test" and s.options.pad == 2
     with pytest.raises(ValueError, match=".beton"):
         make_stream(s.dataset, backend="ffcv", batch_size=8, device="cpu", train=True, seed=0)
     with pytest.raises(ValueError, match="resident, ffcv, dali"):
@@ -224,7 +225,7 @@ def test_make_stream_builds_resident_from_a_spec_and_rejects_the_rest():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_stream_matches_cpu_stream():
     ds = make_shapes("primary", n=100, size=16)
-    cpu = run_epoch(stream(ds, kernel_impl="torch"))
+    cpu = run_epoch(stream(ds, options=LoaderOptions(kernel_impl="torch")))
     gpu = run_epoch(stream(ds, device="cuda"))
     for (xc, yc), (xg, yg) in zip(cpu, gpu):
         assert xg.is_cuda and xg.is_contiguous(memory_format=torch.channels_last)

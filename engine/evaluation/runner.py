@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from engine.data import to_device_images
 from engine.evaluation.autoattack_runner import run_autoattack
 from engine.evaluation.backends import agreement_tolerance, make_backend
 from engine.evaluation.plan import EvalPlan, resolve_eps
@@ -23,6 +22,7 @@ from engine.evaluation.report import format_eps
 from engine.evaluation.robust import parse_attack, robust_mask
 from engine.evaluation.sanity import SanityWarning, run_checks
 from engine.runtime import device_name
+from loaders.images import to_device_images
 
 __all__ = ["EvalPlan", "evaluate", "load_for_eval", "resolve_eps", "run_evaluation", "to_unit_tensors"]
 

@@ -15,26 +15,13 @@ from kernels.route import confidence_mask, routed_loss
 from loaders.types import Batch
 
 
-def aux_chunks(batch: Batch, n_sources: int) -> list[int]:
-    """Sizes of the contiguous runs of each auxiliary dataset in a batch (sources are sorted)."""
-    if batch.aux_sizes:
-        return list(batch.aux_sizes)
-    # A batch built by hand may lack the host-side sizes; counting costs one device sync.
-    return torch.bincount(batch.aux_source, minlength=n_sources).tolist()
-
-
 def combined_inputs(model: nn.Module, batch: Batch, aux_mode: str) -> tuple[bool, list[int], torch.Tensor]:
     """(use_aux, per-dataset auxiliary sizes, x_nat = [x_pri; x_aux] (B + Ba, 3, H, W)): the one
     batch both objectives attack and train on; auxiliary data is left out in mode `none`."""
     use_aux = aux_mode != "none" and len(batch.y_aux) > 0
     if not use_aux:
         return False, [], batch.x_pri
-    return True, aux_chunks(batch, len(model.aux_fc)), torch.cat([batch.x_pri, batch.x_aux])
-
-
-def aux_head_logits(model: nn.Module, feats_aux: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
-    """Each auxiliary dataset's chunk of features through its own head."""
-    return [head(f) for head, f in zip(model.aux_fc, feats_aux.split(sizes))]
+    return True, batch.aux_split(len(model.aux_fc)), torch.cat([batch.x_pri, batch.x_aux])
 
 
 def routed_aux_losses(

@@ -1,5 +1,6 @@
-"""What the loader backends' streams share: checking batch size and sharding, counting an
-epoch's batches per rank, and the (epoch, position) state a resume restores.
+"""What the loader backends' streams share: the arguments every backend takes (checked and kept
+alike by `ShardedStream`), counting an epoch's batches per rank, and the (epoch, position) state
+a resume restores.
 
 Every backend shards alike (the resident backend's rule, torch's DistributedSampler's): each rank
 visits the same number of samples, the remainder dropped with `drop_last` and otherwise padded
@@ -7,6 +8,11 @@ with the order's first samples, so error messages and batch counts agree across 
 """
 
 from __future__ import annotations
+
+import torch
+
+from loaders.options import LoaderOptions
+from loaders.types import DatasetInfo
 
 
 def check_sharding(name: str, batch_size: int, rank: int, world_size: int) -> None:
@@ -61,3 +67,35 @@ class EpochPosition:
                 f"dataset, batch size or world size?"
             )
         self._epoch, self._position = epoch, position
+
+
+class ShardedStream(EpochPosition):
+    """Base of every backend's stream (the `loaders.stream.ImageStream` contract): the dataset's
+    `info`, the batch and shard arguments and the `LoaderOptions`, kept under the same names in
+    every backend, and the epoch's batch count those imply.
+
+    `name` is what error messages call the data (the dataset's name, or the .beton path);
+    `num_samples` is how many samples one epoch shards over the ranks."""
+
+    def __init__(
+        self, info: DatasetInfo, num_samples: int, *, name: str, batch_size: int, device, train: bool,
+        seed: int, drop_last: bool, rank: int, world_size: int, options: LoaderOptions,
+    ) -> None:
+        check_sharding(name, batch_size, rank, world_size)
+        self.info = info
+        self.options = options
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.train = train
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.samples_per_rank = samples_per_rank(num_samples, world_size, drop_last)
+        self._name = name
+        self._num_batches = batch_count(name, num_samples, world_size, batch_size, drop_last)
+        self._epoch = 0
+        self._position = 0
+
+    def __len__(self) -> int:
+        return self._num_batches

@@ -24,19 +24,24 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from loaders.backends._stream_state import EpochPosition, batch_count, check_sharding
+from loaders.backends._stream_state import ShardedStream
 from loaders.backends.dali_pipeline import build_pipeline, import_dali
 from loaders.backends.dali_plan import draw_crop_flip, shard_order
 from loaders.backends.dali_source import StreamedDataset, batch_reader, image_shape
+from loaders.options import LoaderOptions
 from loaders.types import ArrayDataset
 
+_DEFAULT_THREADS = 2  # DALI's CPU threads when LoaderOptions.workers is None
 
-class DaliStream(EpochPosition):
+
+class DaliStream(ShardedStream):
     """One dataset through a DALI pipeline, yielding augmented (x, y) batches on `device`.
 
     Follows the `ImageStream` contract of `loaders.stream`: epoch `e` of rank `rank` always
     visits the same samples with the same augmentation, and the state is (epoch, position).
-    With `train=False` the order is the dataset's and there is no augmentation.
+    With `train=False` the order is the dataset's and there is no augmentation. Of the
+    `LoaderOptions` it uses `pad` and `workers` (DALI's num_threads, 2 when None); it ignores
+    `kernel_impl` (the crop and flip are DALI operators). `prefetch_queue_depth` is DALI's own.
     """
 
     def __init__(
@@ -50,40 +55,24 @@ class DaliStream(EpochPosition):
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
-        num_threads: int = 2,
-        pad: int = 4,
+        options: LoaderOptions = LoaderOptions(),
         prefetch_queue_depth: int = 2,
     ) -> None:
         self._dali = import_dali()  # fail here, with the install hint, not at the first batch
-        name = getattr(dataset, "name", "dataset")
-        check_sharding(name, batch_size, rank, world_size)
-        if pad < 0:
-            raise ValueError(f"DaliStream: pad must be non-negative, got {pad}")
-        if num_threads < 1 or prefetch_queue_depth < 1:
+        self._read = batch_reader(dataset)  # a TypeError naming what was passed instead of a dataset
+        super().__init__(dataset.info, len(dataset), name=dataset.name, batch_size=batch_size, device=device,
+                         train=train, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size,
+                         options=options)
+        self._num_threads = _DEFAULT_THREADS if options.workers is None else options.workers
+        if self._num_threads < 1 or prefetch_queue_depth < 1:
             raise ValueError(
-                f"DaliStream: num_threads and prefetch_queue_depth must be at least 1, got "
-                f"{num_threads} and {prefetch_queue_depth} (data.num_workers sets num_threads)"
+                f"DaliStream: workers (DALI's num_threads) and prefetch_queue_depth must be at least 1, "
+                f"got {self._num_threads} and {prefetch_queue_depth} (data.num_workers sets workers)"
             )
-        self.batch_size = batch_size
-        self.num_classes = dataset.num_classes
-        self.image_size = dataset.image_size
-        self.device = torch.device(device)
-        self.train = train
-        self.seed = seed
-        self.drop_last = drop_last
-        self.rank = rank
-        self.world_size = world_size
-        self.pad = pad
-        self._num_threads = num_threads
         self._prefetch_queue_depth = prefetch_queue_depth
-        self._name = name
-        self._read = batch_reader(dataset)
         self._labels = np.asarray(dataset.labels, dtype=np.int64)
         self._height, self._width = image_shape(dataset)
         self._device_id = self._dali_device_id(self.device)
-        self._num_batches = batch_count(self._name, len(self._labels), world_size, batch_size, drop_last)
-        self._epoch = 0
-        self._position = 0
 
     @staticmethod
     def _dali_device_id(device: torch.device) -> int | None:
@@ -92,9 +81,6 @@ class DaliStream(EpochPosition):
         if device.type == "cuda":
             return device.index if device.index is not None else torch.cuda.current_device()
         raise ValueError(f"DaliStream runs on cpu or cuda devices, got {device}")
-
-    def __len__(self) -> int:
-        return self._num_batches
 
     def _order(self, epoch: int) -> np.ndarray:
         return shard_order(len(self._labels), seed=self.seed, epoch=epoch, shuffle=self.train,
@@ -124,10 +110,10 @@ class DaliStream(EpochPosition):
             images = self._read_batch(index)  # (b, H, W, 3) uint8
             if not self.train:
                 return images
-            draws = draw_crop_flip(len(index), batch_size=self.batch_size, pad=self.pad,
+            draws = draw_crop_flip(len(index), batch_size=self.batch_size, pad=self.options.pad,
                                    seed=self.seed, epoch=epoch, rank=self.rank,
                                    batch_index=batch)
-            starts = draws.offsets - np.int32(self.pad)  # (b, 2) slice start, may be negative
+            starts = draws.offsets - np.int32(self.options.pad)  # (b, 2) slice start, may be negative
             return images, starts, draws.flips
 
         return feed

@@ -13,17 +13,17 @@ Typical use, with the images written once as an (N, H, W, 3) uint8 `.npy` file:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from loaders.types import ArrayDataset, check_label_range
+from loaders.types import ArrayDataset, DescribedDataset, check_label_range
 
 
 @dataclass
-class StreamedDataset:
+class StreamedDataset(DescribedDataset):
     """An image-classification split whose pixels are read on demand."""
 
     read: Callable[[np.ndarray], np.ndarray]
@@ -35,16 +35,14 @@ class StreamedDataset:
     image_size: int
     """H == W of every image."""
     name: str = "streamed"
+    meta: dict = field(default_factory=dict)
+    """Free-form facts about the data (split, related classes, ...), as in `ArrayDataset`."""
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels).astype(np.int64, copy=False)
         if self.labels.ndim != 1:
             raise ValueError(f"{self.name}: labels must be (N,), got shape {self.labels.shape}")
         check_label_range(self.labels, self.num_classes, self.name)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -21,9 +21,11 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from loaders.backends._stream_state import EpochPosition, batch_count, check_sharding, samples_per_rank
+from loaders.backends._stream_state import ShardedStream
 from loaders.backends.resident import derive_seed
-from loaders.beton import BetonIndex, read_manifest
+from loaders.beton import BetonIndex, beton_info
+from loaders.images import unit_images
+from loaders.options import LoaderOptions
 
 _INSTALL_HINT = "the ffcv backend needs ffcv: pip install --no-build-isolation 'biamat-engine[ffcv]' (see scripts/setup.sh)"
 _ORDER_STREAM, _AUGMENT_STREAM = 0, 1
@@ -122,44 +124,38 @@ class _ExplicitOrder:
         return self.order
 
 
-class FfcvStream(EpochPosition):
-    """One .beton through FFCV, yielding (x, y) batches on `device` (see loaders.stream)."""
+class FfcvStream(ShardedStream):
+    """One .beton through FFCV, yielding (x, y) batches on `device` (see loaders.stream).
+
+    Of the `LoaderOptions` it uses `pad` and `workers` (FFCV's worker threads, one per core when
+    None); it ignores `kernel_impl` (the crop and flip are compiled into FFCV's pipeline).
+    `os_cache`, `order`, `batches_ahead` and `indices` (a subset of the file) are FFCV's own."""
 
     def __init__(
         self, path: str | os.PathLike, *, batch_size: int, device, train: bool, seed: int,
-        drop_last: bool = False, rank: int = 0, world_size: int = 1, num_workers: int | None = None,
-        os_cache: bool = True, order: str = "random", batches_ahead: int = 3, pad: int = 4,
+        drop_last: bool = False, rank: int = 0, world_size: int = 1, options: LoaderOptions = LoaderOptions(),
+        os_cache: bool = True, order: str = "random", batches_ahead: int = 3,
         indices: Sequence[int] | None = None,
     ) -> None:
         try:
             import ffcv  # noqa: F401
         except ImportError as err:
             raise ImportError(f"{_INSTALL_HINT} ({err})") from None
-        check_sharding(str(path), batch_size, rank, world_size)
         if order not in ORDERS:
             raise ValueError(f"{path}: order must be one of {ORDERS}, got {order!r}")
-        self.path = self._name = str(path)
+        self.path = str(path)
         index = BetonIndex(path)
-        manifest = read_manifest(path)
-        self.class_names = list(manifest["class_names"])
-        self.num_classes = len(self.class_names)
-        self.image_size = index.image_size
-        self.batch_size, self.train, self.seed = batch_size, train, seed
-        self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
-        self.order = order if train else "sequential"
-        self.pad = pad
-        self.device = torch.device(device)
         self.samples = np.arange(index.num_samples, dtype=np.uint64) if indices is None else np.asarray(indices, np.uint64)
         if len(self.samples) and self.samples.max() >= index.num_samples:
             raise ValueError(f"{path}: indices reach {self.samples.max()}, the file holds {index.num_samples} samples")
-        self.samples_per_rank = samples_per_rank(len(self.samples), world_size, drop_last)
-        self._num_batches = batch_count(self.path, len(self.samples), world_size, batch_size, drop_last)
+        super().__init__(beton_info(index), len(self.samples), name=self.path, batch_size=batch_size, device=device,
+                         train=train, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size,
+                         options=options)
+        self.order = order if train else "sequential"
         # Which page each sample's pixels sit on, for the page-local quasi-random order.
         self._pages = index.metadata["image"]["data_ptr"] // np.uint64(index.page_size)
         self._key = np.zeros(1, dtype=np.uint64)  # read by the compiled crop/flip at run time
-        self._loader = self._build_loader(num_workers or os.cpu_count() or 1, os_cache, batches_ahead)
-        self._epoch = 0
-        self._position = 0
+        self._loader = self._build_loader(options.workers or os.cpu_count() or 1, os_cache, batches_ahead)
 
     def _build_loader(self, num_workers: int, os_cache: bool, batches_ahead: int):
         from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
@@ -168,7 +164,7 @@ class FfcvStream(EpochPosition):
 
         image_ops = [SimpleRGBImageDecoder()]
         if self.train:
-            image_ops.append(_crop_flip_operation(self.pad, self._key))
+            image_ops.append(_crop_flip_operation(self.options.pad, self._key))
         image_ops.append(ToTensor())
         label_ops = [IntDecoder(), ToTensor(), Squeeze()]
         if self.device.type != "cpu":
@@ -181,9 +177,6 @@ class FfcvStream(EpochPosition):
         )
         loader.traversal_order = _ExplicitOrder(self.samples)
         return loader
-
-    def __len__(self) -> int:
-        return self._num_batches
 
     def batch_indices(self, epoch: int) -> np.ndarray:
         """The sample ids this rank visits in `epoch`, in order; batch k is [k*B, (k+1)*B)."""
@@ -228,7 +221,7 @@ class FfcvStream(EpochPosition):
             try:
                 for k, (images, labels) in enumerate(iterator, start):
                     # (B, H, W, 3) uint8 in a buffer FFCV reuses: the float copy detaches it.
-                    x = images.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W) channels_last
+                    x = unit_images(images)  # (B, 3, H, W) channels_last
                     y = labels.reshape(-1).to(torch.int64, copy=True)  # (B,)
                     self._position = k + 1
                     yield x, y

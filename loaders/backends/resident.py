@@ -27,7 +27,9 @@ import numpy as np
 import torch
 
 from kernels.augment import crop_flip
-from loaders.backends._stream_state import EpochPosition, batch_count, check_sharding, samples_per_rank
+from loaders.backends._stream_state import ShardedStream
+from loaders.images import unit_images
+from loaders.options import LoaderOptions
 from loaders.types import ArrayDataset
 
 # Tags that keep the permutation and augmentation seed streams apart.
@@ -41,43 +43,25 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-class ResidentStream(EpochPosition):
+class ResidentStream(ShardedStream):
     """One `ArrayDataset` held on `device`, yielding augmented (x, y) batches.
 
     Implements `loaders.stream.ImageStream`: x is (B, 3, H, W) float32 in [0, 1],
-    channels_last; y is (B,) int64; both on `device`.
+    channels_last; y is (B,) int64; both on `device`. Of the `LoaderOptions` it uses `pad` and
+    `kernel_impl`; `workers` has nothing to do here (batches are made on the device).
     """
 
     def __init__(self, dataset: ArrayDataset, *, batch_size: int, device, train: bool, seed: int,
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1, pad: int = 4,
-                 kernel_impl: str = "auto") -> None:
-        check_sharding(dataset.name, batch_size, rank, world_size)
-        if seed < 0 or pad < 0:
-            raise ValueError(f"{dataset.name}: seed and pad must be >= 0, got seed={seed}, pad={pad}")
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                 options: LoaderOptions = LoaderOptions()) -> None:
+        super().__init__(dataset.info, len(dataset), name=dataset.name, batch_size=batch_size, device=device,
+                         train=train, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size,
+                         options=options)
+        if seed < 0:
+            raise ValueError(f"{dataset.name}: seed must be >= 0, got seed={seed}")
         self.dataset = dataset
-        self._name = dataset.name
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        self.train = train
-        self.seed = seed
-        self.drop_last = drop_last
-        self.rank = rank
-        self.world_size = world_size
-        self.pad = pad
-        self.kernel_impl = kernel_impl
-        self.num_classes = dataset.num_classes
-        self.image_size = dataset.image_size
-
-        self.samples_per_rank = samples_per_rank(len(dataset), world_size, drop_last)
-        self._num_batches = batch_count(dataset.name, len(dataset), world_size, batch_size, drop_last)
-
         self._images = _upload(torch.from_numpy(dataset.images), self.device)  # (N, H, W, 3) uint8
         self._labels = _upload(torch.from_numpy(dataset.labels), self.device)  # (N,) int64
-        self._epoch = 0
-        self._position = 0
-
-    def __len__(self) -> int:
-        return self._num_batches
 
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, start = self._epoch, self._position
@@ -94,11 +78,10 @@ class ResidentStream(EpochPosition):
             labels = self._labels.index_select(0, rows)  # (B,)
             if self.train:
                 b = len(rows)
-                x = crop_flip(images, offsets[k - start, :b], flips[k - start, :b], self.pad,
-                              impl=self.kernel_impl)
+                x = crop_flip(images, offsets[k - start, :b], flips[k - start, :b], self.options.pad,
+                              impl=self.options.kernel_impl)
             else:
-                # A channels_last view of the NHWC batch; .float() keeps those strides.
-                x = images.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
+                x = unit_images(images)  # (B, 3, H, W)
             self._position = k + 1
             yield x, labels
         self._epoch, self._position = epoch + 1, 0
@@ -131,7 +114,7 @@ class ResidentStream(EpochPosition):
         has its own generator, so any batch can be reproduced on its own."""
         gen = torch.Generator().manual_seed(
             derive_seed(self.seed, epoch, _AUGMENT_STREAM, self.rank, batch))
-        offsets = torch.randint(0, 2 * self.pad + 1, (self.batch_size, 2), generator=gen)
+        offsets = torch.randint(0, 2 * self.options.pad + 1, (self.batch_size, 2), generator=gen)
         flips = torch.rand(self.batch_size, generator=gen) < 0.5
         return offsets, flips
 

@@ -1,0 +1,32 @@
+"""How a loader backend reads: one set of options that every backend accepts.
+
+The engine builds one `LoaderOptions` from its config and hands it to whichever backend the run
+names, so nothing above the loaders needs to know that FFCV calls its threads workers and DALI
+calls them num_threads, or that only the resident backend runs a crop/flip kernel of ours. An
+option a backend has no use for is accepted and ignored, as each field says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoaderOptions:
+    workers: int | None = None
+    """CPU threads that decode and augment: FFCV's worker threads (None or 0: one per core),
+    DALI's num_threads (None: 2; DALI needs at least one). The resident backend ignores it: its
+    batches are gathered and augmented on the device, with no worker threads."""
+    kernel_impl: str = "auto"
+    """Crop/flip kernel of the resident backend: auto, triton, numba or torch, checked by
+    kernels.dispatch when it runs (where BIAMAT_KERNELS may override it). FFCV and DALI augment
+    inside their own pipelines and ignore it."""
+    pad: int = 4
+    """Zero padding, in pixels, around the random crop of training batches; every backend."""
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"loader workers must be >= 0 (or None for the backend's default), "
+                             f"got {self.workers}; set data.num_workers")
+        if self.pad < 0:
+            raise ValueError(f"loader pad must be non-negative, got {self.pad}")
