@@ -86,22 +86,9 @@ def robust_mask(
     return torch.cat(masks)
 
 
-def accuracy(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    attack: AttackSpec | str = "clean",
-    *,
-    eps: float = 8 / 255,
-    step_size: float = 2 / 255,
-    batch_size: int = 256,
-    random_start: bool = True,
-    kernel_impl: str = "auto",
-) -> tuple[int, int]:
-    """(correct, total) of `model` on (images, labels) under `attack`, model in eval mode.
-
-    images: (N, 3, H, W) float in [0, 1] on the model's device (any memory format).
-    """
-    mask = robust_mask(model, images, labels, attack, eps=eps, step_size=step_size,
-                       batch_size=batch_size, random_start=random_start, kernel_impl=kernel_impl)
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: AttackSpec | str = "clean",
+             **options) -> tuple[int, int]:
+    """(correct, total) of `model` on (images, labels) under `attack`, model in eval mode;
+    `options` (eps, step_size, batch_size, restarts, ...) are those of `robust_mask`."""
+    mask = robust_mask(model, images, labels, attack, **options)
     return int(mask.sum()), len(images)
