@@ -1,36 +1,66 @@
-"""The `biamat-engine` Typer app: one module per command, registered here."""
+"""The `biamat-engine` Typer app: every command is a plain function in its own module, registered
+here, in the order `--help` lists them. Command modules never import this one."""
 
 from __future__ import annotations
 
+import inspect
+from typing import Callable
+
 import typer
+from typer.core import TyperGroup
+
+from cli import (bench_eval, bench_kernels, bench_loader, bench_step, demo_cmd, eval_cmd, export_cmd, info_cmd,
+                 prepare_cmd, train_cmd)
+from cli.errors import error_context
+
+
+class _Group(TyperGroup):
+    """Runs whichever command was asked for (bench's too: they run inside this call) in the one
+    error context, so no command handles its own errors."""
+
+    def invoke(self, ctx):
+        with error_context():
+            return super().invoke(ctx)
+
+
+def _add(group: typer.Typer, name: str, command: Callable, epilog: str) -> None:
+    # Typer's rich mode keeps a docstring's line breaks; one line per paragraph lets it wrap
+    # the text to the terminal instead.
+    paragraphs = inspect.getdoc(command).split("\n\n")
+    group.command(name, help="\n\n".join(" ".join(p.split()) for p in paragraphs), epilog=epilog)(command)
+
 
 app = typer.Typer(
     name="biamat-engine",
+    cls=_Group,
     help="Biased multi-domain adversarial training (BiaMAT): prepare data, train, evaluate, benchmark.",
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
 bench_app = typer.Typer(help="Throughput benchmarks: print a table and write JSON.", no_args_is_help=True)
+
+# The order of a paper run (README): prepare the data, train, evaluate, export the model; then
+# demo, the same pipeline on built-in data; info, the diagnosis when something above does not
+# work; and last bench, which measures the engine rather than using it (Typer lists a group of
+# subcommands after the plain commands in any case).
+_add(app, "prepare", prepare_cmd.prepare_command, prepare_cmd.EPILOG)
+_add(app, "train", train_cmd.train_command, train_cmd.EPILOG)
+_add(app, "eval", eval_cmd.eval_command, eval_cmd.EPILOG)
+_add(app, "export", export_cmd.export_command, export_cmd.EPILOG)
+_add(app, "demo", demo_cmd.demo_command, demo_cmd.EPILOG)
+_add(app, "info", info_cmd.info_command, info_cmd.EPILOG)
 app.add_typer(bench_app, name="bench")
 
-
-def _register() -> None:
-    # Each command module adds itself to `app` (or `bench_app`) when imported.
-    from cli import train_cmd  # noqa: F401
-    from cli import demo_cmd  # noqa: F401
-    from cli import info_cmd  # noqa: F401
-    from cli import eval_cmd  # noqa: F401
-    from cli import export_cmd  # noqa: F401
-    from cli import bench_eval  # noqa: F401
-    from cli import bench_kernels  # noqa: F401
-    from cli import prepare_cmd  # noqa: F401
-    from cli import bench_loader  # noqa: F401
-    from cli import bench_step  # noqa: F401
+# The training step first (the number the engine exists for), then what feeds it (loader,
+# kernels), then evaluation.
+_add(bench_app, "step", bench_step.bench_step, bench_step.EPILOG)
+_add(bench_app, "loader", bench_loader.bench_loader, bench_loader.EPILOG)
+_add(bench_app, "kernels", bench_kernels.bench_kernels, bench_kernels.EPILOG)
+_add(bench_app, "eval", bench_eval.bench_eval, bench_eval.EPILOG)
 
 
 def main() -> None:
-    _register()
     app()
 
 

@@ -3,36 +3,34 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
-from cli.app import bench_app
+from cli.bench_common import ENGINE, OUTPUT, TIMING, WORKLOAD, print_report
+from cli.options import devices, require_device
 
-_EPILOG = "Example: biamat-engine bench eval --model wrn-16-4 --n 256 --device cuda --out bench-eval.json"
+EPILOG = "Example: biamat-engine bench eval --model wrn-16-4 --n 256 --device cuda --out bench-eval.json"
 
 
-@bench_app.command("eval", epilog=_EPILOG)
-def bench_eval_command(
-    model: str = typer.Option("wrn-16-4", help="Architecture, randomly initialised (wrn-D-K)."),
-    n: int = typer.Option(256, help="Images per timed run."),
-    batch_size: int = typer.Option(256, help="Images per batch."),
-    steps: int = typer.Option(10, help="Iterations of PGD, CW and APGD-CE."),
-    repeats: int = typer.Option(3, help="Timed runs per row (after warm-up)."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
-    out: Optional[Path] = typer.Option(None, help="Write the JSON report here."),
+def bench_eval(
+    model: Annotated[str, typer.Option(
+        help="Architecture, randomly initialised (wrn-D-K).", rich_help_panel=WORKLOAD)] = "wrn-16-4",
+    n: Annotated[int, typer.Option(help="Images per timed run.", rich_help_panel=WORKLOAD)] = 256,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.", rich_help_panel=WORKLOAD)] = 256,
+    steps: Annotated[int, typer.Option(help="Iterations of PGD, CW and APGD-CE.", rich_help_panel=WORKLOAD)] = 10,
+    device: Annotated[str, typer.Option(
+        callback=devices("cpu", "cuda"), help="cpu or cuda.", rich_help_panel=ENGINE)] = "cpu",
+    repeats: Annotated[int, typer.Option(help="Timed runs per row (after warm-up).", rich_help_panel=TIMING)] = 3,
+    out: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.", rich_help_panel=OUTPUT)] = None,
 ) -> None:
-    """Times the clean pass under each available backend (eager, compile, tensorrt) and each attack
+    """Images/s of the clean pass per backend and of each attack.
+
+    Times the clean pass under each available backend (eager, compile, tensorrt) and each attack
     (PGD, CW, APGD-CE) on the same images, and prints a table."""
     from benchmarks.eval import format_table, run
 
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            typer.echo("error: --device cuda was asked for but torch has no CUDA device; use --device cpu", err=True)
-            raise typer.Exit(2)
+    require_device(device)
     report = run(model_name=model, n=n, batch_size=batch_size, steps=steps, device=device, repeats=repeats, out=out)
-    typer.echo(format_table(report))
-    if out is not None:
-        typer.echo(f"wrote {out}")
+    print_report(Text(format_table(report)), [], out)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from cli.app import bench_app
-from cli.bench_common import bench_errors, check_device, print_report
+from cli.bench_common import ENGINE, OUTPUT, TIMING, print_report
+from cli.options import devices, require_device
 
-_EPILOG = (
+EPILOG = (
     "Example: biamat-engine bench kernels --device cpu --threads 1 --repeats 20 --out runs/bench/kernels.json\n\n"
     "Force the reference in every other command with BIAMAT_KERNELS=torch."
 )
@@ -28,20 +28,23 @@ def render_table(report: dict) -> Table:
     return table
 
 
-@bench_app.command("kernels", epilog=_EPILOG)
 def bench_kernels(
-    device: str = typer.Option("cpu", help="cpu (numba vs torch) or cuda (triton vs torch)."),
-    repeats: int = typer.Option(20, min=2, help="Timed repeats per row (after warm-up)."),
-    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch and numba (default: torch's)."),
-    compile_reference: bool = typer.Option(True, "--compile/--no-compile",
-                                           help="Also time the torch.compile'd reference."),
-    out: Optional[Path] = typer.Option(None, help="Write the JSON report here."),
+    device: Annotated[str, typer.Option(callback=devices("cpu", "cuda"), rich_help_panel=ENGINE,
+                                        help="cpu (numba vs torch) or cuda (triton vs torch).")] = "cpu",
+    threads: Annotated[Optional[int], typer.Option(
+        min=1, help="CPU threads for torch and numba (default: torch's).", rich_help_panel=ENGINE)] = None,
+    compile_reference: Annotated[bool, typer.Option(
+        "--compile/--no-compile", help="Also time the torch.compile'd reference.", rich_help_panel=ENGINE)] = True,
+    repeats: Annotated[int, typer.Option(
+        min=2, help="Timed repeats per row (after warm-up).", rich_help_panel=TIMING)] = 20,
+    out: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.", rich_help_panel=OUTPUT)] = None,
 ) -> None:
-    """Times confidence masking, routed loss (forward, forward+backward), the PGD step and crop+flip
+    """Each kernel implementation against the plain-torch reference.
+
+    Times confidence masking, routed loss (forward, forward+backward), the PGD step and crop+flip
     at the BiaMAT workload's sizes, every implementation side by side with the torch reference."""
     from benchmarks.kernels import run
 
-    check_device(device)
-    with bench_errors(RuntimeError):
-        report = run(device=device, repeats=repeats, compile_reference=compile_reference, threads=threads, out=out)
+    require_device(device)
+    report = run(device=device, repeats=repeats, compile_reference=compile_reference, threads=threads, out=out)
     print_report(render_table(report), report["notes"], out)

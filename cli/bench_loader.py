@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from cli.app import bench_app
-from cli.bench_common import check_device, print_report
+from cli.bench_common import ENGINE, OUTPUT, TIMING, WORKLOAD, print_report
+from cli.options import devices, require_device
 
-_EPILOG = "Example: biamat-engine bench loader --n 10000 --size 32 --device cpu --out runs/bench/loader.json"
+EPILOG = "Example: biamat-engine bench loader --n 10000 --size 32 --device cpu --out runs/bench/loader.json"
 
 
 def render_table(report: dict) -> Table:
@@ -26,24 +26,31 @@ def render_table(report: dict) -> Table:
     return table
 
 
-@bench_app.command("loader", epilog=_EPILOG)
 def bench_loader(
-    n: int = typer.Option(10_000, min=256, help="Images per dataset (primary and auxiliary each)."),
-    size: int = typer.Option(32, help="Image side in pixels."),
-    device: str = typer.Option("cpu", help="cpu or cuda: where the batches are delivered."),
-    repeats: int = typer.Option(3, min=2, help="Timed epochs per backend (after a warm-up epoch)."),
-    workers: Optional[int] = typer.Option(None, min=1, help="Loader threads/processes (default: all cores)."),
-    backends: str = typer.Option("ffcv,resident,dataloader,dali", help="Comma-separated rows to run."),
-    out: Optional[Path] = typer.Option(None, help="Write the JSON report here."),
+    n: Annotated[int, typer.Option(
+        min=256, help="Images per dataset (primary and auxiliary each).", rich_help_panel=WORKLOAD)] = 10_000,
+    size: Annotated[int, typer.Option(help="Image side in pixels.", rich_help_panel=WORKLOAD)] = 32,
+    backends: Annotated[str, typer.Option(
+        help="Comma-separated rows to run.", rich_help_panel=WORKLOAD)] = "ffcv,resident,dataloader,dali",
+    device: Annotated[str, typer.Option(callback=devices("cpu", "cuda"), rich_help_panel=ENGINE,
+                                        help="cpu or cuda: where the batches are delivered.")] = "cpu",
+    workers: Annotated[Optional[int], typer.Option(
+        min=1, help="Loader threads/processes (default: all cores).", rich_help_panel=ENGINE)] = None,
+    repeats: Annotated[int, typer.Option(
+        min=2, help="Timed epochs per backend (after a warm-up epoch).", rich_help_panel=TIMING)] = 3,
+    out: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.", rich_help_panel=OUTPUT)] = None,
 ) -> None:
-    """Images/s delivered to the device for interleaved 128 + 128 primary/auxiliary training
+    """FFCV, resident (and DALI) loaders against a plain torch DataLoader.
+
+    Images/s delivered to the device for interleaved 128 + 128 primary/auxiliary training
     batches (crop + flip), each backend on the same data."""
     from benchmarks.loader import BACKENDS, run
 
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
     unknown = [b for b in names if b not in BACKENDS]
     if unknown:
-        raise typer.BadParameter(f"unknown backends {unknown}; choose from {sorted(BACKENDS)}")
-    check_device(device)
+        raise typer.BadParameter(f"unknown backends {unknown}; choose from {sorted(BACKENDS)}",
+                                 param_hint="--backends")
+    require_device(device)
     report = run(n=n, size=size, device=device, repeats=repeats, workers=workers, backends=names, out=out)
     print_report(render_table(report), report["notes"], out)

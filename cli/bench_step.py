@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from cli.app import bench_app
-from cli.bench_common import bench_errors, print_report
+from cli.bench_common import ENGINE, OUTPUT, TIMING, WORKLOAD, print_report
+from cli.options import devices, require_device
 
-_EPILOG = (
+EPILOG = (
     "Example (CPU, about 7 minutes on 2 cores): biamat-engine bench step --method both --model wrn-10-2 --batch 64 "
     "--aux-batch 64 --steps 1 --repeats 3 --device cpu --compile off,on --kernels auto,torch --threads 1 "
     "--out runs/bench/step-cpu.json\n\n"
@@ -35,40 +35,52 @@ def render_table(report: dict) -> Table:
     return table
 
 
-@bench_app.command("step", epilog=_EPILOG)
 def bench_step(
-    method: str = typer.Option("at", help="at, trades or both."),
-    model: str = typer.Option("wrn-10-2", help="Architecture, wrn-DEPTH-WIDTH (the paper: wrn-28-10 / wrn-34-10)."),
-    batch: int = typer.Option(64, min=1, help="Primary images per step."),
-    aux_batch: int = typer.Option(64, min=1, help="Auxiliary images per step."),
-    aux_classes: int = typer.Option(1000, min=1, help="Classes of the auxiliary head (ImageNet: 1000)."),
-    size: int = typer.Option(32, min=8, help="Image side in pixels."),
-    steps: int = typer.Option(2, min=1, help="Training steps per timed repeat."),
-    warmup: int = typer.Option(2, min=1, help="Untimed steps per row first (compile, numba, omega)."),
-    repeats: int = typer.Option(3, min=1, help="Timed rounds; rows take turns within each round."),
-    attack_steps: int = typer.Option(10, min=0, help="PGD steps of the training attack."),
-    aux_mode: str = typer.Option("biamat", help="biamat, labels, uniform or none."),
-    device: str = typer.Option("auto", help="cpu, cuda or auto."),
-    compile: str = typer.Option("auto", help="Engine torch.compile: auto, on, off, or a list such as off,on."),
-    precision: str = typer.Option("auto", help="Engine precision: auto, fp32, bf16 or fp16."),
-    kernels: str = typer.Option("auto", help="Engine kernels: auto, torch, numba, triton, or a list such as auto,torch."),
-    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch and numba (default: torch's)."),
-    out: Optional[Path] = typer.Option(None, help="Write the JSON report here."),
+    method: Annotated[str, typer.Option(help="at, trades or both.", rich_help_panel=WORKLOAD)] = "at",
+    model: Annotated[str, typer.Option(help="Architecture, wrn-DEPTH-WIDTH (the paper: wrn-28-10 / wrn-34-10).",
+                                       rich_help_panel=WORKLOAD)] = "wrn-10-2",
+    batch: Annotated[int, typer.Option(min=1, help="Primary images per step.", rich_help_panel=WORKLOAD)] = 64,
+    aux_batch: Annotated[int, typer.Option(min=1, help="Auxiliary images per step.", rich_help_panel=WORKLOAD)] = 64,
+    aux_classes: Annotated[int, typer.Option(
+        min=1, help="Classes of the auxiliary head (ImageNet: 1000).", rich_help_panel=WORKLOAD)] = 1000,
+    size: Annotated[int, typer.Option(min=8, help="Image side in pixels.", rich_help_panel=WORKLOAD)] = 32,
+    attack_steps: Annotated[int, typer.Option(
+        min=0, help="PGD steps of the training attack.", rich_help_panel=WORKLOAD)] = 10,
+    aux_mode: Annotated[str, typer.Option(
+        help="biamat, labels, uniform or none.", rich_help_panel=WORKLOAD)] = "biamat",
+    device: Annotated[str, typer.Option(
+        callback=devices("auto", "cpu", "cuda"), help="cpu, cuda or auto.", rich_help_panel=ENGINE)] = "auto",
+    compile: Annotated[str, typer.Option(
+        help="Engine torch.compile: auto, on, off, or a list such as off,on.", rich_help_panel=ENGINE)] = "auto",
+    precision: Annotated[str, typer.Option(
+        help="Engine precision: auto, fp32, bf16 or fp16.", rich_help_panel=ENGINE)] = "auto",
+    kernels: Annotated[str, typer.Option(
+        help="Engine kernels: auto, torch, numba, triton, or a list such as auto,torch.",
+        rich_help_panel=ENGINE)] = "auto",
+    threads: Annotated[Optional[int], typer.Option(
+        min=1, help="CPU threads for torch and numba (default: torch's).", rich_help_panel=ENGINE)] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps per timed repeat.", rich_help_panel=TIMING)] = 2,
+    warmup: Annotated[int, typer.Option(
+        min=1, help="Untimed steps per row first (compile, numba, omega).", rich_help_panel=TIMING)] = 2,
+    repeats: Annotated[int, typer.Option(
+        min=1, help="Timed rounds; rows take turns within each round.", rich_help_panel=TIMING)] = 3,
+    out: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.", rich_help_panel=OUTPUT)] = None,
 ) -> None:
-    """Times the engine's training step (as the trainer runs it) side by side with a plain
+    """The engine's training step against the plain reference and naive steps.
+
+    Times the engine's training step (as the trainer runs it) side by side with a plain
     reference step (eager fp32 NCHW, input-only attack gradients, TRADES clean logits recomputed
     every attack step) and a naive one (loss.backward() in the attack), on the same weights and
     batch: images/s, the ratios, and MFU on a GPU."""
-    from benchmarks.step import run
-    from engine.config import ConfigError
-
     if method not in ("at", "trades", "both"):
-        raise typer.BadParameter(f"--method must be at, trades or both, got {method!r}")
+        raise typer.BadParameter(f"expected at, trades or both, got {method!r}", param_hint="--method")
     if aux_mode not in ("biamat", "labels", "uniform", "none"):
-        raise typer.BadParameter(f"--aux-mode must be biamat, labels, uniform or none, got {aux_mode!r}")
-    with bench_errors(ConfigError, ValueError, RuntimeError, ModuleNotFoundError):
-        report = run(method=method, model_name=model, batch=batch, aux_batch=aux_batch, aux_classes=aux_classes,
-                     size=size, steps=steps, warmup=warmup, repeats=repeats, attack_steps=attack_steps,
-                     aux_mode=aux_mode, device=device, compile=compile, precision=precision, kernels=kernels,
-                     threads=threads, out=out)
+        raise typer.BadParameter(f"expected biamat, labels, uniform or none, got {aux_mode!r}", param_hint="--aux-mode")
+    from benchmarks.step import run
+
+    require_device(device)
+    report = run(method=method, model_name=model, batch=batch, aux_batch=aux_batch, aux_classes=aux_classes,
+                 size=size, steps=steps, warmup=warmup, repeats=repeats, attack_steps=attack_steps,
+                 aux_mode=aux_mode, device=device, compile=compile, precision=precision, kernels=kernels,
+                 threads=threads, out=out)
     print_report(render_table(report), report["notes"], out)

@@ -1,35 +1,11 @@
-"""What every command shares: error reporting, logging set-up, the progress bar."""
+"""What `train` and `demo` share: logging set-up, the training progress bar, the epoch table."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-from typing import Iterator
 
-import typer
-from rich.console import Console
-
-console = Console(stderr=False)
-err_console = Console(stderr=True)
-
-# Errors a user can fix from the message alone: printed without a traceback. Anything else
-# is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, ImportError)
-
-
-@contextlib.contextmanager
-def user_errors(*extra: type[BaseException]) -> Iterator[None]:
-    """Turns a user-fixable error into `error: message` and exit code 1."""
-    try:
-        yield
-    except USER_ERRORS + extra as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        err_console.print("[bold yellow]interrupted[/]: files already written are complete; "
-                          "a training run continues with --resume")
-        raise typer.Exit(130) from None
+from cli.console import console, err_console
 
 
 def setup_logging(verbose: bool) -> None:
@@ -40,10 +16,11 @@ def setup_logging(verbose: bool) -> None:
 
 
 class TrainProgress:
-    """A rich progress bar with live images/s, shown only on a terminal."""
+    """A rich progress bar with live images/s, on stderr and only when it is a terminal (stdout
+    keeps the results: the epoch table)."""
 
     def __init__(self, epochs: int) -> None:
-        self.enabled = sys.stdout.isatty()
+        self.enabled = sys.stderr.isatty()
         self.epochs = epochs
         self._progress = None
         self._task = None
@@ -56,7 +33,7 @@ class TrainProgress:
             self._progress = Progress(
                 TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                 MofNCompleteColumn(), TextColumn("{task.fields[rate]:>8.1f} img/s"), TimeRemainingColumn(),
-                console=console, transient=False,
+                console=err_console, transient=False,
             )
             self._progress.__enter__()
         return self

@@ -7,12 +7,13 @@ how the confidence selection treated related and unrelated auxiliary classes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from cli.app import app
-from cli.common import TrainProgress, console, print_epoch_table, setup_logging, user_errors
+from cli.common import TrainProgress, print_epoch_table, setup_logging
+from cli.console import console, err_console
+from cli.options import devices
 
 EPILOG = """[bold]Examples[/]
 
@@ -59,15 +60,23 @@ def selection_summary(run_dir: Path) -> list[tuple[str, int, int]]:
     return [(name, seen, high) for name, (seen, high) in groups.items()]
 
 
-@app.command("demo", epilog=EPILOG)
+DATA, RUN = "Data", "Run"
+
+
 def demo_command(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory to create."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
-    epochs: Optional[int] = typer.Option(None, help="Override the demo preset's epochs."),
-    seed: int = typer.Option(0, help="Seed of the data and the run."),
-    train_size: int = typer.Option(4000, min=16, help="Generated primary and auxiliary training images each."),
-    test_size: int = typer.Option(500, min=16, help="Generated held-out primary images."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr."),
+    out: Annotated[Path, typer.Option("--out", help="Run directory to create.",
+                                      rich_help_panel=RUN)] = Path("runs/demo"),
+    device: Annotated[str, typer.Option(callback=devices("auto", "cpu", "cuda", "cuda:N"),
+                                        help="auto | cpu | cuda | cuda:N", rich_help_panel=RUN)] = "auto",
+    epochs: Annotated[Optional[int], typer.Option(
+        help="Override the demo preset's epochs.", rich_help_panel=RUN)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the data and the run.", rich_help_panel=RUN)] = 0,
+    train_size: Annotated[int, typer.Option(
+        min=16, help="Generated primary and auxiliary training images each.", rich_help_panel=DATA)] = 4000,
+    test_size: Annotated[int, typer.Option(
+        min=16, help="Generated held-out primary images.", rich_help_panel=DATA)] = 500,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Log progress to stderr.", rich_help_panel=RUN)] = False,
 ) -> None:
     """Generate the built-in shapes data, train AT+BiaMAT on it, evaluate, print the table."""
     setup_logging(verbose)
@@ -75,33 +84,33 @@ def demo_command(
 
     from engine.config import load_config, load_preset
     from engine.evaluation.report import summary_rows
-    from engine.run_dir import RunDir, write_json
     from engine.evaluation.runner import EvalPlan, run_evaluation
+    from engine.run_dir import RunDir, write_json
     from engine.runtime import resolve_device
-    from engine.trainer import NonFiniteLossError, train
+    from engine.trainer import train
 
-    with user_errors(NonFiniteLossError):
-        console.print("[bold]1/3[/] writing the built-in shapes datasets as .beton files")
-        paths = prepare_shapes(out / "data", primary_n=train_size, aux_n=train_size, test_n=test_size, seed=seed)
-        overrides = [f"data.primary={paths['primary']}", f"data.test={paths['test']}",
-                     f"runtime.device={device}", f"runtime.seed={seed}"]
-        preset = load_preset("demo")
-        if epochs is not None:
-            # Keep the preset's share of warm-up epochs, so routing still runs at the end.
-            warmup = preset["method"]["warmup_epochs"] * epochs // preset["optim"]["epochs"]
-            overrides += [f"optim.epochs={epochs}", f"method.warmup_epochs={min(warmup, epochs - 1)}"]
-        cfg = load_config("demo", overrides=overrides, aux=[str(paths["aux"])])
-        console.print(f"[bold]2/3[/] training {cfg.model.name} with AT+BiaMAT for {cfg.optim.epochs} epochs "
+    # The step headings are progress (stderr); the tables are the results (stdout).
+    err_console.print("[bold]1/3[/] writing the built-in shapes datasets as .beton files")
+    paths = prepare_shapes(out / "data", primary_n=train_size, aux_n=train_size, test_n=test_size, seed=seed)
+    overrides = [f"data.primary={paths['primary']}", f"data.test={paths['test']}",
+                 f"runtime.device={device}", f"runtime.seed={seed}"]
+    preset = load_preset("demo")
+    if epochs is not None:
+        # Keep the preset's share of warm-up epochs, so routing still runs at the end.
+        warmup = preset["method"]["warmup_epochs"] * epochs // preset["optim"]["epochs"]
+        overrides += [f"optim.epochs={epochs}", f"method.warmup_epochs={min(warmup, epochs - 1)}"]
+    cfg = load_config("demo", overrides=overrides, aux=[str(paths["aux"])])
+    err_console.print(f"[bold]2/3[/] training {cfg.model.name} with AT+BiaMAT for {cfg.optim.epochs} epochs "
                       f"(warm-up {cfg.method.warmup_epochs}) into {out}")
-        with TrainProgress(cfg.optim.epochs) as progress:
-            records = train(cfg, out, overwrite=True, on_step=progress)  # a demo simply runs again
-        print_epoch_table(records)
+    with TrainProgress(cfg.optim.epochs) as progress:
+        records = train(cfg, out, overwrite=True, on_step=progress)  # a demo simply runs again
+    print_epoch_table(records)
 
-        console.print("[bold]3/3[/] evaluating the best model on the held-out shapes (clean, PGD-20)")
-        eval_cfg = EvalPlan(attacks=("clean", "pgd20"), eps=cfg.attack.eps, step_size=2 / 255,
-                              device=str(resolve_device(device)))
-        report = run_evaluation(out, str(paths["test"]), eval_cfg)
-        write_json(RunDir(out).eval_report, report)
+    err_console.print("[bold]3/3[/] evaluating the best model on the held-out shapes (clean, PGD-20)")
+    plan = EvalPlan(attacks=("clean", "pgd20"), eps=cfg.attack.eps, step_size=2 / 255,
+                    device=str(resolve_device(device)))
+    report = run_evaluation(out, str(paths["test"]), plan)
+    write_json(RunDir(out).eval_report, report)
 
     table = Table(title=f"demo: best model on {report['n']} held-out shapes, Linf eps {report['eps']}",
                   show_edge=False)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from cli.app import app
+from cli.console import console, err_console
+from cli.errors import UsageError
+from cli.options import devices, fraction
 
-_EPILOG = (
+EPILOG = (
     "Example: biamat-engine eval runs/demo --test shapes:primary --attacks clean,pgd100,cw100,aa "
     "--n 1000 --out runs/demo/eval.json\n\n"
     "Quick AutoAttack subset: --attacks clean,aa --aa-attacks apgd-ce,apgd-t"
@@ -46,52 +47,73 @@ def render_table(report: dict) -> Table:
     return table
 
 
-@app.command("eval", epilog=_EPILOG)
+def _plan(**options):
+    """The EvalPlan of the options; what it rejects is an option value (eps and device arrive
+    checked), so its ValueError is a usage error."""
+    from engine.evaluation.runner import EvalPlan
+
+    try:
+        return EvalPlan(**options)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+DATA, ATTACKS, RUN = "Data", "Attacks", "Run"
+
+
 def eval_command(
-    model: Path = typer.Argument(..., help="RUN_DIR, MODEL.safetensors (with model.json beside it) or CKPT.pt."),
-    test: str = typer.Option(..., "--test", help="Test set: T.beton, T.npz or shapes:primary."),
-    attacks: str = typer.Option("clean,pgd100,cw100,aa", help="Comma list of clean, pgdK, cwK, aa."),
-    aa_attacks: Optional[str] = typer.Option(None, help="Custom AutoAttack list, e.g. apgd-ce,apgd-t."),
-    aa_version: str = typer.Option("standard", help="AutoAttack version: standard, plus, rand (custom with --aa-attacks)."),
-    aa_iterations: Optional[int] = typer.Option(None, help="APGD/FAB iterations for a quick run (default: the package's 100)."),
-    aa_state: Optional[Path] = typer.Option(None, help="State file: an interrupted AutoAttack run resumes from it."),
-    n: Optional[int] = typer.Option(None, help="Evaluate the first N test images (default: all)."),
-    batch_size: int = typer.Option(256, help="Images per batch for every pass."),
-    seed: int = typer.Option(0, help="Seed of the random starts and of AutoAttack."),
-    eps: Optional[str] = typer.Option(None, help="L-inf radius, e.g. 8/255 (default: the run's config, else 8/255)."),
-    step_size: str = typer.Option("2/255", help="PGD/CW step size, e.g. 2/255."),
-    restarts: int = typer.Option(1, help="PGD/CW random restarts."),
-    backend: str = typer.Option("eager", help="Clean-pass backend: eager, compile or tensorrt."),
-    device: str = typer.Option("auto", help="auto (cuda when there is one), cpu, cuda or cuda:N."),
-    out: Optional[Path] = typer.Option(None, help="Report path (default: eval.json in the run directory)."),
+    model: Annotated[Path, typer.Argument(help="RUN_DIR, MODEL.safetensors (with model.json beside it) or CKPT.pt.")],
+    test: Annotated[str, typer.Option("--test", help="Test set: T.beton, T.npz or shapes:primary.",
+                                      rich_help_panel=DATA)],
+    n: Annotated[Optional[int], typer.Option(
+        help="Evaluate the first N test images (default: all).", rich_help_panel=DATA)] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch for every pass.", rich_help_panel=DATA)] = 256,
+    attacks: Annotated[str, typer.Option(
+        help="Comma list of clean, pgdK, cwK, aa.", rich_help_panel=ATTACKS)] = "clean,pgd100,cw100,aa",
+    eps: Annotated[Optional[float], typer.Option(
+        parser=fraction, metavar="EPS", rich_help_panel=ATTACKS,
+        help="L-inf radius, e.g. 8/255 (default: the run's config, else 8/255).")] = None,
+    # The default is command-line text like any value: `fraction` reads it, and --help shows 2/255.
+    step_size: Annotated[float, typer.Option(
+        parser=fraction, metavar="STEP", help="PGD/CW step size, e.g. 2/255.", rich_help_panel=ATTACKS)] = "2/255",
+    restarts: Annotated[int, typer.Option(help="PGD/CW random restarts.", rich_help_panel=ATTACKS)] = 1,
+    seed: Annotated[int, typer.Option(
+        help="Seed of the random starts and of AutoAttack.", rich_help_panel=ATTACKS)] = 0,
+    aa_attacks: Annotated[Optional[str], typer.Option(
+        help="Custom AutoAttack list, e.g. apgd-ce,apgd-t.", rich_help_panel=ATTACKS)] = None,
+    aa_version: Annotated[str, typer.Option(
+        help="AutoAttack version: standard, plus, rand (custom with --aa-attacks).",
+        rich_help_panel=ATTACKS)] = "standard",
+    aa_iterations: Annotated[Optional[int], typer.Option(
+        help="APGD/FAB iterations for a quick run (default: the package's 100).", rich_help_panel=ATTACKS)] = None,
+    aa_state: Annotated[Optional[Path], typer.Option(
+        help="State file: an interrupted AutoAttack run resumes from it.", rich_help_panel=ATTACKS)] = None,
+    backend: Annotated[str, typer.Option(
+        help="Clean-pass backend: eager, compile or tensorrt.", rich_help_panel=RUN)] = "eager",
+    device: Annotated[str, typer.Option(
+        callback=devices("auto", "cpu", "cuda", "cuda:N"), rich_help_panel=RUN,
+        help="auto (cuda when there is one), cpu, cuda or cuda:N.")] = "auto",
+    out: Annotated[Optional[Path], typer.Option(
+        help="Report path (default: eval.json in the run directory).", rich_help_panel=RUN)] = None,
 ) -> None:
-    """Evaluates a classifier: clean accuracy, PGD-K, CW-K and AutoAttack at L-inf eps."""
-    from engine.evaluation.backends import BackendUnavailable
-    from engine.evaluation.report import parse_eps
+    """Evaluate a classifier: clean accuracy, PGD-K, CW-K and AutoAttack at L-inf eps."""
+    from engine.evaluation.runner import resolve_eps, run_evaluation
     from engine.run_dir import write_json
-    from engine.evaluation.runner import EvalPlan, resolve_eps, run_evaluation
     from engine.runtime import resolve_device
 
-    console = Console(stderr=True)
-    try:
-        eps_value, eps_source = resolve_eps(model, eps)
-        config = EvalPlan(
-            attacks=_split(attacks), aa_attacks=_split(aa_attacks or ""), aa_version=aa_version,
-            aa_iterations=aa_iterations, aa_state=str(aa_state) if aa_state else None, eps=eps_value,
-            step_size=parse_eps(step_size), restarts=restarts, n=n, batch_size=batch_size, seed=seed,
-            backend=backend, device=str(resolve_device(device)),
-        )
-        with console.status("evaluating") as status:
-            report = run_evaluation(model, test, config, progress=lambda msg: status.update(msg))
-    except (ValueError, FileNotFoundError, ImportError, BackendUnavailable) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2)
+    eps_value, eps_source = resolve_eps(model, eps)  # --eps, else the run's config.toml or model card
+    plan = _plan(attacks=_split(attacks), aa_attacks=_split(aa_attacks or ""), aa_version=aa_version,
+                 aa_iterations=aa_iterations, aa_state=str(aa_state) if aa_state else None, eps=eps_value,
+                 step_size=step_size, restarts=restarts, n=n, batch_size=batch_size, seed=seed, backend=backend,
+                 device=str(resolve_device(device)))
+    with err_console.status("evaluating") as status:
+        report = run_evaluation(model, test, plan, progress=lambda msg: status.update(msg))
     report["eps_source"] = eps_source
     out = out or _default_out(model)
     write_json(out, report)
-    Console().print(render_table(report))
+    console.print(render_table(report))
     for warning in report["sanity_warnings"]:
-        console.print(f"[yellow]warning ({warning['code']}):[/yellow] {warning['message']}")
+        err_console.print(f"[yellow]warning ({warning['code']}):[/yellow] {warning['message']}")
     for note in report.get("notes", []):
         console.print(f"note: {note}")
     console.print(f"wrote {out}")

@@ -3,33 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from cli.app import app
+from cli.console import console
 
-_EPILOG = "Example: biamat-engine export runs/demo --format robustbench --out runs/demo/robustbench"
+EPILOG = "Example: biamat-engine export runs/demo --format robustbench --out runs/demo/robustbench"
 
 
-@app.command("export", epilog=_EPILOG)
 def export_command(
-    run: Path = typer.Argument(..., help="RUN_DIR (or a model.safetensors / checkpoint inside one)."),
-    format: str = typer.Option("robustbench", "--format", help="Export format: robustbench."),
-    out: Optional[Path] = typer.Option(None, help="Output directory (default: RUN_DIR/robustbench)."),
+    run: Annotated[Path, typer.Argument(help="RUN_DIR (or a model.safetensors / checkpoint inside one).")],
+    format: Annotated[str, typer.Option("--format", help="Export format: robustbench.")] = "robustbench",
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: RUN_DIR/robustbench).")] = None,
 ) -> None:
-    """Exports the primary classifier: weights under RobustBench's WideResNet key names, a model card
-    (model.json) and a README with the loading code."""
+    """Export the primary classifier in a format other tools load.
+
+    Weights under RobustBench's WideResNet key names, a model card (model.json) and a README
+    with the loading code."""
     from engine.export import EXPORT_FORMATS, export_robustbench
 
-    console = Console(stderr=True)
     if format not in EXPORT_FORMATS:
-        console.print(f"[red]error:[/red] unknown export format {format!r}: expected {', '.join(EXPORT_FORMATS)}")
-        raise typer.Exit(2)
-    try:
-        result = export_robustbench(run, out)
-    except (ValueError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2)
+        raise typer.BadParameter(f"unknown export format {format!r}: expected {', '.join(EXPORT_FORMATS)}",
+                                 param_hint="--format")
+    result = export_robustbench(run, out)
     console.print(f"wrote {result.weights}, {result.card.name} and {result.readme.name} in {result.out_dir}")

@@ -6,12 +6,10 @@ import importlib
 import importlib.metadata
 import platform
 
-import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.app import app
-from cli.common import console
+from cli.console import console
 
 EPILOG = """[bold]Example[/]
 
@@ -43,7 +41,6 @@ def probe(module: str) -> tuple[bool, str]:
         return True, str(getattr(mod, "__version__", "installed"))
 
 
-@app.command("info", epilog=EPILOG)
 def info_command() -> None:
     """Print versions, devices, which optional extras work here, and the presets."""
     import torch

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from cli.app import app
+from cli.console import console, err_console
 
-_EPILOG = (
+EPILOG = (
     "Examples:\n\n"
     "  biamat-engine prepare cifar10 data/cifar --download data/cifar10-train.beton\n\n"
     "  biamat-engine prepare cifar100 data/cifar-100-python.tar.gz data/cifar100-test.beton --split test\n\n"
@@ -21,47 +20,48 @@ _EPILOG = (
 )
 
 
-@app.command("prepare", epilog=_EPILOG)
-def prepare(
-    format: str = typer.Argument(..., help="Dataset format: cifar10, cifar100, svhn, imagenet32, imagenet64, "
-                                 "imgnet100, imgnet900, places365, imagefolder, shapes."),
-    source: str = typer.Argument(..., help="Archive, file or folder as published (for shapes: primary or aux)."),
-    out: Path = typer.Argument(..., help="The .beton to write; its manifest goes to OUT.json."),
-    split: str = typer.Option("train", help="train or test (svhn also: extra)."),
-    size: Optional[int] = typer.Option(None, help="Image side, 32 or 64 where the format offers both."),
-    download: bool = typer.Option(False, "--download", help="Fetch CIFAR/SVHN into SOURCE and verify the MD5."),
-    coarse: bool = typer.Option(False, "--coarse", help="CIFAR-100: the 20 coarse labels instead of 100 fine."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Image folders: skip unreadable images and list them."),
-    workers: int = typer.Option(1, min=1, help="Processes decoding and resizing images."),
-    seed: int = typer.Option(0, help="imgnet100/imgnet900 class draw; shapes generator seed."),
-) -> None:
-    """Converts one split of a dataset, as its publishers ship it, into an FFCV .beton file and a
-    JSON manifest (classes, counts, checksums). Bad input exits non-zero with a message naming the
-    file; nothing half-written is ever left behind."""
-    from loaders.sources import SourceError, read_source
+DATASET, READING = "Dataset", "Reading"
 
-    err = Console(stderr=True)
+
+def prepare_command(
+    format: Annotated[str, typer.Argument(help="Dataset format: cifar10, cifar100, svhn, imagenet32, imagenet64, "
+                                          "imgnet100, imgnet900, places365, imagefolder, shapes.")],
+    source: Annotated[str, typer.Argument(
+        help="Archive, file or folder as published (for shapes: primary or aux).")],
+    out: Annotated[Path, typer.Argument(help="The .beton to write; its manifest goes to OUT.json.")],
+    split: Annotated[str, typer.Option(help="train or test (svhn also: extra).", rich_help_panel=DATASET)] = "train",
+    size: Annotated[Optional[int], typer.Option(
+        help="Image side, 32 or 64 where the format offers both.", rich_help_panel=DATASET)] = None,
+    coarse: Annotated[bool, typer.Option(
+        "--coarse", help="CIFAR-100: the 20 coarse labels instead of 100 fine.", rich_help_panel=DATASET)] = False,
+    seed: Annotated[int, typer.Option(
+        help="imgnet100/imgnet900 class draw; shapes generator seed.", rich_help_panel=DATASET)] = 0,
+    download: Annotated[bool, typer.Option(
+        "--download", help="Fetch CIFAR/SVHN into SOURCE and verify the MD5.", rich_help_panel=READING)] = False,
+    skip_bad: Annotated[bool, typer.Option(
+        "--skip-bad", help="Image folders: skip unreadable images and list them.", rich_help_panel=READING)] = False,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Processes decoding and resizing images.", rich_help_panel=READING)] = 1,
+) -> None:
+    """Convert one split of a published dataset into a .beton file and its manifest.
+
+    The dataset as its publishers ship it becomes an FFCV .beton file and a JSON manifest
+    (classes, counts, checksums). Bad input exits 1 with a message naming the file; nothing
+    half-written is ever left behind."""
+    from loaders.sources import read_source
+
     if out.suffix != ".beton":
-        err.print(f"[red]{out}: the output must end in .beton[/red]")
-        raise typer.Exit(2)
-    try:
-        data = read_source(format, source, split, size, download=download, coarse=coarse,
-                           skip_bad=skip_bad, workers=workers, seed=seed)
-        manifest = _write(out, data, format, split, source)
-    except (SourceError, FileNotFoundError, ImportError) as error:
-        err.print(f"[red]prepare failed:[/red] {error}")
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        err.print(f"[yellow]interrupted: {out} was not written[/yellow]")
-        raise typer.Exit(130) from None
-    console = Console()
+        raise typer.BadParameter(f"{out}: the output must end in .beton", param_hint="OUT")
+    data = read_source(format, source, split, size, download=download, coarse=coarse,
+                       skip_bad=skip_bad, workers=workers, seed=seed)
+    manifest = _write(out, data, format, split, source)
     console.print(f"wrote {out}: {manifest['count']} images {manifest['image_size']}x{manifest['image_size']}, "
                   f"{manifest['num_classes']} classes ({manifest['name']})")
     skipped = manifest.get("meta", {}).get("skipped") or []
     if skipped:
-        console.print(f"[yellow]skipped {len(skipped)} unreadable images[/yellow] (listed in {out}.json):")
+        err_console.print(f"[yellow]warning: skipped {len(skipped)} unreadable images[/yellow] (listed in {out}.json):")
         for path in skipped[:20]:
-            console.print(f"  {path}")
+            err_console.print(f"  {path}")
 
 
 def _write(out: Path, data, format: str, split: str, source: str) -> dict:
@@ -74,7 +74,7 @@ def _write(out: Path, data, format: str, split: str, source: str) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = [TextColumn(f"{data.name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+    with Progress(*columns, console=err_console, transient=True) as progress:
         task = progress.add_task("write", total=total)
         return write_beton(out, data, format=format, split=split, source=str(source),
                            progress=lambda n: progress.advance(task, n))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
-from cli.app import app
-from cli.common import TrainProgress, console, print_epoch_table, setup_logging, user_errors
+from cli.common import TrainProgress, print_epoch_table, setup_logging
+from cli.console import console
+from cli.errors import UsageError
+from cli.options import devices
 
 EPILOG = """[bold]Examples[/]
 
@@ -35,54 +37,75 @@ def flag_overrides(**flags) -> list[str]:
 
 def build_config(preset, config_file, overrides, aux, resume_dir):
     """The run's config: its own config.toml on --resume, else preset or file; then the flags."""
-    from engine.config import ConfigError, load_config
+    from engine.config import load_config
     from engine.run_dir import RunDir
 
     if resume_dir is not None:
-        if preset or config_file:
-            raise ConfigError("--resume continues the run's own config.toml: drop --preset/--config")
         config_file = RunDir(resume_dir).config
     return load_config(preset, config_file, overrides, aux=list(aux) or None)
 
 
-@app.command("train", epilog=EPILOG)
+# Help panels, in the order a reader fills in a run: where its settings come from, its data, the
+# method, the network and schedule, then how and where this invocation runs.
+CONFIG, DATA, METHOD, MODEL, RUN = "Configuration", "Data", "Method", "Model and optimisation", "Run"
+
+
 def train_command(
-    out: Path = typer.Option(..., "--out", help="Run directory (config.toml, metrics.jsonl, checkpoints, model)."),
-    preset: Optional[str] = typer.Option(None, help="A named preset (paper Table 2 rows, `demo`); see `biamat-engine info`."),
-    config: Optional[Path] = typer.Option(None, "--config", help="A TOML file with the same sections as config.toml."),
-    set_: List[str] = typer.Option([], "--set", help="Override any setting: section.key=value (repeatable)."),
-    primary: Optional[str] = typer.Option(None, help="Primary training data (.beton, .npz or shapes:primary)."),
-    aux: List[str] = typer.Option([], "--aux", help="Auxiliary dataset (repeatable; one head each)."),
-    test: Optional[str] = typer.Option(None, help="Held-out data for per-epoch model selection."),
-    method: Optional[str] = typer.Option(None, help="at | trades"),
-    aux_mode: Optional[str] = typer.Option(None, help="biamat | labels | uniform | none"),
-    alpha: Optional[float] = typer.Option(None, help="Auxiliary loss weight."),
-    pi: Optional[float] = typer.Option(None, help="Threshold factor: omega = pi * mean confidence."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs."),
-    model: Optional[str] = typer.Option(None, help="Architecture, e.g. wrn-28-10."),
-    loader: Optional[str] = typer.Option(None, help="resident | ffcv | dali"),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
-    seed: Optional[int] = typer.Option(None, help="Seed of everything random."),
-    resume: bool = typer.Option(False, "--resume", help="Continue RUN_DIR from its last.pt."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished or stopped run in RUN_DIR."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr."),
+    *,  # keyword-only, so that the required --out can sit in the "Run" panel, after the defaults
+    preset: Annotated[Optional[str], typer.Option(
+        help="A named preset (paper Table 2 rows, `demo`); see `biamat-engine info`.", rich_help_panel=CONFIG)] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="A TOML file with the same sections as config.toml.", rich_help_panel=CONFIG)] = None,
+    set_: Annotated[List[str], typer.Option(
+        "--set", help="Override any setting: section.key=value (repeatable).", rich_help_panel=CONFIG)] = [],
+    primary: Annotated[Optional[str], typer.Option(
+        help="Primary training data (.beton, .npz or shapes:primary).", rich_help_panel=DATA)] = None,
+    aux: Annotated[List[str], typer.Option(
+        "--aux", help="Auxiliary dataset (repeatable; one head each).", rich_help_panel=DATA)] = [],
+    test: Annotated[Optional[str], typer.Option(
+        help="Held-out data for per-epoch model selection.", rich_help_panel=DATA)] = None,
+    loader: Annotated[Optional[str], typer.Option(help="resident | ffcv | dali", rich_help_panel=DATA)] = None,
+    method: Annotated[Optional[str], typer.Option(help="at | trades", rich_help_panel=METHOD)] = None,
+    aux_mode: Annotated[Optional[str], typer.Option(
+        help="biamat | labels | uniform | none", rich_help_panel=METHOD)] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="Auxiliary loss weight.", rich_help_panel=METHOD)] = None,
+    pi: Annotated[Optional[float], typer.Option(
+        help="Threshold factor: omega = pi * mean confidence.", rich_help_panel=METHOD)] = None,
+    model: Annotated[Optional[str], typer.Option(help="Architecture, e.g. wrn-28-10.", rich_help_panel=MODEL)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.", rich_help_panel=MODEL)] = None,
+    out: Annotated[Path, typer.Option("--out", help="Run directory (config.toml, metrics.jsonl, checkpoints, model).",
+                                      rich_help_panel=RUN)],
+    device: Annotated[Optional[str], typer.Option(callback=devices("auto", "cpu", "cuda", "cuda:N"),
+                                                  help="auto | cpu | cuda | cuda:N", rich_help_panel=RUN)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of everything random.", rich_help_panel=RUN)] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue RUN_DIR from its last.pt.", rich_help_panel=RUN)] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a finished or stopped run in RUN_DIR.", rich_help_panel=RUN)] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Log progress to stderr.", rich_help_panel=RUN)] = False,
 ) -> None:
     """Train AT or TRADES, with or without BiaMAT auxiliary data, into a run directory."""
+    if preset and config:
+        raise UsageError("--preset or --config, not both: start from one and change settings with --set")
+    if resume and (preset or config):
+        raise UsageError("--resume continues the run's own config.toml: drop --preset/--config")
+    if resume and overwrite:
+        raise UsageError("continue the run in RUN_DIR (--resume) or replace it (--overwrite), not both")
     setup_logging(verbose)
     from engine.distributed import init_from_env
     from engine.run_dir import RunDir
-    from engine.trainer import NonFiniteLossError, train
+    from engine.trainer import train
 
     files = RunDir(out)
-    with user_errors(NonFiniteLossError, FileExistsError):
-        overrides = flag_overrides(primary=primary, test=test, method=method, aux_mode=aux_mode, alpha=alpha,
-                                   pi=pi, epochs=epochs, model=model, loader=loader, device=device,
-                                   seed=seed) + list(set_)
-        if resume and not files.holds_run():
-            raise FileNotFoundError(f"--resume: {files.last} does not exist; start the run without --resume")
-        cfg = build_config(preset, config, overrides, aux, out if resume else None)
-        init_from_env(cfg.runtime.device)  # a no-op unless launched by torchrun
-        with TrainProgress(cfg.optim.epochs) as progress:
-            records = train(cfg, out, resume=resume, overwrite=overwrite, on_step=progress)
+    overrides = flag_overrides(primary=primary, test=test, method=method, aux_mode=aux_mode, alpha=alpha,
+                               pi=pi, epochs=epochs, model=model, loader=loader, device=device,
+                               seed=seed) + list(set_)
+    if resume and not files.holds_run():
+        raise FileNotFoundError(f"--resume: {files.last} does not exist; start the run without --resume")
+    cfg = build_config(preset, config, overrides, aux, out if resume else None)
+    init_from_env(cfg.runtime.device)  # a no-op unless launched by torchrun
+    with TrainProgress(cfg.optim.epochs) as progress:
+        records = train(cfg, out, resume=resume, overwrite=overwrite, on_step=progress)
     print_epoch_table(records)
     console.print(f"run directory: [bold]{out}[/] (best model: {files.weights})")

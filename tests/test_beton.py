@@ -176,7 +176,6 @@ def test_reader_errors_name_the_file(tmp_path):
 def test_prepare_cli_exit_codes(tmp_path):
     from typer.testing import CliRunner
 
-    from cli import prepare_cmd  # noqa: F401
     from cli.app import app
 
     runner = CliRunner()

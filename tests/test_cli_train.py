@@ -1,5 +1,6 @@
 """The `biamat-engine` CLI through Typer's CliRunner: help with examples, `train` into a run
-directory and `--resume`, user errors as `error: ...` with exit code 1, `info`."""
+directory and `--resume`, user errors as `error: ...` with exit code 1, `info`. The error policy
+across every command: tests/test_cli_errors.py."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ import tomllib
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import _register, app, bench_app
+from cli.app import app, bench_app
 from engine.config import to_toml
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-_register()
 runner = CliRunner(env={"COLUMNS": "160", "NO_COLOR": "1"})
 
 TINY_FLAGS = [
@@ -80,13 +80,12 @@ def test_train_from_a_config_file(tmp_path, tiny_train_config):
     (["--method", "sgd"], "method.name = 'sgd'"),
     (["--model", "resnet-18"], "model.name"),
     (["--preset", "cifar11-at"], "unknown preset 'cifar11-at'"),
-    (["--preset", "demo", "--config", "x.toml"], "not both"),
     (["--config", "missing.toml"], "config file not found: missing.toml"),
 ])
 def test_bad_settings_exit_1_with_a_message_naming_the_key(args, message, tmp_path):
     result = invoke("train", *args, "--out", str(tmp_path / "run"))
     assert result.exit_code == 1, result.output
-    assert "error:" in result.output and message in result.output
+    assert "error:" in result.stderr and message in result.stderr
     assert "Traceback" not in result.output
     assert not (tmp_path / "run" / "last.pt").exists()
 
@@ -97,10 +96,16 @@ def test_resume_without_last_pt_is_an_error(tmp_path):
     assert "last.pt does not exist" in result.output and "without --resume" in result.output
 
 
-def test_resume_refuses_a_preset(tmp_path):
+@pytest.mark.parametrize("args, message", [
+    (["--resume", "--preset", "demo"], "drop --preset/--config"),
+    (["--resume", "--overwrite"], "not both"),
+    (["--preset", "demo", "--config", "x.toml"], "--preset or --config, not both"),
+    (["--device", "gpu"], "expected auto | cpu | cuda | cuda:N"),
+])
+def test_flags_that_exclude_each_other_are_usage_errors(tmp_path, args, message):
     (tmp_path / "last.pt").write_bytes(b"")
-    result = invoke("train", "--out", str(tmp_path), "--resume", "--preset", "demo")
-    assert result.exit_code == 1 and "drop --preset/--config" in result.output
+    result = invoke("train", "--out", str(tmp_path), *args)
+    assert result.exit_code == 2 and message in result.output
 
 
 def test_a_nan_loss_exits_1_with_the_advice(tmp_path):

@@ -292,7 +292,6 @@ def _train_one_epoch(loader: str, out_dir) -> dict:
 
     from typer.testing import CliRunner
 
-    from cli import train_cmd  # noqa: F401  (registers `train` on the app)
     from cli.app import app
 
     settings = ["data.batch_size=16", "data.aux_batch_size=8", "data.num_workers=1",

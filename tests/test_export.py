@@ -8,7 +8,6 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from cli.app import app
-import cli.export_cmd  # noqa: F401  (registers the command)
 from engine.export import export_robustbench, load_robustbench_export
 from engine.models import build, model_card, primary_state_dict
 
@@ -87,4 +86,4 @@ def test_cli_export_and_its_errors(run_dir, tmp_path_factory):
     assert bad.exit_code == 2 and "unknown export format 'onnx'" in bad.output
     empty = tmp_path_factory.mktemp("empty")
     missing = CliRunner().invoke(app, ["export", str(empty)])
-    assert missing.exit_code == 2 and "no model.safetensors" in missing.output
+    assert missing.exit_code == 1 and "no model.safetensors" in missing.output

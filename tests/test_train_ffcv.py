@@ -11,7 +11,6 @@ pytest.importorskip("ffcv", reason="the ffcv extra is not installed")
 
 
 def _train(tmp_path, loader: str, data: dict) -> dict:
-    from cli import train_cmd  # noqa: F401  (registers `train` on the app)
     from cli.app import app
 
     out = tmp_path / loader
