@@ -1,7 +1,8 @@
 """Plain reference training steps, written the way the paper's public reference code works.
 
-These are what `bench step` measures the engine against, and what tests/test_bench_step.py checks
-the engine's objectives against. They follow the style of the BiaMAT / TRADES / Madry PGD
+They serve twice: as the baseline `bench step` measures the engine against, and as the test
+oracle of the engine's objectives (tests/test_methods_vs_reference.py compares loss, gradients,
+BatchNorm statistics, omega and routing against them). A change here changes both. They follow the style of the BiaMAT / TRADES / Madry PGD
 reference code on purpose:
 - eager, fp32, NCHW (the batch is made contiguous; the model is whatever layout it was built in);
 - a Python PGD loop: random start, `x + step * sign(grad)`, projection with `torch.min/max`,

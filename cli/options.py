@@ -4,7 +4,6 @@ the CUDA check (a valid `--device cuda` on a machine without one is a user error
 from __future__ import annotations
 
 import re
-from fractions import Fraction
 from typing import Callable, Optional
 
 import typer
@@ -16,11 +15,14 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 def fraction(text: str) -> float:
     """`8/255`, `0.031` -> a float in [0, 1]: the form papers write eps and step sizes in (a
-    Typer `parser`; click adds the option's name to its BadParameter)."""
+    Typer `parser`; click adds the option's name to its BadParameter). Read by the config's own
+    `parse_number`, so a flag and a config file read 8/255 alike."""
+    from engine.config import parse_number  # standard library only: --help stays light
+
     try:
-        value = float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise typer.BadParameter(f"cannot read {text!r}: expected a number or a fraction such as 8/255") from None
+        value = parse_number(text)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
     if not 0.0 <= value <= 1.0:
         raise typer.BadParameter(f"{text} is outside [0, 1], the range of the images")
     return value

@@ -112,7 +112,7 @@ def test_the_engine_and_the_reference_step_split_the_aux_batch_the_same_way(meth
     # from aux_source, with two auxiliary heads (one of them sent nothing this step in (8, 0)),
     # the losses and statistics are the same numbers.
     # eps = 0: the batch is channels_last, whose start noise the NCHW reference draws in another
-    # order (see tests/test_bench_step.py).
+    # order (see tests/test_methods_vs_reference.py).
     from benchmarks.reference_step import REFERENCE_STEPS
     from engine.config import AttackConfig, MethodConfig
     from engine.methods import METHODS, MethodState, StepContext
