@@ -83,6 +83,18 @@ class RunDir:
         return read_config(self.root)
 
 
+def refuse_to_replace(folder: str | Path, fix: str) -> None:
+    """A command writes into a folder that is absent or empty, never over what it did not write:
+    anything else is a FileExistsError naming what is there and `fix`."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file, not a folder: {fix}")
+    entries = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if entries:
+        shown = ", ".join(entries[:6]) + (f" and {len(entries) - 6} more" if len(entries) > 6 else "")
+        raise FileExistsError(f"{folder} already holds {shown}: {fix}")
+
+
 def read_config(run_dir: str | Path) -> "TrainConfig":
     """The run's `config.toml`, parsed and validated by the config classes."""
     from engine.config import load_config

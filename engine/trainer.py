@@ -27,7 +27,7 @@ from engine.distributed import rank_device
 from engine.evaluation import accuracy
 from engine.methods import METHODS, MethodState, StepContext, StepStats
 from engine.models import build, model_card, primary_state_dict
-from engine.run_dir import JsonLines, RunDir, atomic_write_text
+from engine.run_dir import JsonLines, RunDir, atomic_write_text, refuse_to_replace
 from engine.runtime import Runtime, resolve_runtime, rng_state, seed_everything, set_rng_state
 from engine.schedule import learning_rate
 from engine.step import TrainStep, compile_trunk
@@ -109,11 +109,14 @@ class Trainer:
                  on_step: StepHook | None = None) -> None:
         self.files = RunDir(out_dir)
         self.out = self.files.root
-        if not resume and not overwrite and self.files.holds_run():
-            raise FileExistsError(
-                f"{self.out} already holds a run ({self.files.last.name}): continue it with --resume, "
-                "pick another --out, or pass --overwrite to replace it"
-            )
+        if not resume and not overwrite:
+            if self.files.holds_run():
+                raise FileExistsError(
+                    f"{self.out} already holds a run ({self.files.last.name}): continue it with --resume, "
+                    "pick another --out, or pass --overwrite to replace it"
+                )
+            # Results without a last.pt (a copied best model, an eval report) are not ours to delete.
+            refuse_to_replace(self.out, "pick another --out, or pass --overwrite to replace the run files in it")
         self.on_step = on_step
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1

@@ -300,3 +300,14 @@ def test_a_compiled_run_on_cpu_matches_the_eager_run(tmp_path, tiny_train_config
     state = torch.load(tmp_path / "compiled" / "last.pt", weights_only=True)
     assert not any("_orig_mod." in k for k in state["model"])
     assert 'compile = "on"' in (tmp_path / "compiled" / "config.toml").read_text()
+
+
+def test_a_folder_with_results_but_no_run_is_never_cleared_without_overwrite(tmp_path, tiny_train_config):
+    """Results someone kept (a best model, an eval report) with no last.pt beside them are not a
+    run to replace: training refuses, naming them, and touches nothing."""
+    kept = {"best.pt": b"best", "eval.json": b'{"clean_acc": 0.9}', "notes.txt": b"mine"}
+    for name, data in kept.items():
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(FileExistsError, match=r"already holds best\.pt, eval\.json, notes\.txt: .*--overwrite"):
+        Trainer(tiny_train_config(*RUN), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == kept
