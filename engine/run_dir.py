@@ -83,6 +83,18 @@ class RunDir:
         return read_config(self.root)
 
 
+def check_writable(path: str | Path) -> None:
+    """Fails now, naming `path`, if a file cannot be written there later (a missing parent that
+    cannot be made, a read-only folder, a folder in the file's place): before hours of work."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(21, "Is a directory (expected a file path)", str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def refuse_to_replace(folder: str | Path, fix: str) -> None:
     """A command writes into a folder that is absent or empty, never over what it did not write:
     anything else is a FileExistsError naming what is there and `fix`."""

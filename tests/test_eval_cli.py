@@ -92,3 +92,59 @@ def test_bad_options_are_usage_errors(saved, args, message):
                                       str(saved / "test.npz"), *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_eval_through_the_cli_runs_every_autoattack_attack(saved, tmp_path, monkeypatch):
+    """The default path (channels-last test images from the loader) with the standard version's
+    attacks, each one: the case that crashed inside AutoAttack."""
+    pytest.importorskip("pyautoattack")
+    from engine.evaluation import autoattack_runner
+
+    make = autoattack_runner.make_adversary
+
+    def few_queries(*args, **kwargs):  # Square's 5000 queries: minutes on a CPU, nothing more to learn
+        adversary = make(*args, **kwargs)
+        adversary.square.n_queries = 10
+        return adversary
+
+    monkeypatch.setattr(autoattack_runner, "make_adversary", few_queries)
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, [
+        "eval", str(saved / "model.safetensors"), "--test", str(saved / "test.npz"), "--attacks", "clean,aa",
+        "--aa-version", "plus", "--aa-iterations", "2", "--eps", "1/1000", "--n", "6", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["pending"] == []
+    assert set(report["attacks"]["aa"]["robust_after"]) == {"apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"}
+
+
+def test_each_finished_attack_is_in_eval_json_before_a_later_one_fails(saved, tmp_path, monkeypatch):
+    from engine.evaluation import runner
+
+    real = runner._attack_pass
+
+    def cw_breaks(name, *args, **kwargs):
+        if name.startswith("cw"):
+            raise ValueError("cw exploded")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_attack_pass", cw_breaks)
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, [
+        "eval", str(saved / "model.safetensors"), "--test", str(saved / "test.npz"),
+        "--attacks", "clean,pgd2,cw2", "--n", "6", "--out", str(out)])
+    assert result.exit_code == 1 and "cw exploded" in result.output
+    report = json.loads(out.read_text())
+    assert not report["complete"] and list(report["attacks"]) == ["pgd2"] and report["pending"] == ["cw2"]
+    assert report["clean_acc"] == 1.0 and report["eps_source"]
+
+
+def test_an_unwritable_report_path_fails_before_the_evaluation(saved, tmp_path, monkeypatch):
+    from engine.evaluation import runner
+
+    monkeypatch.setattr(runner, "load_for_eval", lambda *a, **k: pytest.fail("evaluation started"))
+    folder = tmp_path / "eval.json"
+    folder.mkdir()  # a folder where the report file should go
+    result = CliRunner().invoke(app, [
+        "eval", str(saved / "model.safetensors"), "--test", str(saved / "test.npz"), "--out", str(folder)])
+    assert result.exit_code == 1 and str(folder) in result.output
