@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
@@ -230,6 +231,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         if self.method.warmup_epochs >= self.optim.epochs and self.method.aux_mode == "biamat" and self.data.aux:
             raise ConfigError(
                 f"method.warmup_epochs = {self.method.warmup_epochs} leaves no epoch after warm-up "
@@ -246,6 +248,18 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         return _build(cls, data, "")
+
+
+def _check_finite(config: "TrainConfig") -> None:
+    """NaN or inf in any number of any section is refused, naming the key: a NaN eps would
+    train to the end with robust accuracy equal to clean, and NaN compares false with every
+    range check."""
+    for section in fields(config):
+        for f in fields(getattr(config, section.name)):
+            value = getattr(getattr(config, section.name), f.name)
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ConfigError(f"{section.name}.{f.name} = {value!r}: expected a finite number")
 
 
 def parse_number(text: str | float) -> float:

@@ -230,6 +230,7 @@ class Trainer:
                 self.on_step(self.epoch, i + 1, steps_per_epoch, images / (time.perf_counter() - start))
         if watch.seen():
             self._fail_nonfinite(steps_per_epoch)
+        self._check_finite_state()
         if self.rt.device.type == "cuda":
             torch.cuda.synchronize(self.rt.device)
         seconds = time.perf_counter() - start
@@ -250,13 +251,27 @@ class Trainer:
             "seconds": seconds,
         }
 
-    def _fail_nonfinite(self, batch_index: int) -> None:
-        raise NonFiniteLossError(
-            f"the training loss became NaN or inf in epoch {self.epoch + 1} (by batch {batch_index}, "
-            f"step {self.step}); the run stopped without saving, so {self.files.last} still holds "
-            "the last good state. Lower optim.lr, check the data for corrupt images, or use "
-            "runtime.precision=fp32, then resume with --resume."
-        )
+    def _fail_nonfinite(self, batch_index: int, what: str = "the training loss") -> None:
+        where = f"in epoch {self.epoch + 1} (by batch {batch_index}, step {self.step})"
+        if self.files.holds_run():
+            kept = (f"the run stopped without saving, so {self.files.last} still holds the last good "
+                    "state. Lower optim.lr, check the data for corrupt images, or use runtime.precision=fp32, "
+                    "then resume with --resume.")
+        else:
+            kept = ("the run stopped before its first checkpoint, so there is nothing to resume. Lower "
+                    "optim.lr, check the data for corrupt images, or use runtime.precision=fp32, and start "
+                    "again with --overwrite.")
+        raise NonFiniteLossError(f"{what} became NaN or inf {where}; {kept}")
+
+    def _check_finite_state(self) -> None:
+        """A checkpoint never holds NaN or inf: weights and BatchNorm statistics can diverge while
+        the loss still reads finite (an inf running variance), and such a state would break the
+        resume the error suggests. One device sync per epoch."""
+        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            bad = [k for k, t in self.model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+            self._fail_nonfinite(len(self.data.stream), f"the model's {', '.join(bad[:3])}"
+                                 + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else ""))
 
     def _evaluate(self) -> dict:
         start = time.perf_counter()

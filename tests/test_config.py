@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
 import tomllib
 from fractions import Fraction
 
@@ -241,3 +242,12 @@ def test_config_toml_reads_back_exactly_what_fractions_gave():
     cfg = load_config(overrides=["attack.eps=0.7/3", "attack.step_size=2/255", "optim.milestones=3/5,0.9"])
     again = TrainConfig.from_dict(tomllib.loads(to_toml(cfg)))
     assert again == cfg and again.attack.eps == float(Fraction(7, 30))
+
+
+@pytest.mark.parametrize("override, key", [
+    ("attack.eps=nan", "attack.eps"), ("optim.lr=inf", "optim.lr"), ("method.alpha=nan", "method.alpha"),
+    ("optim.milestones=0.5,nan", "optim.milestones"), ("optim.weight_decay=-inf", "optim.weight_decay"),
+])
+def test_non_finite_numbers_are_refused_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_config("demo", overrides=[override])

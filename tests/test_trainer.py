@@ -202,9 +202,33 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
 
 
 def test_a_diverging_learning_rate_stops_in_the_first_epoch_without_a_checkpoint(tmp_path, tiny_train_config):
-    with pytest.raises(NonFiniteLossError, match="NaN or inf in epoch 1"):
+    with pytest.raises(NonFiniteLossError, match="NaN or inf in epoch 1") as err:
         train(tiny_train_config("optim.lr=1e30"), tmp_path)
     assert not (tmp_path / "last.pt").exists()
+    assert "nothing to resume" in str(err.value) and "still holds" not in str(err.value)
+
+
+def test_diverged_batchnorm_statistics_never_reach_a_checkpoint(tmp_path, monkeypatch, tiny_train_config):
+    """The loss can read finite while a running variance is already inf; saving that state would
+    break the very resume the error message suggests."""
+    real = METHODS["at"]
+    calls = {"n": 0}
+
+    def inf_variance_in_epoch_2(model, batch, state, ctx):
+        calls["n"] += 1
+        if calls["n"] == STEPS_PER_EPOCH + 1:
+            model.bn1.running_var.fill_(float("inf"))
+        return real(model, batch, state, ctx)
+
+    monkeypatch.setitem(METHODS, "at", inf_variance_in_epoch_2)
+    with pytest.raises(NonFiniteLossError, match=r"bn1\.running_var became NaN or inf in epoch 2") as err:
+        train(tiny_train_config(*RUN), tmp_path)
+    assert "--resume" in str(err.value)
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1]
+    assert not (tmp_path / "selection.jsonl").exists()  # epoch 1 was warm-up; epoch 2 was not logged
 
 
 def test_trades_without_auxiliary_data_trains(tmp_path, tiny_train_config):
