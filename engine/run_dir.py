@@ -4,6 +4,7 @@ its JSON and JSON-lines writers, and its configuration read back through the con
     RUN_DIR/config.toml        the fully resolved configuration
     RUN_DIR/metrics.jsonl      one JSON object per epoch
     RUN_DIR/selection.jsonl    per epoch and auxiliary dataset: per-class seen and high counts
+    RUN_DIR/resumes.jsonl      each resume that changed a setting (which, from what to what)
     RUN_DIR/last.pt, best.pt   full training state (torch.load(weights_only=True))
     RUN_DIR/model.safetensors  the best primary classifier, and model.json, its card
     RUN_DIR/eval.json          the report of `biamat-engine eval`
@@ -52,6 +53,10 @@ class RunDir:
         return self.root / "selection.jsonl"
 
     @property
+    def resumes(self) -> Path:
+        return self.root / "resumes.jsonl"
+
+    @property
     def last(self) -> Path:
         return self.root / "last.pt"
 
@@ -74,7 +79,8 @@ class RunDir:
     def run_files(self) -> list[Path]:
         """The files one training run writes or is evaluated into: what a replaced run clears
         (config.toml is excluded: the new run writes its own before anything else)."""
-        return [self.metrics, self.selection, self.last, self.best, self.weights, self.card, self.eval_report]
+        return [self.metrics, self.selection, self.resumes, self.last, self.best, self.weights, self.card,
+                self.eval_report]
 
     def holds_run(self) -> bool:
         return self.last.exists()

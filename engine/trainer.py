@@ -29,6 +29,7 @@ from engine.methods import METHODS, MethodState, StepContext, StepStats
 from engine.models import build, model_card, primary_state_dict
 from engine.run_dir import JsonLines, RunDir, atomic_write_text, refuse_to_replace
 from engine.runtime import Runtime, resolve_runtime, rng_state, seed_everything, set_rng_state
+from engine.resume import changes_on_resume
 from engine.schedule import learning_rate
 from engine.step import TrainStep, compile_trunk
 
@@ -143,7 +144,9 @@ class Trainer:
             self._resume()
         elif self.is_main:
             self._clear_run_dir()
-        if self.is_main:
+        # A finished run resumed without more epochs trains nothing: its config.toml stays the
+        # one its checkpoint was written under.
+        if self.is_main and (not resume or self.epoch < self.cfg.optim.epochs):
             atomic_write_text(self.files.config, to_toml(self.cfg))
 
     # ---- set-up ---------------------------------------------------------------------------
@@ -339,6 +342,7 @@ class Trainer:
     def _resume(self) -> None:
         path = self.files.last
         state = load_checkpoint(path)  # CPU tensors; load_state_dict moves them to the device
+        changes = changes_on_resume(state["config"], self.cfg.to_dict(), str(self.out))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -348,7 +352,10 @@ class Trainer:
         self.epoch, self.step, self.best_robust = state["epoch"], state["step"], state["best_robust"]
         self.metrics.truncate_after(self.epoch)
         self.selection.truncate_after(self.epoch)
-        log.info("resumed %s at epoch %d, step %d", path, self.epoch, self.step)
+        if changes and self.is_main:
+            JsonLines(self.files.resumes).write({"epoch": self.epoch, "step": self.step, "changes": changes})
+        log.info("resumed %s at epoch %d, step %d%s", path, self.epoch, self.step,
+                 f" with changes {changes}" if changes else "")
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,

@@ -168,6 +168,42 @@ def test_a_shorter_run_extended_by_resume_equals_the_longer_run(finished_run, tm
     assert without_timing(resumed) == without_timing(full)
 
 
+@pytest.mark.parametrize("changes, keys", [
+    (("data.batch_size=8",), ["data.batch_size"]),
+    (("model.name=wrn-16-1",), ["model.name"]),
+    (("data.aux=", "method.aux_mode=none"), ["data.aux", "method.aux_mode"]),
+    (("runtime.seed=5", "optim.epochs=4"), ["runtime.seed"]),  # the seed orders the data
+])
+def test_resume_refuses_changes_to_what_the_run_trains(finished_run, tmp_path, tiny_train_config, changes, keys):
+    import shutil
+
+    _, full_out, _ = finished_run
+    run = shutil.copytree(full_out, tmp_path / "run")
+    config_before = (run / "config.toml").read_bytes()
+    with pytest.raises(ConfigError, match="would change what the run trains") as err:
+        Trainer(tiny_train_config(*RUN, *changes), run, resume=True)
+    listed = [key for key in ("data.batch_size", "model.name", "data.aux", "method.aux_mode", "runtime.seed",
+                              "optim.epochs") if f"{key}:" in str(err.value)]
+    assert listed == keys
+    assert (run / "config.toml").read_bytes() == config_before
+
+
+def test_resume_accepts_and_records_changes_that_only_say_how_or_how_long(finished_run, tmp_path, tiny_train_config):
+    import shutil
+
+    _, full_out, _ = finished_run
+    run = shutil.copytree(full_out, tmp_path / "run")
+    # A finished run resumed with a new safe flag but no more epochs trains nothing and keeps its config.
+    config_before = (run / "config.toml").read_bytes()
+    train(tiny_train_config(*RUN, "eval.batch_size=64"), run, resume=True)
+    assert (run / "config.toml").read_bytes() == config_before
+    records = train(tiny_train_config(*RUN, "optim.epochs=4", "runtime.kernels=torch"), run, resume=True)
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    changes = [json.loads(line)["changes"] for line in (run / "resumes.jsonl").read_text().splitlines()]
+    assert changes[-1] == {"optim.epochs": [3, 4], "runtime.kernels": [changes[-1]["runtime.kernels"][0], "torch"]}
+    assert tomllib.loads((run / "config.toml").read_text())["optim"]["epochs"] == 4
+
+
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_train_config):
     with pytest.raises(FileNotFoundError, match="checkpoint not found: .*last.pt"):
         Trainer(tiny_train_config(), tmp_path, resume=True)
