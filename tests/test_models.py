@@ -194,3 +194,24 @@ def test_build_and_load_errors(tmp_path):
     torch.save({"state_dict": model.state_dict()}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a biamat-engine checkpoint"):
         load(tmp_path / "other.pt")
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_an_os_error_naming_the_file(tmp_path, monkeypatch):
+    """torch reports a full disk as RuntimeError('... unexpected pos ...'): the engine turns it
+    into ENOSPC naming the checkpoint, and the previous checkpoint stays whole."""
+    import errno
+
+    save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
+    before = (tmp_path / "last.pt").read_bytes()
+
+    def disk_full(obj, f, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed\nunexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError) as err:
+        save_checkpoint(tmp_path / "last.pt", {"epoch": 2})
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(tmp_path / "last.pt")
+    assert "MiB free" in str(err.value)
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
