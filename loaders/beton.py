@@ -107,6 +107,26 @@ class _PagePacker:
         return np.uint64(data_start) + page * np.uint64(self.page_size) + slot * np.uint64(self.image_bytes)
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Deletes the temporaries an earlier, killed write of `path` left behind (up to a whole
+    .beton each); a live writer's, named by its pid, stay."""
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = leftover.name[len(path.name) + 2:].split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
 def write_beton(
     path: str | os.PathLike,
     data: ArrayDataset | ChunkedSource,
@@ -128,7 +148,9 @@ def write_beton(
     header_bytes = HEADER.itemsize + len(FIELDS) * FIELD_DESC.itemsize
     known = data.count if isinstance(data, ChunkedSource) else len(data)
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temporaries(path)
+    # The writer's pid in the name tells a later run which temporaries are orphans (SIGKILL).
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the published file private
     spool: Path | None = None

@@ -188,3 +188,25 @@ def test_prepare_cli_exit_codes(tmp_path):
     message = " ".join(result.output.split())  # rich wraps long lines
     assert result.exit_code == 1 and "junk.tar.gz: not a readable tar archive" in message
     assert not (tmp_path / "c.beton").exists() and not (tmp_path / "c.beton.json").exists()
+
+
+def test_temporaries_of_a_killed_write_are_removed_by_the_next_one(tmp_path):
+    """SIGKILL leaves hidden temporaries (up to a whole .beton each); the next write of the same
+    target removes those whose writer is gone, and keeps a live writer's and other targets'."""
+    import os
+    import subprocess
+
+    from loaders.beton import write_beton
+    from loaders.sources.shapes import make_shapes
+
+    dead = subprocess.Popen(["true"])  # a pid that has exited
+    dead.wait()
+    orphans = [tmp_path / f".data.beton.{dead.pid}-abc123.tmp", tmp_path / f".data.beton.{dead.pid}-abc123.json.tmp",
+               tmp_path / ".data.beton.old_naming.tmp"]
+    live = tmp_path / f".data.beton.{os.getpid()}-xyz.tmp"
+    other = tmp_path / f".other.beton.{dead.pid}-abc.tmp"
+    for f in (*orphans, live, other):
+        f.write_bytes(b"x" * 10)
+    write_beton(tmp_path / "data.beton", make_shapes("primary", "train", n=8, size=8), format="shapes")
+    assert not any(f.exists() for f in orphans)
+    assert live.exists() and other.exists()
