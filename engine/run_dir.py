@@ -182,8 +182,7 @@ class JsonLines:
     def truncate_after(self, epoch: int) -> None:
         if not (self.enabled and self.path.exists()):
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["epoch"] <= epoch]
+        kept = [json.dumps(r) for r in read_json_lines(self.path) if r["epoch"] <= epoch]
         # Atomic: a crash while trimming must not lose the epochs that are kept.
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
@@ -192,8 +191,23 @@ class JsonLines:
 
 
 def read_json_lines(path: str | Path) -> list[dict]:
-    """Every record of a JSON-lines file; [] when it does not exist yet."""
+    """Every record of a JSON-lines file; [] when it does not exist yet. A torn last line (the
+    process died mid-append, so no newline ends it) is dropped: its epoch is written again on
+    resume. Any other unreadable line is a ValueError naming the file and line."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # torn by a crash mid-write
+            raise ValueError(f"{path}, line {number}, is not valid JSON ({err}): the file was edited or "
+                             "damaged; fix or remove that line") from None
+    return records

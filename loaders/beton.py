@@ -301,7 +301,12 @@ def read_manifest(path: str | os.PathLike) -> dict:
             f"{mpath}: manifest not found; .beton files are written with their manifest by "
             f"`biamat-engine prepare FORMAT SOURCE {path.with_suffix('.beton').name}`"
         )
-    manifest = json.loads(mpath.read_text())
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{mpath}: the manifest is not valid JSON ({err}); prepare the dataset again") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{mpath}: the manifest is not a JSON object; prepare the dataset again")
     if manifest.get("manifest_version") != MANIFEST_VERSION:
         raise ValueError(
             f"{mpath}: manifest version {manifest.get('manifest_version')}, this engine reads "

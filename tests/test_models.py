@@ -215,3 +215,27 @@ def test_a_full_disk_while_saving_a_checkpoint_is_an_os_error_naming_the_file(tm
     assert "MiB free" in str(err.value)
     assert (tmp_path / "last.pt").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize("card_text, message", [
+    ('{"architecture": "wrn-10-1", "num_cl', "is not valid JSON"),
+    ('{"architecture": "wrn-10-1"}', "not a biamat-engine model card"),
+    ('[1, 2]', "not a biamat-engine model card"),
+])
+def test_a_broken_model_card_is_named(tmp_path, card_text, message):
+    model = build("wrn-10-1", 10)
+    export_model(tmp_path, primary_state_dict(model), model_card(model, "wrn-10-1"))
+    (tmp_path / "model.json").write_text(card_text)
+    with pytest.raises(ValueError, match=message) as err:
+        load(tmp_path)
+    assert str(tmp_path / "model.json") in str(err.value)
+
+
+def test_a_broken_manifest_is_named(tmp_path):
+    from loaders.beton import read_manifest, write_beton
+    from loaders.sources.shapes import make_shapes
+
+    write_beton(tmp_path / "d.beton", make_shapes("primary", "train", n=4, size=8), format="shapes")
+    (tmp_path / "d.beton.json").write_text('{"class_names": [')
+    with pytest.raises(ValueError, match=r"d\.beton\.json: the manifest is not valid JSON"):
+        read_manifest(tmp_path / "d.beton")
