@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +30,17 @@ class RunData:
     heldout_x: torch.Tensor
     """(n, 3, H, W) float in [0, 1], channels_last, on the device: fixed per-epoch eval subset."""
     heldout_y: torch.Tensor
+
+
+def with_absolute_paths(data: DataConfig) -> DataConfig:
+    """`data` with every dataset given as an existing relative path made absolute, so the run's
+    config.toml still finds its data when the run is resumed or evaluated from another folder.
+    Built-in specs (`shapes:primary`) stay as they are."""
+    def absolute(spec: str) -> str:
+        return str(Path(spec).resolve()) if spec and Path(spec).exists() else spec
+
+    return dataclasses.replace(data, primary=absolute(data.primary), aux=[absolute(a) for a in data.aux],
+                               test=absolute(data.test))
 
 
 def test_spec(data: DataConfig) -> str:

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from engine.checkpoint import clean_state_dict, export_model, load_checkpoint, save_checkpoint
 from engine.config import TrainConfig, to_toml
-from engine.data import RunData, build_run_data
+from engine.data import RunData, build_run_data, with_absolute_paths
 from engine.distributed import rank_device
 from engine.evaluation import accuracy
 from engine.methods import METHODS, MethodState, StepContext, StepStats
@@ -127,7 +127,7 @@ class Trainer:
         if cfg.runtime.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.data: RunData = build_run_data(
-            cfg.data, use_aux=cfg.uses_aux, device=self.rt.device, seed=cfg.runtime.seed,
+            self.cfg.data, use_aux=cfg.uses_aux, device=self.rt.device, seed=cfg.runtime.seed,
             eval_n=cfg.eval.n, kernel_impl=self.rt.kernels, rank=self.rank, world_size=self.world_size,
         )
         self.model = self._build_model()
@@ -155,7 +155,7 @@ class Trainer:
         if self.world_size > 1:
             cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, device=rank_device(cfg.runtime.device)))
         runtime, resolved = resolve_runtime(cfg.runtime)
-        return dataclasses.replace(cfg, runtime=resolved), runtime
+        return dataclasses.replace(cfg, runtime=resolved, data=with_absolute_paths(cfg.data)), runtime
 
     def _build_model(self) -> nn.Module:
         model = build(self.cfg.model.name, self.data.num_classes, self.data.aux_classes, dropout=self.cfg.model.dropout)

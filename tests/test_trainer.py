@@ -3,6 +3,7 @@ stop that keeps the last good checkpoint, clear errors for bad settings, the LR 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -371,3 +372,28 @@ def test_a_folder_with_results_but_no_run_is_never_cleared_without_overwrite(tmp
     with pytest.raises(FileExistsError, match=r"already holds best\.pt, eval\.json, notes\.txt: .*--overwrite"):
         Trainer(tiny_train_config(*RUN), tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == kept
+
+
+def test_config_toml_finds_its_data_from_any_working_directory(tmp_path, monkeypatch, tiny_train_config):
+    """Relative data paths are stored absolute, so a resume from another folder finds them."""
+    from loaders.beton import write_beton
+    from loaders.sources.shapes import make_shapes
+
+    data = tmp_path / "data"
+    write_beton(data / "train.beton", make_shapes("primary", "train", n=64, size=16), format="shapes")
+    write_beton(data / "test.beton", make_shapes("primary", "test", n=16, size=16), format="shapes", split="test")
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_train_config("data.primary=data/train.beton", "data.test=data/test.beton", "data.aux=",
+                            "method.aux_mode=none", "optim.epochs=1")
+    train(cfg, tmp_path / "run")
+    saved = tomllib.loads((tmp_path / "run" / "config.toml").read_text())["data"]
+    assert saved["primary"] == str(data / "train.beton") and saved["test"] == str(data / "test.beton")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    from engine.run_dir import read_config
+
+    resumed = read_config(tmp_path / "run")
+    records = train(dataclasses.replace(resumed, optim=dataclasses.replace(resumed.optim, epochs=2)),
+                    tmp_path / "run", resume=True)
+    assert [r["epoch"] for r in records] == [1, 2]
