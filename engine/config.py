@@ -100,8 +100,17 @@ class AttackConfig:
     """PGD step size (2/255 for AT, 0.007 for TRADES)."""
     steps: int = 10
     """PGD steps of the training attack."""
+    bn_stats: str = "step"
+    """AT only: what the attack's forwards do to the BatchNorm running statistics. `step` (the
+    reference code): the attack normalises with batch statistics but leaves the running
+    statistics alone, so they move once per training step, from the training forward on the
+    adversarial batch. `every_forward`: the attack runs in plain train mode and every attack
+    forward updates them too (PGD-10: 11 updates per step; what the engine did at first).
+    The eval-mode model (omega, routing, evaluation, the exported model) sees these statistics.
+    TRADES attacks in eval mode whatever this says (2 updates per step, clean and adversarial)."""
 
     def __post_init__(self) -> None:
+        _check_choice("attack", "bn_stats", self.bn_stats, ("step", "every_forward"))
         _check_range("attack", "eps", self.eps, 0.0, 1.0)
         _check_range("attack", "step_size", self.step_size, 0.0, 1.0)
         _check_range("attack", "steps", self.steps, 0)
