@@ -165,7 +165,12 @@ class OptimConfig:
     weight_decay: float = 2e-4
     """L2 weight decay (2e-4 for AT, 5e-4 for TRADES)."""
     milestones: list[float] = field(default_factory=lambda: [0.6, 0.9])
-    """Epochs at which the LR is multiplied by `gamma`; values below 1 are fractions of `epochs`."""
+    """Completed epochs after which the LR is multiplied by `gamma`; values below 1 are fractions
+    of `epochs`. A milestone M decays the LR from the first step after M epochs, so epochs
+    1..M (counted from 1) train at the rate before it: [0.6, 0.9] of 100 epochs trains epochs
+    61-90 at 0.01, as the reference AT (decay after 60% and 90% of its steps); the paper's
+    TRADES "decay at the 100th and 105th epoch", which the reference trains at the decayed rate
+    (adjust_learning_rate with 1-based epochs), is [99, 104]."""
     gamma: float = 0.1
     """LR decay factor at each milestone."""
     lr_warmup_epochs: float = 0.0

@@ -244,10 +244,12 @@ def test_learning_rate_at_the_milestones():
     assert learning_rate(optim, 6 * spe + 1, spe) == pytest.approx(0.01)  # epoch index 6 = 60%
     assert learning_rate(optim, 9 * spe, spe) == pytest.approx(0.01)
     assert learning_rate(optim, 9 * spe + 1, spe) == pytest.approx(0.001)  # 90%
-    trades = OptimConfig(epochs=110, lr=0.1, milestones=[100, 105])
-    assert learning_rate(trades, 100 * 391, 391) == 0.1
-    assert learning_rate(trades, 100 * 391 + 1, 391) == pytest.approx(0.01)
-    assert learning_rate(trades, 105 * 391 + 1, 391) == pytest.approx(0.001)
+    # Milestones count completed epochs: 99 decays from the first step of epoch 100.
+    trades = OptimConfig(epochs=110, lr=0.1, milestones=[99, 104])
+    assert learning_rate(trades, 99 * 391, 391) == 0.1
+    assert learning_rate(trades, 99 * 391 + 1, 391) == pytest.approx(0.01)
+    assert learning_rate(trades, 104 * 391, 391) == pytest.approx(0.01)
+    assert learning_rate(trades, 104 * 391 + 1, 391) == pytest.approx(0.001)
 
 
 def test_learning_rate_warmup_is_linear_then_the_peak():
