@@ -128,7 +128,11 @@ class MethodConfig:
     pi: float = 0.55
     """Threshold factor: omega = pi * mean max-softmax of a clean primary batch (Table 12)."""
     warmup_epochs: int = 5
-    """Epochs during which auxiliary samples are attacked and forwarded with zero loss weight."""
+    """biamat mode only: epochs before omega is set, in which auxiliary samples are attacked and
+    forwarded as high samples with zero loss weight. Warm-up belongs to the selection strategy:
+    in labels and uniform mode the auxiliary loss has weight alpha from the first step (the
+    reference's OAT-like mode sets its warm-up to 0; the paper's Table 1 protocol has none), and
+    the resolved config.toml of such a run (and of a run without auxiliary data) records 0."""
     beta: float = 6.0
     """TRADES robustness weight."""
     threshold: str = "frozen"
@@ -244,7 +248,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        if self.method.warmup_epochs >= self.optim.epochs and self.method.aux_mode == "biamat" and self.data.aux:
+        if self.method.warmup_epochs >= self.optim.epochs and self.selects:
             raise ConfigError(
                 f"method.warmup_epochs = {self.method.warmup_epochs} leaves no epoch after warm-up "
                 f"(optim.epochs = {self.optim.epochs}): the threshold would never be set"
@@ -254,12 +258,26 @@ class TrainConfig:
     def uses_aux(self) -> bool:
         return bool(self.data.aux) and self.method.aux_mode != "none"
 
+    @property
+    def selects(self) -> bool:
+        """Whether the confidence selection runs (biamat mode with auxiliary data): the only
+        case in which method.warmup_epochs means anything."""
+        return self.uses_aux and self.method.aux_mode == "biamat"
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         return _build(cls, data, "")
+
+
+def resolve_warmup(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with method.warmup_epochs = 0 where no selection runs (labels, uniform, none, or no
+    auxiliary data), so the resolved config says what the run does; unchanged otherwise."""
+    if cfg.selects or cfg.method.warmup_epochs == 0:
+        return cfg
+    return dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, warmup_epochs=0))
 
 
 def parse_number(text: str | float) -> float:

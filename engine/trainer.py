@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from engine.checkpoint import clean_state_dict, export_model, load_checkpoint, save_checkpoint
-from engine.config import TrainConfig, to_toml
+from engine.config import TrainConfig, resolve_warmup, to_toml
 from engine.data import RunData, build_run_data
 from engine.distributed import rank_device
 from engine.evaluation import accuracy
@@ -145,9 +145,16 @@ class Trainer:
 
     # ---- set-up ---------------------------------------------------------------------------
     def _resolve(self, cfg: TrainConfig) -> tuple[TrainConfig, Runtime]:
-        """Device, precision, compile and kernels fixed once; the resolved tree is what the run records."""
+        """Device, precision, compile and kernels fixed once, and the warm-up zeroed where no
+        selection runs; the resolved tree is what the run records."""
         if self.world_size > 1:
             cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, device=rank_device(cfg.runtime.device)))
+        unwarmed = resolve_warmup(cfg)
+        if unwarmed is not cfg:
+            log.info("method.warmup_epochs = %d applies to the biamat selection only, which this run "
+                     "does not use (aux_mode %s, %d auxiliary datasets): recorded as 0",
+                     cfg.method.warmup_epochs, cfg.method.aux_mode, len(cfg.data.aux))
+        cfg = unwarmed
         runtime, resolved = resolve_runtime(cfg.runtime)
         return dataclasses.replace(cfg, runtime=resolved), runtime
 

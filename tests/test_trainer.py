@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.config import ConfigError, OptimConfig, RuntimeConfig, TrainConfig
+from engine.config import ConfigError, OptimConfig, RuntimeConfig, TrainConfig, load_config
 from engine.methods import METHODS
 from engine.models import build, load
 from engine.runtime import resolve_runtime
@@ -234,6 +234,27 @@ def test_bad_settings_fail_before_training_with_a_clear_error(overrides, error, 
 def test_asking_for_cuda_without_a_gpu_is_a_clear_error(tmp_path, tiny_train_config):
     with pytest.raises(ConfigError, match="no CUDA device; use --device cpu"):
         train(tiny_train_config("runtime.device=cuda"), tmp_path)
+
+
+@pytest.mark.parametrize("aux_mode", ["labels", "uniform"])
+def test_warmup_belongs_to_the_selection_labels_and_uniform_weight_aux_from_the_first_step(
+        aux_mode, tmp_path, tiny_train_config):
+    # The tiny config asks for one warm-up epoch; without the selection there is none.
+    records = train(tiny_train_config(f"method.aux_mode={aux_mode}", "optim.epochs=1", "eval.steps=0"), tmp_path)
+    assert records[0]["warmup"] is False
+    assert records[0]["loss"] != pytest.approx(records[0]["loss_pri"])  # alpha * aux loss included
+    written = TrainConfig.from_dict(tomllib.loads((tmp_path / "config.toml").read_text()))
+    assert written.method.warmup_epochs == 0 and written.method.aux_mode == aux_mode
+
+
+def test_warmup_is_kept_for_the_selection_and_zeroed_without_auxiliary_data():
+    from engine.config import resolve_warmup
+
+    biamat = load_config(preset="cifar10-at-biamat-imagenet")
+    assert resolve_warmup(biamat) is biamat and biamat.method.warmup_epochs == 5
+    assert resolve_warmup(load_config(preset="cifar10-at")).method.warmup_epochs == 0  # aux_mode none
+    oat = load_config(preset="cifar10-at-biamat-imagenet", overrides=["method.aux_mode=uniform"])
+    assert resolve_warmup(oat).method.warmup_epochs == 0
 
 
 def test_learning_rate_at_the_milestones():
