@@ -168,6 +168,11 @@ class OptimConfig:
     """Nesterov momentum."""
     weight_decay: float = 2e-4
     """L2 weight decay (2e-4 for AT, 5e-4 for TRADES)."""
+    weight_decay_on: str = "all"
+    """Which parameters weight decay applies to: `all` (SGD weight_decay on every parameter, as
+    the reference TRADES code) or `weights` (convolution and linear weights only, not BatchNorm
+    scales and shifts nor biases, as the reference AT code's `weight_decay * sum(l2_loss(kernel))`,
+    whose gradient is weight_decay * w: the same update as SGD weight_decay on those weights)."""
     milestones: list[float] = field(default_factory=lambda: [0.6, 0.9])
     """Completed epochs after which the LR is multiplied by `gamma`; values below 1 are fractions
     of `epochs`. A milestone M decays the LR from the first step after M epochs, so epochs
@@ -185,6 +190,7 @@ class OptimConfig:
         _check_range("optim", "lr", self.lr, 0.0)
         _check_range("optim", "momentum", self.momentum, 0.0, 1.0)
         _check_range("optim", "weight_decay", self.weight_decay, 0.0)
+        _check_choice("optim", "weight_decay_on", self.weight_decay_on, ("all", "weights"))
         _check_range("optim", "gamma", self.gamma, 0.0, 1.0)
         _check_range("optim", "lr_warmup_epochs", self.lr_warmup_epochs, 0.0)
         for m in self.milestones:

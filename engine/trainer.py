@@ -29,7 +29,7 @@ from engine.methods import METHODS, MethodState, StepContext, StepStats
 from engine.models import build, model_card, primary_state_dict
 from engine.run_dir import JsonLines, RunDir, atomic_write_text
 from engine.runtime import Runtime, resolve_runtime, rng_state, seed_everything, set_rng_state
-from engine.schedule import learning_rate
+from engine.schedule import build_optimizer, learning_rate
 from engine.step import TrainStep, compile_trunk
 
 log = logging.getLogger(__name__)
@@ -129,8 +129,9 @@ class Trainer:
         self.model = self._build_model()
         self.trunk = compile_trunk(self.model, self.rt)
         self.classifier = _Classifier(self.model, self.trunk, self.rt.autocast())
-        self.train_step = TrainStep(self.model, METHODS[cfg.method.name], self._build_optimizer(),
-                                    self.rt.grad_scaler(), MethodState(), self.world_size)
+        optimizer = build_optimizer(self.model, self.cfg.optim)
+        self.train_step = TrainStep(self.model, METHODS[cfg.method.name], optimizer, self.rt.grad_scaler(),
+                                    MethodState(), self.world_size)
         self.epoch = 0
         self.step = 0
         self.best_robust = -1.0
@@ -164,11 +165,6 @@ class Trainer:
         if self.rt.channels_last:
             model.to(memory_format=torch.channels_last)
         return model
-
-    def _build_optimizer(self) -> torch.optim.Optimizer:
-        optim = self.cfg.optim
-        return torch.optim.SGD(self.model.parameters(), lr=optim.lr, momentum=optim.momentum,
-                               weight_decay=optim.weight_decay, nesterov=optim.nesterov)
 
     def _clear_run_dir(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -329,6 +325,14 @@ class Trainer:
         path = self.files.last
         state = load_checkpoint(path)  # CPU tensors; load_state_dict moves them to the device
         self.model.load_state_dict(state["model"])
+        saved_groups, groups = len(state["optimizer"]["param_groups"]), len(self.optimizer.param_groups)
+        if saved_groups != groups:
+            raise ValueError(
+                f"{path} holds an optimiser with {saved_groups} parameter group(s), this config builds "
+                f"{groups} (optim.weight_decay_on = {self.cfg.optim.weight_decay_on!r}): resume with the "
+                f"weight-decay scope the run started with (--set optim.weight_decay_on="
+                f"{'all' if saved_groups == 1 else 'weights'})"
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.method_state.load_state_dict(state["method"])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from engine.config import ConfigError, OptimConfig, RuntimeConfig, TrainConfig, load_config
 from engine.methods import METHODS
@@ -255,6 +256,74 @@ def test_warmup_is_kept_for_the_selection_and_zeroed_without_auxiliary_data():
     assert resolve_warmup(load_config(preset="cifar10-at")).method.warmup_epochs == 0  # aux_mode none
     oat = load_config(preset="cifar10-at-biamat-imagenet", overrides=["method.aux_mode=uniform"])
     assert resolve_warmup(oat).method.warmup_epochs == 0
+
+
+def _tf_l2_loss(w: torch.Tensor) -> torch.Tensor:
+    return (w ** 2).sum() / 2  # tf.nn.l2_loss
+
+
+@pytest.mark.parametrize("lrs", [(0.1, 0.1, 0.1), (0.1, 0.01, 0.05)])
+def test_weight_decay_on_weights_equals_the_reference_ats_l2_loss_on_kernels(lrs):
+    """The reference AT minimises loss + wd * sum(l2_loss(kernel)) with plain momentum SGD; the
+    engine's `weights` scope, SGD weight_decay on conv and linear weights only, makes the same
+    steps (the gradient of wd * l2_loss(w) is wd * w), through LR changes too."""
+    from engine.schedule import build_optimizer
+
+    torch.manual_seed(0)
+    reference = build("wrn-10-1", 10, (7,))
+    with torch.no_grad():  # BatchNorm scales and biases away from 1 and 0, where decay would show
+        for p in reference.parameters():
+            if p.ndim == 1:
+                p.uniform_(0.5, 1.5)
+    engine = build("wrn-10-1", 10, (7,))
+    engine.load_state_dict(reference.state_dict())
+    wd = 2e-4
+    kernels = [m.weight for m in reference.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=lrs[0], momentum=0.9)
+    eng_opt = build_optimizer(engine, OptimConfig(lr=lrs[0], weight_decay=wd, weight_decay_on="weights"))
+    x, y, y_aux = torch.rand(6, 3, 8, 8), torch.randint(0, 10, (6,)), torch.randint(0, 7, (3,))
+
+    def task_loss(model):  # primary and auxiliary heads both in use, so every parameter has a gradient
+        logits, (logits_aux,) = model.heads(model.features(x), [3])
+        return F.cross_entropy(logits[:3], y[:3]) + F.cross_entropy(logits_aux, y_aux)
+
+    for lr in lrs:
+        for opt in (ref_opt, eng_opt):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        ref_opt.zero_grad()
+        loss = task_loss(reference) + wd * sum(_tf_l2_loss(w) for w in kernels)
+        loss.backward()
+        ref_opt.step()
+        eng_opt.zero_grad()
+        task_loss(engine).backward()
+        eng_opt.step()
+    for (name, a), b in zip(engine.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=lambda m: f"{name}: {m}")
+
+
+def test_weight_decay_scope_all_decays_batchnorm_and_biases_weights_does_not():
+    from engine.schedule import parameter_groups
+
+    model = build("wrn-10-1", 10, (7,))
+    names = {id(p): n for n, p in model.named_parameters()}
+    (everything,) = parameter_groups(model, 5e-4, "all")
+    assert everything["weight_decay"] == 5e-4 and len(everything["params"]) == len(list(model.parameters()))
+    decayed, kept = parameter_groups(model, 2e-4, "weights")
+    assert (decayed["weight_decay"], kept["weight_decay"]) == (2e-4, 0.0)
+    decayed_names = {names[id(p)] for p in decayed["params"]}
+    kept_names = {names[id(p)] for p in kept["params"]}
+    assert decayed_names == {n for n in names.values() if "conv" in n.lower() or n.endswith("fc.weight")
+                             or n.startswith("aux_fc.") and n.endswith(".weight")}
+    assert all(".bn" in n or n.startswith("bn1.") or n.endswith(".bias") for n in kept_names)
+    assert "aux_fc.0.weight" in decayed_names and "fc.bias" in kept_names and "bn1.weight" in kept_names
+
+
+def test_resuming_with_another_weight_decay_scope_is_a_clear_error(tmp_path, tiny_train_config):
+    run = ("optim.epochs=1", "eval.steps=0", "method.warmup_epochs=0")
+    train(tiny_train_config(*run, "optim.weight_decay_on=weights"), tmp_path)
+    with pytest.raises(ValueError, match="optim.weight_decay_on=weights"):
+        Trainer(tiny_train_config(*run, "optim.weight_decay_on=all"), tmp_path, resume=True)
 
 
 def test_learning_rate_at_the_milestones():
