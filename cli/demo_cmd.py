@@ -98,7 +98,7 @@ def demo_command(
         print_epoch_table(records)
 
         console.print("[bold]3/3[/] evaluating the best model on the held-out shapes (clean, PGD-20)")
-        eval_cfg = EvalPlan(attacks=("clean", "pgd20"), eps=cfg.attack.eps, step_size=2 / 255,
+        eval_cfg = EvalPlan(attacks=("clean", "pgd20"), eps=cfg.attack.eps,  # the run's eval.step_size
                               device=str(resolve_device(device)))
         report = run_evaluation(out, str(paths["test"]), eval_cfg)
         write_json(RunDir(out).eval_report, report)

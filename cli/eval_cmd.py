@@ -59,7 +59,8 @@ def eval_command(
     batch_size: int = typer.Option(256, help="Images per batch for every pass."),
     seed: int = typer.Option(0, help="Seed of the random starts and of AutoAttack."),
     eps: Optional[str] = typer.Option(None, help="L-inf radius, e.g. 8/255 (default: the run's config, else 8/255)."),
-    step_size: str = typer.Option("2/255", help="PGD/CW step size, e.g. 2/255."),
+    step_size: Optional[str] = typer.Option(
+        None, help="PGD/CW step size, e.g. 2/255 (default: the run's eval.step_size, else 2/255)."),
     restarts: int = typer.Option(1, help="PGD/CW random restarts."),
     backend: str = typer.Option("eager", help="Clean-pass backend: eager, compile or tensorrt."),
     device: str = typer.Option("auto", help="auto (cuda when there is one), cpu, cuda or cuda:N."),
@@ -78,8 +79,8 @@ def eval_command(
         config = EvalPlan(
             attacks=_split(attacks), aa_attacks=_split(aa_attacks or ""), aa_version=aa_version,
             aa_iterations=aa_iterations, aa_state=str(aa_state) if aa_state else None, eps=eps_value,
-            step_size=parse_eps(step_size), restarts=restarts, n=n, batch_size=batch_size, seed=seed,
-            backend=backend, device=str(resolve_device(device)),
+            step_size=None if step_size is None else parse_eps(step_size), restarts=restarts, n=n,
+            batch_size=batch_size, seed=seed, backend=backend, device=str(resolve_device(device)),
         )
         with console.status("evaluating") as status:
             report = run_evaluation(model, test, config, progress=lambda msg: status.update(msg))

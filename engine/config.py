@@ -233,11 +233,17 @@ class EvalConfig:
     """Size of the fixed held-out subset for the per-epoch clean and robust accuracy."""
     steps: int = 20
     """PGD steps of the per-epoch robust accuracy (model selection)."""
+    step_size: float = 2 / 255
+    """Step of this run's evaluation attacks (at eps = attack.eps): the per-epoch PGD and the
+    default of `biamat-engine eval`'s PGD-K and CW-K (its --step-size overrides it). 2/255 for
+    AT, as the reference AT evaluation; 0.003 for TRADES, as the reference TRADES evaluation."""
     batch_size: int = 256
     """Batch size of the per-epoch evaluation."""
 
     def __post_init__(self) -> None:
         _check_range("eval", "every", self.every, 1)
+        if not 0.0 < self.step_size <= 1.0:
+            raise ConfigError(f"eval.step_size = {self.step_size!r}: expected a value in (0, 1]")
         _check_range("eval", "n", self.n, 1)
         _check_range("eval", "steps", self.steps, 0)
         _check_range("eval", "batch_size", self.batch_size, 1)

@@ -261,7 +261,7 @@ class Trainer:
     def _evaluate(self) -> dict:
         start = time.perf_counter()
         x, y = self.data.heldout_x, self.data.heldout_y
-        common = dict(eps=self.cfg.attack.eps, step_size=self.cfg.attack.step_size,
+        common = dict(eps=self.cfg.attack.eps, step_size=self.cfg.eval.step_size,
                       batch_size=self.cfg.eval.batch_size, kernel_impl=self.rt.kernels)
         clean, n = accuracy(self.classifier, x, y, "clean", **common)
         robust = clean
@@ -288,6 +288,7 @@ class Trainer:
             aux_classes=list(self.data.aux_classes), threat_model="Linf", eps=self.cfg.attack.eps,
             method=self.cfg.method.name, aux_mode=self.cfg.method.aux_mode if self.cfg.uses_aux else "none",
             aux_data=self.data.aux_names, image_size=int(self.data.heldout_x.shape[-1]),
+            eval_step_size=self.cfg.eval.step_size,
         )
 
     def _state(self) -> dict:

@@ -47,6 +47,9 @@ UNSTATED = {
     "at": dict(step_size=2 / 255, steps=10),
     "trades": dict(step_size=0.007, steps=10, beta=6.0),
 }
+# The evaluation step at the training eps, as each half of the reference code evaluates:
+# 2/255 (the TF AT config's step_size 2.0 on 0-255 pixels), 0.003 (TRADES' evaluate.py).
+EVAL_STEP = {"at": 2 / 255, "trades": 0.003}
 # Section 3.1 and Appendix E: WRN28-10 (AT) and WRN34-10 (TRADES) on CIFAR, WRN16-10 on ImgNet100.
 MODEL = {
     ("cifar10", "at"): "wrn-28-10", ("cifar10", "trades"): "wrn-34-10",
@@ -103,6 +106,7 @@ def test_preset_matches_the_paper(name):
     assert (cfg.attack.step_size, cfg.attack.steps) == (unstated["step_size"], unstated["steps"])
     if method == "trades":
         assert cfg.method.beta == unstated["beta"]
+    assert cfg.eval.step_size == EVAL_STEP[method]
 
     if aux is None:
         assert cfg.data.aux == [] and cfg.data.aux_batch_size == 0 and cfg.method.aux_mode == "none"

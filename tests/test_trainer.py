@@ -326,6 +326,23 @@ def test_resuming_with_another_weight_decay_scope_is_a_clear_error(tmp_path, tin
         Trainer(tiny_train_config(*run, "optim.weight_decay_on=all"), tmp_path, resume=True)
 
 
+def test_the_per_epoch_check_attacks_with_the_runs_eval_step(tmp_path, monkeypatch, tiny_train_config):
+    import engine.trainer as trainer_module
+
+    seen = []
+    real = trainer_module.accuracy
+
+    def spy(*args, **kw):
+        seen.append((args[3], kw["eps"], kw["step_size"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(trainer_module, "accuracy", spy)
+    train(tiny_train_config("optim.epochs=1", "method.warmup_epochs=0", "attack.eps=0.031",
+                            "attack.step_size=0.007", "eval.step_size=0.003"), tmp_path)
+    assert seen[-1] == ("pgd2", 0.031, 0.003)
+    assert json.loads((tmp_path / "model.json").read_text())["eval_step_size"] == 0.003
+
+
 def test_learning_rate_at_the_milestones():
     optim = OptimConfig(epochs=10, lr=0.1, milestones=[0.6, 0.9], gamma=0.1)
     spe = 5  # steps per epoch; step s is in epoch (s - 1) // spe

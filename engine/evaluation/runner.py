@@ -4,6 +4,7 @@ the exact model -> the RobustBench-style report. What runs is an `EvalPlan` (pla
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,14 +18,15 @@ import torch.nn as nn
 
 from engine.evaluation.autoattack_runner import run_autoattack
 from engine.evaluation.backends import agreement_tolerance, make_backend
-from engine.evaluation.plan import EvalPlan, resolve_eps
+from engine.evaluation.plan import DEFAULT_STEP_SIZE, EvalPlan, resolve_eps, resolve_step_size
 from engine.evaluation.report import format_eps
 from engine.evaluation.robust import parse_attack, robust_mask
 from engine.evaluation.sanity import SanityWarning, run_checks
 from engine.runtime import device_name
 from loaders.images import to_device_images
 
-__all__ = ["EvalPlan", "evaluate", "load_for_eval", "resolve_eps", "run_evaluation", "to_unit_tensors"]
+__all__ = ["EvalPlan", "evaluate", "load_for_eval", "resolve_eps", "resolve_step_size", "run_evaluation",
+           "to_unit_tensors"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ def evaluate(
     images: (N, 3, H, W) float in [0, 1] on the model's device; labels (N,) int64.
     """
     say = progress or (lambda _msg: None)
+    step_source = "plan"
+    if config.step_size is None:
+        config, step_source = dataclasses.replace(config, step_size=DEFAULT_STEP_SIZE), "default"
     head = min(len(images), config.batch_size)
     warnings: list[SanityWarning] = run_checks(model, images[:head], labels[:head])
     model.eval()
@@ -60,7 +65,9 @@ def evaluate(
         warnings += [warning] if warning else []
     attacks = {name: _attack_pass(name, model, images, labels, clean, config, say)
                for name in config.attacks if name != "clean"}
-    return _report(model_path, images, clean, clean_seconds, backend_entry, attacks, warnings, config)
+    report = _report(model_path, images, clean, clean_seconds, backend_entry, attacks, warnings, config)
+    report["step_size_source"] = step_source
+    return report
 
 
 def _clean_pass(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: EvalPlan,
@@ -125,7 +132,7 @@ def _attack_pass(name: str, model: nn.Module, images: torch.Tensor, labels: torc
         say(f"{name} ({'cross-entropy' if spec.kind == 'pgd' else f'CW margin, kappa {config.kappa:g}'})")
         mask = robust_mask(model, images, labels, spec, eps=config.eps, step_size=config.step_size,
                            batch_size=config.batch_size, restarts=config.restarts, kappa=config.kappa)
-        entry = {"loss": "ce" if spec.kind == "pgd" else "cw", "steps": spec.steps,
+        entry = {"loss": "ce" if spec.kind == "pgd" else "cw", "eps": format_eps(config.eps), "steps": spec.steps,
                  "step_size": format_eps(config.step_size), "restarts": config.restarts,
                  "random_start": True}
         if spec.kind == "cw":
@@ -145,6 +152,8 @@ def _report(model_path: str | None, images: torch.Tensor, clean: torch.Tensor, c
         "threat_model": "Linf",
         "eps": format_eps(config.eps),
         "eps_value": config.eps,
+        "step_size": format_eps(config.step_size),
+        "step_size_value": config.step_size,
         "n": n,
         "clean_acc": clean_correct / n if n else 0.0,
         "clean_correct": clean_correct,
@@ -197,10 +206,16 @@ def load_for_eval(model_path: str | Path, test_spec: str, config: EvalPlan) -> L
 
 def run_evaluation(model_path: str | Path, test_spec: str, config: EvalPlan,
                    progress: Callable[[str], None] | None = None) -> dict:
-    """Loads model and test set, evaluates, and returns the report (with the test set named)."""
+    """Loads model and test set, evaluates, and returns the report (with the test set named).
+    A plan without a step size takes the run's (`resolve_step_size`)."""
+    step_source = "option"
+    if config.step_size is None:
+        step, step_source = resolve_step_size(model_path, None)
+        config = dataclasses.replace(config, step_size=step)
     loaded = load_for_eval(model_path, test_spec, config)
     report = evaluate(loaded.model, loaded.images, loaded.labels, config, model_path=str(model_path),
                       progress=progress)
+    report["step_size_source"] = step_source
     report["test"] = {"spec": str(test_spec), "name": loaded.test_name}
     report["notes"] = loaded.notes
     return report
