@@ -136,7 +136,8 @@ def _finish(stats: StepStats, loss: torch.Tensor, batch: Batch, high, routed, si
 def reference_at_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepContext,
                       naive: bool = False) -> tuple[torch.Tensor, StepStats]:
     """Madry AT (+ routed auxiliary samples): PGD on [x_pri; x_aux] in train mode (running
-    statistics restored after it, see the module docstring) maximising the routed per-sample sum, then mean primary CE + alpha * (routed aux losses summed) / |B_aux|."""
+    statistics restored after it, see the module docstring) maximising the routed per-sample
+    sum, then mean primary CE + alpha * (routed aux losses summed) / |B_aux|."""
     m, a = ctx.method, ctx.attack
     y_pri = batch.y_pri
     n_pri = len(y_pri)

@@ -81,10 +81,17 @@ class ModelConfig:
     """Architecture, `wrn-DEPTH-WIDTH` (wrn-28-10 for AT, wrn-34-10 for TRADES, wrn-16-10 on ImgNet100)."""
     dropout: float = 0.0
     """Dropout inside each residual block."""
+    normalization: str = "primary"
+    """Per-channel mean and std the model normalises its [0, 1] inputs with (buffers inside it,
+    recorded in model.json): `primary` (the primary training data's own statistics, which
+    `prepare` writes into its manifest), `cifar10` (CIFAR-10's constants whatever the data: what
+    the engine did at first) or `none` (mean 0, std 1: the reference TRADES code feeds [0, 1]
+    images as they are; the reference AT code standardises each image on its own instead)."""
 
     def __post_init__(self) -> None:
         from engine.arch import parse_arch
 
+        _check_choice("model", "normalization", self.normalization, ("primary", "cifar10", "none"))
         try:
             parse_arch(self.name)
         except ValueError as err:

@@ -125,7 +125,9 @@ class Trainer:
         self.data: RunData = build_run_data(
             cfg.data, use_aux=cfg.uses_aux, device=self.rt.device, seed=cfg.runtime.seed,
             eval_n=cfg.eval.n, kernel_impl=self.rt.kernels, rank=self.rank, world_size=self.world_size,
+            normalization=cfg.model.normalization,
         )
+        self.normalization_source = self.data.normalization.source
         self.model = self._build_model()
         self.trunk = compile_trunk(self.model, self.rt)
         self.classifier = _Classifier(self.model, self.trunk, self.rt.autocast())
@@ -160,7 +162,9 @@ class Trainer:
         return dataclasses.replace(cfg, runtime=resolved), runtime
 
     def _build_model(self) -> nn.Module:
-        model = build(self.cfg.model.name, self.data.num_classes, self.data.aux_classes, dropout=self.cfg.model.dropout)
+        norm = self.data.normalization
+        model = build(self.cfg.model.name, self.data.num_classes, self.data.aux_classes, dropout=self.cfg.model.dropout,
+                      mean=norm.mean, std=norm.std)
         model.to(self.rt.device)
         if self.rt.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -288,7 +292,7 @@ class Trainer:
             aux_classes=list(self.data.aux_classes), threat_model="Linf", eps=self.cfg.attack.eps,
             method=self.cfg.method.name, aux_mode=self.cfg.method.aux_mode if self.cfg.uses_aux else "none",
             aux_data=self.data.aux_names, image_size=int(self.data.heldout_x.shape[-1]),
-            eval_step_size=self.cfg.eval.step_size,
+            eval_step_size=self.cfg.eval.step_size, normalization_source=self.normalization_source,
         )
 
     def _state(self) -> dict:
@@ -325,7 +329,15 @@ class Trainer:
     def _resume(self) -> None:
         path = self.files.last
         state = load_checkpoint(path)  # CPU tensors; load_state_dict moves them to the device
+        built = self.model.mu.clone(), self.model.sigma.clone()
         self.model.load_state_dict(state["model"])
+        if not (torch.equal(built[0], self.model.mu) and torch.equal(built[1], self.model.sigma)):
+            # The checkpoint's own normalisation wins: the weights were trained with it.
+            self.normalization_source = state["model_card"].get(
+                "normalization_source", "the checkpoint's (from before the source was recorded)")
+            log.warning("%s normalises with %s / %s, not the %s this config gives; keeping the checkpoint's",
+                        path, self.model.mu.flatten().tolist(), self.model.sigma.flatten().tolist(),
+                        self.data.normalization.source)
         saved_groups, groups = len(state["optimizer"]["param_groups"]), len(self.optimizer.param_groups)
         if saved_groups != groups:
             raise ValueError(

@@ -140,6 +140,22 @@ def test_exported_model_is_the_best_checkpoints_primary_classifier(finished_run)
     assert card["threat_model"] == "Linf" and card["num_classes"] == 10
 
 
+def test_the_run_normalises_with_its_primary_datas_statistics_and_says_so(finished_run, tmp_path):
+    from engine.export import export_robustbench
+    from loaders.datasets import open_dataset
+
+    cfg, out, _ = finished_run
+    mean, std = open_dataset(cfg.data.primary, "train").info.channel_stats  # the shapes, not CIFAR-10
+    card = json.loads((out / "model.json").read_text())
+    assert (card["mean"], card["std"]) == (pytest.approx(mean), pytest.approx(std))
+    assert "shapes-primary" in card["normalization_source"]
+    model = load(out)
+    assert model.mu.flatten().tolist() == pytest.approx(mean) and model.sigma.flatten().tolist() == pytest.approx(std)
+    exported = json.loads(export_robustbench(out, tmp_path / "rb").card.read_text())["normalization"]
+    assert (exported["mean"], exported["std"]) == (pytest.approx(mean), pytest.approx(std))
+    assert exported["source"] == card["normalization_source"]
+
+
 class StopAt(Exception):
     pass
 
