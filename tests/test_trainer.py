@@ -156,6 +156,16 @@ def test_the_run_normalises_with_its_primary_datas_statistics_and_says_so(finish
     assert exported["source"] == card["normalization_source"]
 
 
+def test_a_resumed_run_keeps_the_normalisation_it_was_trained_with(tmp_path, tiny_train_config, caplog):
+    from engine.models.wideresnet import CIFAR10_MEAN
+
+    run = ("method.warmup_epochs=0", "eval.steps=0", "optim.milestones=2")
+    train(tiny_train_config(*run, "optim.epochs=1", "model.normalization=cifar10"), tmp_path)
+    trainer = Trainer(tiny_train_config(*run, "optim.epochs=2"), tmp_path, resume=True)  # config says primary
+    assert trainer.model.mu.flatten().tolist() == pytest.approx(CIFAR10_MEAN)
+    assert "cifar10" in trainer.normalization_source and "keeping the checkpoint's" in caplog.text
+
+
 class StopAt(Exception):
     pass
 
