@@ -107,7 +107,7 @@ def demo_command(
     print_epoch_table(records)
 
     err_console.print("[bold]3/3[/] evaluating the best model on the held-out shapes (clean, PGD-20)")
-    plan = EvalPlan(attacks=("clean", "pgd20"), eps=cfg.attack.eps, step_size=2 / 255,
+    plan = EvalPlan(attacks=("clean", "pgd20"), eps=cfg.attack.eps,  # step: the run's eval.step_size
                     device=str(resolve_device(device)))
     report = run_evaluation(out, str(paths["test"]), plan)
     write_json(RunDir(out).eval_report, report)

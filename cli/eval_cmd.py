@@ -73,9 +73,9 @@ def eval_command(
     eps: Annotated[Optional[float], typer.Option(
         parser=fraction, metavar="EPS", rich_help_panel=ATTACKS,
         help="L-inf radius, e.g. 8/255 (default: the run's config, else 8/255).")] = None,
-    # The default is command-line text like any value: `fraction` reads it, and --help shows 2/255.
-    step_size: Annotated[float, typer.Option(
-        parser=fraction, metavar="STEP", help="PGD/CW step size, e.g. 2/255.", rich_help_panel=ATTACKS)] = "2/255",
+    step_size: Annotated[Optional[float], typer.Option(
+        parser=fraction, metavar="STEP", rich_help_panel=ATTACKS,
+        help="PGD/CW step size, e.g. 2/255 (default: the run's eval.step_size, else 2/255).")] = None,
     restarts: Annotated[int, typer.Option(help="PGD/CW random restarts.", rich_help_panel=ATTACKS)] = 1,
     seed: Annotated[int, typer.Option(
         help="Seed of the random starts and of AutoAttack.", rich_help_panel=ATTACKS)] = 0,

@@ -148,6 +148,7 @@ def export_robustbench(run: str | Path, out_dir: str | Path | None = None, *, ov
     weights = robustbench_state_dict(model)
     config = read_config(run_dir).to_dict() if files.config.exists() else {}
     eval_report = read_json(files.eval_report) if files.eval_report.exists() else None
+    model_json = read_json(files.card) if files.card.exists() else {}
     card = {
         "name": f"biamat-{run_dir.resolve().name}",
         "architecture": f"wrn-{model.depth}-{model.width}",
@@ -159,7 +160,8 @@ def export_robustbench(run: str | Path, out_dir: str | Path | None = None, *, ov
         "input": "float NCHW in [0, 1]",
         "normalization": {"mean": model.mu.flatten().tolist(), "std": model.sigma.flatten().tolist(),
                           "apply": "net((x - mean) / std)",
-                          "folded_into_conv1": False},
+                          "folded_into_conv1": False,
+                          "source": model_json.get("normalization_source", "not recorded")},
         "source": str(run),
         "training": training_summary(config),
         "training_config": config,

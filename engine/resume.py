@@ -34,12 +34,15 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 def changes_on_resume(saved: dict, requested: dict, where: str) -> dict[str, list]:
     """{key: [saved, requested]} for every setting that differs between the checkpoint's config
-    and the requested one; a ConfigError naming `where` and every unsafe key when any differs
-    that `SAFE_TO_CHANGE` does not allow."""
+    and the requested one (saved None: a setting the checkpoint predates); a ConfigError naming
+    `where` and every unsafe key when any that the checkpoint holds differs and `SAFE_TO_CHANGE`
+    does not allow it."""
     before, after = _flatten(saved), _flatten(requested)
     changed = {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after))
                if before.get(k) != after.get(k)}
-    refused = {k: v for k, v in changed.items() if k not in SAFE_TO_CHANGE}
+    # A key the checkpoint lacks is a setting a later engine version added: the run takes its
+    # value (recorded with the other changes); the settings it was trained under still hold.
+    refused = {k: v for k, v in changed.items() if k not in SAFE_TO_CHANGE and k in before}
     if refused:
         listed = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in refused.items())
         raise ConfigError(

@@ -31,7 +31,8 @@ from typing import Callable
 import numpy as np
 
 from loaders.sources.base import ChunkedSource, SourceError, iter_chunks
-from loaders.types import ArrayDataset, DatasetInfo
+from loaders.images import ChannelStats
+from loaders.types import CHANNEL_STATS_KEYS, ArrayDataset, DatasetInfo
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def write_beton(
                 data_fp = open(spool, "w+b")
             try:
                 packer = _PagePacker(data_fp, image_bytes, page_size)
-                labels, digest = _write_chunks(data, packer, size, class_names, progress)
+                labels, digest, stats = _write_chunks(data, packer, size, class_names, progress)
                 packer.finish()
                 n = packer.count
                 if known is not None and n != known:
@@ -185,7 +186,7 @@ def write_beton(
             out.flush()
             os.fsync(out.fileno())
 
-        manifest = _manifest(data, format, split, source, class_names, labels, size, digest)
+        manifest = _manifest(data, format, split, source, class_names, labels, size, digest, stats)
         tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
         _publish([(tmp, path), (tmp_manifest, manifest_path(path))])
         return manifest
@@ -197,6 +198,7 @@ def write_beton(
 
 def _write_chunks(data, packer: _PagePacker, size: int, class_names: list[str], progress):
     digest = hashlib.sha256()
+    stats = ChannelStats()
     labels: list[np.ndarray] = []
     for chunk in iter_chunks(data):
         if chunk.images.shape[1:] != (size, size, 3):
@@ -209,13 +211,14 @@ def _write_chunks(data, packer: _PagePacker, size: int, class_names: list[str], 
         packer.add(flat)
         digest.update(flat.tobytes())
         digest.update(chunk.labels.astype("<i8").tobytes())
+        stats.add(chunk.images)
         labels.append(chunk.labels)
         if progress is not None:
             progress(len(chunk))
     labels_all = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     if len(labels_all) == 0:
         raise SourceError(f"{data.name}: the source holds no images; nothing to write")
-    return labels_all, digest.hexdigest()
+    return labels_all, digest.hexdigest(), stats.mean_std()
 
 
 def _write_index(out, n: int, labels: np.ndarray, pointers: np.ndarray, size: int, page_size: int) -> None:
@@ -240,8 +243,8 @@ def _write_index(out, n: int, labels: np.ndarray, pointers: np.ndarray, size: in
     out.write(meta.tobytes())
 
 
-def _manifest(data, format, split, source, class_names, labels, size, digest) -> dict:
-    meta = dict(data.meta)
+def _manifest(data, format, split, source, class_names, labels, size, digest, stats) -> dict:
+    meta = {k: v for k, v in data.meta.items() if k not in CHANNEL_STATS_KEYS}  # recomputed: `stats`
     counts = np.bincount(labels, minlength=len(class_names))
     manifest = {
         "manifest_version": MANIFEST_VERSION,
@@ -257,6 +260,10 @@ def _manifest(data, format, split, source, class_names, labels, size, digest) ->
         "num_classes": len(class_names),
         "class_names": class_names,
         "class_counts": [int(c) for c in counts],
+        # Per-channel mean and std of every pixel in [0, 1] units: what a model trained on this
+        # split normalises with.
+        "channel_mean": stats[0],
+        "channel_std": stats[1],
         "fields": {"image": f"RGBImageField raw {size}x{size}x3 uint8", "label": "IntField int64"},
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -386,4 +393,7 @@ def beton_info(index: BetonIndex, manifest: dict | None = None) -> DatasetInfo:
     meta.update(format=manifest.get("format"), split=manifest.get("split"), beton=str(index.path))
     if "related" in manifest:
         meta["related"] = list(manifest["related"])
+    for key in CHANNEL_STATS_KEYS:  # absent from manifests written before they were recorded
+        if key in manifest:
+            meta[key] = list(manifest[key])
     return DatasetInfo(manifest.get("name", index.path.stem), tuple(manifest["class_names"]), index.image_size, meta)

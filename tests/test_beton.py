@@ -25,6 +25,23 @@ def chunked(ds, rows, count, fail_after=None):
     return ChunkedSource(chunks, ds.class_names, ds.image_size, ds.name, count, dict(ds.meta))
 
 
+def test_the_manifest_records_the_exact_per_channel_statistics_of_the_pixels(tmp_path):
+    # What the model normalises with: mean and population std of every pixel in [0, 1] units,
+    # the same however the writer's chunks fall, and what every reader of the file reports.
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (130, 8, 8, 3), dtype=np.uint8)
+    images[..., 2] //= 3  # channels that differ, so a channel mix-up shows
+    ds = ArrayDataset(images, rng.integers(0, 4, 130), [f"k{i}" for i in range(4)], "rand")
+    pixels = images.reshape(-1, 3).astype(np.float64) / 255
+    manifest = write_beton(tmp_path / "d.beton", chunked(ds, 47, None))
+    np.testing.assert_allclose(manifest["channel_mean"], pixels.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(manifest["channel_std"], pixels.std(0), rtol=1e-12)
+    assert read_beton(tmp_path / "d.beton").info.channel_stats == (manifest["channel_mean"], manifest["channel_std"])
+    # An in-memory set computes the same numbers; a subset does not inherit the whole set's.
+    assert ds.with_channel_stats().info.channel_stats == (manifest["channel_mean"], manifest["channel_std"])
+    assert ds.subset(np.arange(10)).info.channel_stats is None
+
+
 @pytest.mark.parametrize("count_known", [True, False])
 def test_roundtrip_across_pages(tmp_path, count_known):
     ds = random_dataset(n=1500, size=64)  # 12 KiB images over several 2 MiB pages

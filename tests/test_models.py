@@ -10,6 +10,7 @@ import torch
 
 from engine.checkpoint import clean_state_dict, export_model, save_checkpoint
 from engine.models import build, load, model_card, parse_arch, primary_state_dict
+from engine.models.wideresnet import CIFAR10_MEAN
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -169,6 +170,22 @@ def test_load_round_trip_from_a_checkpoint(tmp_path):
     x = torch.rand(3, 3, 16, 16)
     assert not loaded.training
     assert loaded.aux_classes == (20, 5)
+    assert torch.equal(loaded(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("card_has_stats", [True, False])
+def test_a_run_directory_from_before_dataset_normalisation_loads_to_the_same_logits(tmp_path, card_has_stats):
+    # Older runs normalised every primary with CIFAR-10's statistics and wrote no source for
+    # them (the oldest cards no mean/std at all): the buffers in the weights still decide.
+    torch.manual_seed(0)
+    model = trained_like(build("wrn-10-1", 100, aux_classes=(20,)))  # a CIFAR-100 run, CIFAR-10 stats
+    card = model_card(model, "wrn-10-1", aux_classes=[20])
+    if not card_has_stats:
+        del card["mean"], card["std"]
+    export_model(tmp_path, primary_state_dict(model), card)
+    x = torch.rand(3, 3, 16, 16)
+    loaded = load(tmp_path)
+    assert loaded.mu.flatten().tolist() == pytest.approx(CIFAR10_MEAN)
     assert torch.equal(loaded(x), model.eval()(x))
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from engine.config import ConfigError, OptimConfig, RuntimeConfig, TrainConfig
+from engine.config import ConfigError, OptimConfig, RuntimeConfig, TrainConfig, load_config
 from engine.methods import METHODS
 from engine.models import build, load
 from engine.runtime import resolve_runtime
@@ -138,6 +139,38 @@ def test_exported_model_is_the_best_checkpoints_primary_classifier(finished_run)
     card = json.loads((out / "model.json").read_text())
     assert card["robust_acc"] == max(r["robust_acc"] for r in records)
     assert card["threat_model"] == "Linf" and card["num_classes"] == 10
+
+
+def test_the_run_normalises_with_its_primary_datas_statistics_and_says_so(finished_run, tmp_path):
+    from engine.export import export_robustbench
+    from loaders.datasets import open_dataset
+
+    cfg, out, _ = finished_run
+    mean, std = open_dataset(cfg.data.primary, "train").info.channel_stats  # the shapes, not CIFAR-10
+    card = json.loads((out / "model.json").read_text())
+    assert (card["mean"], card["std"]) == (pytest.approx(mean), pytest.approx(std))
+    assert "shapes-primary" in card["normalization_source"]
+    model = load(out)
+    assert model.mu.flatten().tolist() == pytest.approx(mean) and model.sigma.flatten().tolist() == pytest.approx(std)
+    exported = json.loads(export_robustbench(out, tmp_path / "rb").card.read_text())["normalization"]
+    assert (exported["mean"], exported["std"]) == (pytest.approx(mean), pytest.approx(std))
+    assert exported["source"] == card["normalization_source"]
+
+
+def test_a_resumed_run_keeps_the_normalisation_it_was_trained_with(tmp_path, tiny_train_config, caplog):
+    from engine.models.wideresnet import CIFAR10_MEAN
+
+    run = ("method.warmup_epochs=0", "eval.steps=0", "optim.milestones=2")
+    train(tiny_train_config(*run, "optim.epochs=1", "model.normalization=cifar10"), tmp_path)
+    with pytest.raises(ConfigError, match="model.normalization: 'cifar10' in the checkpoint, 'primary' now"):
+        Trainer(tiny_train_config(*run, "optim.epochs=2"), tmp_path, resume=True)
+    # A checkpoint from before the setting existed (CIFAR-10 statistics, no model.normalization):
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    del state["config"]["model"]["normalization"]
+    torch.save(state, tmp_path / "last.pt")
+    trainer = Trainer(tiny_train_config(*run, "optim.epochs=2"), tmp_path, resume=True)  # config says primary
+    assert trainer.model.mu.flatten().tolist() == pytest.approx(CIFAR10_MEAN)
+    assert "cifar10" in trainer.normalization_source and "keeping the checkpoint's" in caplog.text
 
 
 class StopAt(Exception):
@@ -297,6 +330,112 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error(tmp_path, tiny_train_con
         train(tiny_train_config("runtime.device=cuda"), tmp_path)
 
 
+@pytest.mark.parametrize("aux_mode", ["labels", "uniform"])
+def test_warmup_belongs_to_the_selection_labels_and_uniform_weight_aux_from_the_first_step(
+        aux_mode, tmp_path, tiny_train_config):
+    # The tiny config asks for one warm-up epoch; without the selection there is none.
+    records = train(tiny_train_config(f"method.aux_mode={aux_mode}", "optim.epochs=1", "eval.steps=0"), tmp_path)
+    assert records[0]["warmup"] is False
+    assert records[0]["loss"] != pytest.approx(records[0]["loss_pri"])  # alpha * aux loss included
+    written = TrainConfig.from_dict(tomllib.loads((tmp_path / "config.toml").read_text()))
+    assert written.method.warmup_epochs == 0 and written.method.aux_mode == aux_mode
+
+
+def test_warmup_is_kept_for_the_selection_and_zeroed_without_auxiliary_data():
+    from engine.config import resolve_warmup
+
+    biamat = load_config(preset="cifar10-at-biamat-imagenet")
+    assert resolve_warmup(biamat) is biamat and biamat.method.warmup_epochs == 5
+    assert resolve_warmup(load_config(preset="cifar10-at")).method.warmup_epochs == 0  # aux_mode none
+    oat = load_config(preset="cifar10-at-biamat-imagenet", overrides=["method.aux_mode=uniform"])
+    assert resolve_warmup(oat).method.warmup_epochs == 0
+
+
+def _tf_l2_loss(w: torch.Tensor) -> torch.Tensor:
+    return (w ** 2).sum() / 2  # tf.nn.l2_loss
+
+
+@pytest.mark.parametrize("lrs", [(0.1, 0.1, 0.1), (0.1, 0.01, 0.05)])
+def test_weight_decay_on_weights_equals_the_reference_ats_l2_loss_on_kernels(lrs):
+    """The reference AT minimises loss + wd * sum(l2_loss(kernel)) with plain momentum SGD; the
+    engine's `weights` scope, SGD weight_decay on conv and linear weights only, makes the same
+    steps (the gradient of wd * l2_loss(w) is wd * w), through LR changes too."""
+    from engine.schedule import build_optimizer
+
+    torch.manual_seed(0)
+    reference = build("wrn-10-1", 10, (7,))
+    with torch.no_grad():  # BatchNorm scales and biases away from 1 and 0, where decay would show
+        for p in reference.parameters():
+            if p.ndim == 1:
+                p.uniform_(0.5, 1.5)
+    engine = build("wrn-10-1", 10, (7,))
+    engine.load_state_dict(reference.state_dict())
+    wd = 2e-4
+    kernels = [m.weight for m in reference.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=lrs[0], momentum=0.9)
+    eng_opt = build_optimizer(engine, OptimConfig(lr=lrs[0], weight_decay=wd, weight_decay_on="weights"))
+    x, y, y_aux = torch.rand(6, 3, 8, 8), torch.randint(0, 10, (6,)), torch.randint(0, 7, (3,))
+
+    def task_loss(model):  # primary and auxiliary heads both in use, so every parameter has a gradient
+        logits, (logits_aux,) = model.heads(model.features(x), [3])
+        return F.cross_entropy(logits[:3], y[:3]) + F.cross_entropy(logits_aux, y_aux)
+
+    for lr in lrs:
+        for opt in (ref_opt, eng_opt):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        ref_opt.zero_grad()
+        loss = task_loss(reference) + wd * sum(_tf_l2_loss(w) for w in kernels)
+        loss.backward()
+        ref_opt.step()
+        eng_opt.zero_grad()
+        task_loss(engine).backward()
+        eng_opt.step()
+    for (name, a), b in zip(engine.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=lambda m: f"{name}: {m}")
+
+
+def test_weight_decay_scope_all_decays_batchnorm_and_biases_weights_does_not():
+    from engine.schedule import parameter_groups
+
+    model = build("wrn-10-1", 10, (7,))
+    names = {id(p): n for n, p in model.named_parameters()}
+    (everything,) = parameter_groups(model, 5e-4, "all")
+    assert everything["weight_decay"] == 5e-4 and len(everything["params"]) == len(list(model.parameters()))
+    decayed, kept = parameter_groups(model, 2e-4, "weights")
+    assert (decayed["weight_decay"], kept["weight_decay"]) == (2e-4, 0.0)
+    decayed_names = {names[id(p)] for p in decayed["params"]}
+    kept_names = {names[id(p)] for p in kept["params"]}
+    assert decayed_names == {n for n in names.values() if "conv" in n.lower() or n.endswith("fc.weight")
+                             or n.startswith("aux_fc.") and n.endswith(".weight")}
+    assert all(".bn" in n or n.startswith("bn1.") or n.endswith(".bias") for n in kept_names)
+    assert "aux_fc.0.weight" in decayed_names and "fc.bias" in kept_names and "bn1.weight" in kept_names
+
+
+def test_resuming_with_another_weight_decay_scope_is_a_clear_error(tmp_path, tiny_train_config):
+    run = ("optim.epochs=1", "eval.steps=0", "method.warmup_epochs=0")
+    train(tiny_train_config(*run, "optim.weight_decay_on=weights"), tmp_path)
+    with pytest.raises(ValueError, match="optim.weight_decay_on: 'weights' in the checkpoint, 'all' now"):
+        Trainer(tiny_train_config(*run, "optim.weight_decay_on=all"), tmp_path, resume=True)
+
+
+def test_the_per_epoch_check_attacks_with_the_runs_eval_step(tmp_path, monkeypatch, tiny_train_config):
+    import engine.trainer as trainer_module
+
+    seen = []
+    real = trainer_module.accuracy
+
+    def spy(*args, **kw):
+        seen.append((args[3], kw["eps"], kw["step_size"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(trainer_module, "accuracy", spy)
+    train(tiny_train_config("optim.epochs=1", "method.warmup_epochs=0", "attack.eps=0.031",
+                            "attack.step_size=0.007", "eval.step_size=0.003"), tmp_path)
+    assert seen[-1] == ("pgd2", 0.031, 0.003)
+    assert json.loads((tmp_path / "model.json").read_text())["eval_step_size"] == 0.003
+
+
 def test_learning_rate_at_the_milestones():
     optim = OptimConfig(epochs=10, lr=0.1, milestones=[0.6, 0.9], gamma=0.1)
     spe = 5  # steps per epoch; step s is in epoch (s - 1) // spe
@@ -305,10 +444,12 @@ def test_learning_rate_at_the_milestones():
     assert learning_rate(optim, 6 * spe + 1, spe) == pytest.approx(0.01)  # epoch index 6 = 60%
     assert learning_rate(optim, 9 * spe, spe) == pytest.approx(0.01)
     assert learning_rate(optim, 9 * spe + 1, spe) == pytest.approx(0.001)  # 90%
-    trades = OptimConfig(epochs=110, lr=0.1, milestones=[100, 105])
-    assert learning_rate(trades, 100 * 391, 391) == 0.1
-    assert learning_rate(trades, 100 * 391 + 1, 391) == pytest.approx(0.01)
-    assert learning_rate(trades, 105 * 391 + 1, 391) == pytest.approx(0.001)
+    # Milestones count completed epochs: 99 decays from the first step of epoch 100.
+    trades = OptimConfig(epochs=110, lr=0.1, milestones=[99, 104])
+    assert learning_rate(trades, 99 * 391, 391) == 0.1
+    assert learning_rate(trades, 99 * 391 + 1, 391) == pytest.approx(0.01)
+    assert learning_rate(trades, 104 * 391, 391) == pytest.approx(0.01)
+    assert learning_rate(trades, 104 * 391 + 1, 391) == pytest.approx(0.001)
 
 
 def test_learning_rate_warmup_is_linear_then_the_peak():
@@ -397,3 +538,13 @@ def test_config_toml_finds_its_data_from_any_working_directory(tmp_path, monkeyp
     records = train(dataclasses.replace(resumed, optim=dataclasses.replace(resumed.optim, epochs=2)),
                     tmp_path / "run", resume=True)
     assert [r["epoch"] for r in records] == [1, 2]
+
+
+def test_resume_of_a_checkpoint_older_than_a_setting_takes_the_setting_and_records_it():
+    from engine.resume import changes_on_resume
+
+    saved = {"optim": {"epochs": 3, "lr": 0.1}, "attack": {"eps": 0.03}}
+    requested = {"optim": {"epochs": 3, "lr": 0.1}, "attack": {"eps": 0.03, "bn_stats": "step"}}
+    assert changes_on_resume(saved, requested, "RUN") == {"attack.bn_stats": [None, "step"]}
+    with pytest.raises(ConfigError, match=r"optim\.lr: 0\.1 in the checkpoint, 0\.2 now"):
+        changes_on_resume(saved, {**requested, "optim": {"epochs": 3, "lr": 0.2}}, "RUN")

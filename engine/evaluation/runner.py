@@ -4,6 +4,7 @@ the exact model -> the RobustBench-style report. What runs is an `EvalPlan` (pla
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,7 +18,7 @@ import torch.nn as nn
 
 from engine.evaluation.autoattack_runner import run_autoattack
 from engine.evaluation.backends import agreement_tolerance, make_backend
-from engine.evaluation.plan import EvalPlan, resolve_eps
+from engine.evaluation.plan import DEFAULT_STEP_SIZE, EvalPlan, resolve_eps, resolve_step_size
 from engine.evaluation.report import format_eps
 from engine.evaluation.robust import parse_attack, robust_mask
 from engine.evaluation.sanity import SanityWarning, run_checks
@@ -25,7 +26,8 @@ from engine.run_dir import check_writable, write_json
 from engine.runtime import device_name
 from loaders.images import to_device_images
 
-__all__ = ["EvalPlan", "evaluate", "load_for_eval", "resolve_eps", "run_evaluation", "to_unit_tensors"]
+__all__ = ["EvalPlan", "evaluate", "load_for_eval", "resolve_eps", "resolve_step_size", "run_evaluation",
+           "to_unit_tensors"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,9 @@ def evaluate(
     and after each attack, so a later failure never loses what was measured.
     """
     say = progress or (lambda _msg: None)
+    step_source = "plan"
+    if config.step_size is None:
+        config, step_source = dataclasses.replace(config, step_size=DEFAULT_STEP_SIZE), "default"
     head = min(len(images), config.batch_size)
     warnings: list[SanityWarning] = run_checks(model, images[:head], labels[:head])
     model.eval()
@@ -62,8 +67,12 @@ def evaluate(
     if config.backend != "eager":
         backend_entry, warning = _backend_pass(model, images, labels, clean, config, say)
         warnings += [warning] if warning else []
+
     def report(attacks: dict[str, dict], complete: bool) -> dict:
-        return _report(model_path, images, clean, clean_seconds, backend_entry, attacks, warnings, config, complete)
+        partial = _report(model_path, images, clean, clean_seconds, backend_entry, attacks, warnings, config,
+                          complete)
+        partial["step_size_source"] = step_source
+        return partial
 
     attacks: dict[str, dict] = {}
     for name in [a for a in config.attacks if a != "clean"]:
@@ -135,7 +144,7 @@ def _attack_pass(name: str, model: nn.Module, images: torch.Tensor, labels: torc
         say(f"{name} ({'cross-entropy' if spec.kind == 'pgd' else f'CW margin, kappa {config.kappa:g}'})")
         mask = robust_mask(model, images, labels, spec, eps=config.eps, step_size=config.step_size,
                            batch_size=config.batch_size, restarts=config.restarts, kappa=config.kappa)
-        entry = {"loss": "ce" if spec.kind == "pgd" else "cw", "steps": spec.steps,
+        entry = {"loss": "ce" if spec.kind == "pgd" else "cw", "eps": format_eps(config.eps), "steps": spec.steps,
                  "step_size": format_eps(config.step_size), "restarts": config.restarts,
                  "random_start": True}
         if spec.kind == "cw":
@@ -157,6 +166,8 @@ def _report(model_path: str | None, images: torch.Tensor, clean: torch.Tensor, c
         "threat_model": "Linf",
         "eps": format_eps(config.eps),
         "eps_value": config.eps,
+        "step_size": format_eps(config.step_size),
+        "step_size_value": config.step_size,
         "n": n,
         "clean_acc": clean_correct / n if n else 0.0,
         "clean_correct": clean_correct,
@@ -217,10 +228,15 @@ def run_evaluation(model_path: str | Path, test_spec: str, config: EvalPlan,
     the end; that the place is writable is checked before anything is loaded."""
     if out is not None:
         check_writable(out)
+    step_source = "option"
+    if config.step_size is None:
+        step, step_source = resolve_step_size(model_path, None)
+        config = dataclasses.replace(config, step_size=step)
     loaded = load_for_eval(model_path, test_spec, config)
 
     def finish(report: dict) -> dict:
-        report.update(test={"spec": str(test_spec), "name": loaded.test_name}, notes=loaded.notes, **(extra or {}))
+        report.update(test={"spec": str(test_spec), "name": loaded.test_name}, notes=loaded.notes,
+                      step_size_source=step_source, **(extra or {}))
         if out is not None:
             write_json(out, report)
         return report
