@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -66,6 +67,7 @@ def eval_command(
     out: Optional[Path] = typer.Option(None, help="Report path (default: eval.json in the run directory)."),
 ) -> None:
     """Evaluates a classifier: clean accuracy, PGD-K, CW-K and AutoAttack at L-inf eps."""
+    from engine.distributed import World, init_from_env
     from engine.evaluation.backends import BackendUnavailable
     from engine.evaluation.report import parse_eps
     from engine.run_dir import write_json
@@ -73,6 +75,8 @@ def eval_command(
     from engine.runtime import resolve_device
 
     console = Console(stderr=True)
+    init_from_env(device)  # a no-op unless launched by torchrun: then each rank takes a part of the test set
+    main = World.current().is_main
     try:
         eps_value, eps_source = resolve_eps(model, eps)
         config = EvalPlan(
@@ -81,11 +85,13 @@ def eval_command(
             step_size=parse_eps(step_size), restarts=restarts, n=n, batch_size=batch_size, seed=seed,
             backend=backend, device=str(resolve_device(device)),
         )
-        with console.status("evaluating") as status:
-            report = run_evaluation(model, test, config, progress=lambda msg: status.update(msg))
+        with console.status("evaluating") if main else contextlib.nullcontext() as status:
+            report = run_evaluation(model, test, config, progress=status.update if main else None)
     except (ValueError, FileNotFoundError, ImportError, BackendUnavailable) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2)
+    if not main:  # every rank holds the same report; rank 0 writes and prints it
+        return
     report["eps_source"] = eps_source
     out = out or _default_out(model)
     write_json(out, report)

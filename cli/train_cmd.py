@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import List, Optional
 
@@ -69,7 +70,7 @@ def train_command(
 ) -> None:
     """Train AT or TRADES, with or without BiaMAT auxiliary data, into a run directory."""
     setup_logging(verbose)
-    from engine.distributed import init_from_env
+    from engine.distributed import World, init_from_env
     from engine.run_dir import RunDir
     from engine.trainer import NonFiniteLossError, train
 
@@ -82,7 +83,10 @@ def train_command(
             raise FileNotFoundError(f"--resume: {files.last} does not exist; start the run without --resume")
         cfg = build_config(preset, config, overrides, aux, out if resume else None)
         init_from_env(cfg.runtime.device)  # a no-op unless launched by torchrun
-        with TrainProgress(cfg.optim.epochs) as progress:
+        main = World.current().is_main  # under torchrun rank 0 alone shows progress and the table
+        with TrainProgress(cfg.optim.epochs) if main else contextlib.nullcontext() as progress:
             records = train(cfg, out, resume=resume, overwrite=overwrite, on_step=progress)
+    if not main:
+        return
     print_epoch_table(records)
     console.print(f"run directory: [bold]{out}[/] (best model: {files.weights})")
