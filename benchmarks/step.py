@@ -142,8 +142,9 @@ class Variant:
         self.train_step(self.batch, self.ctx)
 
 
-def _make_batch(n_pri: int, n_aux: int, size: int, aux_classes: int, device: torch.device,
+def make_batch(n_pri: int, n_aux: int, size: int, aux_classes: int, device: torch.device,
                 channels_last: bool, seed: int) -> Batch:
+    """One fixed step batch: random [0, 1] images and random labels (one auxiliary dataset)."""
     g = torch.Generator().manual_seed(seed)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x_pri = torch.rand(n_pri, 3, size, size, generator=g)  # (B, 3, H, W)
@@ -186,14 +187,14 @@ def build_variants(method: str, base: nn.Module, *, device: str, n_pri: int, n_a
         settings = {"precision": rt.precision, "compile": resolved.compile, "kernels": rt.kernels,
                     "channels_last": rt.channels_last}
         label = f"engine ({rt.precision}, compile {resolved.compile}, kernels {rt.kernels})"
-        batch = _make_batch(n_pri, n_aux, size, aux_classes, rt.device, rt.channels_last, seed)
+        batch = make_batch(n_pri, n_aux, size, aux_classes, rt.device, rt.channels_last, seed)
         variants.append(Variant(method, "engine", label, _train_step(METHODS[method], model, rt.grad_scaler()),
                                 batch, ctx, settings))
     dev = variants[0].batch.x_pri.device
     for impl, table in (("reference", REFERENCE_STEPS), ("naive", NAIVE_STEPS)):
         model = copy.deepcopy(base).to(dev)
         ctx = StepContext(method=mcfg, attack=acfg, in_warmup=False, trunk=model.features)
-        batch = _make_batch(n_pri, n_aux, size, aux_classes, dev, False, seed)
+        batch = make_batch(n_pri, n_aux, size, aux_classes, dev, False, seed)
         settings = {"precision": "fp32", "compile": "off", "kernels": "none", "channels_last": False}
         disabled = torch.amp.GradScaler(dev.type, enabled=False)  # fp32: scale 1, plain optimizer.step
         variants.append(Variant(method, impl, f"{impl} (fp32, eager, NCHW)",

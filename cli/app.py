@@ -27,6 +27,10 @@ def _register() -> None:
     from cli import prepare_cmd  # noqa: F401
     from cli import bench_loader  # noqa: F401
     from cli import bench_step  # noqa: F401
+    from cli.bench_ddp import EPILOG as bench_ddp_epilog, bench_ddp
+
+    if bench_ddp not in [c.callback for c in bench_app.registered_commands]:  # _register may run twice
+        bench_app.command("ddp", epilog=bench_ddp_epilog)(bench_ddp)
 
 
 def main() -> None:
