@@ -375,3 +375,34 @@ def _sync_bn_worker(rank: int, port: int, out: str) -> None:
         torch.save(_sync_bn_steps(rank, torch.device(f"cuda:{rank}")), f"{out}/sync-rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def test_torchrun_standalone_trains_and_evaluates_through_the_cli(tmp_path):
+    """The README's recipe on one machine: `torchrun --standalone --nproc-per-node 2` around the
+    CLI; rank 0 alone writes the run directory and the evaluation report."""
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY_OVERRIDES
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    entry = tmp_path / "biamat_engine.py"  # what the console script runs (`-m cli.app` would
+    entry.write_text("from cli.app import main\nmain()\n")  # register the commands on another app)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
+              str(entry)]
+    sets = [a for o in (*TINY_OVERRIDES, *RUN, "optim.epochs=2") for a in ("--set", o)]
+    run = tmp_path / "run"
+    done = subprocess.run([*launch, "train", *sets, "--out", str(run)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = _records(run / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2] and records[-1]["omega"] is not None
+    assert all(r["images"] == WORLD * (32 + 32) for r in records)  # one step of 32 + 32 per rank
+    done = subprocess.run([*launch, "eval", str(run), "--test", f"shapes:primary?n={EVAL_N}&size=16",
+                           "--attacks", "clean,pgd2", "--batch-size", "8", "--device", "cpu"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((run / "eval.json").read_text())
+    assert report["world_size"] == WORLD and report["n"] == EVAL_N
+    assert done.stdout.count("Linf eps") == 1 and done.stderr.count("wrote") == 1  # rank 0 alone printed
