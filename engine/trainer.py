@@ -388,7 +388,8 @@ class Trainer:
         self._restore_rng(state)
         self.metrics.truncate_after(self.epoch)
         self.selection.truncate_after(self.epoch)
-        log.info("resumed %s at epoch %d, step %d", path, self.epoch, self.step)
+        if self.is_main:
+            log.info("resumed %s at epoch %d, step %d", path, self.epoch, self.step)
 
     def _restore_rng(self, state: dict) -> None:
         """Each rank's own RNG state on as many ranks as the checkpoint was written with; on

@@ -183,7 +183,7 @@ def _run_worker(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
     from engine.distributed import World
-    from engine.evaluation.runner import EvalPlan, evaluate
+    from engine.evaluation.runner import evaluate
     from engine.trainer import Trainer
     from loaders.datasets import open_dataset
     from loaders.images import to_device_images
