@@ -13,6 +13,11 @@ BiaMAT step that fixes omega, DDP's first step that builds its buckets), then `r
 every rank has finished (a second barrier), so a round lasts as long as its slowest rank.
 Images/s count every rank's images; scaling efficiency is images/s at W over W times images/s
 at 1 process.
+
+With `control`, every W > 1 is also timed as W independent processes without DDP (each its own
+one-process step, the group used for the barriers only): on a machine that other work shares,
+efficiency of the DDP row over the control row separates what DDP's communication costs from
+what the machine's contention costs.
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, settings: dict, out: str) -> None:
-    """One rank: join the group, build the step as the trainer does, time it, write its seconds."""
+def _worker(rank: int, world_size: int, port: int, settings: dict, ddp: bool, out: str) -> None:
+    """One rank: join the group, build the step as the trainer does (without DDP when `ddp` is
+    False: the control), time it, write its seconds."""
     import torch.distributed as dist
 
     from engine.config import AttackConfig, MethodConfig, RuntimeConfig
@@ -68,12 +74,13 @@ def _worker(rank: int, world_size: int, port: int, settings: dict, out: str) -> 
             model = model.to(memory_format=torch.channels_last)
         trunk = compile_trunk(model, rt)
         world = World.current()
+        step_world = world if ddp else World()
         method_kw, attack_kw = METHOD_DEFAULTS[s["method"]]
         mcfg = MethodConfig(name=s["method"], aux_mode=s["aux_mode"], **method_kw)
         acfg = AttackConfig(steps=s["attack_steps"], **attack_kw)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         step = TrainStep(model, METHODS[s["method"]], optimizer, rt.grad_scaler(), MethodState(),
-                         data_parallel(model, trunk, rt.device) if world.size > 1 else None, world)
+                         data_parallel(model, trunk, rt.device) if step_world.size > 1 else None, step_world)
         ctx = StepContext(method=mcfg, attack=acfg, in_warmup=False, trunk=trunk, autocast=rt.autocast(),
                           kernel_impl=rt.kernels)
         batch = make_batch(s["batch"], s["aux_batch"], s["size"], s["aux_classes"], rt.device, rt.channels_last,
@@ -99,11 +106,11 @@ def _worker(rank: int, world_size: int, port: int, settings: dict, out: str) -> 
             dist.destroy_process_group()
 
 
-def _time_world(world_size: int, settings: dict) -> dict:
+def _time_world(world_size: int, settings: dict, ddp: bool) -> dict:
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="bench-ddp-") as out:
-        mp.spawn(_worker, args=(world_size, _free_port(), settings, out), nprocs=world_size, join=True)
+        mp.spawn(_worker, args=(world_size, _free_port(), settings, ddp, out), nprocs=world_size, join=True)
         return torch.load(Path(out) / "rank0.pt", weights_only=True)
 
 
@@ -111,7 +118,7 @@ def run(world_sizes: tuple[int, ...] = (1, 2), method: str = "at", model_name: s
         aux_batch: int = 64, aux_classes: int = 1000, size: int = 32, steps: int = 2, warmup: int = 2,
         repeats: int = 3, attack_steps: int = 10, aux_mode: str = "biamat", device: str = "cpu",
         compile: str = "auto", precision: str = "auto", kernels: str = "auto", threads: int | None = 1,
-        seed: int = 0, out: str | Path | None = None) -> dict:
+        control: bool = False, seed: int = 0, out: str | Path | None = None) -> dict:
     """Times the training step on each world size in turn; returns (and optionally writes) the JSON
     report. On a CPU, `threads` is per process: 1 thread per process and as many processes as
     cores is the fair comparison."""
@@ -134,17 +141,20 @@ def run(world_sizes: tuple[int, ...] = (1, 2), method: str = "at", model_name: s
                     threads=threads, seed=seed)
     load_before = os.getloadavg()
     rows = []
-    for w in world_sizes:
-        log.info("timing %d process(es)", w)
-        result = _time_world(w, settings)
+    runs = [(w, w > 1) for w in world_sizes] + [(w, False) for w in world_sizes if control and w > 1]
+    for w, ddp in runs:
+        log.info("timing %d process(es)%s", w, "" if ddp or w == 1 else " without DDP (control)")
+        result = _time_world(w, settings, ddp)
         rates = [steps * w * (batch + aux_batch) / s for s in result["seconds"]]
         mean, std = mean_std(rates)
-        rows.append({"world_size": w, "images_per_s": mean, "images_per_s_std": std,
+        rows.append({"world_size": w, "ddp": ddp, "images_per_s": mean, "images_per_s_std": std,
                      "images_per_s_per_rank": mean / w, "step_seconds": sum(result["seconds"]) / (repeats * steps),
                      "threads_per_process": result["threads"], "omega": result["omega"], **result["settings"]})
     base = next((r for r in rows if r["world_size"] == 1), None)
     for r in rows:
         r["efficiency"] = r["images_per_s"] / (r["world_size"] * base["images_per_s"]) if base else None
+        twin = next((c for c in rows if c["world_size"] == r["world_size"] and not c["ddp"]), None)
+        r["vs_control"] = r["images_per_s"] / twin["images_per_s"] if r["ddp"] and twin else None
     dev = torch.device("cuda:0" if device == "cuda" else "cpu")
     report = {
         "benchmark": "ddp",
@@ -163,13 +173,19 @@ def run(world_sizes: tuple[int, ...] = (1, 2), method: str = "at", model_name: s
 
 def format_table(report: dict) -> str:
     """A markdown table of the report (also what docs/benchmarks.md shows)."""
-    lines = ["| processes | images/s | std | images/s per process | step (s) | efficiency |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| processes | DDP | images/s | std | images/s per process | step (s) | efficiency | vs control |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
         eff = f"{100 * r['efficiency']:.0f}%" if r["efficiency"] is not None else "-"
-        lines.append(f"| {r['world_size']} | {r['images_per_s']:.1f} | {r['images_per_s_std']:.1f} "
-                     f"| {r['images_per_s_per_rank']:.1f} | {r['step_seconds']:.3f} | {eff} |")
+        ctl = f"{100 * r['vs_control']:.0f}%" if r["vs_control"] is not None else "-"
+        lines.append(f"| {r['world_size']} | {ddp_label(r)} | {r['images_per_s']:.1f} | {r['images_per_s_std']:.1f} "
+                     f"| {r['images_per_s_per_rank']:.1f} | {r['step_seconds']:.3f} | {eff} | {ctl} |")
     return "\n".join(lines)
+
+
+def ddp_label(row: dict) -> str:
+    """How a row's processes trained: through DDP, independently (the control), or alone."""
+    return "yes" if row["ddp"] else ("-" if row["world_size"] == 1 else "no (control)")
 
 
 if __name__ == "__main__":

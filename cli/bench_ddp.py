@@ -21,16 +21,19 @@ EPILOG = (
 
 
 def render_table(report: dict) -> Table:
+    from benchmarks.ddp import ddp_label
+
     cfg = report["config"]
     table = Table(title=(f"ddp ({report['backend']})  |  {cfg['method']} {cfg['model']} {cfg['batch']}+{cfg['aux_batch']} "
                          f"per process @ {cfg['size']}px, PGD-{cfg['attack_steps']}  |  {report['device']}  |  "
                          f"torch {report['torch']}  |  rev {report['git_revision']}"))
-    for column in ("processes", "images/s", "std", "per process", "step (s)", "efficiency"):
-        table.add_column(column, justify="right")
+    for column in ("processes", "DDP", "images/s", "std", "per process", "step (s)", "efficiency", "vs control"):
+        table.add_column(column, justify="left" if column == "DDP" else "right")
     for r in report["rows"]:
         eff = f"{100 * r['efficiency']:.0f}%" if r["efficiency"] is not None else "-"
-        table.add_row(str(r["world_size"]), f"{r['images_per_s']:.1f}", f"{r['images_per_s_std']:.1f}",
-                      f"{r['images_per_s_per_rank']:.1f}", f"{r['step_seconds']:.3f}", eff)
+        ctl = f"{100 * r['vs_control']:.0f}%" if r["vs_control"] is not None else "-"
+        table.add_row(str(r["world_size"]), ddp_label(r), f"{r['images_per_s']:.1f}", f"{r['images_per_s_std']:.1f}",
+                      f"{r['images_per_s_per_rank']:.1f}", f"{r['step_seconds']:.3f}", eff, ctl)
     return table
 
 
@@ -52,6 +55,7 @@ def bench_ddp(
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16."),
     kernels: str = typer.Option("auto", help="auto, torch, numba or triton."),
     threads: Optional[int] = typer.Option(1, min=1, help="CPU threads per process (torch and numba)."),
+    control: bool = typer.Option(False, "--control", help="Also time each count as independent processes without DDP."),
     out: Optional[Path] = typer.Option(None, help="Write the JSON report here."),
 ) -> None:
     """Images/s of the training step on 1, 2, ... DistributedDataParallel processes.
@@ -73,5 +77,5 @@ def bench_ddp(
         report = run(world_sizes=sizes, method=method, model_name=model, batch=batch, aux_batch=aux_batch,
                      aux_classes=aux_classes, size=size, steps=steps, warmup=warmup, repeats=repeats,
                      attack_steps=attack_steps, aux_mode=aux_mode, device=device, compile=compile,
-                     precision=precision, kernels=kernels, threads=threads, out=out)
+                     precision=precision, kernels=kernels, threads=threads, control=control, out=out)
     print_report(render_table(report), report["notes"], out)

@@ -23,15 +23,17 @@ def test_bench_ddp_times_two_gloo_processes_and_writes_a_report(runner, tmp_path
     result = runner.invoke(app, [
         "bench", "ddp", "--world-sizes", "2", "--model", "wrn-10-1", "--batch", "4", "--aux-batch", "4",
         "--aux-classes", "7", "--size", "8", "--attack-steps", "1", "--steps", "1", "--warmup", "1",
-        "--repeats", "2", "--device", "cpu", "--kernels", "torch", "--threads", "1", "--out", str(out)])
+        "--repeats", "2", "--device", "cpu", "--kernels", "torch", "--threads", "1", "--control", "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["benchmark"] == "ddp" and report["backend"] == "gloo" and report["git_revision"]
     assert report["device"] and report["torch"] == torch.__version__
-    (row,) = report["rows"]
-    assert row["world_size"] == 2 and row["images_per_s"] > 0 and row["threads_per_process"] == 1
+    row, control = report["rows"]
+    assert (row["world_size"], row["ddp"], control["world_size"], control["ddp"]) == (2, True, 2, False)
+    assert row["images_per_s"] > 0 and row["threads_per_process"] == 1
     assert row["images_per_s_per_rank"] == pytest.approx(row["images_per_s"] / 2)
-    assert row["omega"] is not None  # the warm-up step after the (absent) warm-up epochs routed
+    assert row["vs_control"] == pytest.approx(row["images_per_s"] / control["images_per_s"])
+    assert row["omega"] is not None  # the warm-up step routed (there are no warm-up epochs here)
     assert row["efficiency"] is None and report["notes"]  # no 1-process row to compare with
 
 
