@@ -7,12 +7,13 @@ steps `engine.step.TrainStep`, the object the trainer trains with, with the trun
 trainer's `compile_trunk`, on its own fixed batch of `batch` primary + `aux_batch` auxiliary
 images (per rank, as training under torchrun does: W ranks train on W times the images per step).
 
-Timing is honest in airbench's sense: `warmup` untimed steps first (torch.compile, numba, the
-BiaMAT step that fixes omega, DDP's first step that builds its buckets), then `repeats` rounds of
-`steps` steps; each round starts after a barrier and stops after the device is synchronised and
-every rank has finished (a second barrier), so a round lasts as long as its slowest rank.
-Images/s count every rank's images; scaling efficiency is images/s at W over W times images/s
-at 1 process.
+Timing is honest in airbench's sense: `repeats` rounds in which every row takes its turn, so load
+changes on a shared machine hit all rows alike; in each round a row's process group is started
+afresh, runs `warmup` untimed steps (torch.compile, numba, the BiaMAT step that fixes omega, DDP's
+first step that builds its buckets), then times `steps` steps from a barrier until the device is
+synchronised and every rank has finished (a second barrier): a round lasts as long as its slowest
+rank. Images/s count every rank's images; scaling efficiency is images/s at W over W times
+images/s at 1 process, taken per round (paired) and then averaged.
 
 With `control`, every W > 1 is also timed as W independent processes without DDP (each its own
 one-process step, the group used for the barriers only): on a machine that other work shares,
@@ -87,16 +88,14 @@ def _worker(rank: int, world_size: int, port: int, settings: dict, ddp: bool, ou
                            s["seed"] + rank)  # every rank its own images
         for _ in range(s["warmup"]):
             step(batch, ctx)
-        seconds = []
-        for _ in range(s["repeats"]):
-            sync(rt.device)
-            world.barrier()
-            start = time.perf_counter()
-            for _ in range(s["steps"]):
-                step(batch, ctx)
-            sync(rt.device)
-            world.barrier()
-            seconds.append(time.perf_counter() - start)
+        sync(rt.device)
+        world.barrier()
+        start = time.perf_counter()
+        for _ in range(s["steps"]):
+            step(batch, ctx)
+        sync(rt.device)
+        world.barrier()
+        seconds = time.perf_counter() - start
         if rank == 0:
             torch.save({"seconds": seconds, "settings": {"precision": rt.precision, "compile": resolved.compile,
                                                          "kernels": rt.kernels, "channels_last": rt.channels_last},
@@ -119,9 +118,9 @@ def run(world_sizes: tuple[int, ...] = (1, 2), method: str = "at", model_name: s
         repeats: int = 3, attack_steps: int = 10, aux_mode: str = "biamat", device: str = "cpu",
         compile: str = "auto", precision: str = "auto", kernels: str = "auto", threads: int | None = 1,
         control: bool = False, seed: int = 0, out: str | Path | None = None) -> dict:
-    """Times the training step on each world size in turn; returns (and optionally writes) the JSON
-    report. On a CPU, `threads` is per process: 1 thread per process and as many processes as
-    cores is the fair comparison."""
+    """Times the training step on each world size, the rows taking turns in every round; returns
+    (and optionally writes) the JSON report. On a CPU, `threads` is per process: 1 thread per
+    process and as many processes as cores is the fair comparison."""
     if method not in METHOD_DEFAULTS:
         raise ValueError(f"--method must be at or trades, got {method!r}")
     if not world_sizes or min(world_sizes) < 1:
@@ -140,21 +139,24 @@ def run(world_sizes: tuple[int, ...] = (1, 2), method: str = "at", model_name: s
                     aux_mode=aux_mode, device=device, compile=compile, precision=precision, kernels=kernels,
                     threads=threads, seed=seed)
     load_before = os.getloadavg()
-    rows = []
     runs = [(w, w > 1) for w in world_sizes] + [(w, False) for w in world_sizes if control and w > 1]
-    for w, ddp in runs:
-        log.info("timing %d process(es)%s", w, "" if ddp or w == 1 else " without DDP (control)")
-        result = _time_world(w, settings, ddp)
-        rates = [steps * w * (batch + aux_batch) / s for s in result["seconds"]]
-        mean, std = mean_std(rates)
+    results: dict[tuple[int, bool], list[dict]] = {run: [] for run in runs}
+    for r in range(repeats):
+        for w, ddp in runs:
+            log.info("round %d/%d: %d process(es)%s", r + 1, repeats, w, "" if ddp or w == 1 else " without DDP")
+            results[(w, ddp)].append(_time_world(w, settings, ddp))
+    rates = {run: [steps * run[0] * (batch + aux_batch) / t["seconds"] for t in timed] for run, timed in results.items()}
+    rows = []
+    for (w, ddp), timed in results.items():
+        mean, std = mean_std(rates[(w, ddp)])
+        base, twin = rates.get((1, False)), rates.get((w, False)) if ddp else None
         rows.append({"world_size": w, "ddp": ddp, "images_per_s": mean, "images_per_s_std": std,
-                     "images_per_s_per_rank": mean / w, "step_seconds": sum(result["seconds"]) / (repeats * steps),
-                     "threads_per_process": result["threads"], "omega": result["omega"], **result["settings"]})
-    base = next((r for r in rows if r["world_size"] == 1), None)
-    for r in rows:
-        r["efficiency"] = r["images_per_s"] / (r["world_size"] * base["images_per_s"]) if base else None
-        twin = next((c for c in rows if c["world_size"] == r["world_size"] and not c["ddp"]), None)
-        r["vs_control"] = r["images_per_s"] / twin["images_per_s"] if r["ddp"] and twin else None
+                     "images_per_s_per_rank": mean / w,
+                     "step_seconds": sum(t["seconds"] for t in timed) / (repeats * steps),
+                     "efficiency": _paired_mean(rates[(w, ddp)], base, w),
+                     "vs_control": _paired_mean(rates[(w, ddp)], twin, 1),
+                     "threads_per_process": timed[0]["threads"], "omega": timed[0]["omega"], **timed[0]["settings"]})
+    base = rates.get((1, False))
     dev = torch.device("cuda:0" if device == "cuda" else "cpu")
     report = {
         "benchmark": "ddp",
@@ -169,6 +171,13 @@ def run(world_sizes: tuple[int, ...] = (1, 2), method: str = "at", model_name: s
     }
     write_report(report, out)
     return report
+
+
+def _paired_mean(rates: list[float], reference: list[float] | None, scale: int) -> float | None:
+    """Mean over rounds of rate / (scale x the reference's rate in the same round)."""
+    if reference is None:
+        return None
+    return mean_std([a / (scale * b) for a, b in zip(rates, reference)])[0]
 
 
 def format_table(report: dict) -> str:

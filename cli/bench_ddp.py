@@ -47,7 +47,7 @@ def bench_ddp(
     size: int = typer.Option(32, min=8, help="Image side in pixels."),
     steps: int = typer.Option(2, min=1, help="Training steps per timed repeat."),
     warmup: int = typer.Option(2, min=1, help="Untimed steps first (compile, omega, DDP buckets)."),
-    repeats: int = typer.Option(3, min=1, help="Timed repeats per process count."),
+    repeats: int = typer.Option(3, min=1, help="Timed rounds; in each every row starts a fresh process group."),
     attack_steps: int = typer.Option(10, min=0, help="PGD steps of the training attack."),
     aux_mode: str = typer.Option("biamat", help="biamat, labels, uniform or none."),
     device: str = typer.Option("cpu", help="cpu (gloo) or cuda (NCCL, one GPU per process)."),

@@ -23,7 +23,7 @@ def test_bench_ddp_times_two_gloo_processes_and_writes_a_report(runner, tmp_path
     result = runner.invoke(app, [
         "bench", "ddp", "--world-sizes", "2", "--model", "wrn-10-1", "--batch", "4", "--aux-batch", "4",
         "--aux-classes", "7", "--size", "8", "--attack-steps", "1", "--steps", "1", "--warmup", "1",
-        "--repeats", "2", "--device", "cpu", "--kernels", "torch", "--threads", "1", "--control", "--out", str(out)])
+        "--repeats", "1", "--device", "cpu", "--kernels", "torch", "--threads", "1", "--control", "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["benchmark"] == "ddp" and report["backend"] == "gloo" and report["git_revision"]
