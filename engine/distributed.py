@@ -112,6 +112,8 @@ class World:
     def any(self, flag: torch.Tensor) -> bool:
         """Whether the bool scalar `flag` is true on any rank: a decision every rank then takes
         alike (one rank stopping alone would leave the others waiting in a collective)."""
+        if self.size == 1:
+            return bool(flag)
         return bool(self.max(flag.to(torch.int32)))
 
     def barrier(self) -> None:
