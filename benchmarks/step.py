@@ -143,8 +143,9 @@ class Variant:
         self.train_step(self.batch, self.ctx)
 
 
-def _make_batch(n_pri: int, n_aux: int, size: int, aux_classes: int, device: torch.device,
+def make_batch(n_pri: int, n_aux: int, size: int, aux_classes: int, device: torch.device,
                 channels_last: bool, seed: int) -> Batch:
+    """One fixed step batch: random [0, 1] images and random labels (one auxiliary dataset)."""
     g = torch.Generator().manual_seed(seed)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x_pri = torch.rand(n_pri, 3, size, size, generator=g)  # (B, 3, H, W)
@@ -191,14 +192,14 @@ def build_variants(method: str, base: nn.Module, *, device: str, n_pri: int, n_a
                     "channels_last": rt.channels_last, "bn_stats": bn_choice if method == "at" else None}
         bn_label = f", bn {bn_choice}" if len(bn_choices) > 1 else ""
         label = f"engine ({rt.precision}, compile {resolved.compile}, kernels {rt.kernels}{bn_label})"
-        batch = _make_batch(n_pri, n_aux, size, aux_classes, rt.device, rt.channels_last, seed)
+        batch = make_batch(n_pri, n_aux, size, aux_classes, rt.device, rt.channels_last, seed)
         variants.append(Variant(method, "engine", label, _train_step(METHODS[method], model, rt.grad_scaler()),
                                 batch, ctx, settings))
     dev = variants[0].batch.x_pri.device
     for impl, table in (("reference", REFERENCE_STEPS), ("naive", NAIVE_STEPS)):
         model = copy.deepcopy(base).to(dev)
         ctx = StepContext(method=mcfg, attack=acfg, in_warmup=False, trunk=model.features)
-        batch = _make_batch(n_pri, n_aux, size, aux_classes, dev, False, seed)
+        batch = make_batch(n_pri, n_aux, size, aux_classes, dev, False, seed)
         settings = {"precision": "fp32", "compile": "off", "kernels": "none", "channels_last": False,
                     "bn_stats": acfg.bn_stats if method == "at" else None}
         disabled = torch.amp.GradScaler(dev.type, enabled=False)  # fp32: scale 1, plain optimizer.step

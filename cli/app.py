@@ -9,8 +9,8 @@ from typing import Callable
 import typer
 from typer.core import TyperGroup
 
-from cli import (bench_eval, bench_kernels, bench_loader, bench_step, demo_cmd, eval_cmd, export_cmd, info_cmd,
-                 prepare_cmd, train_cmd)
+from cli import (bench_ddp, bench_eval, bench_kernels, bench_loader, bench_step, demo_cmd, eval_cmd, export_cmd,
+                 info_cmd, prepare_cmd, train_cmd)
 from cli.errors import error_context
 
 
@@ -53,11 +53,12 @@ _add(app, "info", info_cmd.info_command, info_cmd.EPILOG)
 app.add_typer(bench_app, name="bench")
 
 # The training step first (the number the engine exists for), then what feeds it (loader,
-# kernels), then evaluation.
+# kernels), then evaluation, then scaling over processes.
 _add(bench_app, "step", bench_step.bench_step, bench_step.EPILOG)
 _add(bench_app, "loader", bench_loader.bench_loader, bench_loader.EPILOG)
 _add(bench_app, "kernels", bench_kernels.bench_kernels, bench_kernels.EPILOG)
 _add(bench_app, "eval", bench_eval.bench_eval, bench_eval.EPILOG)
+_add(bench_app, "ddp", bench_ddp.bench_ddp, bench_ddp.EPILOG)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -93,7 +94,7 @@ def train_command(
     if resume and overwrite:
         raise UsageError("continue the run in RUN_DIR (--resume) or replace it (--overwrite), not both")
     setup_logging(verbose)
-    from engine.distributed import init_from_env
+    from engine.distributed import World, init_from_env
     from engine.run_dir import RunDir
     from engine.trainer import train
 
@@ -105,7 +106,10 @@ def train_command(
         raise FileNotFoundError(f"--resume: {files.last} does not exist; start the run without --resume")
     cfg = build_config(preset, config, overrides, aux, out if resume else None)
     init_from_env(cfg.runtime.device)  # a no-op unless launched by torchrun
-    with TrainProgress(cfg.optim.epochs) as progress:
+    main = World.current().is_main  # under torchrun rank 0 alone shows progress and the table
+    with TrainProgress(cfg.optim.epochs) if main else contextlib.nullcontext() as progress:
         records = train(cfg, out, resume=resume, overwrite=overwrite, on_step=progress)
+    if not main:
+        return
     print_epoch_table(records)
     console.print(f"run directory: [bold]{out}[/] (best model: {files.weights})")

@@ -224,6 +224,9 @@ class RuntimeConfig:
     """Seeds the model initialisation, the data order, the augmentation and the attacks."""
     deterministic: bool = False
     """Ask torch for deterministic algorithms (slower on GPUs)."""
+    sync_bn: bool = False
+    """Under torchrun, BatchNorm as SyncBatchNorm: statistics over the global batch instead of each
+    GPU's shard (GPUs only; off by default, as the paper's single-GPU runs have nothing to sync)."""
 
     def __post_init__(self) -> None:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

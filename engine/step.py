@@ -1,22 +1,23 @@
 """One training step, as every run and every benchmark takes it.
 
-    objective (attack + routed loss) -> zero_grad -> (scaled) backward -> gradient average
-    across processes -> optimiser step
+    objective (attack + routed loss) -> zero_grad -> (scaled) backward, which under torchrun
+    all-reduces the gradients bucket by bucket as it goes (DistributedDataParallel) -> optimiser step
 
-The trainer calls `TrainStep` once per batch and `bench step` times the very same object, so
-"the engine's step" in a benchmark is by construction the step that trains. The trunk the
-objectives run through is compiled by `compile_trunk` in both.
+The trainer calls `TrainStep` once per batch and `bench step` / `bench ddp` time the very same
+object, so "the engine's step" in a benchmark is by construction the step that trains. The trunk
+the objectives run through is compiled by `compile_trunk` in all of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from engine.distributed import average_gradients
+from engine.distributed import World
 from engine.methods import MethodState, StepContext, StepStats
 from engine.runtime import Runtime
 from loaders.types import Batch
@@ -53,15 +54,54 @@ class TrainStep:
     scaler: torch.amp.GradScaler
     """Disabled (scale 1, plain optimizer.step) except for fp16 autocast."""
     state: MethodState
-    world_size: int = 1
+    train_forward: nn.Module | None = None
+    """Under torchrun: `engine.distributed.data_parallel(model, trunk, device)`, the
+    DistributedDataParallel loss pass handed to the objective as `ctx.train_forward`; its backward
+    averages the gradients across ranks. None in one process: no wrapper, no communication."""
+    world: World = World()
+    """The ranks this step trains with, handed to the objective as `ctx.world` (one omega)."""
+
+    def __post_init__(self) -> None:
+        if (self.world.size > 1) != (self.train_forward is not None):
+            raise ValueError(
+                f"TrainStep: {self.world.size} rank(s) but train_forward is "
+                f"{'set' if self.train_forward is not None else 'None'}: several ranks need the "
+                "DistributedDataParallel loss pass (engine.distributed.data_parallel), one process none"
+            )
+        wrapped = getattr(getattr(self.train_forward, "module", None), "model", self.model)
+        if wrapped is not self.model:
+            raise ValueError("TrainStep: train_forward wraps another model than the one this step trains")
 
     def __call__(self, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, StepStats]:
         self.model.train()
-        loss, stats = self.objective(self.model, batch, self.state, ctx)
+        if self.train_forward is None:
+            loss, stats = self.objective(self.model, batch, self.state, ctx)
+        else:
+            loss, stats = self._distributed_objective(batch, ctx)
         self.optimizer.zero_grad(set_to_none=True)  # also drops what a naive attack accumulated
         self.scaler.scale(loss).backward()
-        if self.world_size > 1:
-            average_gradients(self.model.parameters())
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        return loss, stats
+
+    def _distributed_objective(self, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, StepStats]:
+        """The objective with the DDP loss pass and the world in its context, checked to call the
+        loss pass exactly once: a loss computed around DDP would never be averaged, and the
+        replicas would silently drift apart."""
+        calls = 0
+
+        def loss_pass(xs, aux_sizes=()):
+            nonlocal calls
+            calls += 1
+            return self.train_forward(xs, aux_sizes)
+
+        ctx = dataclasses.replace(ctx, train_forward=loss_pass, world=self.world)
+        loss, stats = self.objective(self.model, batch, self.state, ctx)
+        if calls != 1:
+            name = getattr(self.objective, "__name__", repr(self.objective))
+            raise RuntimeError(
+                f"objective {name} ran the loss pass {calls} times under torchrun: an objective must "
+                "build its loss from exactly one ctx.train_logits(...) call, which runs through "
+                "DistributedDataParallel"
+            )
         return loss, stats

@@ -6,6 +6,14 @@ and logs, and knows nothing about which method runs (it hands `METHODS[name]` to
 
 Resuming from `last.pt` restores model, optimiser, scaler, step, method state, stream
 positions and RNG states, so a resumed run ends with the same metrics as one that never stopped.
+
+Under torchrun every rank runs this loop on its own shard of the data: DistributedDataParallel
+averages the gradients (`engine.step.TrainStep`), omega comes from all ranks' batches, the epoch's
+metrics and selection counts are summed over the ranks, the per-epoch evaluation splits the
+held-out set over them, and rank 0 alone writes the run directory. A checkpoint holds every
+rank's RNG state and the number of ranks: it resumes exactly on as many ranks, and on another
+number of ranks from the same epoch with the same omega and optimiser state (only the random
+streams and the shards then differ from an uninterrupted run).
 """
 
 from __future__ import annotations
@@ -17,13 +25,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
 from engine.checkpoint import clean_state_dict, export_model, load_checkpoint, save_checkpoint
-from engine.config import TrainConfig, resolve_warmup, to_toml
+from engine.config import ConfigError, TrainConfig, resolve_warmup, to_toml
 from engine.data import RunData, build_run_data, with_absolute_paths
-from engine.distributed import rank_device
+from engine.distributed import World, data_parallel, rank_device, rank_seed, sync_batchnorm
 from engine.evaluation import accuracy
 from engine.methods import METHODS, MethodState, StepContext, StepStats
 from engine.models import build, model_card, primary_state_dict
@@ -59,17 +66,21 @@ class _Classifier(nn.Module):
 class _EpochTotals:
     """Sums step statistics on the device; read once per epoch."""
 
+    KEYS = ("loss", "loss_pri", "loss_low", "loss_high")
+
     def __init__(self) -> None:
         self.steps = 0
+        self.images = 0
         self.sums: dict[str, torch.Tensor | float] = {}
         self.routed_aux = 0
         self.n_high: torch.Tensor | int = 0
         self.seen: list[torch.Tensor] = []
         self.high: list[torch.Tensor] = []
 
-    def add(self, s: StepStats) -> None:
+    def add(self, s: StepStats, images: int) -> None:
         self.steps += 1
-        for key in ("loss", "loss_pri", "loss_low", "loss_high"):
+        self.images += images
+        for key in self.KEYS:
             self.sums[key] = self.sums.get(key, 0.0) + getattr(s, key)
         if s.routed:
             self.routed_aux += s.n_aux
@@ -86,23 +97,45 @@ class _EpochTotals:
     def means(self) -> dict[str, float]:
         return {k: float(v) / max(self.steps, 1) for k, v in self.sums.items()}
 
+    def all_reduce(self, world: World, device: torch.device) -> None:
+        """Sums every rank's totals in one collective, so the epoch's record and selection.jsonl
+        count the global batch: loss sums and steps (means over all ranks' steps), images, high
+        samples, and the per-class seen and high counts. Every rank routes on the same steps, so
+        the per-class lists have the same shapes everywhere."""
+        if world.size == 1:
+            return
+        scalars = [self.sums.get(k, 0.0) for k in self.KEYS] + [self.n_high, self.routed_aux, self.steps, self.images]
+        counts = self.seen + self.high
+        flat = torch.cat([torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in scalars])]
+                         + [c.to(device=device, dtype=torch.float64) for c in counts])
+        flat = world.sum(flat).cpu()
+        for i, key in enumerate(self.KEYS):
+            self.sums[key] = float(flat[i])
+        k = len(self.KEYS)
+        self.n_high, self.routed_aux, self.steps, self.images = (int(v) for v in flat[k:k + 4].round().tolist())
+        pieces = flat[k + 4:].round().long().split([len(c) for c in counts])
+        self.seen, self.high = list(pieces[:len(self.seen)]), list(pieces[len(self.seen):])
+
 
 class _NonFiniteWatch:
     """Collects `not isfinite(loss)` on the device and reads it only every `every` steps: a
     read is a device sync, which on a GPU would stall the queue after every step."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, world: World = World()) -> None:
         self.flag = torch.zeros((), dtype=torch.bool, device=device)
         self.every = 1 if device.type == "cpu" else 25
+        self.world = world
 
     def add(self, loss: torch.Tensor) -> None:
         self.flag |= ~torch.isfinite(loss)
 
     def due(self, steps_done: int) -> bool:
-        return steps_done % self.every == 0 and bool(self.flag)
+        return steps_done % self.every == 0 and self.seen()
 
     def seen(self) -> bool:
-        return bool(self.flag)
+        # Decided over all ranks, at the same steps on every one: a rank stopping alone would
+        # leave the others waiting in the next all-reduce.
+        return self.world.any(self.flag)
 
 
 class Trainer:
@@ -118,10 +151,9 @@ class Trainer:
                 )
             # Results without a last.pt (a copied best model, an eval report) are not ours to delete.
             refuse_to_replace(self.out, "pick another --out, or pass --overwrite to replace the run files in it")
-        self.on_step = on_step
-        self.rank = dist.get_rank() if dist.is_initialized() else 0
-        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
-        self.is_main = self.rank == 0
+        self.world = World.current()
+        self.rank, self.world_size, self.is_main = self.world.rank, self.world.size, self.world.is_main
+        self.on_step = on_step if self.is_main else None
         self.cfg, self.rt = self._resolve(cfg)
         seed_everything(cfg.runtime.seed)
         if cfg.runtime.deterministic:
@@ -135,9 +167,12 @@ class Trainer:
         self.model = self._build_model()
         self.trunk = compile_trunk(self.model, self.rt)
         self.classifier = _Classifier(self.model, self.trunk, self.rt.autocast())
-        optimizer = build_optimizer(self.model, self.cfg.optim)
-        self.train_step = TrainStep(self.model, METHODS[cfg.method.name], optimizer, self.rt.grad_scaler(),
-                                    MethodState(), self.world_size)
+        # DDP's constructor broadcasts rank 0's weights, so the ranks start from one model.
+        train_forward = data_parallel(self.model, self.trunk, self.rt.device) if self.world.size > 1 else None
+        self.train_step = TrainStep(self.model, METHODS[cfg.method.name], build_optimizer(self.model, self.cfg.optim),
+                                    self.rt.grad_scaler(), MethodState(), train_forward, self.world)
+        if self.rank > 0:  # rank 0 draws what one process would; the others their own attack starts
+            seed_everything(rank_seed(cfg.runtime.seed, self.rank))
         self.epoch = 0
         self.step = 0
         self.best_robust = -1.0
@@ -171,6 +206,15 @@ class Trainer:
         norm = self.data.normalization
         model = build(self.cfg.model.name, self.data.num_classes, self.data.aux_classes, dropout=self.cfg.model.dropout,
                       mean=norm.mean, std=norm.std)
+        if self.cfg.runtime.sync_bn and self.world.size > 1:
+            if self.rt.device.type != "cuda":
+                raise ConfigError(
+                    f"runtime.sync_bn = true on {self.rt.device.type}: PyTorch's SyncBatchNorm runs on GPUs "
+                    "only; drop runtime.sync_bn for CPU runs"
+                )
+            model = sync_batchnorm(model)
+        elif self.cfg.runtime.sync_bn:
+            log.info("runtime.sync_bn has nothing to sync in one process; BatchNorm stays as it is")
         model.to(self.rt.device)
         if self.rt.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -203,6 +247,7 @@ class Trainer:
             if self.epoch % self.cfg.eval.every == 0 or self.epoch == total:
                 record.update(self._evaluate())
             self._log_and_save(record)
+        self.world.barrier()  # rank 0's last line is written before any rank reads the file
         return self.metrics.read()
 
     def _context(self) -> StepContext:
@@ -222,8 +267,7 @@ class Trainer:
         ctx = self._context()
         totals = _EpochTotals()
         steps_per_epoch = len(self.data.stream)
-        watch = _NonFiniteWatch(self.rt.device)
-        images = 0
+        watch = _NonFiniteWatch(self.rt.device, self.world)
         start = time.perf_counter()
         for i, batch in enumerate(self.data.stream):
             self.step += 1
@@ -234,20 +278,25 @@ class Trainer:
             watch.add(loss)
             if watch.due(i + 1):
                 self._fail_nonfinite(i + 1)
-            totals.add(stats)
-            images += len(batch.y_pri) + len(batch.y_aux)
-            if self.on_step is not None:
-                self.on_step(self.epoch, i + 1, steps_per_epoch, images / (time.perf_counter() - start))
+            totals.add(stats, len(batch.y_pri) + len(batch.y_aux))
+            if self.on_step is not None:  # rank 0's rate times the ranks: the bar reads global images/s
+                self.on_step(self.epoch, i + 1, steps_per_epoch,
+                             totals.images * self.world.size / (time.perf_counter() - start))
         if watch.seen():
             self._fail_nonfinite(steps_per_epoch)
-        self._check_finite_state()
         if self.rt.device.type == "cuda":
             torch.cuda.synchronize(self.rt.device)
         seconds = time.perf_counter() - start
+        if self.world.size > 1:  # the epoch lasts as long as its slowest rank
+            seconds = float(self.world.max(torch.tensor(seconds, device=self.rt.device)))
+        totals.all_reduce(self.world, self.rt.device)
+        # Every rank continues with (and evaluates) the model rank 0 checkpoints.
+        self.world.broadcast_buffers(self.model)
+        self._check_finite_state()  # after the broadcast: every rank decides on the same tensors
         self._log_selection(totals)
-        return self._epoch_record(totals, ctx, lr, images, seconds)
+        return self._epoch_record(totals, ctx, lr, seconds)
 
-    def _epoch_record(self, totals: _EpochTotals, ctx: StepContext, lr: float, images: int, seconds: float) -> dict:
+    def _epoch_record(self, totals: _EpochTotals, ctx: StepContext, lr: float, seconds: float) -> dict:
         means = totals.means()
         return {
             "epoch": self.epoch + 1,
@@ -257,7 +306,8 @@ class Trainer:
             "omega": self.method_state.omega,
             "n_high_ratio": (float(totals.n_high) / totals.routed_aux) if totals.routed_aux else None,
             "warmup": ctx.in_warmup,
-            "images_per_s": images * self.world_size / seconds,
+            "images": totals.images,
+            "images_per_s": totals.images / seconds,
             "seconds": seconds,
         }
 
@@ -285,13 +335,17 @@ class Trainer:
 
     def _evaluate(self) -> dict:
         start = time.perf_counter()
-        x, y = self.data.heldout_x, self.data.heldout_y
+        # Each rank evaluates its own whole batches of the held-out set; the counts are summed.
+        part = self.world.batch_shard(len(self.data.heldout_y), self.cfg.eval.batch_size)
+        x, y = self.data.heldout_x[part], self.data.heldout_y[part]
         common = dict(eps=self.cfg.attack.eps, step_size=self.cfg.eval.step_size,
                       batch_size=self.cfg.eval.batch_size, kernel_impl=self.rt.kernels)
         clean, n = accuracy(self.classifier, x, y, "clean", **common)
         robust = clean
         if self.cfg.eval.steps > 0:
             robust, _ = accuracy(self.classifier, x, y, f"pgd{self.cfg.eval.steps}", **common)
+        if self.world.size > 1:
+            clean, robust, n = self.world.sum(torch.tensor([clean, robust, n], device=self.rt.device)).tolist()
         return {"clean_acc": clean / n, "robust_acc": robust / n, "eval_seconds": time.perf_counter() - start}
 
     def _log_selection(self, totals: _EpochTotals) -> None:
@@ -316,7 +370,7 @@ class Trainer:
             eval_step_size=self.cfg.eval.step_size, normalization_source=self.normalization_source,
         )
 
-    def _state(self) -> dict:
+    def _state(self, rng_ranks: list[dict]) -> dict:
         return {
             "model": clean_state_dict(self.model.state_dict()),
             "model_card": self._card(),
@@ -324,7 +378,9 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "method": self.method_state.state_dict(),
             "stream": self.data.stream.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_ranks[0],
+            "rng_ranks": rng_ranks,
+            "world_size": self.world.size,
             "epoch": self.epoch,
             "step": self.step,
             "best_robust": self.best_robust,
@@ -336,10 +392,11 @@ class Trainer:
         improved = robust is not None and robust > self.best_robust
         if improved:
             self.best_robust = robust
+        rng_ranks = self.world.gather_objects(rng_state())  # a collective: every rank takes part
         if not self.is_main:
             return
         self.metrics.write(record)
-        state = self._state()
+        state = self._state(rng_ranks)
         save_checkpoint(self.files.last, state)
         if improved:
             save_checkpoint(self.files.best, state)
@@ -371,15 +428,32 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.method_state.load_state_dict(state["method"])
-        self.data.stream.load_state_dict(state["stream"])
-        set_rng_state(state["rng"])
+        self.data.stream.load_state_dict(state["stream"], state.get("world_size", 1))
         self.epoch, self.step, self.best_robust = state["epoch"], state["step"], state["best_robust"]
+        self._restore_rng(state)
         self.metrics.truncate_after(self.epoch)
         self.selection.truncate_after(self.epoch)
         if changes and self.is_main:
             JsonLines(self.files.resumes).write({"epoch": self.epoch, "step": self.step, "changes": changes})
-        log.info("resumed %s at epoch %d, step %d%s", path, self.epoch, self.step,
-                 f" with changes {changes}" if changes else "")
+        if self.is_main:
+            log.info("resumed %s at epoch %d, step %d%s", path, self.epoch, self.step,
+                     f" with changes {changes}" if changes else "")
+
+    def _restore_rng(self, state: dict) -> None:
+        """Each rank's own RNG state on as many ranks as the checkpoint was written with; on
+        another number of ranks rank 0 takes rank 0's and the others fresh streams of their own."""
+        saved = state.get("world_size", 1)
+        ranks = state.get("rng_ranks", [state["rng"]])
+        if saved == self.world.size:
+            set_rng_state(ranks[self.rank])
+            return
+        if self.is_main:
+            log.warning("resuming a %d-rank checkpoint on %d ranks: same epoch, omega and optimiser "
+                        "state; the shards and random streams differ from an uninterrupted run",
+                        saved, self.world.size)
+            set_rng_state(ranks[0])
+        else:
+            seed_everything(rank_seed(self.cfg.runtime.seed, self.rank, self.epoch))
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,

@@ -39,8 +39,9 @@ class ImageStream(Protocol):
     def state_dict(self) -> dict:
         """`{"epoch": int, "position": int}` plus whatever the backend needs."""
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from a state returned by `state_dict`."""
+    def load_state_dict(self, state: dict, world_size: int | None = None) -> None:
+        """Continue from a state returned by `state_dict`; `world_size` names the number of ranks
+        that saved it when that differs from this stream's (the position is then rescaled)."""
 
 
 def split_batch(total: int, parts: int) -> list[int]:
@@ -107,13 +108,15 @@ class PairedStream:
             "aux": [s.state_dict() for s in self.aux],
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, world_size: int | None = None) -> None:
+        """Continues from `state`; `world_size`: the number of ranks that saved it (see
+        `ImageStream.load_state_dict`)."""
         if len(state["aux"]) != len(self.aux):
             raise ValueError(
                 f"checkpoint has {len(state['aux'])} auxiliary streams, this run has "
                 f"{len(self.aux)}; resume with the same --aux datasets"
             )
-        self.primary.load_state_dict(state["primary"])
+        self.primary.load_state_dict(state["primary"], world_size)
         for stream, s in zip(self.aux, state["aux"]):
-            stream.load_state_dict(s)
+            stream.load_state_dict(s, world_size)
         self._aux_iters = [None] * len(self.aux)

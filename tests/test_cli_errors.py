@@ -63,7 +63,7 @@ def test_a_missing_file_exits_1_naming_it(command, tmp_path):
 
 
 @no_cuda
-@pytest.mark.parametrize("bench", ["step", "loader", "kernels", "eval"])
+@pytest.mark.parametrize("bench", ["step", "loader", "kernels", "eval", "ddp"])
 def test_bench_on_cuda_without_a_gpu_exits_1_before_any_work(bench):
     # The bench commands read no files; what a user gets wrong is the machine.
     result = invoke("bench", bench, "--device", "cuda")
@@ -83,6 +83,7 @@ USAGE_ERRORS = {
     "bench loader": (["bench", "loader", "--backends", "ffcv,pil"], "unknown backends ['pil']"),
     "bench kernels": (["bench", "kernels", "--device", "tpu"], "expected cpu | cuda"),
     "bench eval": (["bench", "eval", "--device", "cuda:1"], "expected cpu | cuda"),
+    "bench ddp": (["bench", "ddp", "--world-sizes", "0"], "positive process counts"),
 }
 
 
@@ -115,6 +116,7 @@ INTERRUPTED = {
     "bench loader": (["bench", "loader"], "benchmarks.loader.run"),
     "bench kernels": (["bench", "kernels"], "benchmarks.kernels.run"),
     "bench eval": (["bench", "eval"], "benchmarks.eval.run"),
+    "bench ddp": (["bench", "ddp"], "benchmarks.ddp.run"),
 }
 
 
@@ -215,7 +217,7 @@ def _listed(help_text: str) -> list[str]:
 
 def test_help_lists_the_commands_in_the_intended_order():
     assert _listed(invoke("--help").stdout) == ["prepare", "train", "eval", "export", "demo", "info", "bench"]
-    assert _listed(invoke("bench", "--help").stdout) == ["step", "loader", "kernels", "eval"]
+    assert _listed(invoke("bench", "--help").stdout) == ["step", "loader", "kernels", "eval", "ddp"]
 
 
 def test_help_starts_without_torch_and_lists_every_command_as_a_module():

@@ -138,3 +138,60 @@ def test_the_engine_and_the_reference_step_split_the_aux_batch_the_same_way(meth
         assert [len(s) for s in stats.seen_per_class] == [20, 7]
         for seen, first in zip(stats.seen_per_class, results[0][1].seen_per_class):
             assert torch.equal(seen, first)
+
+
+@pytest.fixture(scope="module")
+def numbered_beton(tmp_path_factory):
+    """40 images whose labels are their own indices, so a batch's labels name its samples."""
+    import numpy as np
+
+    from loaders.types import ArrayDataset
+
+    n = 40
+    images = np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    data = ArrayDataset(images, np.arange(n, dtype=np.int64), [str(i) for i in range(n)], name="numbered")
+    path = tmp_path_factory.mktemp("numbered") / "numbered.beton"
+    write_beton(path, data, split="train")
+    return str(path), n
+
+
+def _numbered(path: str, backend: str, rank: int, world_size: int, batch_size: int = 4):
+    return make_stream(path, backend=backend, batch_size=batch_size, device="cpu", train=True, seed=3, rank=rank,
+                       world_size=world_size, options=LoaderOptions(workers=1, kernel_impl="torch"))
+
+
+def _labels(batches) -> list[int]:
+    return [int(v) for _, y in batches for v in y]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_backend_gives_each_rank_a_disjoint_shard_of_each_epoch(numbered_beton, backend):
+    # 40 samples over 3 ranks: 14 each, the 2 missing padded with the epoch's first samples
+    # (torch's DistributedSampler rule), so only those can appear on two ranks.
+    path, n = numbered_beton
+    world_size = 3
+    streams = [_numbered(path, backend, r, world_size) for r in range(world_size)]
+    for _ in range(2):  # two shuffled epochs
+        shards = [_labels(s.epoch()) for s in streams]
+        assert len({len(s) for s in shards}) == 1  # as many batches on every rank
+        seen = [v for s in shards for v in s]
+        assert set(seen) == set(range(n)) and len(seen) - len(set(seen)) == -n % world_size
+    assert _labels(streams[0].epoch()) != shards[0]  # each epoch has its own order
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_position_saved_on_two_ranks_resumes_on_one_at_the_same_point_of_the_epoch(numbered_beton, backend):
+    path, n = numbered_beton
+    consumed, states = [], []
+    for rank in range(2):
+        stream = _numbered(path, backend, rank, 2)
+        batches = stream.epoch()
+        consumed += _labels([next(batches), next(batches)])  # 2 of each rank's 5 batches
+        states.append(stream.state_dict())
+        batches.close()
+    assert states[0] == states[1] == {"epoch": 0, "position": 2}
+    single = _numbered(path, backend, 0, 1)
+    single.load_state_dict(states[0], world_size=2)
+    assert single.state_dict() == {"epoch": 0, "position": 4}  # 2 batches on 2 ranks = 4 on one
+    rest = _labels(single.epoch())
+    assert sorted(consumed + rest) == list(range(n))  # the epoch's other samples, each once

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from engine.attacks import pgd
+from loaders.backends.resident import derive_seed
 
 _ATTACK = re.compile(r"^(clean|pgd|cw)(\d*)$")
 
@@ -49,6 +50,8 @@ def robust_mask(
     kappa: float = 50.0,
     random_start: bool = True,
     kernel_impl: str = "auto",
+    seed: int | None = None,
+    first_index: int = 0,
 ) -> torch.Tensor:
     """(N,) bool: which samples `model` still classifies correctly under `attack`.
 
@@ -56,6 +59,10 @@ def robust_mask(
     restart (the AutoAttack convention: a robust accuracy can never exceed the clean one).
     The model runs in eval mode; its previous mode is restored.
     images: (N, 3, H, W) float in [0, 1] on the model's device (any memory format).
+    With `seed`, each restart of each batch draws its random start after seeding torch from
+    (seed, index of the batch's first image + `first_index`, restart): a batch's result then
+    depends on its own images only, so images split over ranks in whole batches give what one
+    process gives. Without, the random starts continue torch's global generator.
     """
     spec = parse_attack(attack) if isinstance(attack, str) else attack
     if restarts < 1:
@@ -69,10 +76,12 @@ def robust_mask(
             with torch.no_grad():
                 ok = model(x).argmax(1) == y  # (B,)
             if spec.kind != "clean":
-                for _ in range(restarts):
+                for restart in range(restarts):
                     # Points already broken need no further restart.
                     if not bool(ok.any()):
                         break
+                    if seed is not None:
+                        torch.manual_seed(derive_seed(seed, first_index + start, restart))
                     x_adv = pgd(model, x, y, eps=eps, step_size=step_size, steps=spec.steps,
                                 loss="ce" if spec.kind == "pgd" else "cw", kappa=kappa,
                                 random_start=random_start, mode="eval", kernel_impl=kernel_impl)

@@ -21,6 +21,7 @@ from engine.evaluation.backends import agreement_tolerance, make_backend
 from engine.evaluation.plan import DEFAULT_STEP_SIZE, EvalPlan, resolve_eps, resolve_step_size
 from engine.evaluation.report import format_eps
 from engine.evaluation.robust import parse_attack, robust_mask
+from engine.distributed import World, batch_shard_sizes, rank_device
 from engine.evaluation.sanity import SanityWarning, run_checks
 from engine.run_dir import check_writable, write_json
 from engine.runtime import device_name
@@ -47,6 +48,7 @@ def evaluate(
     model_path: str | None = None,
     progress: Callable[[str], None] | None = None,
     on_partial: Callable[[dict], None] | None = None,
+    world: World = World(),
 ) -> dict:
     """Evaluates `model` on (images, labels) as `config` says and returns the report dict:
     sanity checks -> clean pass of the exact model -> clean pass on the backend -> each attack.
@@ -54,6 +56,11 @@ def evaluate(
     images: (N, 3, H, W) float in [0, 1] on the model's device; labels (N,) int64.
     `on_partial(report)` receives the report so far (`"complete": false`) after the clean pass
     and after each attack, so a later failure never loses what was measured.
+    Under torchrun (`world` of several ranks) every rank holds all the images and evaluates its
+    own contiguous run of whole batches; the per-image results are gathered, so every rank
+    returns the same report. The clean pass, PGD-K and CW-K then equal one process's exactly
+    (random starts are seeded per batch); AutoAttack runs on each rank's slice and its counts
+    are summed.
     """
     say = progress or (lambda _msg: None)
     step_source = "plan"
@@ -62,24 +69,56 @@ def evaluate(
     head = min(len(images), config.batch_size)
     warnings: list[SanityWarning] = run_checks(model, images[:head], labels[:head])
     model.eval()
-    clean, clean_seconds = _clean_pass(model, images, labels, config, say)
+    shard = _Shard(world, len(images), config.batch_size, images.device)
+    x, y = images[shard.part], labels[shard.part]
+    clean_local, clean_seconds = _clean_pass(model, x, y, config, say)
+    clean, clean_seconds = shard.gather(clean_local), shard.slowest(clean_seconds)
     backend_entry = {"name": "eager", "precision": "fp32"}
     if config.backend != "eager":
-        backend_entry, warning = _backend_pass(model, images, labels, clean, config, say)
+        backend_entry, warning = _backend_pass(model, x, y, clean_local, config, say, shard)
         warnings += [warning] if warning else []
 
     def report(attacks: dict[str, dict], complete: bool) -> dict:
         partial = _report(model_path, images, clean, clean_seconds, backend_entry, attacks, warnings, config,
                           complete)
-        partial["step_size_source"] = step_source
+        partial.update(step_size_source=step_source, world_size=world.size)
         return partial
 
     attacks: dict[str, dict] = {}
     for name in [a for a in config.attacks if a != "clean"]:
         if on_partial is not None:
             on_partial(report(attacks, complete=False))
-        attacks[name] = _attack_pass(name, model, images, labels, clean, config, say)
+        attacks[name] = _attack_pass(name, model, x, y, clean_local, config, say, shard)
     return report(attacks, complete=True)
+
+
+class _Shard:
+    """This rank's part of the evaluation (every image in one process) and how results come
+    back together: per-image masks gathered in image order, counts summed, times the slowest."""
+
+    def __init__(self, world: World, n: int, batch_size: int, device: torch.device) -> None:
+        self.world, self.device = world, device
+        self.part = world.batch_shard(n, batch_size)
+        self.sizes = batch_shard_sizes(n, batch_size, world.size)
+
+    def gather(self, mask: torch.Tensor) -> torch.Tensor:
+        return self.world.gather_rows(mask, self.sizes)
+
+    def sum(self, values: list[float]) -> list[float]:
+        if self.world.size == 1:
+            return values
+        return self.world.sum(torch.tensor(values, dtype=torch.float64, device=self.device)).tolist()
+
+    def slowest(self, seconds: float) -> float:
+        if self.world.size == 1:
+            return seconds
+        return float(self.world.max(torch.tensor(seconds, dtype=torch.float64, device=self.device)))
+
+    def own_path(self, path: str | None) -> str | None:
+        """A per-rank file where several ranks would otherwise share one (AutoAttack's state)."""
+        if path is None or self.world.size == 1:
+            return path
+        return f"{path}.rank{self.world.rank}-of-{self.world.size}"
 
 
 def _clean_pass(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: EvalPlan,
@@ -93,25 +132,31 @@ def _clean_pass(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, co
 
 
 def _backend_pass(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, clean: torch.Tensor,
-                  config: EvalPlan, say: Callable[[str], None]) -> tuple[dict, SanityWarning | None]:
+                  config: EvalPlan, say: Callable[[str], None], shard: _Shard) -> tuple[dict, SanityWarning | None]:
     """The clean pass on a faster backend (compile, TensorRT), timed, and checked against the
-    exact model: a backend that disagrees beyond its precision's tolerance gets a warning."""
+    exact model: a backend that disagrees beyond its precision's tolerance gets a warning.
+    images, labels and clean are this rank's part; the counts are summed over the ranks."""
     say(f"clean accuracy ({config.backend} backend)")
     n, bs = len(images), config.batch_size
     backend = make_backend(model, config.backend, batch_size=bs, image_shape=tuple(images.shape[1:]),
                            device=images.device)
-    backend.predict(images[:bs])  # compile / build outside the timing
-    start = time.perf_counter()
-    preds = backend.predict(images)
-    seconds = time.perf_counter() - start
-    backend_clean = float((preds == labels).float().mean()) if n else 0.0
-    exact_clean = float(clean.float().mean()) if n else 0.0
-    with torch.no_grad():
-        exact_preds = torch.cat([model(images[i:i + bs]).argmax(1) for i in range(0, n, bs)])
-    agreement = float((preds == exact_preds).float().mean()) if n else 1.0
+    seconds, backend_correct, agree = 0.0, 0, 0
+    if n:  # a rank can be left without images when there are fewer batches than ranks
+        backend.predict(images[:bs])  # compile / build outside the timing
+        start = time.perf_counter()
+        preds = backend.predict(images)
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            exact_preds = torch.cat([model(images[i:i + bs]).argmax(1) for i in range(0, n, bs)])
+        backend_correct, agree = int((preds == labels).sum()), int((preds == exact_preds).sum())
+    backend_correct, exact_correct, agree, n = shard.sum([backend_correct, int(clean.sum()), agree, n])
+    backend_clean = backend_correct / n if n else 0.0
+    exact_clean = exact_correct / n if n else 0.0
+    agreement = agree / n if n else 1.0
     tolerance = agreement_tolerance(backend.precision)
     entry = {"name": backend.name, "precision": backend.precision, "clean_acc": backend_clean,
-             "exact_clean_acc": exact_clean, "agreement": agreement, "tolerance": tolerance, "seconds": seconds}
+             "exact_clean_acc": exact_clean, "agreement": agreement, "tolerance": tolerance,
+             "seconds": shard.slowest(seconds)}
     if abs(backend_clean - exact_clean) <= tolerance and 1 - agreement <= tolerance:
         return entry, None
     return entry, SanityWarning(
@@ -123,8 +168,9 @@ def _backend_pass(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
 
 
 def _attack_pass(name: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, clean: torch.Tensor,
-                 config: EvalPlan, say: Callable[[str], None]) -> dict:
-    """One attack of the plan on the exact model: its robust accuracy, count, seconds and settings."""
+                 config: EvalPlan, say: Callable[[str], None], shard: _Shard) -> dict:
+    """One attack of the plan on the exact model: its robust accuracy, count, seconds and settings.
+    images, labels and clean are this rank's part; the mask is gathered over the ranks."""
     torch.manual_seed(config.seed)  # each attack's random start is reproducible on its own
     start = time.perf_counter()
     if name == "aa":
@@ -132,26 +178,29 @@ def _attack_pass(name: str, model: nn.Module, images: torch.Tensor, labels: torc
         result = run_autoattack(
             model, images, labels, clean, eps=config.eps, version=config.aa_version,
             attacks=config.aa_attacks, batch_size=config.batch_size, seed=config.seed,
-            iterations=config.aa_iterations, state_path=config.aa_state,
+            iterations=config.aa_iterations, state_path=shard.own_path(config.aa_state),
         )
         mask = result.mask
+        after = dict(zip(result.robust_after, map(int, shard.sum(list(result.robust_after.values())))))
         entry = {"package": f"{result.package} {result.package_version}", "version": result.version,
-                 "attacks": result.attacks, "robust_after": result.robust_after,
-                 "attack_seconds": result.seconds, "resumed": result.resumed,
-                 "iterations": config.aa_iterations or "package default"}
+                 "attacks": result.attacks, "robust_after": after,
+                 "attack_seconds": {k: shard.slowest(v) for k, v in result.seconds.items()},
+                 "resumed": result.resumed, "iterations": config.aa_iterations or "package default"}
     else:
         spec = parse_attack(name)
         say(f"{name} ({'cross-entropy' if spec.kind == 'pgd' else f'CW margin, kappa {config.kappa:g}'})")
         mask = robust_mask(model, images, labels, spec, eps=config.eps, step_size=config.step_size,
-                           batch_size=config.batch_size, restarts=config.restarts, kappa=config.kappa)
+                           batch_size=config.batch_size, restarts=config.restarts, kappa=config.kappa,
+                           seed=config.seed, first_index=shard.part.start)
         entry = {"loss": "ce" if spec.kind == "pgd" else "cw", "eps": format_eps(config.eps), "steps": spec.steps,
                  "step_size": format_eps(config.step_size), "restarts": config.restarts,
                  "random_start": True}
         if spec.kind == "cw":
             entry["kappa"] = config.kappa
-    robust, n = int(mask.sum()), len(images)
-    return {"robust_acc": robust / n if n else 0.0, "robust": robust, "seconds": time.perf_counter() - start,
-            **entry}
+    seconds = shard.slowest(time.perf_counter() - start)
+    mask = shard.gather(mask)
+    robust, n = int(mask.sum()), len(mask)
+    return {"robust_acc": robust / n if n else 0.0, "robust": robust, "seconds": seconds, **entry}
 
 
 def _report(model_path: str | None, images: torch.Tensor, clean: torch.Tensor, clean_seconds: float,
@@ -225,9 +274,13 @@ def run_evaluation(model_path: str | Path, test_spec: str, config: EvalPlan,
                    extra: dict | None = None) -> dict:
     """Loads model and test set, evaluates, and returns the report (with the test set named and
     the `extra` fields). With `out`, the report is written there after each attack as well as at
-    the end; that the place is writable is checked before anything is loaded."""
+    the end; that the place is writable is checked before anything is loaded. Under torchrun each
+    rank evaluates its part of the test set on its own GPU (see `evaluate`); give `out` on rank 0 only."""
     if out is not None:
         check_writable(out)
+    world = World.current()
+    if world.size > 1:
+        config = dataclasses.replace(config, device=rank_device(config.device))
     step_source = "option"
     if config.step_size is None:
         step, step_source = resolve_step_size(model_path, None)
@@ -242,5 +295,5 @@ def run_evaluation(model_path: str | Path, test_spec: str, config: EvalPlan,
         return report
 
     report = evaluate(loaded.model, loaded.images, loaded.labels, config, model_path=str(model_path),
-                      progress=progress, on_partial=finish if out is not None else None)
+                      progress=progress, on_partial=finish if out is not None else None, world=world)
     return finish(report)

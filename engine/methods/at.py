@@ -33,17 +33,18 @@ def at_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepContext
         high, routed = route(state, ctx, lambda: clean_logits(batch.x_pri), lambda: clean_logits(batch.x_aux),
                              len(batch.y_aux), batch.y_aux.device)
 
-    def per_sample_losses(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(primary CE (B,), routed aux losses (Ba,)) for inputs x = [x_pri; x_aux]."""
-        with ctx.autocast():
-            logits_pri, logits_aux = ctx.logits(model, x, sizes)  # (B + Ba, c), [(Ba_i, c_i)]
+    def per_sample_losses(logits_pri: torch.Tensor, logits_aux: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(primary CE (B,), routed aux losses (Ba,)) from the logits of x = [x_pri; x_aux]:
+        (B + Ba, c) primary logits and [(Ba_i, c_i)] auxiliary ones."""
         ce_pri = F.cross_entropy(logits_pri[:n_pri].float(), batch.y_pri, reduction="none")
         if not use_aux:
             return ce_pri, ce_pri.new_zeros(0)
         return ce_pri, routed_aux_losses(logits_pri[n_pri:], logits_aux, batch.y_aux, high, sizes, ctx.kernel_impl)
 
     def attack_objective(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat(per_sample_losses(x))
+        with ctx.autocast():
+            logits = ctx.logits(model, x, sizes)
+        return torch.cat(per_sample_losses(*logits))
 
     # As the reference: the attack sees batch statistics; the running statistics move once,
     # with the training forward below (attack.bn_stats = "every_forward": at every forward).
@@ -52,7 +53,9 @@ def at_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepContext
         x_adv = pgd_linf(attack_objective, x_nat, eps=ctx.attack.eps, step_size=ctx.attack.step_size,
                          steps=ctx.attack.steps, random_start=True, kernel_impl=ctx.kernel_impl)
     model.train()
-    ce_pri, aux_losses = per_sample_losses(x_adv)
+    with ctx.autocast():
+        (logits,) = ctx.train_logits(model, [x_adv], sizes)  # the loss pass (through DDP under torchrun)
+    ce_pri, aux_losses = per_sample_losses(*logits)
     loss_pri = ce_pri.mean()
     loss = loss_pri
     stats = StepStats(loss=loss_pri.detach(), loss_pri=loss_pri.detach())

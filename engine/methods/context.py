@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from engine.config import AttackConfig, MethodConfig
+from engine.distributed import World
 
 
 @dataclass
@@ -40,12 +41,29 @@ class StepContext:
     """The model's feature extractor, possibly torch.compile'd: (N, 3, H, W) -> (N, D)."""
     autocast: Callable[[], ContextManager] = contextlib.nullcontext
     kernel_impl: str = "auto"
+    world: World = World()
+    """The ranks that train together (set by `engine.step.TrainStep`): routing sums the mean
+    confidence over them, so every rank holds one omega. One process by default."""
+    train_forward: Callable | None = None
+    """Under torchrun, DistributedDataParallel around the loss pass (`engine.distributed.
+    TrainForward`, set by `engine.step.TrainStep`); None in one process."""
 
     def logits(self, model: nn.Module, x: torch.Tensor,
                aux_sizes: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`model.heads` over the trunk: primary logits of every row and the auxiliary heads'
-        logits of the trailing auxiliary chunks. The caller sets autocast and grad mode."""
+        logits of the trailing auxiliary chunks. The caller sets autocast and grad mode.
+        For the attack and the scoring passes: it never communicates across ranks."""
         return model.heads(self.trunk(x), aux_sizes)
+
+    def train_logits(self, model: nn.Module, xs: Sequence[torch.Tensor],
+                     aux_sizes: Sequence[int] = ()) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        """The loss pass: `logits` of each batch in xs (each through its own trunk call), in one
+        call. Under torchrun it runs through DistributedDataParallel, so the backward of the loss
+        built from it averages the gradients across ranks; every objective's loss must come
+        from exactly one call of this."""
+        if self.train_forward is None:
+            return [self.logits(model, x, aux_sizes) for x in xs]
+        return self.train_forward(xs, aux_sizes)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from engine.distributed import World
 from engine.methods.context import MethodState, StepContext, StepStats
 from kernels.route import confidence_mask, routed_loss
 from loaders.types import Batch
@@ -41,9 +42,16 @@ def routed_aux_losses(
     return torch.cat(parts) if parts else logits_pri_aux.new_zeros((0,), dtype=torch.float32)
 
 
-def mean_confidence(logits_pri: torch.Tensor, kernel_impl: str) -> float:
-    _, conf = confidence_mask(logits_pri, 0.0, impl=kernel_impl)
-    return float(conf.mean())
+def mean_confidence(logits_pri: torch.Tensor, kernel_impl: str, world: World = World()) -> float:
+    """Mean max-softmax of the primary logits over the global batch: under torchrun the sums and
+    counts of every rank's shard are all-reduced (a mean of the ranks' means would weigh a short
+    shard like a full one), so every rank gets the number one process would get on the
+    concatenated batch."""
+    _, conf = confidence_mask(logits_pri, 0.0, impl=kernel_impl)  # (B,) float32
+    if world.size == 1:
+        return float(conf.mean())
+    total, count = world.sum(torch.stack([conf.double().sum(), conf.new_tensor(len(conf), dtype=torch.float64)]))
+    return float(total / count)
 
 
 def route(
@@ -58,7 +66,9 @@ def route(
 
     `score_pri()` / `score_aux()` return clean primary logits of the primary / auxiliary batch
     with the model in eval mode; they are only called when the selection needs them, so the
-    extra forward passes are paid only in biamat mode after warm-up.
+    extra forward passes are paid only in biamat mode after warm-up. Under torchrun omega (and
+    each EMA update) comes from the confidence of all ranks' primary batches together, so every
+    rank routes with the same omega; each rank scores its own auxiliary samples.
     """
     mode = ctx.method.aux_mode
     if mode == "labels" or (mode == "biamat" and ctx.in_warmup):
@@ -70,9 +80,9 @@ def route(
         raise ValueError(f"aux_mode {mode!r} does not route auxiliary samples")
     m = ctx.method
     if state.omega is None:
-        state.omega = m.pi * mean_confidence(score_pri(), ctx.kernel_impl)
+        state.omega = m.pi * mean_confidence(score_pri(), ctx.kernel_impl, ctx.world)
     elif m.threshold == "ema":
-        fresh = m.pi * mean_confidence(score_pri(), ctx.kernel_impl)
+        fresh = m.pi * mean_confidence(score_pri(), ctx.kernel_impl, ctx.world)
         state.omega = m.ema_momentum * state.omega + (1.0 - m.ema_momentum) * fresh
     high, _ = confidence_mask(score_aux(), state.omega, impl=ctx.kernel_impl)
     return high, True

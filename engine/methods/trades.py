@@ -59,10 +59,10 @@ def trades_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepCon
                          steps=ctx.attack.steps, start=trades_start(x_nat), kernel_impl=ctx.kernel_impl)
 
     model.train()
-    # Two forward passes, as the reference: BatchNorm sees clean and adversarial batches apart.
+    # Two trunk passes, as the reference: BatchNorm sees clean and adversarial batches apart;
+    # both in one loss-pass call (through DDP under torchrun).
     with ctx.autocast():
-        lp_nat, la_nat = ctx.logits(model, x_nat, sizes)
-        lp_adv, la_adv = ctx.logits(model, x_adv, sizes)
+        (lp_nat, la_nat), (lp_adv, la_adv) = ctx.train_logits(model, [x_nat, x_adv], sizes)
     p_pri_nat = F.softmax(lp_nat.float(), dim=1)
     loss_pri = F.cross_entropy(lp_nat[:n_pri].float(), batch.y_pri) + m.beta * kl_to(p_pri_nat[:n_pri], lp_adv[:n_pri]).mean()
     loss = loss_pri

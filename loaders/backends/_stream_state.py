@@ -49,18 +49,25 @@ class EpochPosition:
     """Mixin: `state_dict` / `load_state_dict` of a stream's place, {"epoch", "position"}.
 
     The stream keeps `_epoch`, `_position` (the next batch of that epoch), `_num_batches` (per
-    epoch) and `_name` (the dataset or file, for messages)."""
+    epoch and rank), `_name` (the dataset or file, for messages) and `world_size` (its ranks)."""
 
     _epoch: int
     _position: int
     _num_batches: int
     _name: str
+    world_size: int
 
     def state_dict(self) -> dict:
         return {"epoch": self._epoch, "position": self._position}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, world_size: int | None = None) -> None:
+        """Continues from `state`. `world_size` is the number of ranks that saved it when that is
+        not this stream's: the position then moves to the same point of the epoch's order on this
+        number of ranks (rounded down, so a few samples may come twice and none is skipped)."""
         epoch, position = int(state["epoch"]), int(state["position"])
+        if world_size is not None and world_size != self.world_size and position >= 0:
+            # p batches on each of W ranks consumed the first p * B * W samples of the order.
+            position = min(position * world_size // self.world_size, self._num_batches)
         if epoch < 0 or not 0 <= position <= self._num_batches:
             raise ValueError(
                 f"{self._name}: cannot resume at epoch {epoch}, saved position {position}: this stream "
