@@ -45,13 +45,16 @@ def shapes_file(data_dir: Path, kind: str, split: str, knobs: dict) -> Path:
 def prepare_shapes(data_dir: Path, knobs: dict[str, dict]) -> dict[str, Path]:
     """Writes the built-in shapes splits as .beton files (skipped when already there).
 
-    knobs: role (primary, aux, test) -> make_shapes keywords (n, size, seed, difficulty, classes)."""
+    knobs: role (primary, aux, test; aux may be left out) -> make_shapes keywords (n, size,
+    seed, difficulty, classes)."""
     from loaders.beton import write_beton
     from loaders.sources.shapes import make_shapes
 
     roles = {"primary": ("primary", "train"), "aux": ("aux", "train"), "test": ("primary", "test")}
     paths = {}
     for role, (kind, split) in roles.items():
+        if role not in knobs:
+            continue
         path = shapes_file(data_dir, kind, split, knobs[role])
         if not path.exists():
             write_beton(path, make_shapes(kind, split, **knobs[role]), format="shapes", split=split,
@@ -148,7 +151,7 @@ def demo_command(
 
     steps = 1 + 2 * len(arms)
     err_console.print(f"[bold]1/{steps}[/] writing the built-in shapes datasets as .beton files into {demo.data}")
-    paths = prepare_shapes(demo.data, knobs)
+    paths = prepare_shapes(demo.data, {role: k for role, k in knobs.items() if role != "aux" or "biamat" in arms})
     configs = {arm: _arm_config(arm, paths, device, seed, epochs, preset) for arm in arms}
     for i, arm in enumerate(arms):
         cfg = configs[arm]
