@@ -26,6 +26,8 @@ from pathlib import Path
 # Candidate data settings, easiest first; every one runs with the demo preset's model, batch,
 # schedule and attack (only the data knobs change).
 SETTINGS = {
+    "d0-c10-n400": {"difficulty": 0, "classes": 10, "n": 400},
+    "d1-c10-n400": {"difficulty": 1, "classes": 10, "n": 400},
     "d2-c10-n400": {"difficulty": 2, "classes": 10, "n": 400},
     "d3-c16-n640": {"difficulty": 3, "classes": 16, "n": 640},
 }
