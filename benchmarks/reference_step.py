@@ -13,7 +13,10 @@ reference code on purpose:
 - BiaMAT routing with plain ops: softmax, max, a comparison with omega; CE with
   `F.cross_entropy`, soft-CE to uniform as `-log_softmax(z).mean(1)`;
 - TRADES recomputes the clean logits at every attack step, as the reference does with
-  `criterion_kl(log_softmax(model(x_adv)), softmax(model(x_natural)))`.
+  `criterion_kl(log_softmax(model(x_adv)), softmax(model(x_natural)))`;
+- the AT attack runs in train mode (batch statistics) and then puts the BatchNorm running
+  statistics back as they were, as the TensorFlow reference whose BatchNorm update ops run only
+  with the train op (attack.bn_stats = "step"; with "every_forward" they are left moved).
 
 The objectives are the engine's (engine/methods docstrings, DESIGN.md "The algorithm"), so with
 the same weights, batch and RNG state the loss and gradients must agree. Two deliberate
@@ -44,6 +47,12 @@ def _heads(model: nn.Module, x: torch.Tensor, n_pri: int, sizes: list[int]) -> t
     feats = model.features(x)  # (N, D)
     aux = [head(f) for head, f in zip(model.aux_fc, feats[n_pri:].split(sizes))] if sizes else []
     return model.fc(feats), aux
+
+
+def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:
+    """Every BatchNorm running mean, running variance and batch count of the model."""
+    return [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked)]
 
 
 def _max_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -127,8 +136,9 @@ def _finish(stats: StepStats, loss: torch.Tensor, batch: Batch, high, routed, si
 
 def reference_at_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepContext,
                       naive: bool = False) -> tuple[torch.Tensor, StepStats]:
-    """Madry AT (+ routed auxiliary samples): PGD on [x_pri; x_aux] in train mode maximising the
-    routed per-sample sum, then mean primary CE + alpha * (routed aux losses summed) / |B_aux|."""
+    """Madry AT (+ routed auxiliary samples): PGD on [x_pri; x_aux] in train mode (running
+    statistics restored after it, see the module docstring) maximising the routed per-sample
+    sum, then mean primary CE + alpha * (routed aux losses summed) / |B_aux|."""
     m, a = ctx.method, ctx.attack
     y_pri = batch.y_pri
     n_pri = len(y_pri)
@@ -143,12 +153,16 @@ def reference_at_step(model: nn.Module, batch: Batch, state: MethodState, ctx: S
         return ce_pri, torch.where(high, ce_high, _soft_ce_uniform(logits[n_pri:]))
 
     model.train()
+    saved = [b.clone() for b in _bn_buffers(model)] if a.bn_stats == "step" else None
     x_adv = torch.clamp(x_nat + torch.zeros_like(x_nat).uniform_(-a.eps, a.eps), 0.0, 1.0)
     for _ in range(a.steps):
         x_adv.requires_grad_(True)
         ce_pri, aux = losses(x_adv)
         objective = ce_pri.sum() + (aux.sum() if aux is not None else 0.0)
         x_adv = _pgd_update(x_adv, _input_grad(objective, x_adv, naive), x_nat, a.step_size, a.eps)
+    if saved is not None:  # the attack's forwards leave no trace in the running statistics
+        for buffer, value in zip(_bn_buffers(model), saved):
+            buffer.copy_(value)
 
     ce_pri, aux = losses(x_adv)
     loss = ce_pri.mean()

@@ -24,6 +24,7 @@ engine rows compile their trunk with the trainer's `compile_trunk`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import logging
 import os
@@ -168,24 +169,28 @@ def _split(value: str) -> list[str]:
 
 def build_variants(method: str, base: nn.Module, *, device: str, n_pri: int, n_aux: int, size: int,
                    aux_classes: int, aux_mode: str, attack_steps: int, compile: str, precision: str,
-                   kernels: str, seed: int) -> list[Variant]:
-    """The engine rows (every combination of the comma-separated compile and kernels choices),
-    then the reference and the naive rows, for one method."""
+                   kernels: str, seed: int, bn_stats: str = "step") -> list[Variant]:
+    """The engine rows (every combination of the comma-separated compile, kernels and, for AT,
+    attack.bn_stats choices), then the reference and the naive rows (with the first bn_stats
+    choice), for one method. TRADES attacks in eval mode whatever bn_stats says: one choice."""
     method_kw, attack_kw = METHOD_DEFAULTS[method]
     mcfg = MethodConfig(name=method, aux_mode=aux_mode, **method_kw)
-    acfg = AttackConfig(steps=attack_steps, **attack_kw)
+    bn_choices = _split(bn_stats) if method == "at" else _split(bn_stats)[:1]
+    acfg = AttackConfig(steps=attack_steps, bn_stats=bn_choices[0], **attack_kw)
     variants = []
-    for compile_choice, kernel_choice in itertools.product(_split(compile), _split(kernels)):
+    for compile_choice, kernel_choice, bn_choice in itertools.product(_split(compile), _split(kernels), bn_choices):
         rt, resolved = resolve_runtime(RuntimeConfig(device=device, precision=precision, compile=compile_choice,
                                                      kernels=kernel_choice))
         model = copy.deepcopy(base).to(rt.device)
         if rt.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        ctx = StepContext(method=mcfg, attack=acfg, in_warmup=False, trunk=compile_trunk(model, rt),
+        row_attack = dataclasses.replace(acfg, bn_stats=bn_choice)
+        ctx = StepContext(method=mcfg, attack=row_attack, in_warmup=False, trunk=compile_trunk(model, rt),
                           autocast=rt.autocast(), kernel_impl=rt.kernels)
         settings = {"precision": rt.precision, "compile": resolved.compile, "kernels": rt.kernels,
-                    "channels_last": rt.channels_last}
-        label = f"engine ({rt.precision}, compile {resolved.compile}, kernels {rt.kernels})"
+                    "channels_last": rt.channels_last, "bn_stats": bn_choice if method == "at" else None}
+        bn_label = f", bn {bn_choice}" if len(bn_choices) > 1 else ""
+        label = f"engine ({rt.precision}, compile {resolved.compile}, kernels {rt.kernels}{bn_label})"
         batch = _make_batch(n_pri, n_aux, size, aux_classes, rt.device, rt.channels_last, seed)
         variants.append(Variant(method, "engine", label, _train_step(METHODS[method], model, rt.grad_scaler()),
                                 batch, ctx, settings))
@@ -194,7 +199,8 @@ def build_variants(method: str, base: nn.Module, *, device: str, n_pri: int, n_a
         model = copy.deepcopy(base).to(dev)
         ctx = StepContext(method=mcfg, attack=acfg, in_warmup=False, trunk=model.features)
         batch = _make_batch(n_pri, n_aux, size, aux_classes, dev, False, seed)
-        settings = {"precision": "fp32", "compile": "off", "kernels": "none", "channels_last": False}
+        settings = {"precision": "fp32", "compile": "off", "kernels": "none", "channels_last": False,
+                    "bn_stats": acfg.bn_stats if method == "at" else None}
         disabled = torch.amp.GradScaler(dev.type, enabled=False)  # fp32: scale 1, plain optimizer.step
         variants.append(Variant(method, impl, f"{impl} (fp32, eager, NCHW)",
                                 _train_step(table[method], model, disabled), batch, ctx, settings))
@@ -205,10 +211,11 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
         aux_classes: int = 1000, size: int = 32, steps: int = 2, warmup: int = 2, repeats: int = 3,
         attack_steps: int = 10, aux_mode: str = "biamat", device: str = "auto", compile: str = "auto",
         precision: str = "auto", kernels: str = "auto", threads: int | None = None, seed: int = 0,
-        out: str | Path | None = None) -> dict:
+        bn_stats: str = "step", out: str | Path | None = None) -> dict:
     """Times the engine, reference and naive steps side by side; returns (and optionally writes)
-    the JSON report. `compile` and `kernels` may list several choices (`on,off`, `auto,torch`):
-    each combination is an engine row."""
+    the JSON report. `compile`, `kernels` and `bn_stats` (attack.bn_stats, AT only) may list
+    several choices (`on,off`, `auto,torch`, `step,every_forward`): each combination is an
+    engine row."""
     methods = ["at", "trades"] if method == "both" else [method]
     for m in methods:
         if m not in METHOD_DEFAULTS:
@@ -225,7 +232,7 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
     variants = [v for m in methods for v in build_variants(
         m, base, device=device, n_pri=batch, n_aux=aux_batch, size=size, aux_classes=aux_classes,
         aux_mode=aux_mode, attack_steps=attack_steps, compile=compile, precision=precision, kernels=kernels,
-        seed=seed)]
+        seed=seed, bn_stats=bn_stats)]
     dev = variants[0].batch.x_pri.device
     load_before = os.getloadavg()
     for v in variants:
@@ -283,7 +290,8 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
             "method": method, "model": model_name, "depth_width": depth_width, "batch": batch, "aux_batch": aux_batch,
             "aux_classes": aux_classes, "size": size, "attack_steps": attack_steps, "aux_mode": aux_mode,
             "steps_per_repeat": steps, "warmup": warmup, "repeats": repeats, "device": dev.type,
-            "compile": compile, "precision": precision, "kernels": kernels, "cpu_threads": torch.get_num_threads(),
+            "compile": compile, "precision": precision, "kernels": kernels, "bn_stats": bn_stats,
+            "cpu_threads": torch.get_num_threads(),
             "seed": seed, "data": "random images in [0, 1], random labels, one fixed batch",
             "biamat_kernels_env": os.environ.get("BIAMAT_KERNELS"),
         },

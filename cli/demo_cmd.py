@@ -237,7 +237,7 @@ def _evaluate_arm(cfg, run_dir: Path, test: Path, device: str) -> dict:
     from engine.run_dir import RunDir, write_json
     from engine.runtime import resolve_device
 
-    plan = EvalPlan(attacks=("clean", "pgd20"), eps=cfg.attack.eps, step_size=2 / 255,
+    plan = EvalPlan(attacks=("clean", "pgd20"), eps=cfg.attack.eps,  # step: the run's eval.step_size
                     device=str(resolve_device(device)))
     report = run_evaluation(run_dir, str(test), plan)
     write_json(RunDir(run_dir).eval_report, report)

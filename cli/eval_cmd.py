@@ -73,9 +73,9 @@ def eval_command(
     eps: Annotated[Optional[float], typer.Option(
         parser=fraction, metavar="EPS", rich_help_panel=ATTACKS,
         help="L-inf radius, e.g. 8/255 (default: the run's config, else 8/255).")] = None,
-    # The default is command-line text like any value: `fraction` reads it, and --help shows 2/255.
-    step_size: Annotated[float, typer.Option(
-        parser=fraction, metavar="STEP", help="PGD/CW step size, e.g. 2/255.", rich_help_panel=ATTACKS)] = "2/255",
+    step_size: Annotated[Optional[float], typer.Option(
+        parser=fraction, metavar="STEP", rich_help_panel=ATTACKS,
+        help="PGD/CW step size, e.g. 2/255 (default: the run's eval.step_size, else 2/255).")] = None,
     restarts: Annotated[int, typer.Option(help="PGD/CW random restarts.", rich_help_panel=ATTACKS)] = 1,
     seed: Annotated[int, typer.Option(
         help="Seed of the random starts and of AutoAttack.", rich_help_panel=ATTACKS)] = 0,
@@ -98,7 +98,6 @@ def eval_command(
 ) -> None:
     """Evaluate a classifier: clean accuracy, PGD-K, CW-K and AutoAttack at L-inf eps."""
     from engine.evaluation.runner import resolve_eps, run_evaluation
-    from engine.run_dir import write_json
     from engine.runtime import resolve_device
 
     eps_value, eps_source = resolve_eps(model, eps)  # --eps, else the run's config.toml or model card
@@ -106,11 +105,11 @@ def eval_command(
                  aa_iterations=aa_iterations, aa_state=str(aa_state) if aa_state else None, eps=eps_value,
                  step_size=step_size, restarts=restarts, n=n, batch_size=batch_size, seed=seed, backend=backend,
                  device=str(resolve_device(device)))
-    with err_console.status("evaluating") as status:
-        report = run_evaluation(model, test, plan, progress=lambda msg: status.update(msg))
-    report["eps_source"] = eps_source
     out = out or _default_out(model)
-    write_json(out, report)
+    with err_console.status("evaluating") as status:
+        # Written after each attack too: an interruption or a failing attack keeps what was measured.
+        report = run_evaluation(model, test, plan, progress=lambda msg: status.update(msg), out=out,
+                                extra={"eps_source": eps_source})
     console.print(render_table(report))
     for warning in report["sanity_warnings"]:
         err_console.print(f"[yellow]warning ({warning['code']}):[/yellow] {warning['message']}")

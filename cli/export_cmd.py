@@ -16,6 +16,7 @@ def export_command(
     run: Annotated[Path, typer.Argument(help="RUN_DIR (or a model.safetensors / checkpoint inside one).")],
     format: Annotated[str, typer.Option("--format", help="Export format: robustbench.")] = "robustbench",
     out: Annotated[Optional[Path], typer.Option(help="Output directory (default: RUN_DIR/robustbench).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier export in the output directory.")] = False,
 ) -> None:
     """Export the primary classifier in a format other tools load.
 
@@ -26,5 +27,5 @@ def export_command(
     if format not in EXPORT_FORMATS:
         raise typer.BadParameter(f"unknown export format {format!r}: expected {', '.join(EXPORT_FORMATS)}",
                                  param_hint="--format")
-    result = export_robustbench(run, out)
+    result = export_robustbench(run, out, overwrite=overwrite)
     console.print(f"wrote {result.weights}, {result.card.name} and {result.readme.name} in {result.out_dir}")

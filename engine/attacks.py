@@ -27,16 +27,34 @@ def check_unit_range(x: torch.Tensor, what: str = "inputs") -> None:
         raise ValueError(f"{what} must lie in [0, 1] (got [{lo:.4f}, {hi:.4f}]): pass unnormalised images")
 
 
+BN_MODES = ("train", "eval", "batch")
+
+
 @contextlib.contextmanager
 def bn_mode(model: nn.Module, mode: str) -> Iterator[None]:
-    """Runs the block with the model in `train` or `eval` mode, restoring the previous mode."""
-    if mode not in ("train", "eval"):
-        raise ValueError(f"bn_mode must be 'train' or 'eval', got {mode!r}")
+    """Runs the block with BatchNorm in `mode`, restoring the model's mode after:
+
+    - `train`: batch statistics, and every forward updates the running statistics;
+    - `eval`: the running statistics;
+    - `batch`: batch statistics, the running statistics left untouched (neither the mean and
+      variance nor num_batches_tracked move). The reference AT attack runs so: TensorFlow's
+      BatchNorm update ops run only with the train op, not with the attack's gradient calls.
+    """
+    if mode not in BN_MODES:
+        raise ValueError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {mode!r}")
     was_training = model.training
-    model.train(mode == "train")
+    model.train(mode != "eval")
+    # A BatchNorm that does not track running statistics normalises with the batch's in train
+    # mode and is handed no buffers to update (torch's _BatchNorm.forward).
+    frozen = [m for m in model.modules()
+              if mode == "batch" and isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in frozen:
+        m.track_running_stats = False
     try:
         yield
     finally:
+        for m in frozen:
+            m.track_running_stats = True
         model.train(was_training)
 
 

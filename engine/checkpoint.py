@@ -7,6 +7,8 @@ A checkpoint is a plain dict of tensors and builtins so it loads with
 
 from __future__ import annotations
 
+import errno
+import shutil
 from pathlib import Path
 
 import torch
@@ -23,7 +25,20 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     state = {**state, "format_version": FORMAT_VERSION}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: _torch_save(state, tmp, Path(path)))
+
+
+def _torch_save(state: dict, tmp: str, path: Path) -> None:
+    # torch's zip writer reports a full disk as a RuntimeError ("unexpected pos ...", "file
+    # write failed") that says nothing of space: say what it means, as an OSError naming the file.
+    try:
+        torch.save(state, tmp)
+    except RuntimeError as err:
+        if "unexpected pos" not in str(err) and "write failed" not in str(err):
+            raise
+        free_mb = shutil.disk_usage(path.parent).free / 2**20
+        raise OSError(errno.ENOSPC, f"could not write the checkpoint ({free_mb:.0f} MiB free on that disk; "
+                      f"torch: {str(err).splitlines()[0]})", str(path)) from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

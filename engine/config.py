@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
@@ -81,10 +82,17 @@ class ModelConfig:
     """Architecture, `wrn-DEPTH-WIDTH` (wrn-28-10 for AT, wrn-34-10 for TRADES, wrn-16-10 on ImgNet100)."""
     dropout: float = 0.0
     """Dropout inside each residual block."""
+    normalization: str = "primary"
+    """Per-channel mean and std the model normalises its [0, 1] inputs with (buffers inside it,
+    recorded in model.json): `primary` (the primary training data's own statistics, which
+    `prepare` writes into its manifest), `cifar10` (CIFAR-10's constants whatever the data: what
+    the engine did at first) or `none` (mean 0, std 1: the reference TRADES code feeds [0, 1]
+    images as they are; the reference AT code standardises each image on its own instead)."""
 
     def __post_init__(self) -> None:
         from engine.arch import parse_arch
 
+        _check_choice("model", "normalization", self.normalization, ("primary", "cifar10", "none"))
         try:
             parse_arch(self.name)
         except ValueError as err:
@@ -100,8 +108,17 @@ class AttackConfig:
     """PGD step size (2/255 for AT, 0.007 for TRADES)."""
     steps: int = 10
     """PGD steps of the training attack."""
+    bn_stats: str = "step"
+    """AT only: what the attack's forwards do to the BatchNorm running statistics. `step` (the
+    reference code): the attack normalises with batch statistics but leaves the running
+    statistics alone, so they move once per training step, from the training forward on the
+    adversarial batch. `every_forward`: the attack runs in plain train mode and every attack
+    forward updates them too (PGD-10: 11 updates per step; what the engine did at first).
+    The eval-mode model (omega, routing, evaluation, the exported model) sees these statistics.
+    TRADES attacks in eval mode whatever this says (2 updates per step, clean and adversarial)."""
 
     def __post_init__(self) -> None:
+        _check_choice("attack", "bn_stats", self.bn_stats, ("step", "every_forward"))
         _check_range("attack", "eps", self.eps, 0.0, 1.0)
         _check_range("attack", "step_size", self.step_size, 0.0, 1.0)
         _check_range("attack", "steps", self.steps, 0)
@@ -119,7 +136,11 @@ class MethodConfig:
     pi: float = 0.55
     """Threshold factor: omega = pi * mean max-softmax of a clean primary batch (Table 12)."""
     warmup_epochs: int = 5
-    """Epochs during which auxiliary samples are attacked and forwarded with zero loss weight."""
+    """biamat mode only: epochs before omega is set, in which auxiliary samples are attacked and
+    forwarded as high samples with zero loss weight. Warm-up belongs to the selection strategy:
+    in labels and uniform mode the auxiliary loss has weight alpha from the first step (the
+    reference's OAT-like mode sets its warm-up to 0; the paper's Table 1 protocol has none), and
+    the resolved config.toml of such a run (and of a run without auxiliary data) records 0."""
     beta: float = 6.0
     """TRADES robustness weight."""
     threshold: str = "frozen"
@@ -155,8 +176,18 @@ class OptimConfig:
     """Nesterov momentum."""
     weight_decay: float = 2e-4
     """L2 weight decay (2e-4 for AT, 5e-4 for TRADES)."""
+    weight_decay_on: str = "all"
+    """Which parameters weight decay applies to: `all` (SGD weight_decay on every parameter, as
+    the reference TRADES code) or `weights` (convolution and linear weights only, not BatchNorm
+    scales and shifts nor biases, as the reference AT code's `weight_decay * sum(l2_loss(kernel))`,
+    whose gradient is weight_decay * w: the same update as SGD weight_decay on those weights)."""
     milestones: list[float] = field(default_factory=lambda: [0.6, 0.9])
-    """Epochs at which the LR is multiplied by `gamma`; values below 1 are fractions of `epochs`."""
+    """Completed epochs after which the LR is multiplied by `gamma`; values below 1 are fractions
+    of `epochs`. A milestone M decays the LR from the first step after M epochs, so epochs
+    1..M (counted from 1) train at the rate before it: [0.6, 0.9] of 100 epochs trains epochs
+    61-90 at 0.01, as the reference AT (decay after 60% and 90% of its steps); the paper's
+    TRADES "decay at the 100th and 105th epoch", which the reference trains at the decayed rate
+    (adjust_learning_rate with 1-based epochs), is [99, 104]."""
     gamma: float = 0.1
     """LR decay factor at each milestone."""
     lr_warmup_epochs: float = 0.0
@@ -167,6 +198,7 @@ class OptimConfig:
         _check_range("optim", "lr", self.lr, 0.0)
         _check_range("optim", "momentum", self.momentum, 0.0, 1.0)
         _check_range("optim", "weight_decay", self.weight_decay, 0.0)
+        _check_choice("optim", "weight_decay_on", self.weight_decay_on, ("all", "weights"))
         _check_range("optim", "gamma", self.gamma, 0.0, 1.0)
         _check_range("optim", "lr_warmup_epochs", self.lr_warmup_epochs, 0.0)
         for m in self.milestones:
@@ -209,11 +241,17 @@ class EvalConfig:
     """Size of the fixed held-out subset for the per-epoch clean and robust accuracy."""
     steps: int = 20
     """PGD steps of the per-epoch robust accuracy (model selection)."""
+    step_size: float = 2 / 255
+    """Step of this run's evaluation attacks (at eps = attack.eps): the per-epoch PGD and the
+    default of `biamat-engine eval`'s PGD-K and CW-K (its --step-size overrides it). 2/255 for
+    AT, as the reference AT evaluation; 0.003 for TRADES, as the reference TRADES evaluation."""
     batch_size: int = 256
     """Batch size of the per-epoch evaluation."""
 
     def __post_init__(self) -> None:
         _check_range("eval", "every", self.every, 1)
+        if not 0.0 < self.step_size <= 1.0:
+            raise ConfigError(f"eval.step_size = {self.step_size!r}: expected a value in (0, 1]")
         _check_range("eval", "n", self.n, 1)
         _check_range("eval", "steps", self.steps, 0)
         _check_range("eval", "batch_size", self.batch_size, 1)
@@ -230,7 +268,8 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        if self.method.warmup_epochs >= self.optim.epochs and self.method.aux_mode == "biamat" and self.data.aux:
+        _check_finite(self)
+        if self.method.warmup_epochs >= self.optim.epochs and self.selects:
             raise ConfigError(
                 f"method.warmup_epochs = {self.method.warmup_epochs} leaves no epoch after warm-up "
                 f"(optim.epochs = {self.optim.epochs}): the threshold would never be set"
@@ -240,12 +279,38 @@ class TrainConfig:
     def uses_aux(self) -> bool:
         return bool(self.data.aux) and self.method.aux_mode != "none"
 
+    @property
+    def selects(self) -> bool:
+        """Whether the confidence selection runs (biamat mode with auxiliary data): the only
+        case in which method.warmup_epochs means anything."""
+        return self.uses_aux and self.method.aux_mode == "biamat"
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         return _build(cls, data, "")
+
+
+def _check_finite(config: "TrainConfig") -> None:
+    """NaN or inf in any number of any section is refused, naming the key: a NaN eps would
+    train to the end with robust accuracy equal to clean, and NaN compares false with every
+    range check."""
+    for section in fields(config):
+        for f in fields(getattr(config, section.name)):
+            value = getattr(getattr(config, section.name), f.name)
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ConfigError(f"{section.name}.{f.name} = {value!r}: expected a finite number")
+
+
+def resolve_warmup(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with method.warmup_epochs = 0 where no selection runs (labels, uniform, none, or no
+    auxiliary data), so the resolved config says what the run does; unchanged otherwise."""
+    if cfg.selects or cfg.method.warmup_epochs == 0:
+        return cfg
+    return dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, warmup_epochs=0))
 
 
 def parse_number(text: str | float) -> float:

@@ -2,17 +2,54 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.config import ConfigError, DataConfig
+from engine.models.wideresnet import CIFAR10_MEAN, CIFAR10_STD
 from loaders.datasets import make_stream, open_dataset
 from loaders.images import to_device_images
 from loaders.options import LoaderOptions
 from loaders.stream import PairedStream, split_batch
-from loaders.types import ArrayDataset
+from loaders.types import ArrayDataset, DatasetInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """The per-channel mean and std a run's model normalises its [0, 1] inputs with."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+    """Where they come from, for model.json and the export card."""
+
+
+def primary_normalization(mode: str, spec: str, info: DatasetInfo) -> Normalization:
+    """The normalisation `model.normalization = mode` asks for, for the primary data `spec`
+    whose stream reports `info`: its manifest's channel statistics for `primary` (computed from
+    the data, with a warning, when a manifest predates them), or fixed constants."""
+    if mode == "cifar10":
+        return Normalization(tuple(CIFAR10_MEAN), tuple(CIFAR10_STD), "cifar10 constants (model.normalization)")
+    if mode == "none":
+        return Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "none: inputs as they are (model.normalization)")
+    stats, source = info.channel_stats, f"per-channel statistics of the primary training data {info.name} ({spec})"
+    if stats is None:
+        log.warning("%s has no channel statistics in its manifest (written before they were): computing them "
+                    "from the data; `biamat-engine prepare` it again to record them", spec)
+        stats = open_dataset(spec, "train").with_channel_stats().info.channel_stats
+        source += " (computed at start: the manifest predates them)"
+    mean, std = stats
+    if min(std) <= 0:
+        raise ConfigError(f"{spec}: a colour channel of the primary data is constant (std {std}): "
+                          "set model.normalization = cifar10 or none")
+    return Normalization(tuple(mean), tuple(std), source)
 
 
 @dataclass
@@ -28,6 +65,19 @@ class RunData:
     heldout_x: torch.Tensor
     """(n, 3, H, W) float in [0, 1], channels_last, on the device: fixed per-epoch eval subset."""
     heldout_y: torch.Tensor
+    normalization: Normalization
+    """What the model normalises its inputs with (model.normalization)."""
+
+
+def with_absolute_paths(data: DataConfig) -> DataConfig:
+    """`data` with every dataset given as an existing relative path made absolute, so the run's
+    config.toml still finds its data when the run is resumed or evaluated from another folder.
+    Built-in specs (`shapes:primary`) stay as they are."""
+    def absolute(spec: str) -> str:
+        return str(Path(spec).resolve()) if spec and Path(spec).exists() else spec
+
+    return dataclasses.replace(data, primary=absolute(data.primary), aux=[absolute(a) for a in data.aux],
+                               test=absolute(data.test))
 
 
 def test_spec(data: DataConfig) -> str:
@@ -49,7 +99,7 @@ def heldout_subset(dataset: ArrayDataset, n: int, seed: int) -> np.ndarray:
 
 def build_run_data(
     data: DataConfig, *, use_aux: bool, device: torch.device, seed: int, eval_n: int,
-    kernel_impl: str, rank: int = 0, world_size: int = 1,
+    kernel_impl: str, rank: int = 0, world_size: int = 1, normalization: str = "primary",
 ) -> RunData:
     options = LoaderOptions(workers=data.num_workers, kernel_impl=kernel_impl)
 
@@ -90,4 +140,5 @@ def build_run_data(
         aux_related=[i.related for i in aux_info],
         heldout_x=to_device_images(test.images[index], device),
         heldout_y=torch.from_numpy(test.labels[index]).to(device),
+        normalization=primary_normalization(normalization, data.primary, primary.info),
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from engine.run_dir import RunDir, atomic_write, atomic_write_text, read_config, read_json, write_json
+from engine.run_dir import RunDir, atomic_write, atomic_write_text, read_config, read_json, refuse_to_replace, write_json
 
 EXPORT_FORMATS = ("robustbench",)
 _NORMALIZATION_KEYS = ("mu", "sigma")
@@ -96,6 +96,7 @@ def render_readme(card: dict) -> str:
         f"net = WideResNet(depth={arch['depth']}, widen_factor={arch['widen_factor']}, "
         f"num_classes={arch['num_classes']})",
         'net.load_state_dict(load_file("model.safetensors"))',
+        "net.eval()  # BatchNorm with its running statistics, as the model was evaluated",
         f"mean = torch.tensor({norm['mean']}).view(1, 3, 1, 1)",
         f"std = torch.tensor({norm['std']}).view(1, 3, 1, 1)",
         "model = lambda x: net((x - mean) / std)  # x: (B, 3, 32, 32) in [0, 1] -> logits",
@@ -121,9 +122,11 @@ def render_readme(card: dict) -> str:
     return "\n".join(lines)
 
 
-def export_robustbench(run: str | Path, out_dir: str | Path | None = None) -> ExportResult:
+def export_robustbench(run: str | Path, out_dir: str | Path | None = None, *, overwrite: bool = False) -> ExportResult:
     """Writes model.safetensors, model.json and README.md for RobustBench into `out_dir`
-    (default RUN_DIR/robustbench). `run` is a run directory or anything `engine.models.load` takes."""
+    (default RUN_DIR/robustbench), which must be empty or absent unless `overwrite`, and never
+    the run directory itself (the export's files would replace the run's own model).
+    `run` is a run directory or anything `engine.models.load` takes."""
     from safetensors.torch import save_file
 
     from engine.models import load
@@ -131,6 +134,13 @@ def export_robustbench(run: str | Path, out_dir: str | Path | None = None) -> Ex
     run = Path(run)
     files = RunDir.of(run)
     run_dir = files.root
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "robustbench"
+    if out_dir.resolve() == run_dir.resolve():
+        raise ValueError(f"export --out {out_dir} is the run directory it reads: RobustBench's model.safetensors "
+                         "and model.json would replace the run's own; choose another folder "
+                         f"(the default is {run_dir / 'robustbench'})")
+    if not overwrite:
+        refuse_to_replace(out_dir, "choose another --out, or pass --overwrite to replace the export")
     model = load(run)
     if not hasattr(model, "mu") or not hasattr(model, "depth"):
         raise ValueError(f"{run}: only WideResNet classifiers can be exported for RobustBench")
@@ -138,6 +148,7 @@ def export_robustbench(run: str | Path, out_dir: str | Path | None = None) -> Ex
     weights = robustbench_state_dict(model)
     config = read_config(run_dir).to_dict() if files.config.exists() else {}
     eval_report = read_json(files.eval_report) if files.eval_report.exists() else None
+    model_json = read_json(files.card) if files.card.exists() else {}
     card = {
         "name": f"biamat-{run_dir.resolve().name}",
         "architecture": f"wrn-{model.depth}-{model.width}",
@@ -149,13 +160,13 @@ def export_robustbench(run: str | Path, out_dir: str | Path | None = None) -> Ex
         "input": "float NCHW in [0, 1]",
         "normalization": {"mean": model.mu.flatten().tolist(), "std": model.sigma.flatten().tolist(),
                           "apply": "net((x - mean) / std)",
-                          "folded_into_conv1": False},
+                          "folded_into_conv1": False,
+                          "source": model_json.get("normalization_source", "not recorded")},
         "source": str(run),
         "training": training_summary(config),
         "training_config": config,
         "evaluation": _eval_summary(eval_report) if eval_report else None,
     }
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "robustbench"
     out_dir.mkdir(parents=True, exist_ok=True)
     exported = RunDir(out_dir)
     result = ExportResult(out_dir, exported.weights, exported.card, out_dir / "README.md")

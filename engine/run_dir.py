@@ -4,6 +4,7 @@ its JSON and JSON-lines writers, and its configuration read back through the con
     RUN_DIR/config.toml        the fully resolved configuration
     RUN_DIR/metrics.jsonl      one JSON object per epoch
     RUN_DIR/selection.jsonl    per epoch and auxiliary dataset: per-class seen and high counts
+    RUN_DIR/resumes.jsonl      each resume that changed a setting (which, from what to what)
     RUN_DIR/last.pt, best.pt   full training state (torch.load(weights_only=True))
     RUN_DIR/model.safetensors  the best primary classifier, and model.json, its card
     RUN_DIR/eval.json          the report of `biamat-engine eval`
@@ -56,6 +57,10 @@ class RunDir:
         return self.root / "selection.jsonl"
 
     @property
+    def resumes(self) -> Path:
+        return self.root / "resumes.jsonl"
+
+    @property
     def last(self) -> Path:
         return self.root / "last.pt"
 
@@ -78,7 +83,8 @@ class RunDir:
     def run_files(self) -> list[Path]:
         """The files one training run writes or is evaluated into: what a replaced run clears
         (config.toml is excluded: the new run writes its own before anything else)."""
-        return [self.metrics, self.selection, self.last, self.best, self.weights, self.card, self.eval_report]
+        return [self.metrics, self.selection, self.resumes, self.last, self.best, self.weights, self.card,
+                self.eval_report]
 
     def holds_run(self) -> bool:
         return self.last.exists()
@@ -116,6 +122,30 @@ class DemoDir:
             raise ValueError(f"{self.root} is a file; pick another --out for the demo")
         raise ValueError(f"{self.root} is not empty and holds no {self.summary.name}, so it is not a demo's "
                          f"output; pick another --out (the demo replaces only its own earlier results)")
+
+
+def check_writable(path: str | Path) -> None:
+    """Fails now, naming `path`, if a file cannot be written there later (a missing parent that
+    cannot be made, a read-only folder, a folder in the file's place): before hours of work."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(21, "Is a directory (expected a file path)", str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+    os.close(fd)
+    os.unlink(probe)
+
+
+def refuse_to_replace(folder: str | Path, fix: str) -> None:
+    """A command writes into a folder that is absent or empty, never over what it did not write:
+    anything else is a FileExistsError naming what is there and `fix`."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file, not a folder: {fix}")
+    entries = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if entries:
+        shown = ", ".join(entries[:6]) + (f" and {len(entries) - 6} more" if len(entries) > 6 else "")
+        raise FileExistsError(f"{folder} already holds {shown}: {fix}")
 
 
 def read_config(run_dir: str | Path) -> "TrainConfig":
@@ -187,8 +217,7 @@ class JsonLines:
     def truncate_after(self, epoch: int) -> None:
         if not (self.enabled and self.path.exists()):
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["epoch"] <= epoch]
+        kept = [json.dumps(r) for r in read_json_lines(self.path) if r["epoch"] <= epoch]
         # Atomic: a crash while trimming must not lose the epochs that are kept.
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
@@ -197,8 +226,23 @@ class JsonLines:
 
 
 def read_json_lines(path: str | Path) -> list[dict]:
-    """Every record of a JSON-lines file; [] when it does not exist yet."""
+    """Every record of a JSON-lines file; [] when it does not exist yet. A torn last line (the
+    process died mid-append, so no newline ends it) is dropped: its epoch is written again on
+    resume. Any other unreadable line is a ValueError naming the file and line."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # torn by a crash mid-write
+            raise ValueError(f"{path}, line {number}, is not valid JSON ({err}): the file was edited or "
+                             "damaged; fix or remove that line") from None
+    return records

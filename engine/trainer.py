@@ -21,15 +21,16 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from engine.checkpoint import clean_state_dict, export_model, load_checkpoint, save_checkpoint
-from engine.config import TrainConfig, to_toml
-from engine.data import RunData, build_run_data
+from engine.config import TrainConfig, resolve_warmup, to_toml
+from engine.data import RunData, build_run_data, with_absolute_paths
 from engine.distributed import rank_device
 from engine.evaluation import accuracy
 from engine.methods import METHODS, MethodState, StepContext, StepStats
 from engine.models import build, model_card, primary_state_dict
-from engine.run_dir import JsonLines, RunDir, atomic_write_text
+from engine.run_dir import JsonLines, RunDir, atomic_write_text, refuse_to_replace
 from engine.runtime import Runtime, resolve_runtime, rng_state, seed_everything, set_rng_state
-from engine.schedule import learning_rate
+from engine.resume import changes_on_resume
+from engine.schedule import build_optimizer, learning_rate
 from engine.step import TrainStep, compile_trunk
 
 log = logging.getLogger(__name__)
@@ -109,11 +110,14 @@ class Trainer:
                  on_step: StepHook | None = None) -> None:
         self.files = RunDir(out_dir)
         self.out = self.files.root
-        if not resume and not overwrite and self.files.holds_run():
-            raise FileExistsError(
-                f"{self.out} already holds a run ({self.files.last.name}): continue it with --resume, "
-                "pick another --out, or pass --overwrite to replace it"
-            )
+        if not resume and not overwrite:
+            if self.files.holds_run():
+                raise FileExistsError(
+                    f"{self.out} already holds a run ({self.files.last.name}): continue it with --resume, "
+                    "pick another --out, or pass --overwrite to replace it"
+                )
+            # Results without a last.pt (a copied best model, an eval report) are not ours to delete.
+            refuse_to_replace(self.out, "pick another --out, or pass --overwrite to replace the run files in it")
         self.on_step = on_step
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
@@ -123,14 +127,17 @@ class Trainer:
         if cfg.runtime.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.data: RunData = build_run_data(
-            cfg.data, use_aux=cfg.uses_aux, device=self.rt.device, seed=cfg.runtime.seed,
+            self.cfg.data, use_aux=cfg.uses_aux, device=self.rt.device, seed=cfg.runtime.seed,
             eval_n=cfg.eval.n, kernel_impl=self.rt.kernels, rank=self.rank, world_size=self.world_size,
+            normalization=cfg.model.normalization,
         )
+        self.normalization_source = self.data.normalization.source
         self.model = self._build_model()
         self.trunk = compile_trunk(self.model, self.rt)
         self.classifier = _Classifier(self.model, self.trunk, self.rt.autocast())
-        self.train_step = TrainStep(self.model, METHODS[cfg.method.name], self._build_optimizer(),
-                                    self.rt.grad_scaler(), MethodState(), self.world_size)
+        optimizer = build_optimizer(self.model, self.cfg.optim)
+        self.train_step = TrainStep(self.model, METHODS[cfg.method.name], optimizer, self.rt.grad_scaler(),
+                                    MethodState(), self.world_size)
         self.epoch = 0
         self.step = 0
         self.best_robust = -1.0
@@ -140,28 +147,34 @@ class Trainer:
             self._resume()
         elif self.is_main:
             self._clear_run_dir()
-        if self.is_main:
+        # A finished run resumed without more epochs trains nothing: its config.toml stays the
+        # one its checkpoint was written under.
+        if self.is_main and (not resume or self.epoch < self.cfg.optim.epochs):
             atomic_write_text(self.files.config, to_toml(self.cfg))
 
     # ---- set-up ---------------------------------------------------------------------------
     def _resolve(self, cfg: TrainConfig) -> tuple[TrainConfig, Runtime]:
-        """Device, precision, compile and kernels fixed once; the resolved tree is what the run records."""
+        """Device, precision, compile and kernels fixed once, and the warm-up zeroed where no
+        selection runs; the resolved tree is what the run records."""
         if self.world_size > 1:
             cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, device=rank_device(cfg.runtime.device)))
+        unwarmed = resolve_warmup(cfg)
+        if unwarmed is not cfg:
+            log.info("method.warmup_epochs = %d applies to the biamat selection only, which this run "
+                     "does not use (aux_mode %s, %d auxiliary datasets): recorded as 0",
+                     cfg.method.warmup_epochs, cfg.method.aux_mode, len(cfg.data.aux))
+        cfg = unwarmed
         runtime, resolved = resolve_runtime(cfg.runtime)
-        return dataclasses.replace(cfg, runtime=resolved), runtime
+        return dataclasses.replace(cfg, runtime=resolved, data=with_absolute_paths(cfg.data)), runtime
 
     def _build_model(self) -> nn.Module:
-        model = build(self.cfg.model.name, self.data.num_classes, self.data.aux_classes, dropout=self.cfg.model.dropout)
+        norm = self.data.normalization
+        model = build(self.cfg.model.name, self.data.num_classes, self.data.aux_classes, dropout=self.cfg.model.dropout,
+                      mean=norm.mean, std=norm.std)
         model.to(self.rt.device)
         if self.rt.channels_last:
             model.to(memory_format=torch.channels_last)
         return model
-
-    def _build_optimizer(self) -> torch.optim.Optimizer:
-        optim = self.cfg.optim
-        return torch.optim.SGD(self.model.parameters(), lr=optim.lr, momentum=optim.momentum,
-                               weight_decay=optim.weight_decay, nesterov=optim.nesterov)
 
     def _clear_run_dir(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -227,6 +240,7 @@ class Trainer:
                 self.on_step(self.epoch, i + 1, steps_per_epoch, images / (time.perf_counter() - start))
         if watch.seen():
             self._fail_nonfinite(steps_per_epoch)
+        self._check_finite_state()
         if self.rt.device.type == "cuda":
             torch.cuda.synchronize(self.rt.device)
         seconds = time.perf_counter() - start
@@ -247,18 +261,32 @@ class Trainer:
             "seconds": seconds,
         }
 
-    def _fail_nonfinite(self, batch_index: int) -> None:
-        raise NonFiniteLossError(
-            f"the training loss became NaN or inf in epoch {self.epoch + 1} (by batch {batch_index}, "
-            f"step {self.step}); the run stopped without saving, so {self.files.last} still holds "
-            "the last good state. Lower optim.lr, check the data for corrupt images, or use "
-            "runtime.precision=fp32, then resume with --resume."
-        )
+    def _fail_nonfinite(self, batch_index: int, what: str = "the training loss") -> None:
+        where = f"in epoch {self.epoch + 1} (by batch {batch_index}, step {self.step})"
+        if self.files.holds_run():
+            kept = (f"the run stopped without saving, so {self.files.last} still holds the last good "
+                    "state. Lower optim.lr, check the data for corrupt images, or use runtime.precision=fp32, "
+                    "then resume with --resume.")
+        else:
+            kept = ("the run stopped before its first checkpoint, so there is nothing to resume. Lower "
+                    "optim.lr, check the data for corrupt images, or use runtime.precision=fp32, and start "
+                    "again with --overwrite.")
+        raise NonFiniteLossError(f"{what} became NaN or inf {where}; {kept}")
+
+    def _check_finite_state(self) -> None:
+        """A checkpoint never holds NaN or inf: weights and BatchNorm statistics can diverge while
+        the loss still reads finite (an inf running variance), and such a state would break the
+        resume the error suggests. One device sync per epoch."""
+        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            bad = [k for k, t in self.model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+            self._fail_nonfinite(len(self.data.stream), f"the model's {', '.join(bad[:3])}"
+                                 + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else ""))
 
     def _evaluate(self) -> dict:
         start = time.perf_counter()
         x, y = self.data.heldout_x, self.data.heldout_y
-        common = dict(eps=self.cfg.attack.eps, step_size=self.cfg.attack.step_size,
+        common = dict(eps=self.cfg.attack.eps, step_size=self.cfg.eval.step_size,
                       batch_size=self.cfg.eval.batch_size, kernel_impl=self.rt.kernels)
         clean, n = accuracy(self.classifier, x, y, "clean", **common)
         robust = clean
@@ -285,6 +313,7 @@ class Trainer:
             aux_classes=list(self.data.aux_classes), threat_model="Linf", eps=self.cfg.attack.eps,
             method=self.cfg.method.name, aux_mode=self.cfg.method.aux_mode if self.cfg.uses_aux else "none",
             aux_data=self.data.aux_names, image_size=int(self.data.heldout_x.shape[-1]),
+            eval_step_size=self.cfg.eval.step_size, normalization_source=self.normalization_source,
         )
 
     def _state(self) -> dict:
@@ -321,7 +350,24 @@ class Trainer:
     def _resume(self) -> None:
         path = self.files.last
         state = load_checkpoint(path)  # CPU tensors; load_state_dict moves them to the device
+        changes = changes_on_resume(state["config"], self.cfg.to_dict(), str(self.out))
+        built = self.model.mu.clone(), self.model.sigma.clone()
         self.model.load_state_dict(state["model"])
+        if not (torch.equal(built[0], self.model.mu) and torch.equal(built[1], self.model.sigma)):
+            # The checkpoint's own normalisation wins: the weights were trained with it.
+            self.normalization_source = state["model_card"].get(
+                "normalization_source", "the checkpoint's (from before the source was recorded)")
+            log.warning("%s normalises with %s / %s, not the %s this config gives; keeping the checkpoint's",
+                        path, self.model.mu.flatten().tolist(), self.model.sigma.flatten().tolist(),
+                        self.data.normalization.source)
+        saved_groups, groups = len(state["optimizer"]["param_groups"]), len(self.optimizer.param_groups)
+        if saved_groups != groups:
+            raise ValueError(
+                f"{path} holds an optimiser with {saved_groups} parameter group(s), this config builds "
+                f"{groups} (optim.weight_decay_on = {self.cfg.optim.weight_decay_on!r}): resume with the "
+                f"weight-decay scope the run started with (--set optim.weight_decay_on="
+                f"{'all' if saved_groups == 1 else 'weights'})"
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.method_state.load_state_dict(state["method"])
@@ -330,7 +376,10 @@ class Trainer:
         self.epoch, self.step, self.best_robust = state["epoch"], state["step"], state["best_robust"]
         self.metrics.truncate_after(self.epoch)
         self.selection.truncate_after(self.epoch)
-        log.info("resumed %s at epoch %d, step %d", path, self.epoch, self.step)
+        if changes and self.is_main:
+            JsonLines(self.files.resumes).write({"epoch": self.epoch, "step": self.step, "changes": changes})
+        log.info("resumed %s at epoch %d, step %d%s", path, self.epoch, self.step,
+                 f" with changes {changes}" if changes else "")
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,

@@ -31,7 +31,8 @@ from typing import Callable
 import numpy as np
 
 from loaders.sources.base import ChunkedSource, SourceError, iter_chunks
-from loaders.types import ArrayDataset, DatasetInfo
+from loaders.images import ChannelStats
+from loaders.types import CHANNEL_STATS_KEYS, ArrayDataset, DatasetInfo
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,26 @@ class _PagePacker:
         return np.uint64(data_start) + page * np.uint64(self.page_size) + slot * np.uint64(self.image_bytes)
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Deletes the temporaries an earlier, killed write of `path` left behind (up to a whole
+    .beton each); a live writer's, named by its pid, stay."""
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = leftover.name[len(path.name) + 2:].split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
 def write_beton(
     path: str | os.PathLike,
     data: ArrayDataset | ChunkedSource,
@@ -128,7 +149,9 @@ def write_beton(
     header_bytes = HEADER.itemsize + len(FIELDS) * FIELD_DESC.itemsize
     known = data.count if isinstance(data, ChunkedSource) else len(data)
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temporaries(path)
+    # The writer's pid in the name tells a later run which temporaries are orphans (SIGKILL).
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the published file private
     spool: Path | None = None
@@ -146,7 +169,7 @@ def write_beton(
                 data_fp = open(spool, "w+b")
             try:
                 packer = _PagePacker(data_fp, image_bytes, page_size)
-                labels, digest = _write_chunks(data, packer, size, class_names, progress)
+                labels, digest, stats = _write_chunks(data, packer, size, class_names, progress)
                 packer.finish()
                 n = packer.count
                 if known is not None and n != known:
@@ -163,7 +186,7 @@ def write_beton(
             out.flush()
             os.fsync(out.fileno())
 
-        manifest = _manifest(data, format, split, source, class_names, labels, size, digest)
+        manifest = _manifest(data, format, split, source, class_names, labels, size, digest, stats)
         tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
         _publish([(tmp, path), (tmp_manifest, manifest_path(path))])
         return manifest
@@ -175,6 +198,7 @@ def write_beton(
 
 def _write_chunks(data, packer: _PagePacker, size: int, class_names: list[str], progress):
     digest = hashlib.sha256()
+    stats = ChannelStats()
     labels: list[np.ndarray] = []
     for chunk in iter_chunks(data):
         if chunk.images.shape[1:] != (size, size, 3):
@@ -187,13 +211,14 @@ def _write_chunks(data, packer: _PagePacker, size: int, class_names: list[str], 
         packer.add(flat)
         digest.update(flat.tobytes())
         digest.update(chunk.labels.astype("<i8").tobytes())
+        stats.add(chunk.images)
         labels.append(chunk.labels)
         if progress is not None:
             progress(len(chunk))
     labels_all = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     if len(labels_all) == 0:
         raise SourceError(f"{data.name}: the source holds no images; nothing to write")
-    return labels_all, digest.hexdigest()
+    return labels_all, digest.hexdigest(), stats.mean_std()
 
 
 def _write_index(out, n: int, labels: np.ndarray, pointers: np.ndarray, size: int, page_size: int) -> None:
@@ -218,8 +243,8 @@ def _write_index(out, n: int, labels: np.ndarray, pointers: np.ndarray, size: in
     out.write(meta.tobytes())
 
 
-def _manifest(data, format, split, source, class_names, labels, size, digest) -> dict:
-    meta = dict(data.meta)
+def _manifest(data, format, split, source, class_names, labels, size, digest, stats) -> dict:
+    meta = {k: v for k, v in data.meta.items() if k not in CHANNEL_STATS_KEYS}  # recomputed: `stats`
     counts = np.bincount(labels, minlength=len(class_names))
     manifest = {
         "manifest_version": MANIFEST_VERSION,
@@ -235,6 +260,10 @@ def _manifest(data, format, split, source, class_names, labels, size, digest) ->
         "num_classes": len(class_names),
         "class_names": class_names,
         "class_counts": [int(c) for c in counts],
+        # Per-channel mean and std of every pixel in [0, 1] units: what a model trained on this
+        # split normalises with.
+        "channel_mean": stats[0],
+        "channel_std": stats[1],
         "fields": {"image": f"RGBImageField raw {size}x{size}x3 uint8", "label": "IntField int64"},
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -279,7 +308,12 @@ def read_manifest(path: str | os.PathLike) -> dict:
             f"{mpath}: manifest not found; .beton files are written with their manifest by "
             f"`biamat-engine prepare FORMAT SOURCE {path.with_suffix('.beton').name}`"
         )
-    manifest = json.loads(mpath.read_text())
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{mpath}: the manifest is not valid JSON ({err}); prepare the dataset again") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{mpath}: the manifest is not a JSON object; prepare the dataset again")
     if manifest.get("manifest_version") != MANIFEST_VERSION:
         raise ValueError(
             f"{mpath}: manifest version {manifest.get('manifest_version')}, this engine reads "
@@ -359,4 +393,7 @@ def beton_info(index: BetonIndex, manifest: dict | None = None) -> DatasetInfo:
     meta.update(format=manifest.get("format"), split=manifest.get("split"), beton=str(index.path))
     if "related" in manifest:
         meta["related"] = list(manifest["related"])
+    for key in CHANNEL_STATS_KEYS:  # absent from manifests written before they were recorded
+        if key in manifest:
+            meta[key] = list(manifest[key])
     return DatasetInfo(manifest.get("name", index.path.stem), tuple(manifest["class_names"]), index.image_size, meta)

@@ -28,13 +28,15 @@ _SHAPES_OPTIONS = ("n", "size", "seed", "difficulty", "classes")
 
 
 def open_dataset(spec: str, split: str) -> ArrayDataset:
-    """The `split` ("train" or "test") of the dataset `spec` names, decoded into host memory.
+    """The `split` ("train" or "test") of the dataset `spec` names, decoded into host memory,
+    its per-channel pixel statistics in `meta` (from the manifest of a .beton; computed for the
+    in-memory kinds).
 
     `split` selects the generated split for `shapes` specs; files hold one split each, so
     for them it is only recorded in `meta` when the file does not say.
     """
     if spec.startswith("shapes:"):
-        return _open_shapes(spec, split)
+        return _open_shapes(spec, split).with_channel_stats()
     path = Path(spec)
     if path.suffix in (".beton", ".npz") and not path.is_file():
         raise ValueError(f"dataset {spec!r}: no such file; write it with `biamat-engine prepare` "
@@ -43,7 +45,7 @@ def open_dataset(spec: str, split: str) -> ArrayDataset:
         from loaders.beton import read_beton  # the FFCV-format reader; heavy, so loaded here
         return read_beton(path)
     if path.suffix == ".npz":
-        return _open_npz(path, split)
+        return _open_npz(path, split).with_channel_stats()
     raise ValueError(f"dataset {spec!r}: not a recognised spec; expected one of "
                      f"{', '.join(SPEC_FORMS)}")
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from loaders.images import channel_stats
+
 
 def check_label_range(labels: np.ndarray, num_classes: int, name: str) -> None:
     """ValueError naming the dataset `name` when a label of (N,) `labels` falls outside [0, num_classes)."""
@@ -16,6 +18,10 @@ def check_label_range(labels: np.ndarray, num_classes: int, name: str) -> None:
             f"{name}: labels must lie in [0, {num_classes}), found [{labels.min()}, {labels.max()}]; "
             f"check the class list"
         )
+
+
+CHANNEL_STATS_KEYS = ("channel_mean", "channel_std")
+"""Where `meta` (and a .beton manifest) keeps the per-channel mean and std of the pixels."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,14 @@ class DatasetInfo:
         built-in shapes auxiliary set does); None where it does not."""
         related = self.meta.get("related")
         return None if related is None else [bool(r) for r in related]
+
+    @property
+    def channel_stats(self) -> tuple[list[float], list[float]] | None:
+        """Per-channel (mean, std) of the pixels in [0, 1] units, where the data records them
+        (`prepare` writes them into the manifest; `open_dataset` computes them for the built-in
+        and .npz sets); None where it does not (a manifest written before they were)."""
+        mean, std = self.meta.get("channel_mean"), self.meta.get("channel_std")
+        return None if mean is None or std is None else ([float(v) for v in mean], [float(v) for v in std])
 
 
 class DescribedDataset:
@@ -105,10 +119,17 @@ class ArrayDataset(DescribedDataset):
         return len(self.images)
 
     def subset(self, index: np.ndarray, name: str | None = None) -> "ArrayDataset":
-        return ArrayDataset(
-            self.images[index], self.labels[index], list(self.class_names),
-            name or self.name, dict(self.meta),
-        )
+        # The whole set's channel statistics are not the subset's.
+        meta = {k: v for k, v in self.meta.items() if k not in CHANNEL_STATS_KEYS}
+        return ArrayDataset(self.images[index], self.labels[index], list(self.class_names), name or self.name, meta)
+
+    def with_channel_stats(self) -> "ArrayDataset":
+        """Records the images' per-channel statistics in `meta` (once) and returns self."""
+        if "channel_mean" not in self.meta:
+            stats = channel_stats(self.images)
+            if stats is not None:
+                self.meta["channel_mean"], self.meta["channel_std"] = stats
+        return self
 
 
 @dataclass

@@ -3,6 +3,7 @@ BatchNorm mode is an argument that is restored, and the losses match hand comput
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -151,9 +152,28 @@ def test_bn_mode_restores_after_an_error_and_rejects_unknown_modes():
             assert not model.training
             raise RuntimeError("boom")
     assert model.training
-    with pytest.raises(ValueError, match="bn_mode must be 'train' or 'eval'"):
+    with pytest.raises(ValueError, match="bn_mode must be one of train, eval, batch"):
         with bn_mode(model, "test"):
             pass
+
+
+def test_bn_mode_batch_normalises_with_the_batch_and_leaves_the_running_statistics_alone():
+    model = small_net().eval()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns, "the test net needs a BatchNorm"
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in bns]
+    x = torch.rand(6, 3, 8, 8)
+    with torch.no_grad():
+        train_logits = copy.deepcopy(model).train()(x)
+        with pytest.raises(RuntimeError, match="boom"):
+            with bn_mode(model, "batch"):
+                assert model.training
+                torch.testing.assert_close(model(x), train_logits)  # batch statistics, as in train mode
+                raise RuntimeError("boom")
+    assert not model.training and all(m.track_running_stats for m in bns)
+    for m, saved in zip(bns, before):
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, saved[k]), k
 
 
 def test_cw_margin_loss_by_hand():

@@ -82,6 +82,17 @@ def test_bench_step_cli_writes_a_report(tmp_path):
     assert next(r for r in rows if r["impl"] == "reference")["vs_reference"] == pytest.approx(1.0)
 
 
+def test_bench_step_times_both_batchnorm_settings_for_at_and_one_trades_row():
+    from benchmarks.step import run
+
+    report = run(method="both", model_name="wrn-10-1", batch=2, aux_batch=2, aux_classes=7, size=8, steps=1,
+                 warmup=1, repeats=1, attack_steps=1, device="cpu", compile="off", kernels="torch",
+                 bn_stats="step,every_forward")
+    engine = [(r["method"], r["bn_stats"]) for r in report["rows"] if r["impl"] == "engine"]
+    assert engine == [("at", "step"), ("at", "every_forward"), ("trades", None)]
+    assert report["config"]["bn_stats"] == "step,every_forward"
+
+
 def test_bench_step_cli_rejects_a_bad_method():
     from typer.testing import CliRunner
 

@@ -25,6 +25,23 @@ def chunked(ds, rows, count, fail_after=None):
     return ChunkedSource(chunks, ds.class_names, ds.image_size, ds.name, count, dict(ds.meta))
 
 
+def test_the_manifest_records_the_exact_per_channel_statistics_of_the_pixels(tmp_path):
+    # What the model normalises with: mean and population std of every pixel in [0, 1] units,
+    # the same however the writer's chunks fall, and what every reader of the file reports.
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (130, 8, 8, 3), dtype=np.uint8)
+    images[..., 2] //= 3  # channels that differ, so a channel mix-up shows
+    ds = ArrayDataset(images, rng.integers(0, 4, 130), [f"k{i}" for i in range(4)], "rand")
+    pixels = images.reshape(-1, 3).astype(np.float64) / 255
+    manifest = write_beton(tmp_path / "d.beton", chunked(ds, 47, None))
+    np.testing.assert_allclose(manifest["channel_mean"], pixels.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(manifest["channel_std"], pixels.std(0), rtol=1e-12)
+    assert read_beton(tmp_path / "d.beton").info.channel_stats == (manifest["channel_mean"], manifest["channel_std"])
+    # An in-memory set computes the same numbers; a subset does not inherit the whole set's.
+    assert ds.with_channel_stats().info.channel_stats == (manifest["channel_mean"], manifest["channel_std"])
+    assert ds.subset(np.arange(10)).info.channel_stats is None
+
+
 @pytest.mark.parametrize("count_known", [True, False])
 def test_roundtrip_across_pages(tmp_path, count_known):
     ds = random_dataset(n=1500, size=64)  # 12 KiB images over several 2 MiB pages
@@ -188,3 +205,25 @@ def test_prepare_cli_exit_codes(tmp_path):
     message = " ".join(result.output.split())  # rich wraps long lines
     assert result.exit_code == 1 and "junk.tar.gz: not a readable tar archive" in message
     assert not (tmp_path / "c.beton").exists() and not (tmp_path / "c.beton.json").exists()
+
+
+def test_temporaries_of_a_killed_write_are_removed_by_the_next_one(tmp_path):
+    """SIGKILL leaves hidden temporaries (up to a whole .beton each); the next write of the same
+    target removes those whose writer is gone, and keeps a live writer's and other targets'."""
+    import os
+    import subprocess
+
+    from loaders.beton import write_beton
+    from loaders.sources.shapes import make_shapes
+
+    dead = subprocess.Popen(["true"])  # a pid that has exited
+    dead.wait()
+    orphans = [tmp_path / f".data.beton.{dead.pid}-abc123.tmp", tmp_path / f".data.beton.{dead.pid}-abc123.json.tmp",
+               tmp_path / ".data.beton.old_naming.tmp"]
+    live = tmp_path / f".data.beton.{os.getpid()}-xyz.tmp"
+    other = tmp_path / f".other.beton.{dead.pid}-abc.tmp"
+    for f in (*orphans, live, other):
+        f.write_bytes(b"x" * 10)
+    write_beton(tmp_path / "data.beton", make_shapes("primary", "train", n=8, size=8), format="shapes")
+    assert not any(f.exists() for f in orphans)
+    assert live.exists() and other.exists()

@@ -71,6 +71,45 @@ def test_eps_option_overrides_the_card_and_accepts_fractions(saved):
     assert resolve_eps(saved / "nowhere.safetensors", None) == (pytest.approx(8 / 255), "default")
 
 
+def test_step_size_comes_from_the_run_and_the_option_overrides_it(saved):
+    from engine.evaluation.plan import resolve_step_size
+
+    run = saved / "trades-run"
+    run.mkdir(exist_ok=True)
+    for name in ("model.safetensors", "model.json"):
+        (run / name).write_bytes((saved / name).read_bytes())
+    # A TRADES run: eps 0.031 and the reference TRADES evaluation's 0.003 step.
+    (run / "config.toml").write_text('[attack]\neps = 0.031\n[eval]\nstep_size = 0.003\n')
+    assert resolve_step_size(run, None) == (0.003, f"{run / 'config.toml'} [eval] step_size")
+    assert resolve_step_size(run, "1/255") == (pytest.approx(1 / 255), "option")
+    assert resolve_step_size(saved / "nowhere.safetensors", None) == (pytest.approx(2 / 255), "default")
+
+    def report(*extra: str) -> dict:
+        out = run / "eval.json"
+        result = CliRunner().invoke(app, ["eval", str(run), "--test", str(saved / "test.npz"), "--attacks",
+                                          "clean,pgd3,cw2", "--n", "6", "--batch-size", "8", "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads(out.read_text())
+
+    ran = report()
+    assert (ran["eps_value"], ran["step_size_value"], ran["step_size"]) == (0.031, 0.003, "0.003")
+    assert ran["eps_source"].endswith("[attack] eps") and ran["step_size_source"].endswith("[eval] step_size")
+    assert {k: (e["eps"], e["steps"], e["step_size"]) for k, e in ran["attacks"].items()} == {
+        "pgd3": ("0.031", 3, "0.003"), "cw2": ("0.031", 2, "0.003")}
+    overridden = report("--step-size", "2/255")
+    assert (overridden["step_size"], overridden["step_size_source"]) == ("2/255", "option")
+    assert overridden["attacks"]["pgd3"]["step_size"] == "2/255"
+
+
+def test_a_card_without_a_run_carries_the_eval_step(saved, tmp_path):
+    from engine.evaluation.plan import resolve_step_size
+
+    card = json.loads((saved / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps({**card, "eval_step_size": 0.003}))
+    (tmp_path / "model.safetensors").write_bytes((saved / "model.safetensors").read_bytes())
+    assert resolve_step_size(tmp_path / "model.safetensors", None)[0] == 0.003
+
+
 def test_tensorrt_backend_stops_with_what_is_missing(saved):
     out = saved / "never.json"
     result = CliRunner().invoke(app, [
@@ -92,3 +131,59 @@ def test_bad_options_are_usage_errors(saved, args, message):
                                       str(saved / "test.npz"), *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_eval_through_the_cli_runs_every_autoattack_attack(saved, tmp_path, monkeypatch):
+    """The default path (channels-last test images from the loader) with the standard version's
+    attacks, each one: the case that crashed inside AutoAttack."""
+    pytest.importorskip("pyautoattack")
+    from engine.evaluation import autoattack_runner
+
+    make = autoattack_runner.make_adversary
+
+    def few_queries(*args, **kwargs):  # Square's 5000 queries: minutes on a CPU, nothing more to learn
+        adversary = make(*args, **kwargs)
+        adversary.square.n_queries = 10
+        return adversary
+
+    monkeypatch.setattr(autoattack_runner, "make_adversary", few_queries)
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, [
+        "eval", str(saved / "model.safetensors"), "--test", str(saved / "test.npz"), "--attacks", "clean,aa",
+        "--aa-version", "plus", "--aa-iterations", "2", "--eps", "1/1000", "--n", "6", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["pending"] == []
+    assert set(report["attacks"]["aa"]["robust_after"]) == {"apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"}
+
+
+def test_each_finished_attack_is_in_eval_json_before_a_later_one_fails(saved, tmp_path, monkeypatch):
+    from engine.evaluation import runner
+
+    real = runner._attack_pass
+
+    def cw_breaks(name, *args, **kwargs):
+        if name.startswith("cw"):
+            raise ValueError("cw exploded")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_attack_pass", cw_breaks)
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, [
+        "eval", str(saved / "model.safetensors"), "--test", str(saved / "test.npz"),
+        "--attacks", "clean,pgd2,cw2", "--n", "6", "--out", str(out)])
+    assert result.exit_code == 1 and "cw exploded" in result.output
+    report = json.loads(out.read_text())
+    assert not report["complete"] and list(report["attacks"]) == ["pgd2"] and report["pending"] == ["cw2"]
+    assert report["clean_acc"] == 1.0 and report["eps_source"]
+
+
+def test_an_unwritable_report_path_fails_before_the_evaluation(saved, tmp_path, monkeypatch):
+    from engine.evaluation import runner
+
+    monkeypatch.setattr(runner, "load_for_eval", lambda *a, **k: pytest.fail("evaluation started"))
+    folder = tmp_path / "eval.json"
+    folder.mkdir()  # a folder where the report file should go
+    result = CliRunner().invoke(app, [
+        "eval", str(saved / "model.safetensors"), "--test", str(saved / "test.npz"), "--out", str(folder)])
+    assert result.exit_code == 1 and str(folder) in result.output

@@ -87,3 +87,51 @@ def test_cli_export_and_its_errors(run_dir, tmp_path_factory):
     empty = tmp_path_factory.mktemp("empty")
     missing = CliRunner().invoke(app, ["export", str(empty)])
     assert missing.exit_code == 1 and "no model.safetensors" in missing.output
+
+
+def test_the_readme_snippet_itself_gives_the_models_logits(run_dir, monkeypatch):
+    """The README's loading code, executed as a user would copy it, against RobustBench's
+    WideResNet (here: ours without the normalisation buffers, i.e. RobustBench's modules and
+    keys). In train mode its BatchNorm would use batch statistics and the logits would drift."""
+    import re
+    import sys
+    import types
+
+    from engine.models import load
+    from engine.models.wideresnet import WideResNet
+
+    class RobustBenchWideResNet(WideResNet):
+        def __init__(self, depth, widen_factor, num_classes):
+            super().__init__(depth, widen_factor, num_classes)
+            for name in ("mu", "sigma"):  # plain attributes: not in the state dict
+                del self._buffers[name]
+            self.mu, self.sigma = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+
+    path, _ = run_dir
+    result = export_robustbench(path)
+    code = re.search(r"```python\n(.*?)```", result.readme.read_text(), re.S).group(1)
+    fake = types.ModuleType("robustbench.model_zoo.architectures.wide_resnet")
+    fake.WideResNet = RobustBenchWideResNet
+    for name in ("robustbench", "robustbench.model_zoo", "robustbench.model_zoo.architectures"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    monkeypatch.chdir(result.out_dir)
+    namespace: dict = {}
+    exec(code, namespace)
+    x = torch.rand(16, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(namespace["model"](x), load(path)(x), atol=1e-5, rtol=1e-5)
+
+
+def test_export_never_writes_over_the_run_or_an_earlier_export(run_dir):
+    path, _ = run_dir
+    before = (path / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="is the run directory it reads"):
+        export_robustbench(path, path)
+    assert (path / "model.safetensors").read_bytes() == before
+    export_robustbench(path)
+    with pytest.raises(FileExistsError, match="already holds README.md, model.json, model.safetensors"):
+        export_robustbench(path)
+    export_robustbench(path, overwrite=True)
+    refused = CliRunner().invoke(app, ["export", str(path), "--out", str(path)])
+    assert refused.exit_code == 1 and "is the run directory it reads" in refused.output

@@ -4,6 +4,7 @@ the threshold omega, warm-up, and the losses against the formulas of DESIGN.md."
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -25,11 +26,11 @@ def tiny_model(n_aux_sets: int = 2, seed: int = 0):
 
 
 def step(method: str, model, batch, *, state: MethodState | None = None, in_warmup: bool = False,
-         seed: int = 0, eps: float = 8 / 255, steps: int = 2, **method_kw):
+         seed: int = 0, eps: float = 8 / 255, steps: int = 2, bn_stats: str = "step", **method_kw):
     """One objective call on `model` (mutated: BN statistics), with the attack's RNG seeded."""
     ctx = StepContext(
         method=MethodConfig(name=method, **method_kw),
-        attack=AttackConfig(eps=eps, step_size=2 / 255, steps=steps),
+        attack=AttackConfig(eps=eps, step_size=2 / 255, steps=steps, bn_stats=bn_stats),
         in_warmup=in_warmup, trunk=model.features,
     )
     state = state if state is not None else MethodState()
@@ -234,15 +235,14 @@ def test_ema_threshold_is_re_estimated_every_step(batch_factory):
 
 
 @pytest.mark.parametrize("method", ["at", "trades"])
-@pytest.mark.parametrize("aux_mode", ["biamat", "labels", "uniform"])
-def test_during_warmup_the_auxiliary_loss_weight_is_zero(method, aux_mode, batch_factory):
+def test_during_warmup_the_auxiliary_loss_weight_is_zero(method, batch_factory):
+    # The selection's warm-up (biamat mode; the trainer gives the other modes none).
     model, batch = tiny_model(), batch_factory(aux_sizes=(5, 3), aux_classes=(20, 7))
-    loss, stats, state = step(method, model, batch, in_warmup=True, aux_mode=aux_mode, pi=0.55)
+    loss, stats, state = step(method, model, batch, in_warmup=True, aux_mode="biamat", pi=0.55)
     assert float(loss.detach()) == float(stats.loss_pri)
     assert float(stats.loss_high + stats.loss_low) > 0  # computed and reported, just not weighted
     assert state.omega is None and not stats.routed
-    if aux_mode != "uniform":  # warm-up attacks every auxiliary sample as high
-        assert int(stats.n_high) == len(batch.y_aux)
+    assert int(stats.n_high) == len(batch.y_aux)  # warm-up attacks every auxiliary sample as high
     loss.backward()
     for p in model.aux_fc.parameters():
         assert p.grad is None or not p.grad.any()
@@ -274,3 +274,54 @@ def test_the_attack_moves_the_training_loss(batch_factory):
     attacked, _, _ = step("at", tiny_model(), batch, aux_mode="labels", steps=3)
     clean, _, _ = step("at", tiny_model(), batch, aux_mode="labels", eps=0.0, steps=0)
     assert float(attacked.detach()) > float(clean.detach())
+
+
+# ---- BatchNorm running statistics: how many momentum updates one training step makes ----------
+
+FAR_OFF = 1000.0
+
+
+def momentum_updates(model, batch, method: str, **kw) -> set[int]:
+    """Sets every BatchNorm running mean and variance to FAR_OFF, runs one objective call with a
+    PGD-10 attack and returns the number of momentum-0.1 updates each statistic shows.
+
+    k updates leave 0.9^k * FAR_OFF plus 0.1-weighted batch statistics of order 1, so k reads off
+    the mean and the variance themselves (not num_batches_tracked, which a momentum-0 trick
+    would still count)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:
+        m.running_mean.fill_(FAR_OFF)
+        m.running_var.fill_(FAR_OFF)
+    step(method, model, batch, steps=10, **kw)
+    counts = set()
+    for m in bns:
+        for stat in (m.running_mean, m.running_var):
+            k = torch.log(stat / FAR_OFF) / math.log(0.9)  # (C,)
+            assert torch.allclose(k, k.round(), atol=0.05), f"not a whole number of updates: {k}"
+            counts |= set(k.round().int().tolist())
+    return counts
+
+
+@pytest.mark.parametrize("aux_mode", ["biamat", "labels", "none"])
+def test_at_updates_the_batchnorm_statistics_once_per_step_as_the_reference(aux_mode, batch_factory):
+    # The reference's BatchNorm update ops run with the train op only: the training forward on
+    # the adversarial batch moves the running statistics, the 10 attack forwards do not.
+    model, batch = tiny_model(), batch_factory(aux_sizes=(5, 3), aux_classes=(20, 7))
+    before = [m.num_batches_tracked.clone() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert momentum_updates(model, batch, "at", aux_mode=aux_mode, pi=1.0) == {1}
+    after = [m.num_batches_tracked for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(int(a - b) == 1 for a, b in zip(after, before))
+    assert model.training and all(m.track_running_stats for m in model.modules()
+                                  if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_at_every_forward_keeps_the_attack_updating_the_statistics(batch_factory):
+    model, batch = tiny_model(), batch_factory(aux_sizes=(5, 3), aux_classes=(20, 7))
+    assert momentum_updates(model, batch, "at", aux_mode="labels", bn_stats="every_forward") == {11}
+
+
+@pytest.mark.parametrize("bn_stats", ["step", "every_forward"])
+def test_trades_updates_the_statistics_twice_per_step_as_the_reference(bn_stats, batch_factory):
+    # Attack in eval mode; the clean and the adversarial training forwards each update once.
+    model, batch = tiny_model(), batch_factory(aux_sizes=(5, 3), aux_classes=(20, 7))
+    assert momentum_updates(model, batch, "trades", aux_mode="biamat", pi=1.0, bn_stats=bn_stats) == {2}

@@ -153,6 +153,21 @@ def test_trades_ce_on_high_matches_reference(impl):
     _assert_same_model_state(eng_model, ref_model)
 
 
+@pytest.mark.parametrize("bn_stats", ["step", "every_forward"])
+def test_at_batchnorm_statistics_match_reference_under_both_settings(bn_stats):
+    # Two mechanisms, one result: the engine's attack hands BatchNorm no buffers to update, the
+    # reference puts them back after its attack (as TensorFlow runs the update ops with the train op).
+    base = _model()
+    ref_model, eng_model = copy.deepcopy(base), copy.deepcopy(base)
+    cfg = MethodConfig(name="at", aux_mode="biamat", pi=1.0)
+    attack = _attack("at", bn_stats=bn_stats)
+    _run(REFERENCE_STEPS["at"], ref_model, _batch(), MethodState(), _ctx(ref_model, cfg, attack, False))
+    _run(METHODS["at"], eng_model, _batch(), MethodState(), _ctx(eng_model, cfg, attack, False, "torch"))
+    _assert_same_model_state(eng_model, ref_model)
+    tracked = {int(m.num_batches_tracked) for m in eng_model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert tracked == ({1} if bn_stats == "step" else {attack.steps + 1})
+
+
 @pytest.mark.parametrize("method", ["at", "trades"])
 def test_omega_frozen_and_routing_agree_over_steps(method):
     """Three trainer steps after warm-up: omega set at the first and kept, the same routing and

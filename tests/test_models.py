@@ -10,6 +10,7 @@ import torch
 
 from engine.checkpoint import clean_state_dict, export_model, save_checkpoint
 from engine.models import build, load, model_card, parse_arch, primary_state_dict
+from engine.models.wideresnet import CIFAR10_MEAN
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -172,6 +173,22 @@ def test_load_round_trip_from_a_checkpoint(tmp_path):
     assert torch.equal(loaded(x), model.eval()(x))
 
 
+@pytest.mark.parametrize("card_has_stats", [True, False])
+def test_a_run_directory_from_before_dataset_normalisation_loads_to_the_same_logits(tmp_path, card_has_stats):
+    # Older runs normalised every primary with CIFAR-10's statistics and wrote no source for
+    # them (the oldest cards no mean/std at all): the buffers in the weights still decide.
+    torch.manual_seed(0)
+    model = trained_like(build("wrn-10-1", 100, aux_classes=(20,)))  # a CIFAR-100 run, CIFAR-10 stats
+    card = model_card(model, "wrn-10-1", aux_classes=[20])
+    if not card_has_stats:
+        del card["mean"], card["std"]
+    export_model(tmp_path, primary_state_dict(model), card)
+    x = torch.rand(3, 3, 16, 16)
+    loaded = load(tmp_path)
+    assert loaded.mu.flatten().tolist() == pytest.approx(CIFAR10_MEAN)
+    assert torch.equal(loaded(x), model.eval()(x))
+
+
 def test_build_and_load_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown model 'resnet-18'.*wrn-DEPTH-WIDTH"):
         build("resnet-18", 10)
@@ -194,3 +211,48 @@ def test_build_and_load_errors(tmp_path):
     torch.save({"state_dict": model.state_dict()}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a biamat-engine checkpoint"):
         load(tmp_path / "other.pt")
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_an_os_error_naming_the_file(tmp_path, monkeypatch):
+    """torch reports a full disk as RuntimeError('... unexpected pos ...'): the engine turns it
+    into ENOSPC naming the checkpoint, and the previous checkpoint stays whole."""
+    import errno
+
+    save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
+    before = (tmp_path / "last.pt").read_bytes()
+
+    def disk_full(obj, f, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed\nunexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError) as err:
+        save_checkpoint(tmp_path / "last.pt", {"epoch": 2})
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(tmp_path / "last.pt")
+    assert "MiB free" in str(err.value)
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize("card_text, message", [
+    ('{"architecture": "wrn-10-1", "num_cl', "is not valid JSON"),
+    ('{"architecture": "wrn-10-1"}', "not a biamat-engine model card"),
+    ('[1, 2]', "not a biamat-engine model card"),
+])
+def test_a_broken_model_card_is_named(tmp_path, card_text, message):
+    model = build("wrn-10-1", 10)
+    export_model(tmp_path, primary_state_dict(model), model_card(model, "wrn-10-1"))
+    (tmp_path / "model.json").write_text(card_text)
+    with pytest.raises(ValueError, match=message) as err:
+        load(tmp_path)
+    assert str(tmp_path / "model.json") in str(err.value)
+
+
+def test_a_broken_manifest_is_named(tmp_path):
+    from loaders.beton import read_manifest, write_beton
+    from loaders.sources.shapes import make_shapes
+
+    write_beton(tmp_path / "d.beton", make_shapes("primary", "train", n=4, size=8), format="shapes")
+    (tmp_path / "d.beton.json").write_text('{"class_names": [')
+    with pytest.raises(ValueError, match=r"d\.beton\.json: the manifest is not valid JSON"):
+        read_manifest(tmp_path / "d.beton")

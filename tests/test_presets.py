@@ -11,6 +11,7 @@ import tomllib
 import pytest
 
 from engine.config import TrainConfig, load_config, preset_names, to_toml
+from engine.schedule import learning_rate
 
 # Table 2's rows: primary -> auxiliary datasets of the BiaMAT rows, for AT and TRADES alike.
 TABLE2_AUX = {
@@ -24,11 +25,21 @@ BIAMAT = [f"{primary}-{method}-biamat-{aux}" for primary, auxes in TABLE2_AUX.it
           for method in METHODS for aux in auxes]
 
 # Appendix E, "Table 2": AT runs 100 epochs, decay x0.1 at 60% and 90%, weight decay 2e-4,
-# l-inf bound 8/255; TRADES runs 110 epochs, decay x0.1 at epochs 100 and 105, weight decay
-# 5e-4, bound 0.031. Both: initial learning rate 0.1, 5 warm-up epochs.
+# l-inf bound 8/255; TRADES runs 110 epochs, decay x0.1 at the 100th and 105th epoch, weight
+# decay 5e-4, bound 0.031. Both: initial learning rate 0.1, 5 warm-up epochs.
+# Weight decay applies to what the reference code decays: conv and linear kernels in the AT
+# (TensorFlow) half, every parameter (PyTorch SGD weight_decay) in the TRADES half.
 SCHEDULE = {
-    "at": dict(epochs=100, milestone_epochs=[60.0, 90.0], weight_decay=2e-4, eps=8 / 255),
-    "trades": dict(epochs=110, milestone_epochs=[100.0, 105.0], weight_decay=5e-4, eps=0.031),
+    "at": dict(epochs=100, weight_decay=2e-4, weight_decay_on="weights", eps=8 / 255),
+    "trades": dict(epochs=110, weight_decay=5e-4, weight_decay_on="all", eps=0.031),
+}
+# The learning rate of each epoch (counted from 1) as the paper describes it and its reference
+# code runs it: AT decays after 60% and 90% of training (the TF reference's step boundaries
+# 23400 and 35100 of 39000); TRADES' adjust_learning_rate(optimizer, epoch) trains the 100th
+# epoch at 0.01 and the 105th at 0.001.
+PAPER_LR = {
+    "at": ("epochs 1-60 at 0.1, 61-90 at 0.01, 91-100 at 0.001", [(60, 0.1), (90, 0.01), (100, 0.001)]),
+    "trades": ("epochs 1-99 at 0.1, 100-104 at 0.01, 105-110 at 0.001", [(99, 0.1), (104, 0.01), (110, 0.001)]),
 }
 # Not in the paper, so pinned to the baselines' published training attacks: PGD-10 with 2/255
 # steps for AT at 8/255 (Rice et al., the paper's [31]); TRADES' 10 steps of 0.007 and beta 6.
@@ -36,6 +47,9 @@ UNSTATED = {
     "at": dict(step_size=2 / 255, steps=10),
     "trades": dict(step_size=0.007, steps=10, beta=6.0),
 }
+# The evaluation step at the training eps, as each half of the reference code evaluates:
+# 2/255 (the TF AT config's step_size 2.0 on 0-255 pixels), 0.003 (TRADES' evaluate.py).
+EVAL_STEP = {"at": 2 / 255, "trades": 0.003}
 # Section 3.1 and Appendix E: WRN28-10 (AT) and WRN34-10 (TRADES) on CIFAR, WRN16-10 on ImgNet100.
 MODEL = {
     ("cifar10", "at"): "wrn-28-10", ("cifar10", "trades"): "wrn-34-10",
@@ -82,8 +96,8 @@ def test_preset_matches_the_paper(name):
 
     schedule = SCHEDULE[method]
     assert cfg.optim.epochs == schedule["epochs"]
-    assert cfg.optim.milestone_epochs() == schedule["milestone_epochs"]
     assert cfg.optim.weight_decay == schedule["weight_decay"]
+    assert cfg.optim.weight_decay_on == schedule["weight_decay_on"]
     assert (cfg.optim.lr, cfg.optim.gamma, cfg.optim.lr_warmup_epochs) == (0.1, 0.1, 0.0)
     assert cfg.attack.eps == schedule["eps"]  # exact: "8/255" is divided once, like 8 / 255
     assert cfg.method.warmup_epochs == 5
@@ -92,6 +106,7 @@ def test_preset_matches_the_paper(name):
     assert (cfg.attack.step_size, cfg.attack.steps) == (unstated["step_size"], unstated["steps"])
     if method == "trades":
         assert cfg.method.beta == unstated["beta"]
+    assert cfg.eval.step_size == EVAL_STEP[method]
 
     if aux is None:
         assert cfg.data.aux == [] and cfg.data.aux_batch_size == 0 and cfg.method.aux_mode == "none"
@@ -127,3 +142,34 @@ def test_every_preset_loads_validates_and_round_trips_through_toml(name):
     cfg = load_config(preset=name)
     assert isinstance(cfg, TrainConfig)
     assert TrainConfig.from_dict(tomllib.loads(to_toml(cfg))) == cfg
+
+
+def _epoch_runs(rates: list[float]) -> str:
+    """[0.1, 0.1, 0.01] -> "epochs 1-2 at 0.1, 3-3 at 0.01" (epochs counted from 1)."""
+    runs, start = [], 1
+    for epoch in range(1, len(rates) + 1):
+        if epoch == len(rates) or rates[epoch] != rates[epoch - 1]:
+            runs.append(f"{start}-{epoch} at {rates[epoch - 1]:.3g}")
+            start = epoch + 1
+    return "epochs " + ", ".join(runs)
+
+
+def test_every_preset_trains_each_epoch_at_the_papers_learning_rate():
+    steps_per_epoch = 391  # CIFAR's 50,000 images in batches of 128; the schedule is per epoch
+    lines, wrong = [], []
+    for name in BASELINES + BIAMAT:
+        optim = load_config(preset=name).optim
+        method = name.split("-")[1]
+        rates = []
+        for epoch in range(1, optim.epochs + 1):
+            first = learning_rate(optim, (epoch - 1) * steps_per_epoch + 1, steps_per_epoch)
+            last = learning_rate(optim, epoch * steps_per_epoch, steps_per_epoch)
+            assert first == last, f"{name}: the LR changes within epoch {epoch}"
+            rates.append(round(first, 12))
+        described, runs = PAPER_LR[method]
+        expected = [next(lr for end, lr in runs if epoch <= end) for epoch in range(1, runs[-1][0] + 1)]
+        lines.append(f"{name:36s} {_epoch_runs(rates):52s} paper: {described}")
+        if rates != expected:
+            wrong.append(name)
+    print("\n".join(lines))
+    assert not wrong, "per-epoch LR differs from the paper:\n" + "\n".join(lines)

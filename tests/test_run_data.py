@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from engine.config import DataConfig
-from engine.data import build_run_data, heldout_subset
-from loaders.beton import read_manifest, write_beton
+from engine.data import build_run_data, heldout_subset, primary_normalization
+from engine.models.wideresnet import CIFAR10_MEAN, CIFAR10_STD
+from loaders.beton import BetonIndex, beton_info, read_manifest, write_beton
 from loaders.sources.shapes import make_shapes
 from tests.fixtures_backends import BACKENDS, IN_MEMORY_BACKENDS
 
@@ -65,3 +66,38 @@ def test_the_heldout_set_is_the_converted_subset_of_the_test_split():
     np.testing.assert_array_equal(run.heldout_x.numpy(), expected)
     assert run.heldout_x.is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_array_equal(run.heldout_y.numpy(), test.labels[index])
+
+
+def test_the_model_normalises_with_the_primary_datas_own_statistics(betons):
+    primary = str(betons["primary", 0])
+    run = run_data("resident", primary, [])
+    stats = read_manifest(primary)
+    assert run.normalization.mean == tuple(stats["channel_mean"])
+    assert run.normalization.std == tuple(stats["channel_std"])
+    assert run.normalization.mean != pytest.approx(CIFAR10_MEAN, abs=1e-3)  # shapes are not CIFAR-10
+    assert "shapes-primary" in run.normalization.source and primary in run.normalization.source
+
+
+@pytest.mark.parametrize("mode, mean, std", [("cifar10", CIFAR10_MEAN, CIFAR10_STD),
+                                             ("none", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))])
+def test_fixed_normalisations_stay_available(mode, mean, std):
+    info = make_shapes("primary", "train", n=8, size=16).info
+    norm = primary_normalization(mode, PRIMARY_SPEC, info)
+    assert (norm.mean, norm.std) == (tuple(mean), tuple(std)) and mode in norm.source
+
+
+def test_a_manifest_from_before_the_statistics_were_recorded_has_them_computed(betons, tmp_path, caplog):
+    import json
+    import shutil
+
+    old = tmp_path / "old.beton"
+    shutil.copy(betons["primary", 0], old)
+    manifest = read_manifest(betons["primary", 0])
+    stripped = {k: v for k, v in manifest.items() if k not in ("channel_mean", "channel_std")}
+    (tmp_path / "old.beton.json").write_text(json.dumps(stripped))
+    info = beton_info(BetonIndex(old))
+    assert info.channel_stats is None
+    norm = primary_normalization("primary", str(old), info)
+    assert norm.mean == pytest.approx(manifest["channel_mean"], rel=1e-12)
+    assert norm.std == pytest.approx(manifest["channel_std"], rel=1e-12)
+    assert "prepare" in caplog.text and "predates" in norm.source

@@ -118,3 +118,17 @@ def test_written_json_is_indented_and_ends_with_a_newline(tmp_path):
     write_json(tmp_path / "a" / "b.json", {"x": [1, 2]})
     text = (tmp_path / "a" / "b.json").read_text()
     assert text == json.dumps({"x": [1, 2]}, indent=2) + "\n"
+
+
+def test_a_torn_last_line_is_dropped_and_a_damaged_one_named(tmp_path):
+    log = JsonLines(tmp_path / "metrics.jsonl")
+    log.write({"epoch": 1})
+    log.write({"epoch": 2})
+    with log.path.open("a") as f:
+        f.write('{"epoch": 3, "lo')  # the process died mid-append
+    assert [r["epoch"] for r in log.read()] == [1, 2]
+    log.truncate_after(2)
+    assert log.path.read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
+    log.path.write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl, line 2, is not valid JSON"):
+        log.read()

@@ -194,3 +194,14 @@ def test_download_checksum_verification(tmp_path):
         read_source("cifar10", tmp_path, download=True)
     with pytest.raises(SourceError, match="--download covers cifar10, cifar100, svhn only"):
         read_source("places365", tmp_path, download=True)
+
+
+def test_a_places365_list_entry_that_leaves_the_source_is_refused(tmp_path):
+    from loaders.sources.base import SourceError
+
+    root, _, _ = fx.write_places365_lists(tmp_path / "places", n=2)
+    fx.write_png(tmp_path / "secret.png", np.zeros((32, 32, 3), np.uint8))  # outside the source folder
+    lines = (root / "places365_val.txt").read_text().splitlines()
+    (root / "places365_val.txt").write_text("\n".join([lines[0], "../../secret.png 3"]) + "\n")
+    with pytest.raises(SourceError, match=r"places365_val\.txt:2: '\.\./\.\./secret\.png' leaves the source folder"):
+        read_source("places365", root, split="test")

@@ -48,3 +48,29 @@ def test_a_training_epoch_with_loader_ffcv_matches_the_resident_loader(tmp_path)
     resident = _train(tmp_path, "resident", data)
     for key in ("loss", "loss_pri", "loss_high"):
         assert ffcv[key] == pytest.approx(resident[key], rel=0.1), key
+
+
+def test_a_label_outside_the_classes_stops_every_loader_before_the_run_directory(tmp_path):
+    """A .beton whose labels reach past its class list (here: a manifest cut to 5 of 10 classes)
+    is refused by the ffcv backend as by the others, naming the file, before RUN_DIR exists."""
+    from cli.app import app
+    from loaders.beton import write_beton
+    from loaders.sources.shapes import make_shapes
+
+    data = {}
+    for role, kind, split, n in (("primary", "primary", "train", 32), ("test", "primary", "test", 16)):
+        data[role] = tmp_path / f"{role}.beton"
+        write_beton(data[role], make_shapes(kind, split, n=n, size=16), format="shapes", split=split)
+    manifest_path = tmp_path / "primary.beton.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["class_names"] = manifest["class_names"][:5]
+    manifest_path.write_text(json.dumps(manifest))
+    for loader in ("ffcv", "resident", "dali"):
+        out = tmp_path / f"run-{loader}"
+        result = CliRunner().invoke(app, [
+            "train", "--primary", str(data["primary"]), "--test", str(data["test"]), "--model", "wrn-10-1",
+            "--epochs", "1", "--loader", loader, "--device", "cpu", "--out", str(out), "--aux-mode", "none",
+            "--set", "data.num_workers=1"])
+        assert result.exit_code == 1, (loader, result.output)
+        assert "labels must lie in [0, 5)" in result.output, (loader, result.output)
+        assert not out.exists(), loader

@@ -3,6 +3,7 @@ stop that keeps the last good checkpoint, clear errors for bad settings, the LR 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -11,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from engine.config import ConfigError, OptimConfig, RuntimeConfig, TrainConfig
+from engine.config import ConfigError, OptimConfig, RuntimeConfig, TrainConfig, load_config
 from engine.methods import METHODS
 from engine.models import build, load
 from engine.runtime import resolve_runtime
@@ -139,6 +141,38 @@ def test_exported_model_is_the_best_checkpoints_primary_classifier(finished_run)
     assert card["threat_model"] == "Linf" and card["num_classes"] == 10
 
 
+def test_the_run_normalises_with_its_primary_datas_statistics_and_says_so(finished_run, tmp_path):
+    from engine.export import export_robustbench
+    from loaders.datasets import open_dataset
+
+    cfg, out, _ = finished_run
+    mean, std = open_dataset(cfg.data.primary, "train").info.channel_stats  # the shapes, not CIFAR-10
+    card = json.loads((out / "model.json").read_text())
+    assert (card["mean"], card["std"]) == (pytest.approx(mean), pytest.approx(std))
+    assert "shapes-primary" in card["normalization_source"]
+    model = load(out)
+    assert model.mu.flatten().tolist() == pytest.approx(mean) and model.sigma.flatten().tolist() == pytest.approx(std)
+    exported = json.loads(export_robustbench(out, tmp_path / "rb").card.read_text())["normalization"]
+    assert (exported["mean"], exported["std"]) == (pytest.approx(mean), pytest.approx(std))
+    assert exported["source"] == card["normalization_source"]
+
+
+def test_a_resumed_run_keeps_the_normalisation_it_was_trained_with(tmp_path, tiny_train_config, caplog):
+    from engine.models.wideresnet import CIFAR10_MEAN
+
+    run = ("method.warmup_epochs=0", "eval.steps=0", "optim.milestones=2")
+    train(tiny_train_config(*run, "optim.epochs=1", "model.normalization=cifar10"), tmp_path)
+    with pytest.raises(ConfigError, match="model.normalization: 'cifar10' in the checkpoint, 'primary' now"):
+        Trainer(tiny_train_config(*run, "optim.epochs=2"), tmp_path, resume=True)
+    # A checkpoint from before the setting existed (CIFAR-10 statistics, no model.normalization):
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    del state["config"]["model"]["normalization"]
+    torch.save(state, tmp_path / "last.pt")
+    trainer = Trainer(tiny_train_config(*run, "optim.epochs=2"), tmp_path, resume=True)  # config says primary
+    assert trainer.model.mu.flatten().tolist() == pytest.approx(CIFAR10_MEAN)
+    assert "cifar10" in trainer.normalization_source and "keeping the checkpoint's" in caplog.text
+
+
 class StopAt(Exception):
     pass
 
@@ -166,6 +200,42 @@ def test_a_shorter_run_extended_by_resume_equals_the_longer_run(finished_run, tm
     train(tiny_train_config(*RUN, "optim.epochs=2"), tmp_path)
     resumed = train(tiny_train_config(*RUN, "optim.epochs=3"), tmp_path, resume=True)
     assert without_timing(resumed) == without_timing(full)
+
+
+@pytest.mark.parametrize("changes, keys", [
+    (("data.batch_size=8",), ["data.batch_size"]),
+    (("model.name=wrn-16-1",), ["model.name"]),
+    (("data.aux=", "method.aux_mode=none"), ["data.aux", "method.aux_mode"]),
+    (("runtime.seed=5", "optim.epochs=4"), ["runtime.seed"]),  # the seed orders the data
+])
+def test_resume_refuses_changes_to_what_the_run_trains(finished_run, tmp_path, tiny_train_config, changes, keys):
+    import shutil
+
+    _, full_out, _ = finished_run
+    run = shutil.copytree(full_out, tmp_path / "run")
+    config_before = (run / "config.toml").read_bytes()
+    with pytest.raises(ConfigError, match="would change what the run trains") as err:
+        Trainer(tiny_train_config(*RUN, *changes), run, resume=True)
+    listed = [key for key in ("data.batch_size", "model.name", "data.aux", "method.aux_mode", "runtime.seed",
+                              "optim.epochs") if f"{key}:" in str(err.value)]
+    assert listed == keys
+    assert (run / "config.toml").read_bytes() == config_before
+
+
+def test_resume_accepts_and_records_changes_that_only_say_how_or_how_long(finished_run, tmp_path, tiny_train_config):
+    import shutil
+
+    _, full_out, _ = finished_run
+    run = shutil.copytree(full_out, tmp_path / "run")
+    # A finished run resumed with a new safe flag but no more epochs trains nothing and keeps its config.
+    config_before = (run / "config.toml").read_bytes()
+    train(tiny_train_config(*RUN, "eval.batch_size=64"), run, resume=True)
+    assert (run / "config.toml").read_bytes() == config_before
+    records = train(tiny_train_config(*RUN, "optim.epochs=4", "runtime.kernels=torch"), run, resume=True)
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    changes = [json.loads(line)["changes"] for line in (run / "resumes.jsonl").read_text().splitlines()]
+    assert changes[-1] == {"optim.epochs": [3, 4], "runtime.kernels": [changes[-1]["runtime.kernels"][0], "torch"]}
+    assert tomllib.loads((run / "config.toml").read_text())["optim"]["epochs"] == 4
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_train_config):
@@ -202,9 +272,33 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
 
 
 def test_a_diverging_learning_rate_stops_in_the_first_epoch_without_a_checkpoint(tmp_path, tiny_train_config):
-    with pytest.raises(NonFiniteLossError, match="NaN or inf in epoch 1"):
+    with pytest.raises(NonFiniteLossError, match="NaN or inf in epoch 1") as err:
         train(tiny_train_config("optim.lr=1e30"), tmp_path)
     assert not (tmp_path / "last.pt").exists()
+    assert "nothing to resume" in str(err.value) and "still holds" not in str(err.value)
+
+
+def test_diverged_batchnorm_statistics_never_reach_a_checkpoint(tmp_path, monkeypatch, tiny_train_config):
+    """The loss can read finite while a running variance is already inf; saving that state would
+    break the very resume the error message suggests."""
+    real = METHODS["at"]
+    calls = {"n": 0}
+
+    def inf_variance_in_epoch_2(model, batch, state, ctx):
+        calls["n"] += 1
+        if calls["n"] == STEPS_PER_EPOCH + 1:
+            model.bn1.running_var.fill_(float("inf"))
+        return real(model, batch, state, ctx)
+
+    monkeypatch.setitem(METHODS, "at", inf_variance_in_epoch_2)
+    with pytest.raises(NonFiniteLossError, match=r"bn1\.running_var became NaN or inf in epoch 2") as err:
+        train(tiny_train_config(*RUN), tmp_path)
+    assert "--resume" in str(err.value)
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1]
+    assert not (tmp_path / "selection.jsonl").exists()  # epoch 1 was warm-up; epoch 2 was not logged
 
 
 def test_trades_without_auxiliary_data_trains(tmp_path, tiny_train_config):
@@ -236,6 +330,112 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error(tmp_path, tiny_train_con
         train(tiny_train_config("runtime.device=cuda"), tmp_path)
 
 
+@pytest.mark.parametrize("aux_mode", ["labels", "uniform"])
+def test_warmup_belongs_to_the_selection_labels_and_uniform_weight_aux_from_the_first_step(
+        aux_mode, tmp_path, tiny_train_config):
+    # The tiny config asks for one warm-up epoch; without the selection there is none.
+    records = train(tiny_train_config(f"method.aux_mode={aux_mode}", "optim.epochs=1", "eval.steps=0"), tmp_path)
+    assert records[0]["warmup"] is False
+    assert records[0]["loss"] != pytest.approx(records[0]["loss_pri"])  # alpha * aux loss included
+    written = TrainConfig.from_dict(tomllib.loads((tmp_path / "config.toml").read_text()))
+    assert written.method.warmup_epochs == 0 and written.method.aux_mode == aux_mode
+
+
+def test_warmup_is_kept_for_the_selection_and_zeroed_without_auxiliary_data():
+    from engine.config import resolve_warmup
+
+    biamat = load_config(preset="cifar10-at-biamat-imagenet")
+    assert resolve_warmup(biamat) is biamat and biamat.method.warmup_epochs == 5
+    assert resolve_warmup(load_config(preset="cifar10-at")).method.warmup_epochs == 0  # aux_mode none
+    oat = load_config(preset="cifar10-at-biamat-imagenet", overrides=["method.aux_mode=uniform"])
+    assert resolve_warmup(oat).method.warmup_epochs == 0
+
+
+def _tf_l2_loss(w: torch.Tensor) -> torch.Tensor:
+    return (w ** 2).sum() / 2  # tf.nn.l2_loss
+
+
+@pytest.mark.parametrize("lrs", [(0.1, 0.1, 0.1), (0.1, 0.01, 0.05)])
+def test_weight_decay_on_weights_equals_the_reference_ats_l2_loss_on_kernels(lrs):
+    """The reference AT minimises loss + wd * sum(l2_loss(kernel)) with plain momentum SGD; the
+    engine's `weights` scope, SGD weight_decay on conv and linear weights only, makes the same
+    steps (the gradient of wd * l2_loss(w) is wd * w), through LR changes too."""
+    from engine.schedule import build_optimizer
+
+    torch.manual_seed(0)
+    reference = build("wrn-10-1", 10, (7,))
+    with torch.no_grad():  # BatchNorm scales and biases away from 1 and 0, where decay would show
+        for p in reference.parameters():
+            if p.ndim == 1:
+                p.uniform_(0.5, 1.5)
+    engine = build("wrn-10-1", 10, (7,))
+    engine.load_state_dict(reference.state_dict())
+    wd = 2e-4
+    kernels = [m.weight for m in reference.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=lrs[0], momentum=0.9)
+    eng_opt = build_optimizer(engine, OptimConfig(lr=lrs[0], weight_decay=wd, weight_decay_on="weights"))
+    x, y, y_aux = torch.rand(6, 3, 8, 8), torch.randint(0, 10, (6,)), torch.randint(0, 7, (3,))
+
+    def task_loss(model):  # primary and auxiliary heads both in use, so every parameter has a gradient
+        logits, (logits_aux,) = model.heads(model.features(x), [3])
+        return F.cross_entropy(logits[:3], y[:3]) + F.cross_entropy(logits_aux, y_aux)
+
+    for lr in lrs:
+        for opt in (ref_opt, eng_opt):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        ref_opt.zero_grad()
+        loss = task_loss(reference) + wd * sum(_tf_l2_loss(w) for w in kernels)
+        loss.backward()
+        ref_opt.step()
+        eng_opt.zero_grad()
+        task_loss(engine).backward()
+        eng_opt.step()
+    for (name, a), b in zip(engine.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=lambda m: f"{name}: {m}")
+
+
+def test_weight_decay_scope_all_decays_batchnorm_and_biases_weights_does_not():
+    from engine.schedule import parameter_groups
+
+    model = build("wrn-10-1", 10, (7,))
+    names = {id(p): n for n, p in model.named_parameters()}
+    (everything,) = parameter_groups(model, 5e-4, "all")
+    assert everything["weight_decay"] == 5e-4 and len(everything["params"]) == len(list(model.parameters()))
+    decayed, kept = parameter_groups(model, 2e-4, "weights")
+    assert (decayed["weight_decay"], kept["weight_decay"]) == (2e-4, 0.0)
+    decayed_names = {names[id(p)] for p in decayed["params"]}
+    kept_names = {names[id(p)] for p in kept["params"]}
+    assert decayed_names == {n for n in names.values() if "conv" in n.lower() or n.endswith("fc.weight")
+                             or n.startswith("aux_fc.") and n.endswith(".weight")}
+    assert all(".bn" in n or n.startswith("bn1.") or n.endswith(".bias") for n in kept_names)
+    assert "aux_fc.0.weight" in decayed_names and "fc.bias" in kept_names and "bn1.weight" in kept_names
+
+
+def test_resuming_with_another_weight_decay_scope_is_a_clear_error(tmp_path, tiny_train_config):
+    run = ("optim.epochs=1", "eval.steps=0", "method.warmup_epochs=0")
+    train(tiny_train_config(*run, "optim.weight_decay_on=weights"), tmp_path)
+    with pytest.raises(ValueError, match="optim.weight_decay_on: 'weights' in the checkpoint, 'all' now"):
+        Trainer(tiny_train_config(*run, "optim.weight_decay_on=all"), tmp_path, resume=True)
+
+
+def test_the_per_epoch_check_attacks_with_the_runs_eval_step(tmp_path, monkeypatch, tiny_train_config):
+    import engine.trainer as trainer_module
+
+    seen = []
+    real = trainer_module.accuracy
+
+    def spy(*args, **kw):
+        seen.append((args[3], kw["eps"], kw["step_size"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(trainer_module, "accuracy", spy)
+    train(tiny_train_config("optim.epochs=1", "method.warmup_epochs=0", "attack.eps=0.031",
+                            "attack.step_size=0.007", "eval.step_size=0.003"), tmp_path)
+    assert seen[-1] == ("pgd2", 0.031, 0.003)
+    assert json.loads((tmp_path / "model.json").read_text())["eval_step_size"] == 0.003
+
+
 def test_learning_rate_at_the_milestones():
     optim = OptimConfig(epochs=10, lr=0.1, milestones=[0.6, 0.9], gamma=0.1)
     spe = 5  # steps per epoch; step s is in epoch (s - 1) // spe
@@ -244,10 +444,12 @@ def test_learning_rate_at_the_milestones():
     assert learning_rate(optim, 6 * spe + 1, spe) == pytest.approx(0.01)  # epoch index 6 = 60%
     assert learning_rate(optim, 9 * spe, spe) == pytest.approx(0.01)
     assert learning_rate(optim, 9 * spe + 1, spe) == pytest.approx(0.001)  # 90%
-    trades = OptimConfig(epochs=110, lr=0.1, milestones=[100, 105])
-    assert learning_rate(trades, 100 * 391, 391) == 0.1
-    assert learning_rate(trades, 100 * 391 + 1, 391) == pytest.approx(0.01)
-    assert learning_rate(trades, 105 * 391 + 1, 391) == pytest.approx(0.001)
+    # Milestones count completed epochs: 99 decays from the first step of epoch 100.
+    trades = OptimConfig(epochs=110, lr=0.1, milestones=[99, 104])
+    assert learning_rate(trades, 99 * 391, 391) == 0.1
+    assert learning_rate(trades, 99 * 391 + 1, 391) == pytest.approx(0.01)
+    assert learning_rate(trades, 104 * 391, 391) == pytest.approx(0.01)
+    assert learning_rate(trades, 104 * 391 + 1, 391) == pytest.approx(0.001)
 
 
 def test_learning_rate_warmup_is_linear_then_the_peak():
@@ -300,3 +502,49 @@ def test_a_compiled_run_on_cpu_matches_the_eager_run(tmp_path, tiny_train_config
     state = torch.load(tmp_path / "compiled" / "last.pt", weights_only=True)
     assert not any("_orig_mod." in k for k in state["model"])
     assert 'compile = "on"' in (tmp_path / "compiled" / "config.toml").read_text()
+
+
+def test_a_folder_with_results_but_no_run_is_never_cleared_without_overwrite(tmp_path, tiny_train_config):
+    """Results someone kept (a best model, an eval report) with no last.pt beside them are not a
+    run to replace: training refuses, naming them, and touches nothing."""
+    kept = {"best.pt": b"best", "eval.json": b'{"clean_acc": 0.9}', "notes.txt": b"mine"}
+    for name, data in kept.items():
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(FileExistsError, match=r"already holds best\.pt, eval\.json, notes\.txt: .*--overwrite"):
+        Trainer(tiny_train_config(*RUN), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == kept
+
+
+def test_config_toml_finds_its_data_from_any_working_directory(tmp_path, monkeypatch, tiny_train_config):
+    """Relative data paths are stored absolute, so a resume from another folder finds them."""
+    from loaders.beton import write_beton
+    from loaders.sources.shapes import make_shapes
+
+    data = tmp_path / "data"
+    write_beton(data / "train.beton", make_shapes("primary", "train", n=64, size=16), format="shapes")
+    write_beton(data / "test.beton", make_shapes("primary", "test", n=16, size=16), format="shapes", split="test")
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_train_config("data.primary=data/train.beton", "data.test=data/test.beton", "data.aux=",
+                            "method.aux_mode=none", "optim.epochs=1")
+    train(cfg, tmp_path / "run")
+    saved = tomllib.loads((tmp_path / "run" / "config.toml").read_text())["data"]
+    assert saved["primary"] == str(data / "train.beton") and saved["test"] == str(data / "test.beton")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    from engine.run_dir import read_config
+
+    resumed = read_config(tmp_path / "run")
+    records = train(dataclasses.replace(resumed, optim=dataclasses.replace(resumed.optim, epochs=2)),
+                    tmp_path / "run", resume=True)
+    assert [r["epoch"] for r in records] == [1, 2]
+
+
+def test_resume_of_a_checkpoint_older_than_a_setting_takes_the_setting_and_records_it():
+    from engine.resume import changes_on_resume
+
+    saved = {"optim": {"epochs": 3, "lr": 0.1}, "attack": {"eps": 0.03}}
+    requested = {"optim": {"epochs": 3, "lr": 0.1}, "attack": {"eps": 0.03, "bn_stats": "step"}}
+    assert changes_on_resume(saved, requested, "RUN") == {"attack.bn_stats": [None, "step"]}
+    with pytest.raises(ConfigError, match=r"optim\.lr: 0\.1 in the checkpoint, 0\.2 now"):
+        changes_on_resume(saved, {**requested, "optim": {"epochs": 3, "lr": 0.2}}, "RUN")

@@ -85,10 +85,54 @@ def make_adversary(
     adversary.verbose = False
     if iterations is not None:
         for name in ("apgd", "apgd_targeted", "fab"):
-            getattr(adversary, name).n_iter = iterations
+            _set_iterations(getattr(adversary, name), iterations)
     if restarts is not None:
         adversary.apgd.n_restarts = restarts
     return adversary
+
+
+# What an attack derives from its iteration count when it is built: APGD sizes its step-size
+# schedule (checkpoints every n_iter_2, shrinking by size_decr down to n_iter_min) from it.
+_SCHEDULE = ("n_iter", "n_iter_orig", "n_iter_2", "n_iter_min", "size_decr")
+
+
+def _set_iterations(attack, iterations: int) -> None:
+    """`attack` as if built with `iterations`: the schedule comes from a throwaway instance of
+    the same class, so the package's own formulas size it (setting n_iter alone would keep a
+    schedule sized for the default 100 iterations). FAB reads n_iter as it runs."""
+    if not hasattr(attack, "n_iter_2"):
+        attack.n_iter = iterations
+        return
+    probe = type(attack)(attack.model, n_iter=iterations, eps=attack.eps, norm=attack.norm, device=attack.device)
+    for name in _SCHEDULE:
+        if hasattr(probe, name):
+            setattr(attack, name, getattr(probe, name))
+
+
+class _ContiguousGradient(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous (NCHW) gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
+class NCHWModel(nn.Module):
+    """`model` as AutoAttack needs it: the package `.view`s inputs and input gradients as flat
+    rows, which fails on channels-last tensors. A channels-last model (the engine's layout on
+    GPUs) would hand back channels-last gradients even for NCHW inputs; this wrapper makes them
+    contiguous, while the model itself still runs in its own layout."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(_ContiguousGradient.apply(x))
 
 
 def run_attack_list(adversary, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -161,7 +205,8 @@ def run_autoattack(
     """
     model.eval()
     device = x.device
-    adversary = make_adversary(model, eps=eps, version=version, attacks=attacks, device=device,
+    x = x.contiguous()  # the package views inputs as flat rows: NCHW, whatever layout the caller has
+    adversary = make_adversary(NCHWModel(model), eps=eps, version=version, attacks=attacks, device=device,
                                seed=seed, iterations=iterations, restarts=restarts)
     attack_list = list(adversary.attacks_to_run)
     _, package, package_version = import_autoattack()

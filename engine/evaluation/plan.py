@@ -1,5 +1,5 @@
 """What `biamat-engine eval` runs (`EvalPlan`), checked before anything is loaded, and the eps
-a model was trained for."""
+and attack step a model's run asks for."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from engine.evaluation.robust import parse_attack
 from engine.run_dir import RunDir, read_json
 
 DEFAULT_EPS = 8 / 255
+DEFAULT_STEP_SIZE = 2 / 255
 
 
 @dataclass(kw_only=True)
@@ -31,7 +32,8 @@ class EvalPlan:
     aa_state: str | None = None
     """State file that makes an AutoAttack run resumable."""
     eps: float = DEFAULT_EPS
-    step_size: float = 2 / 255
+    step_size: float | None = None
+    """PGD/CW step; None takes the run's (`resolve_step_size`: its eval.step_size, else 2/255)."""
     restarts: int = 1
     """PGD/CW restarts: a point is robust only if it survives every one."""
     kappa: float = 50.0
@@ -59,8 +61,25 @@ class EvalPlan:
             raise ValueError(f"unknown backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
         if not 0 <= self.eps <= 1:
             raise ValueError(f"eps must lie in [0, 1], got {self.eps}")
+        if self.step_size is not None and not 0 < self.step_size <= 1:
+            raise ValueError(f"step size must lie in (0, 1], got {self.step_size}")
         if self.batch_size < 1 or self.restarts < 1 or (self.n is not None and self.n < 1):
             raise ValueError("batch_size, restarts and n must be positive")
+
+
+def _from_run(model_path: str | Path, section: str, key: str, card_key: str) -> tuple[float, str] | None:
+    """`section.key` of the run's config.toml, else `card_key` of the model card, with where it
+    came from; None when neither is there."""
+    path = Path(model_path)
+    files = RunDir.of(path)
+    if files.config.exists():
+        return getattr(getattr(files.read_config(), section), key), f"{files.config} [{section}] {key}"
+    card = files.card if path.is_dir() else path.with_suffix(".json")
+    if card.exists():
+        value = read_json(card).get(card_key)
+        if value is not None:
+            return parse_eps(value), f"{card} {card_key}"
+    return None
 
 
 def resolve_eps(model_path: str | Path, explicit: str | float | None) -> tuple[float, str]:
@@ -68,13 +87,13 @@ def resolve_eps(model_path: str | Path, explicit: str | float | None) -> tuple[f
     `eps`, or the 8/255 default."""
     if explicit is not None:
         return parse_eps(explicit), "option"
-    path = Path(model_path)
-    files = RunDir.of(path)
-    if files.config.exists():
-        return files.read_config().attack.eps, f"{files.config} [attack] eps"
-    card = files.card if path.is_dir() else path.with_suffix(".json")
-    if card.exists():
-        eps = read_json(card).get("eps")
-        if eps is not None:
-            return parse_eps(eps), f"{card} eps"
-    return DEFAULT_EPS, "default"
+    return _from_run(model_path, "attack", "eps", "eps") or (DEFAULT_EPS, "default")
+
+
+def resolve_step_size(model_path: str | Path, explicit: str | float | None) -> tuple[float, str]:
+    """The PGD/CW step and where it came from: the option, the run's config.toml [eval] step_size
+    (2/255 for the AT presets, 0.003 for TRADES), the model card's `eval_step_size`, or 2/255.
+    A run written before eval.step_size existed reads the 2/255 default from its config.toml."""
+    if explicit is not None:
+        return parse_eps(explicit), "option"
+    return _from_run(model_path, "eval", "step_size", "eval_step_size") or (DEFAULT_STEP_SIZE, "default")

@@ -4,6 +4,7 @@ the exact model -> the RobustBench-style report. What runs is an `EvalPlan` (pla
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,14 +18,16 @@ import torch.nn as nn
 
 from engine.evaluation.autoattack_runner import run_autoattack
 from engine.evaluation.backends import agreement_tolerance, make_backend
-from engine.evaluation.plan import EvalPlan, resolve_eps
+from engine.evaluation.plan import DEFAULT_STEP_SIZE, EvalPlan, resolve_eps, resolve_step_size
 from engine.evaluation.report import format_eps
 from engine.evaluation.robust import parse_attack, robust_mask
 from engine.evaluation.sanity import SanityWarning, run_checks
+from engine.run_dir import check_writable, write_json
 from engine.runtime import device_name
 from loaders.images import to_device_images
 
-__all__ = ["EvalPlan", "evaluate", "load_for_eval", "resolve_eps", "run_evaluation", "to_unit_tensors"]
+__all__ = ["EvalPlan", "evaluate", "load_for_eval", "resolve_eps", "resolve_step_size", "run_evaluation",
+           "to_unit_tensors"]
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +46,19 @@ def evaluate(
     *,
     model_path: str | None = None,
     progress: Callable[[str], None] | None = None,
+    on_partial: Callable[[dict], None] | None = None,
 ) -> dict:
     """Evaluates `model` on (images, labels) as `config` says and returns the report dict:
     sanity checks -> clean pass of the exact model -> clean pass on the backend -> each attack.
 
     images: (N, 3, H, W) float in [0, 1] on the model's device; labels (N,) int64.
+    `on_partial(report)` receives the report so far (`"complete": false`) after the clean pass
+    and after each attack, so a later failure never loses what was measured.
     """
     say = progress or (lambda _msg: None)
+    step_source = "plan"
+    if config.step_size is None:
+        config, step_source = dataclasses.replace(config, step_size=DEFAULT_STEP_SIZE), "default"
     head = min(len(images), config.batch_size)
     warnings: list[SanityWarning] = run_checks(model, images[:head], labels[:head])
     model.eval()
@@ -58,9 +67,19 @@ def evaluate(
     if config.backend != "eager":
         backend_entry, warning = _backend_pass(model, images, labels, clean, config, say)
         warnings += [warning] if warning else []
-    attacks = {name: _attack_pass(name, model, images, labels, clean, config, say)
-               for name in config.attacks if name != "clean"}
-    return _report(model_path, images, clean, clean_seconds, backend_entry, attacks, warnings, config)
+
+    def report(attacks: dict[str, dict], complete: bool) -> dict:
+        partial = _report(model_path, images, clean, clean_seconds, backend_entry, attacks, warnings, config,
+                          complete)
+        partial["step_size_source"] = step_source
+        return partial
+
+    attacks: dict[str, dict] = {}
+    for name in [a for a in config.attacks if a != "clean"]:
+        if on_partial is not None:
+            on_partial(report(attacks, complete=False))
+        attacks[name] = _attack_pass(name, model, images, labels, clean, config, say)
+    return report(attacks, complete=True)
 
 
 def _clean_pass(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: EvalPlan,
@@ -125,7 +144,7 @@ def _attack_pass(name: str, model: nn.Module, images: torch.Tensor, labels: torc
         say(f"{name} ({'cross-entropy' if spec.kind == 'pgd' else f'CW margin, kappa {config.kappa:g}'})")
         mask = robust_mask(model, images, labels, spec, eps=config.eps, step_size=config.step_size,
                            batch_size=config.batch_size, restarts=config.restarts, kappa=config.kappa)
-        entry = {"loss": "ce" if spec.kind == "pgd" else "cw", "steps": spec.steps,
+        entry = {"loss": "ce" if spec.kind == "pgd" else "cw", "eps": format_eps(config.eps), "steps": spec.steps,
                  "step_size": format_eps(config.step_size), "restarts": config.restarts,
                  "random_start": True}
         if spec.kind == "cw":
@@ -136,8 +155,10 @@ def _attack_pass(name: str, model: nn.Module, images: torch.Tensor, labels: torc
 
 
 def _report(model_path: str | None, images: torch.Tensor, clean: torch.Tensor, clean_seconds: float,
-            backend_entry: dict, attacks: dict[str, dict], warnings: list[SanityWarning], config: EvalPlan) -> dict:
-    """The RobustBench-style report: accuracies, the plan, where and when it ran."""
+            backend_entry: dict, attacks: dict[str, dict], warnings: list[SanityWarning], config: EvalPlan,
+            complete: bool = True) -> dict:
+    """The RobustBench-style report: accuracies, the plan, where and when it ran; an incomplete
+    one lists the attacks still to run under `pending`."""
     n, device = len(images), images.device
     clean_correct = int(clean.sum())
     report = {
@@ -145,6 +166,8 @@ def _report(model_path: str | None, images: torch.Tensor, clean: torch.Tensor, c
         "threat_model": "Linf",
         "eps": format_eps(config.eps),
         "eps_value": config.eps,
+        "step_size": format_eps(config.step_size),
+        "step_size_value": config.step_size,
         "n": n,
         "clean_acc": clean_correct / n if n else 0.0,
         "clean_correct": clean_correct,
@@ -152,6 +175,8 @@ def _report(model_path: str | None, images: torch.Tensor, clean: torch.Tensor, c
         "robust_acc": min([a["robust_acc"] for a in attacks.values()], default=None),
         "autoattack_acc": attacks["aa"]["robust_acc"] if "aa" in attacks else None,
         "attacks": attacks,
+        "complete": complete,
+        "pending": [a for a in config.attacks if a not in attacks and a != "clean"],
         "backend": backend_entry,
         "sanity_warnings": [w.to_dict() for w in warnings],
         "device": str(device),
@@ -196,11 +221,26 @@ def load_for_eval(model_path: str | Path, test_spec: str, config: EvalPlan) -> L
 
 
 def run_evaluation(model_path: str | Path, test_spec: str, config: EvalPlan,
-                   progress: Callable[[str], None] | None = None) -> dict:
-    """Loads model and test set, evaluates, and returns the report (with the test set named)."""
+                   progress: Callable[[str], None] | None = None, *, out: str | Path | None = None,
+                   extra: dict | None = None) -> dict:
+    """Loads model and test set, evaluates, and returns the report (with the test set named and
+    the `extra` fields). With `out`, the report is written there after each attack as well as at
+    the end; that the place is writable is checked before anything is loaded."""
+    if out is not None:
+        check_writable(out)
+    step_source = "option"
+    if config.step_size is None:
+        step, step_source = resolve_step_size(model_path, None)
+        config = dataclasses.replace(config, step_size=step)
     loaded = load_for_eval(model_path, test_spec, config)
+
+    def finish(report: dict) -> dict:
+        report.update(test={"spec": str(test_spec), "name": loaded.test_name}, notes=loaded.notes,
+                      step_size_source=step_source, **(extra or {}))
+        if out is not None:
+            write_json(out, report)
+        return report
+
     report = evaluate(loaded.model, loaded.images, loaded.labels, config, model_path=str(model_path),
-                      progress=progress)
-    report["test"] = {"spec": str(test_spec), "name": loaded.test_name}
-    report["notes"] = loaded.notes
-    return report
+                      progress=progress, on_partial=finish if out is not None else None)
+    return finish(report)

@@ -1,6 +1,7 @@
 """Madry adversarial training (AT) with routed auxiliary samples (AT+BiaMAT and variants).
 
-One PGD run attacks the combined batch [x_pri; x_aux] in train mode, maximising the routed sum:
+One PGD run attacks the combined batch [x_pri; x_aux] with BatchNorm on batch statistics
+(running statistics untouched unless attack.bn_stats = "every_forward"), maximising the routed sum:
 CE(f_pri, y) on primary samples, soft-CE(f_pri, uniform) on low, CE(f_aux, y_aux) on high.
 Loss = mean primary CE + alpha * (sum of routed auxiliary losses) / |B_aux|.
 """
@@ -44,7 +45,10 @@ def at_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepContext
     def attack_objective(x: torch.Tensor) -> torch.Tensor:
         return torch.cat(per_sample_losses(x))
 
-    with bn_mode(model, "train"), input_gradients_only(model):
+    # As the reference: the attack sees batch statistics; the running statistics move once,
+    # with the training forward below (attack.bn_stats = "every_forward": at every forward).
+    attack_bn = "batch" if ctx.attack.bn_stats == "step" else "train"
+    with bn_mode(model, attack_bn), input_gradients_only(model):
         x_adv = pgd_linf(attack_objective, x_nat, eps=ctx.attack.eps, step_size=ctx.attack.step_size,
                          steps=ctx.attack.steps, random_start=True, kernel_impl=ctx.kernel_impl)
     model.train()

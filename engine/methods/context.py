@@ -33,7 +33,9 @@ class StepContext:
     method: MethodConfig
     attack: AttackConfig
     in_warmup: bool
-    """True while epochs < warmup_epochs: auxiliary losses are weighted 0."""
+    """True while epochs < warmup_epochs: auxiliary losses are weighted 0. The trainer resolves
+    warmup_epochs to 0 outside biamat mode (`engine.config.resolve_warmup`), so only the
+    selection's warm-up ever sets it."""
     trunk: Callable[[torch.Tensor], torch.Tensor]
     """The model's feature extractor, possibly torch.compile'd: (N, 3, H, W) -> (N, D)."""
     autocast: Callable[[], ContextManager] = contextlib.nullcontext

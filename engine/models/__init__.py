@@ -6,7 +6,6 @@ given, it returns an eval-mode module mapping float NCHW inputs in [0, 1] to pri
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -14,7 +13,7 @@ import torch
 
 from engine.arch import parse_arch
 from engine.models.wideresnet import CIFAR10_MEAN, CIFAR10_STD, WideResNet
-from engine.run_dir import RunDir
+from engine.run_dir import RunDir, read_json
 
 def build(
     name: str,
@@ -78,8 +77,12 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> WideResNet:
         card_path = path.with_suffix(".json")
         if not card_path.exists():
             raise FileNotFoundError(f"{path} needs its model card {card_path} (architecture, classes)")
-        card = json.loads(card_path.read_text())
-        model = _from_card(card)
+        card = read_json(card_path)
+        try:
+            model = _from_card(card)
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{card_path}: not a biamat-engine model card ({type(err).__name__}: {err}); "
+                             "it needs architecture and num_classes") from None
         model.load_state_dict(load_file(str(path)))
     elif path.suffix == ".pt":
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

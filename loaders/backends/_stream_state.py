@@ -9,10 +9,11 @@ with the order's first samples, so error messages and batch counts agree across 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from loaders.options import LoaderOptions
-from loaders.types import DatasetInfo
+from loaders.types import DatasetInfo, check_label_range
 
 
 def check_sharding(name: str, batch_size: int, rank: int, world_size: int) -> None:
@@ -75,13 +76,16 @@ class ShardedStream(EpochPosition):
     every backend, and the epoch's batch count those imply.
 
     `name` is what error messages call the data (the dataset's name, or the .beton path);
-    `num_samples` is how many samples one epoch shards over the ranks."""
+    `labels` are the labels of the samples one epoch shards over the ranks, checked against the
+    class count here for every backend, before any training (or run directory) starts."""
 
     def __init__(
-        self, info: DatasetInfo, num_samples: int, *, name: str, batch_size: int, device, train: bool,
+        self, info: DatasetInfo, labels: np.ndarray, *, name: str, batch_size: int, device, train: bool,
         seed: int, drop_last: bool, rank: int, world_size: int, options: LoaderOptions,
     ) -> None:
         check_sharding(name, batch_size, rank, world_size)
+        check_label_range(np.asarray(labels), info.num_classes, name)
+        num_samples = len(labels)
         self.info = info
         self.options = options
         self.batch_size = batch_size

@@ -60,7 +60,7 @@ class DaliStream(ShardedStream):
     ) -> None:
         self._dali = import_dali()  # fail here, with the install hint, not at the first batch
         self._read = batch_reader(dataset)  # a TypeError naming what was passed instead of a dataset
-        super().__init__(dataset.info, len(dataset), name=dataset.name, batch_size=batch_size, device=device,
+        super().__init__(dataset.info, dataset.labels, name=dataset.name, batch_size=batch_size, device=device,
                          train=train, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size,
                          options=options)
         self._num_threads = _DEFAULT_THREADS if options.workers is None else options.workers

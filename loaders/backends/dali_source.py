@@ -53,7 +53,7 @@ class StreamedDataset(DescribedDataset):
         name: str | None = None,
     ) -> "StreamedDataset":
         """Streams the images of an (N, H, W, 3) uint8 `.npy` file through a memory map."""
-        images = np.load(images_path, mmap_mode="r")
+        images = np.load(images_path, mmap_mode="r", allow_pickle=False)
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(
                 f"{images_path}: expected (N, H, W, 3) uint8 images, got {images.shape} "

@@ -148,7 +148,8 @@ class FfcvStream(ShardedStream):
         self.samples = np.arange(index.num_samples, dtype=np.uint64) if indices is None else np.asarray(indices, np.uint64)
         if len(self.samples) and self.samples.max() >= index.num_samples:
             raise ValueError(f"{path}: indices reach {self.samples.max()}, the file holds {index.num_samples} samples")
-        super().__init__(beton_info(index), len(self.samples), name=self.path, batch_size=batch_size, device=device,
+        labels = index.metadata["label"][self.samples.astype(np.int64)].astype(np.int64)  # read without decoding pixels
+        super().__init__(beton_info(index), labels, name=self.path, batch_size=batch_size, device=device,
                          train=train, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size,
                          options=options)
         self.order = order if train else "sequential"

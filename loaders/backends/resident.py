@@ -54,7 +54,7 @@ class ResidentStream(ShardedStream):
     def __init__(self, dataset: ArrayDataset, *, batch_size: int, device, train: bool, seed: int,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1,
                  options: LoaderOptions = LoaderOptions()) -> None:
-        super().__init__(dataset.info, len(dataset), name=dataset.name, batch_size=batch_size, device=device,
+        super().__init__(dataset.info, dataset.labels, name=dataset.name, batch_size=batch_size, device=device,
                          train=train, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size,
                          options=options)
         if seed < 0:

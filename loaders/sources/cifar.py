@@ -8,13 +8,13 @@ uint8 with the red, green and blue planes of a 32x32 image in a row.
 
 from __future__ import annotations
 
-import pickle
 import tarfile
 from pathlib import Path
 
 import numpy as np
 
 from loaders.sources.base import SourceError, check_labels, planar_rows_to_hwc, sha256_files
+from loaders.sources.safe_pickle import safe_loads
 from loaders.types import ArrayDataset
 
 LAYOUT = {
@@ -41,7 +41,9 @@ URLS = {
 
 def _unpickle(blob: bytes, where: str) -> dict:
     try:
-        obj = pickle.loads(blob, encoding="bytes")
+        obj = safe_loads(blob, where, encoding="bytes")
+    except SourceError:
+        raise
     except Exception as err:  # truncated files raise EOFError, UnpicklingError, ValueError, ...
         raise SourceError(f"{where}: truncated or not a pickled CIFAR batch ({type(err).__name__}: {err})") from None
     if not isinstance(obj, dict):

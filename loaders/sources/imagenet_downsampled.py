@@ -13,13 +13,13 @@ classes into 100 and the other 900, relabelled 0..K-1 in the order of the origin
 from __future__ import annotations
 
 import hashlib
-import pickle
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from loaders.sources.base import ChunkedSource, SourceError, planar_rows_to_hwc
+from loaders.sources.safe_pickle import safe_loads
 from loaders.types import ArrayDataset
 
 NUM_CLASSES = 1000
@@ -63,7 +63,9 @@ def _load_batch(path: Path, digest) -> tuple[np.ndarray, np.ndarray]:
 
             with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
                 return npz["data"], npz["labels"]
-        batch = pickle.loads(blob)
+        batch = safe_loads(blob, str(path))
+    except SourceError:
+        raise
     except Exception as err:  # truncated files raise EOFError, UnpicklingError, BadZipFile, KeyError...
         raise SourceError(
             f"{path}: truncated or not a downsampled-ImageNet batch ({type(err).__name__}: {err}); "

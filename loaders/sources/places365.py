@@ -48,6 +48,10 @@ def _read_list(source: Path, split: str, num_classes: int) -> tuple[Path, list[t
         if not 0 <= label < num_classes:
             raise SourceError(f"{list_path}:{number}: label {label} outside [0, {num_classes})")
         rel = parts[0].lstrip("/")
+        if ".." in Path(rel).parts:
+            # A list is data, not a licence to read anywhere: every image lies under the source.
+            raise SourceError(f"{list_path}:{number}: {rel!r} leaves the source folder {source}; "
+                              "entries are paths below it")
         path = next((r / rel for r in roots if (r / rel).is_file()), None)
         if path is None:
             raise SourceError(f"{list_path}:{number}: image {rel} not found under {', '.join(map(str, roots))}")

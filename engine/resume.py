@@ -1,0 +1,52 @@
+"""What a resumed run may change, and what it may not.
+
+`--resume` continues the run its checkpoint describes. Settings that only say how or how long
+it runs can change between sessions; anything that defines what is trained (data, model,
+method, attack, schedule shape, batch sizes, the seed of the data order) cannot, because the
+checkpoint's weights, optimiser state, omega and loader position were produced under them. A
+refused change is listed key by key, before anything is loaded into the model or written.
+"""
+
+from __future__ import annotations
+
+from engine.config import ConfigError
+
+# `optim.epochs` extends (or ends) a run; the runtime decides where and how fast it runs, not
+# what it computes (runtime.seed excepted: it orders the data); the loader backend and its
+# workers read the same samples in the same order; eval.every and eval.batch_size change
+# neither the training nor what model selection measures.
+SAFE_TO_CHANGE = frozenset({
+    "optim.epochs", "data.loader", "data.num_workers", "eval.every", "eval.batch_size",
+    "runtime.device", "runtime.precision", "runtime.compile", "runtime.channels_last", "runtime.kernels",
+    "runtime.deterministic",
+})
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changes_on_resume(saved: dict, requested: dict, where: str) -> dict[str, list]:
+    """{key: [saved, requested]} for every setting that differs between the checkpoint's config
+    and the requested one (saved None: a setting the checkpoint predates); a ConfigError naming
+    `where` and every unsafe key when any that the checkpoint holds differs and `SAFE_TO_CHANGE`
+    does not allow it."""
+    before, after = _flatten(saved), _flatten(requested)
+    changed = {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after))
+               if before.get(k) != after.get(k)}
+    # A key the checkpoint lacks is a setting a later engine version added: the run takes its
+    # value (recorded with the other changes); the settings it was trained under still hold.
+    refused = {k: v for k, v in changed.items() if k not in SAFE_TO_CHANGE and k in before}
+    if refused:
+        listed = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in refused.items())
+        raise ConfigError(
+            f"--resume of {where} would change what the run trains ({listed}). Drop those flags, or start "
+            f"a new run (another --out, or --overwrite). A resume may change only: {', '.join(sorted(SAFE_TO_CHANGE))}"
+        )
+    return changed
