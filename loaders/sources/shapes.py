@@ -11,13 +11,14 @@ classes (10 by default, up to 16), and `difficulty` (0 by default, up to 3; see
   8/255 attack ball, so a non-robust feature) added to a share of train images; test images
   carry the signature of a random class.
 
-With difficulty 0 and 10 classes the sets are exactly the original ones:
+With difficulty 0 and 10 classes the sets are exactly the original ones (the `difficulty`
+0 renderer draws the same random numbers in the same order):
 
 - primary: ten geometric shapes (circle, square, triangle, ...) at a random position, scale,
   small rotation, random foreground and background colours, a background gradient and pixel
   noise. A small CNN learns them, but colour and position carry no label information.
-- aux: `classes` + 10 classes. The first `classes` are *related*: the primary's shapes again, drawn in
-  another domain (striped fill, smooth-noise background), so they share the primary's robust
+- aux: `classes` + 10 classes. The first `classes` are *related*: the primary's shapes
+  again, drawn in another domain (striped fill, smooth-noise background), so they share the primary's robust
   shape features. The last ten are *unrelated* textures (checkerboards, stripes at random
   angles, smooth noise, gradients, ...) that contain none of the shapes. `meta["related"]`
   records which is which, in class order; this is what BiaMAT's confidence test should find.
