@@ -16,11 +16,12 @@ EPILOG = (
     "  biamat-engine prepare cifar100 data/cifar-100-python.tar.gz data/cifar100-test.beton --split test\n\n"
     "  biamat-engine prepare imgnet100 data/Imagenet32 data/imgnet100.beton --size 32 --seed 0\n\n"
     "  biamat-engine prepare places365 data/places365_standard data/places365-32.beton --workers 8\n\n"
-    "  biamat-engine prepare shapes primary data/shapes-train.beton"
+    "  biamat-engine prepare shapes primary data/shapes-train.beton\n\n"
+    "  biamat-engine prepare shapes primary data/shapes-hard.beton --n 800 --difficulty 2 --classes 16"
 )
 
 
-DATASET, READING = "Dataset", "Reading"
+DATASET, READING, SHAPES = "Dataset", "Reading", "Shapes generator"
 
 
 def prepare_command(
@@ -42,6 +43,15 @@ def prepare_command(
         "--skip-bad", help="Image folders: skip unreadable images and list them.", rich_help_panel=READING)] = False,
     workers: Annotated[int, typer.Option(
         min=1, help="Processes decoding and resizing images.", rich_help_panel=READING)] = 1,
+    n: Annotated[Optional[int], typer.Option(
+        "--n", min=0, help="shapes: images to generate (default 5000 train, 1000 test).",
+        rich_help_panel=SHAPES)] = None,
+    difficulty: Annotated[Optional[int], typer.Option(
+        min=0, max=3, help="shapes: 0 plain .. 3 clutter, noise and train-only colour/texture shortcuts.",
+        rich_help_panel=SHAPES)] = None,
+    classes: Annotated[Optional[int], typer.Option(
+        min=2, max=16, help="shapes: primary shape classes (aux: as many related + 10 unrelated).",
+        rich_help_panel=SHAPES)] = None,
 ) -> None:
     """Convert one split of a published dataset into a .beton file and its manifest.
 
@@ -52,8 +62,9 @@ def prepare_command(
 
     if out.suffix != ".beton":
         raise typer.BadParameter(f"{out}: the output must end in .beton", param_hint="OUT")
+    knobs = {k: v for k, v in (("n", n), ("difficulty", difficulty), ("classes", classes)) if v is not None}
     data = read_source(format, source, split, size, download=download, coarse=coarse,
-                       skip_bad=skip_bad, workers=workers, seed=seed)
+                       skip_bad=skip_bad, workers=workers, seed=seed, shapes=knobs)
     manifest = _write(out, data, format, split, source)
     console.print(f"wrote {out}: {manifest['count']} images {manifest['image_size']}x{manifest['image_size']}, "
                   f"{manifest['num_classes']} classes ({manifest['name']})")

@@ -11,6 +11,10 @@ its JSON and JSON-lines writers, and its configuration read back through the con
 
 A model folder (model.safetensors + model.json) has the same two names wherever it is written:
 in a run directory or in an export. Nothing else in the engine spells these names.
+
+`biamat-engine demo --out DIR` writes a demo folder (`DemoDir`): DIR/demo.json (settings and
+results; written first, so it marks the folder as the demo's own), DIR/data/ (the generated
+.beton files) and one run directory per arm (DIR/at/, DIR/biamat/).
 """
 
 from __future__ import annotations
@@ -87,6 +91,37 @@ class RunDir:
 
     def read_config(self) -> "TrainConfig":
         return read_config(self.root)
+
+
+@dataclass(frozen=True)
+class DemoDir:
+    """Where the files of `biamat-engine demo --out DIR` live."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "demo.json"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def arm(self, name: str) -> RunDir:
+        return RunDir(self.root / name)
+
+    def claim(self) -> None:
+        """Makes sure the demo may write here: the folder is new, empty, or a demo's own (it
+        holds demo.json). Anything else is someone's data, and a demo never replaces it."""
+        if self.summary.is_file() or not self.root.exists() or not any(self.root.iterdir()):
+            return
+        if not self.root.is_dir():
+            raise ValueError(f"{self.root} is a file; pick another --out for the demo")
+        raise ValueError(f"{self.root} is not empty and holds no {self.summary.name}, so it is not a demo's "
+                         f"output; pick another --out (the demo replaces only its own earlier results)")
 
 
 def check_writable(path: str | Path) -> None:

@@ -3,7 +3,8 @@
 A dataset spec is one of:
 
 - `shapes:primary` or `shapes:aux`, optionally with generator options after a `?`, joined
-  by `&`: `shapes:aux?n=2000&size=32&seed=3` (options: n, size, seed; see
+  by `&`: `shapes:aux?n=2000&size=32&seed=3&difficulty=2&classes=16` (options: n, size, seed,
+  difficulty, classes; see
   `loaders.sources.shapes.make_shapes`);
 - a path to a `.beton` file written by `biamat-engine prepare`;
 - a path to a `.npz` file with arrays `images` (N, H, W, 3) uint8 and `labels` (N,) int, and
@@ -23,7 +24,7 @@ from loaders.types import ArrayDataset
 BACKENDS = ("resident", "ffcv", "dali")
 SPEC_FORMS = ("shapes:primary", "shapes:aux", "shapes:KIND?n=N&size=S&seed=K",
               "PATH.beton", "PATH.npz")
-_SHAPES_OPTIONS = ("n", "size", "seed")
+_SHAPES_OPTIONS = ("n", "size", "seed", "difficulty", "classes")
 
 
 def open_dataset(spec: str, split: str) -> ArrayDataset:
@@ -50,7 +51,15 @@ def open_dataset(spec: str, split: str) -> ArrayDataset:
 
 
 def _open_shapes(spec: str, split: str) -> ArrayDataset:
-    from loaders.sources.shapes import KINDS, make_shapes
+    from loaders.sources.shapes import make_shapes
+
+    kind, options = parse_shapes_spec(spec)
+    return make_shapes(kind, split, **options)
+
+
+def parse_shapes_spec(spec: str) -> tuple[str, dict[str, int]]:
+    """`shapes:KIND?key=value&...` -> (KIND, {key: int value}); a ValueError names the spec."""
+    from loaders.sources.shapes import KINDS
 
     kind, _, query = spec.removeprefix("shapes:").partition("?")
     if kind not in KINDS:
@@ -66,7 +75,7 @@ def _open_shapes(spec: str, split: str) -> ArrayDataset:
             options[key] = int(value)
         except ValueError:
             raise ValueError(f"dataset {spec!r}: option {key} must be an integer, got {value!r}")
-    return make_shapes(kind, split, **options)
+    return kind, options
 
 
 def _open_npz(path: Path, split: str) -> ArrayDataset:

@@ -135,18 +135,56 @@ def test_demo_selection_summary_groups_related_and_unrelated_classes(tmp_path):
     ]
 
 
-def test_demo_runs_the_whole_pipeline_on_tiny_shapes(tmp_path):
+TINY_DEMO = ("--device", "cpu", "--epochs", "2", "--n", "64", "--aux-size", "64", "--test-size", "32")
+
+
+def test_demo_trains_both_arms_side_by_side_and_prints_one_table(tmp_path):
     out = tmp_path / "demo"
-    result = invoke("demo", "--out", str(out), "--device", "cpu", "--epochs", "2", "--train-size", "64",
-                    "--test-size", "32")
+    result = invoke("demo", "--out", str(out), *TINY_DEMO)
     assert result.exit_code == 0, result.output
-    for name in ("config.toml", "metrics.jsonl", "selection.jsonl", "last.pt", "model.safetensors", "eval.json"):
-        assert (out / name).is_file(), name
+    for arm in ("at", "biamat"):
+        for name in ("config.toml", "metrics.jsonl", "last.pt", "model.safetensors", "eval.json"):
+            assert (out / arm / name).is_file(), (arm, name)
+    assert (out / "biamat" / "selection.jsonl").is_file()
+    # Same model, seed, primary data and epochs; the auxiliary set only in the second arm.
+    at, bia = (tomllib.loads((out / arm / "config.toml").read_text()) for arm in ("at", "biamat"))
+    for section, key in (("model", "name"), ("runtime", "seed"), ("data", "primary"), ("data", "test"),
+                         ("optim", "epochs")):
+        assert at[section][key] == bia[section][key], (section, key)
+    assert at["method"]["aux_mode"] == "none" and not at["data"]["aux"]
+    assert bia["method"]["aux_mode"] == "biamat" and len(bia["data"]["aux"]) == 1
     assert len(list((out / "data").glob("*.beton"))) == 3
-    report = json.loads((out / "eval.json").read_text())
-    assert report["n"] == 32 and set(report["attacks"]) == {"pgd20"}
-    assert 0.0 <= report["attacks"]["pgd20"]["robust_acc"] <= report["clean_acc"] <= 1.0
-    assert "pgd20" in result.output and "clean" in result.output
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["status"] == "done" and set(summary["results"]) == {"at", "biamat"}
+    for arm, r in summary["results"].items():
+        report = json.loads((out / arm / "eval.json").read_text())
+        assert report["n"] == r["n"] == 32 and set(report["attacks"]) == {"pgd20"}
+        assert 0.0 <= r["robust_acc"] == report["attacks"]["pgd20"]["robust_acc"] <= r["clean_acc"] <= 1.0
+    # One table: both arms, the difference, then the selection table and the verdict line.
+    for text in ("plain AT", "AT+BiaMAT", "difference", "PGD-20", "related to the primary classes",
+                 "unrelated", summary["verdict"][:30]):
+        assert text in result.stdout, text
+    # Running again replaces the demo's own earlier results.
+    assert invoke("demo", "--out", str(out), *TINY_DEMO).exit_code == 0
+
+
+def test_demo_only_runs_one_arm_and_a_new_seed_writes_new_data(tmp_path):
+    out = tmp_path / "demo"
+    result = invoke("demo", "--out", str(out), "--only", "at", "--seed", "1", *TINY_DEMO)
+    assert result.exit_code == 0, result.output
+    assert (out / "at" / "eval.json").is_file() and not (out / "biamat").exists()
+    assert "plain AT" in result.stdout and "difference" not in result.stdout
+    assert all("seed1" in p.name for p in (out / "data").glob("*.beton"))
+    assert invoke("demo", "--out", str(out), "--only", "at", "--seed", "2", *TINY_DEMO).exit_code == 0
+    assert len(list((out / "data").glob("*seed2.beton"))) == 2  # the AT arm needs no auxiliary file
+    assert invoke("demo", "--only", "pgd").exit_code == 2
+
+
+def test_demo_refuses_a_folder_that_is_not_its_own(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = invoke("demo", "--out", str(tmp_path), *TINY_DEMO)
+    assert result.exit_code == 1 and str(tmp_path) in result.output and "demo.json" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_a_new_run_never_replaces_an_existing_one_without_overwrite(tmp_path):

@@ -40,7 +40,7 @@ def test_aux_meta_marks_half_related_with_matching_names():
     for name, is_related in zip(aux.class_names, related):
         assert is_related == any(name.startswith(s + "-") for s in SHAPE_NAMES), name
         assert is_related != name.startswith("texture-"), name
-    assert class_names("primary") == make_shapes("primary", n=10).class_names == SHAPE_NAMES
+    assert class_names("primary") == make_shapes("primary", n=10).class_names == SHAPE_NAMES[:10]
 
 
 def test_train_and_test_splits_differ():
@@ -120,3 +120,118 @@ def test_open_dataset_errors_name_the_spec_and_forms(spec, message):
     with pytest.raises(ValueError, match=message) as info:
         open_dataset(spec, "train")
     assert repr(spec) in str(info.value)
+
+
+# ---------------------------------------------------------------- difficulty and classes knobs
+
+@pytest.mark.parametrize("kind", ["primary", "aux"])
+def test_knobs_are_deterministic_and_change_the_images(kind):
+    a = make_shapes(kind, "train", n=120, size=16, seed=4, difficulty=2, classes=16)
+    b = make_shapes(kind, "train", n=120, size=16, seed=4, difficulty=2, classes=16)
+    assert a.images.tobytes() == b.images.tobytes() and a.labels.tobytes() == b.labels.tobytes()
+    assert not np.array_equal(a.images, make_shapes(kind, "train", n=120, size=16, seed=4, difficulty=3,
+                                                    classes=16).images)
+    # The defaults are difficulty 0 and 10 classes: the original sets.
+    plain = make_shapes(kind, "train", n=60, size=16, seed=4)
+    assert plain.images.tobytes() == make_shapes(kind, "train", n=60, size=16, seed=4, difficulty=0,
+                                                 classes=10).images.tobytes()
+    assert a.meta["difficulty"] == 2 and a.meta["classes"] == 16 and plain.meta["difficulty"] == 0
+    assert a.meta["difficulty_settings"]["clutter"] == 2
+
+
+def test_classes_knob_sets_the_primary_and_related_auxiliary_classes():
+    primary = make_shapes("primary", "test", n=64, size=16, classes=16)
+    aux = make_shapes("aux", "test", n=64, size=16, classes=16, difficulty=1)
+    assert primary.class_names == SHAPE_NAMES[:16] and primary.num_classes == 16
+    assert aux.num_classes == 26 and sum(aux.meta["related"]) == 16
+    assert aux.meta["related_to"][:16] == SHAPE_NAMES[:16] and aux.meta["related_to"][16:] == [None] * 10
+    # Unrelated class j shares (only) the colour/signature statistics of primary class j mod 16.
+    assert aux.meta["shares_statistics_of"][16:] == SHAPE_NAMES[:10]
+    assert make_shapes("primary", n=30, size=16, classes=3).class_names == SHAPE_NAMES[:3]
+
+
+@pytest.mark.parametrize("difficulty", [0, 1, 3])
+def test_a_related_auxiliary_class_draws_its_primary_class_shape_family(difficulty, monkeypatch):
+    from loaders.sources import shapes
+
+    drawn: dict[str, set] = {"primary": set(), "aux": set()}
+    render = shapes._render_shape
+
+    def spy(name, m, *args, **kwargs):
+        drawn[kind].add((name, m))
+        return render(name, m, *args, **kwargs)
+
+    monkeypatch.setattr(shapes, "_render_shape", spy)
+    kind = "primary"
+    primary = make_shapes("primary", "train", n=160, size=16, difficulty=difficulty, classes=16)
+    kind = "aux"
+    aux = make_shapes("aux", "train", n=260, size=16, difficulty=difficulty, classes=16)
+    # The labelled shape of primary class k and of related auxiliary class k is family k; the
+    # unrelated classes draw no labelled shape at all (their images are textures).
+    per_class = lambda ds: {(ds.class_names[c].removesuffix("-textured"), int((ds.labels == c).sum()))  # noqa: E731
+                            for c in range(16)}
+    assert drawn["primary"] == per_class(primary)
+    assert drawn["aux"] == per_class(aux)
+
+
+def test_related_aux_classes_resemble_their_primary_shapes_under_clutter():
+    primary = make_shapes("primary", "train", n=1000, seed=1, difficulty=3)
+    aux = make_shapes("aux", "train", n=2000, seed=1, difficulty=3)
+    corr = _class_layouts(aux) @ _class_layouts(primary).T  # (20 aux classes, 10 primary classes)
+    related = np.array(aux.meta["related"])
+    own_shape = corr[related, np.arange(10)]
+    assert own_shape.min() > corr[~related].max(), (own_shape, corr[~related].max())
+
+
+def _signature_scores(ds, classes: int) -> np.ndarray:
+    """(C, C): how strongly the mean image of class c (minus the overall mean) projects on the
+    signature of class k."""
+    from loaders.sources.shapes import _grid, _signature
+
+    x = ds.images.astype(np.float32) / 255
+    grid = _grid(x.shape[1])
+    sigs = np.stack([_signature(k, grid).ravel() for k in range(classes)])  # (C, S*S*3)
+    sigs /= np.linalg.norm(sigs, axis=1, keepdims=True)
+    centred = np.stack([x[ds.labels == c].mean(0).ravel() for c in range(classes)]) - x.mean(0).ravel()
+    return centred @ sigs.T
+
+
+def test_the_class_signature_predicts_the_label_on_train_but_not_on_test():
+    train = make_shapes("primary", "train", n=1600, size=16, seed=2, difficulty=3, classes=16)
+    test = make_shapes("primary", "test", n=1600, size=16, seed=2, difficulty=3, classes=16)
+    on_train, on_test = _signature_scores(train, 16), _signature_scores(test, 16)
+    assert (on_train.argmax(1) == np.arange(16)).all()
+    # On test the signatures are drawn at random: the own-class score is no larger than the rest.
+    assert np.diag(on_test).mean() < 0.25 * np.diag(on_train).mean()
+    # The unrelated auxiliary classes carry their assigned primary class's signature.
+    aux = make_shapes("aux", "train", n=2600, size=16, seed=2, difficulty=3, classes=16)
+    scores = _signature_scores(aux, 26)[16:, :16]
+    assert (scores.argmax(1) == np.arange(10)).all()
+
+
+@pytest.mark.parametrize("knobs,message", [({"difficulty": 4}, "difficulty"), ({"classes": 17}, "classes"),
+                                           ({"classes": 1}, "classes")])
+def test_bad_knobs_name_the_knob_and_range(knobs, message):
+    with pytest.raises(ValueError, match=message):
+        make_shapes("primary", n=8, **knobs)
+
+
+def test_prepare_records_the_knobs_in_the_manifest_and_a_spec_reads_the_same_images(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    out = tmp_path / "hard.beton"
+    done = CliRunner().invoke(app, ["prepare", "shapes", "aux", str(out), "--size", "32", "--seed", "3",
+                                    "--n", "52", "--difficulty", "2", "--classes", "12"])
+    assert done.exit_code == 0, done.output
+    meta = json.loads(out.with_suffix(".beton.json").read_text())["meta"]
+    assert (meta["difficulty"], meta["classes"], meta["seed"]) == (2, 12, 3)
+    assert meta["difficulty_settings"]["noise"] == 0.10
+    ref = open_dataset("shapes:aux?n=52&seed=3&difficulty=2&classes=12", "train")
+    np.testing.assert_array_equal(open_dataset(str(out), "train").images, ref.images)
+    refused = CliRunner().invoke(app, ["prepare", "cifar10", str(tmp_path), str(tmp_path / "c.beton"),
+                                       "--difficulty", "2"])
+    assert refused.exit_code == 1 and "shapes format only" in refused.output

@@ -75,7 +75,7 @@ def _imagefolder(source, split, *, size=32, skip_bad=False, workers=1, **_):
     return read_imagefolder(source, split, size=size, skip_bad=skip_bad, workers=workers)
 
 
-def _shapes(source, split, *, size=32, seed=0, **_):
+def _shapes(source, split, *, size=32, seed=0, shapes=None, **_):
     from loaders.sources.shapes import make_shapes
 
     kind = str(source)
@@ -83,7 +83,10 @@ def _shapes(source, split, *, size=32, seed=0, **_):
         raise SourceError(f"shapes: SOURCE must be 'primary' or 'aux', got {kind!r}")
     if split not in ("train", "test"):
         raise SourceError(f"shapes: split must be 'train' or 'test', got {split!r}")
-    return make_shapes(kind, split, size=size, seed=seed)
+    try:
+        return make_shapes(kind, split, size=size, seed=seed, **(shapes or {}))
+    except ValueError as e:
+        raise SourceError(str(e)) from None
 
 
 _IMAGENET_HELP = "folder with train_data_batch_1..10 / val_data (pickled or .npz) from image-net.org (Downsampled ImageNet)"
@@ -111,8 +114,11 @@ DOWNLOADABLE = ("cifar10", "cifar100", "svhn")
 def read_source(
     format: str, source: str | Path, split: str = "train", size: int | None = None, *,
     download: bool = False, coarse: bool = False, skip_bad: bool = False, workers: int = 1, seed: int = 0,
+    shapes: dict | None = None,
 ) -> ArrayDataset | ChunkedSource:
-    """Reads SOURCE in FORMAT; raises SourceError naming the file and what was expected."""
+    """Reads SOURCE in FORMAT; raises SourceError naming the file and what was expected.
+
+    `shapes`: the shapes generator's own knobs (n, difficulty, classes), for that format only."""
     if format not in SOURCES:
         raise SourceError(f"unknown format {format!r}; expected one of {', '.join(SOURCES)}")
     spec = SOURCES[format]
@@ -123,8 +129,10 @@ def read_source(
         raise SourceError(f"{format}: --download covers {', '.join(DOWNLOADABLE)} only; get SOURCE by hand: {spec.source_help}")
     if coarse and format != "cifar100":
         raise SourceError("--coarse applies to cifar100 only")
+    if shapes and format != "shapes":
+        raise SourceError(f"--{' --'.join(shapes)} apply to the shapes format only")
     return spec.read(source, split, size=size, download=download, coarse=coarse,
-                     skip_bad=skip_bad, workers=workers, seed=seed)
+                     skip_bad=skip_bad, workers=workers, seed=seed, shapes=shapes)
 
 
 __all__ = ["SOURCES", "SourceSpec", "SourceError", "ChunkedSource", "read_source"]

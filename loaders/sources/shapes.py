@@ -1,15 +1,31 @@
-"""The built-in `shapes` datasets: a 10-class primary set and a 20-class auxiliary set.
+"""The built-in `shapes` datasets: a primary set of shape classes and an auxiliary set.
 
 Generated from a seed with numpy alone, so the demo and the tests need no download.
+Two knobs shape the task (both recorded in `meta`): `classes`, the number of primary shape
+classes (10 by default, up to 16), and `difficulty` (0 by default, up to 3; see
+`DIFFICULTIES`), which adds clutter, pixel noise and two train-only shortcuts:
+
+- a class colour: on train, a share of each class's shapes is drawn in that class's own
+  colour; on test colours are random, so a model that learned colour is wrong there;
+- a faint class signature: a fixed low-amplitude grating per class (6/255 per pixel, inside the
+  8/255 attack ball, so a non-robust feature) added to a share of train images; test images
+  carry the signature of a random class.
+
+With difficulty 0 and 10 classes the sets are exactly the original ones (the `difficulty`
+0 renderer draws the same random numbers in the same order):
 
 - primary: ten geometric shapes (circle, square, triangle, ...) at a random position, scale,
   small rotation, random foreground and background colours, a background gradient and pixel
   noise. A small CNN learns them, but colour and position carry no label information.
-- aux: twenty classes. The first ten are *related*: the primary's shapes again, drawn in
-  another domain (striped fill, smooth-noise background), so they share the primary's robust
+- aux: `classes` + 10 classes. The first `classes` are *related*: the primary's shapes
+  again, drawn in another domain (striped fill, smooth-noise background), so they share the primary's robust
   shape features. The last ten are *unrelated* textures (checkerboards, stripes at random
   angles, smooth noise, gradients, ...) that contain none of the shapes. `meta["related"]`
   records which is which, in class order; this is what BiaMAT's confidence test should find.
+  With difficulty > 0 both groups carry the train split's colour and signature statistics
+  (unrelated class j those of primary class j mod `classes`): the related classes share the
+  primary's robust features (shapes) and its non-robust ones, the unrelated ones only the
+  non-robust ones, the two kinds of auxiliary data of the paper's Section 2.1.
 
 Every image is rendered as whole-array numpy operations per class (no per-pixel loops);
 10k 32x32 images take about a second.
@@ -17,6 +33,7 @@ Every image is rendered as whole-array numpy operations per class (no per-pixel 
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
@@ -26,7 +43,10 @@ from loaders.types import ArrayDataset
 SHAPE_NAMES = [
     "circle", "square", "triangle", "cross", "ring",
     "horizontal-bar", "vertical-bar", "diamond", "plus", "star",
+    # Only with classes > 10:
+    "hexagon", "crescent", "ell", "tee", "arrow", "half-disc",
 ]
+DEFAULT_CLASSES = 10
 TEXTURE_NAMES = [
     "checker", "stripes", "plaid", "zigzag", "smooth-noise",
     "white-noise", "gradient", "blocks", "speckle", "waves",
@@ -43,55 +63,111 @@ _SPLIT_ID = {"train": 0, "test": 1}
 # Rotations stay small so that the axis-aligned pairs (square/diamond, plus/cross,
 # horizontal/vertical bar) remain distinct classes.
 _MAX_ROTATION = np.pi / 12
-_NOISE_STD = 0.06
 
 
-def class_names(kind: str) -> list[str]:
+@dataclass(frozen=True)
+class Difficulty:
+    """What one `difficulty` level adds to the images."""
+
+    clutter: int
+    """Small distractor shapes (any family, random colours) drawn under the labelled shape."""
+    noise: float
+    """Standard deviation of the per-pixel Gaussian noise, in [0, 1] units."""
+    colour_bias: float
+    """Share of train images whose shape is drawn in its class's own colour (test: never)."""
+    signature: float
+    """Share of images carrying a faint class grating: their own class's on train, a random
+    class's on test."""
+
+
+DIFFICULTIES = (
+    Difficulty(clutter=0, noise=0.06, colour_bias=0.0, signature=0.0),
+    Difficulty(clutter=1, noise=0.08, colour_bias=0.5, signature=0.5),
+    Difficulty(clutter=2, noise=0.10, colour_bias=0.7, signature=0.7),
+    Difficulty(clutter=3, noise=0.12, colour_bias=0.9, signature=0.9),
+)
+# Inside the 8/255 ball the demo trains and attacks with: an attacker can erase or forge it,
+# so it is a non-robust feature, yet over a whole image a linear filter finds it easily.
+SIGNATURE_AMPLITUDE = 6 / 255
+
+
+def class_names(kind: str, classes: int = DEFAULT_CLASSES) -> list[str]:
     """Class names of a `shapes` set, in label order."""
     _check_kind(kind)
+    _check_classes(classes)
     if kind == "primary":
-        return list(SHAPE_NAMES)
-    return [f"{s}-textured" for s in SHAPE_NAMES] + [f"texture-{t}" for t in TEXTURE_NAMES]
+        return list(SHAPE_NAMES[:classes])
+    return [f"{s}-textured" for s in SHAPE_NAMES[:classes]] + [f"texture-{t}" for t in TEXTURE_NAMES]
 
 
 def make_shapes(kind: str = "primary", split: str = "train", n: int | None = None,
-                size: int = 32, seed: int = 0) -> ArrayDataset:
+                size: int = 32, seed: int = 0, difficulty: int = 0,
+                classes: int = DEFAULT_CLASSES) -> ArrayDataset:
     """Generates one split of a `shapes` set; the same arguments give identical arrays.
 
-    kind: "primary" (10 shape classes) or "aux" (10 related + 10 unrelated classes).
+    kind: "primary" (`classes` shape classes) or "aux" (`classes` related + 10 unrelated).
     n: number of images (default 5000 for train, 1000 for test); classes are balanced
     (counts differ by at most one) and shuffled.
+    difficulty: 0..3, an index into `DIFFICULTIES`; classes: 2..16 primary shape classes.
     """
     _check_kind(kind)
+    _check_classes(classes)
     if split not in SPLITS:
         raise ValueError(f"shapes: unknown split {split!r}; expected one of {SPLITS}")
+    if not 0 <= difficulty < len(DIFFICULTIES):
+        raise ValueError(f"shapes: difficulty must be 0..{len(DIFFICULTIES) - 1}, got {difficulty}")
     if n is None:
         n = DEFAULT_N[(kind, split)]
     if n < 0 or size < 8:
         raise ValueError(f"shapes: need n >= 0 and size >= 8, got n={n}, size={size}")
 
     rng = np.random.default_rng([seed, _KIND_ID[kind], _SPLIT_ID[split]])
-    names = class_names(kind)
+    names = class_names(kind, classes)
     labels = rng.permutation(np.arange(n) % len(names)).astype(np.int64)
     images = np.empty((n, size, size, 3), np.uint8)
     grid = _grid(size)
+    style = _Style(DIFFICULTIES[difficulty], classes, split)
     for label, name in enumerate(names):
         index = np.flatnonzero(labels == label)
         if len(index) == 0:
             continue
-        images[index] = _to_uint8(_render(kind, label, len(index), grid, rng), rng)
+        images[index] = _to_uint8(_render(kind, label, len(index), grid, rng, style), rng, style.level.noise)
 
-    related = [i < len(SHAPE_NAMES) for i in range(len(names))] if kind == "aux" else []
-    meta = {"kind": kind, "split": split, "seed": seed, "size": size, "generator": "shapes"}
+    related = [i < classes for i in range(len(names))] if kind == "aux" else []
+    meta = {"kind": kind, "split": split, "seed": seed, "size": size, "generator": "shapes",
+            "difficulty": difficulty, "classes": classes}
+    if difficulty:
+        meta["difficulty_settings"] = asdict(DIFFICULTIES[difficulty]) | {
+            "signature_amplitude": SIGNATURE_AMPLITUDE}
     if kind == "aux":
         meta["related"] = related
         meta["related_to"] = [SHAPE_NAMES[i] if r else None for i, r in enumerate(related)]
+        if difficulty:
+            # Which primary class's colour and signature each auxiliary class carries on train.
+            meta["shares_statistics_of"] = [SHAPE_NAMES[i % classes] for i in range(len(names))]
     return ArrayDataset(images, labels, names, name=f"shapes-{kind}", meta=meta)
+
+
+@dataclass(frozen=True)
+class _Style:
+    level: Difficulty
+    classes: int
+    split: str
+
+    @property
+    def plain(self) -> bool:
+        """Difficulty 0: the original renderer, draw for draw."""
+        return self.level == DIFFICULTIES[0]
 
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"shapes: unknown kind {kind!r}; expected one of {KINDS}")
+
+
+def _check_classes(classes: int) -> None:
+    if not 2 <= classes <= len(SHAPE_NAMES):
+        raise ValueError(f"shapes: classes must be 2..{len(SHAPE_NAMES)}, got {classes}")
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,19 +176,60 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return g[:, None], g[None, :]
 
 
-def _to_uint8(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _to_uint8(image: np.ndarray, rng: np.random.Generator, noise: float) -> np.ndarray:
     """(m, S, S, 3) float -> uint8 with pixel noise, so no two images are exactly alike."""
-    noisy = image + rng.normal(0.0, _NOISE_STD, image.shape).astype(np.float32)
+    noisy = image + rng.normal(0.0, noise, image.shape).astype(np.float32)
     return (np.clip(noisy, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def _render(kind: str, label: int, m: int, grid, rng: np.random.Generator) -> np.ndarray:
+def _render(kind: str, label: int, m: int, grid, rng: np.random.Generator, style: _Style) -> np.ndarray:
     """(m, S, S, 3) float32 images of one class."""
-    if kind == "primary":
-        return _render_shape(SHAPE_NAMES[label], m, grid, rng, textured=False)
-    if label < len(SHAPE_NAMES):
-        return _render_shape(SHAPE_NAMES[label], m, grid, rng, textured=True)
-    return _TEXTURES[TEXTURE_NAMES[label - len(SHAPE_NAMES)]](m, grid, rng)
+    if style.plain:
+        if kind == "primary":
+            return _render_shape(SHAPE_NAMES[label], m, grid, rng, textured=False)
+        if label < style.classes:
+            return _render_shape(SHAPE_NAMES[label], m, grid, rng, textured=True)
+        return _TEXTURES[TEXTURE_NAMES[label - style.classes]](m, grid, rng)
+
+    level, train = style.level, style.split == "train"
+    # Whose colour and signature these images carry: their own (primary) or their assigned
+    # primary class's (auxiliary) on train; on test a random class's signature, no colour.
+    owner = label % style.classes
+    if kind == "aux" and label >= style.classes:
+        image = _TEXTURES[TEXTURE_NAMES[label - style.classes]](m, grid, rng)
+        if train:
+            tint = (rng.random((m, 1, 1, 1)) < level.colour_bias).astype(np.float32)
+            image = image * (1 - 0.4 * tint) + 0.4 * tint * _class_colour(owner)
+    else:
+        colour = level.colour_bias if train and kind == "primary" else 0.0
+        image = _render_shape(SHAPE_NAMES[label], m, grid, rng, textured=kind == "aux",
+                              clutter=level.clutter, families=style.classes,
+                              own_colour=(_class_colour(owner), colour))
+    carriers = rng.random(m) < level.signature
+    owners = np.full(m, owner) if train else rng.integers(0, style.classes, m)
+    for c in np.unique(owners[carriers]):
+        pick = carriers & (owners == c)
+        image[pick] += _signature(int(c), grid)
+    return image
+
+
+def _class_colour(c: int) -> np.ndarray:
+    """The fixed colour (3,) of primary class c: hues spread round the colour wheel."""
+    hue = (c * 0.618034) % 1.0  # golden-ratio steps keep neighbouring classes apart
+    rgb = np.clip(np.abs((hue * 6 + np.array([0.0, 4.0, 2.0])) % 6 - 3) - 1, 0, 1)
+    return (0.15 + 0.7 * rgb).astype(np.float32)
+
+
+def _signature(c: int, grid) -> np.ndarray:
+    """(S, S, 3) the faint grating of primary class c: fixed angle, frequency, phase and
+    per-channel sign, the same in every split, kind and seed."""
+    ys, xs = grid
+    draw = np.random.default_rng([0x5167, c])
+    angle, phase = draw.uniform(0, np.pi), draw.uniform(0, 2 * np.pi)
+    freq = draw.uniform(3.0, 6.0)
+    signs = np.where(draw.random(3) < 0.5, -1.0, 1.0).astype(np.float32)
+    wave = np.sin(np.pi * freq * (np.cos(angle) * xs + np.sin(angle) * ys) + phase).astype(np.float32)
+    return SIGNATURE_AMPLITUDE * wave[..., None] * signs
 
 
 # ---------------------------------------------------------------- shapes
@@ -144,14 +261,27 @@ def _mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         d = np.sqrt(u * u + v * v)
         theta = np.arctan2(u, -v)
         return d < 0.5 + 0.45 * np.cos(5 * theta)
+    if name == "hexagon":  # flat top and bottom
+        return np.maximum(0.866 * au + 0.5 * av, av) < 0.8
+    if name == "crescent":  # a disc with a bite out of its right side
+        return (u * u + v * v < 0.81) & ((u - 0.45) ** 2 + v * v > 0.45)
+    if name == "ell":
+        return ((u > -0.8) & (u < -0.3) & (av < 0.9)) | ((v > 0.4) & (v < 0.9) & (au < 0.8))
+    if name == "tee":
+        return ((v > -0.9) & (v < -0.45) & (au < 0.9)) | ((au < 0.22) & (av < 0.9))
+    if name == "arrow":  # pointing right
+        return ((av < 0.18) & (u > -0.9) & (u < 0.2)) | ((u >= 0.1) & (u < 0.9) & (av < 0.9 * (0.9 - u)))
+    if name == "half-disc":  # flat side down
+        return (u * u + v * v < 0.9) & (v < 0.25)
     raise KeyError(name)
 
 
-def _local_coords(m: int, grid, rng: np.random.Generator):
+def _local_coords(m: int, grid, rng: np.random.Generator, spread: float = 0.25,
+                  scale_range: tuple[float, float] = (0.45, 0.7)):
     """Random centre, scale and small rotation per image -> u, v of shape (m, S, S)."""
     ys, xs = grid
-    cy, cx = (rng.uniform(-0.25, 0.25, (2, m, 1, 1))).astype(np.float32)
-    scale = rng.uniform(0.45, 0.7, (m, 1, 1)).astype(np.float32)
+    cy, cx = (rng.uniform(-spread, spread, (2, m, 1, 1))).astype(np.float32)
+    scale = rng.uniform(*scale_range, (m, 1, 1)).astype(np.float32)
     angle = rng.uniform(-_MAX_ROTATION, _MAX_ROTATION, (m, 1, 1)).astype(np.float32)
     dy, dx = ys - cy, xs - cx
     cos, sin = np.cos(angle), np.sin(angle)
@@ -160,10 +290,19 @@ def _local_coords(m: int, grid, rng: np.random.Generator):
     return u, v
 
 
-def _render_shape(name: str, m: int, grid, rng: np.random.Generator, textured: bool) -> np.ndarray:
+def _render_shape(name: str, m: int, grid, rng: np.random.Generator, textured: bool, clutter: int = 0,
+                  families: int = DEFAULT_CLASSES, own_colour: tuple[np.ndarray, float] | None = None) -> np.ndarray:
+    """(m, S, S, 3): one labelled shape per image, over `clutter` smaller distractors drawn
+    from the first `families` shapes; `own_colour` = (colour (3,), share of images drawn in it)."""
     u, v = _local_coords(m, grid, rng)
     mask = _mask(name, u, v)[..., None].astype(np.float32)  # (m, S, S, 1)
     fg, bg = _contrasting_colours(m, rng)
+    if own_colour is not None and own_colour[1] > 0:
+        colour, share = own_colour
+        jitter = rng.uniform(-0.08, 0.08, (m, 1, 1, 3)).astype(np.float32)
+        use = (rng.random((m, 1, 1, 1)) < share)
+        fg = np.where(use, np.clip(colour + jitter, 0, 1), fg)
+        bg = np.where(use, _contrasting_background(fg, rng), bg)
     if textured:
         # Another domain, same geometry: striped fill over a smooth-noise background.
         fill = fg * (0.55 + 0.45 * _grating(m, grid, rng, 2.0, 5.0)[..., None])
@@ -175,7 +314,30 @@ def _render_shape(name: str, m: int, grid, rng: np.random.Generator, textured: b
     else:
         fill = np.broadcast_to(fg, mask.shape[:3] + (3,))
         background = bg + 0.15 * _linear_ramp(m, grid, rng)[..., None]
+    for _ in range(clutter):
+        background = _draw_distractor(background, m, grid, rng, families)
     return background * (1 - mask) + fill * mask
+
+
+def _draw_distractor(image: np.ndarray, m: int, grid, rng: np.random.Generator, families: int) -> np.ndarray:
+    """Paints one small shape of a random family and colour anywhere on each image."""
+    u, v = _local_coords(m, grid, rng, spread=0.7, scale_range=(0.18, 0.3))
+    family = rng.integers(0, families, m)
+    mask = np.zeros(u.shape, bool)
+    for f in np.unique(family):
+        pick = family == f
+        mask[pick] = _mask(SHAPE_NAMES[f], u[pick], v[pick])
+    colour = rng.uniform(0, 1, (m, 1, 1, 3)).astype(np.float32)
+    return np.where(mask[..., None], colour, image)
+
+
+def _contrasting_background(fg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random background (m, 1, 1, 3) whose luminance differs from fg's by >= 0.3."""
+    lum = np.array([0.299, 0.587, 0.114], np.float32)
+    bg = rng.uniform(0, 1, fg.shape).astype(np.float32)
+    f, b = fg @ lum, bg @ lum  # (m, 1, 1)
+    push = np.where(f > 0.5, -0.45, 0.45).astype(np.float32)[..., None]
+    return np.where((np.abs(f - b) < 0.3)[..., None], np.clip(fg + push, 0, 1), bg)
 
 
 def _contrasting_colours(m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
