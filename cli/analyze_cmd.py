@@ -16,7 +16,8 @@ EPILOG = ("Examples: biamat-engine analyze runs/demo/biamat  |  "
 
 
 def analyze_command(
-    runs: Annotated[list[Path], typer.Argument(help="One or more run directories (`train --out`).")],
+    runs: Annotated[list[Path], typer.Argument(
+        metavar="RUN_DIR", help="One or more run directories (`train --out`).", show_default=False)],
     out: Annotated[Optional[Path], typer.Option(
         help="Folder for analysis.md and the PNGs (default: RUN_DIR/analysis for one run, ./analysis for several).",
         rich_help_panel=OUTPUT)] = None,
@@ -30,7 +31,7 @@ def analyze_command(
     auxiliary samples routed high with omega (the paper's Fig. 3); the per-class high-confidence
     ratio at the last routed epoch, top and bottom 10 and per class group (its Table 14). With
     several runs, one table in the layout of its Table 2 (from each run's eval.json) and the
-    curves overlaid. Needs matplotlib (pip install 'biamat-engine[analyze]')."""
+    curves overlaid. Needs matplotlib (the `analyze` extra)."""
     from engine.analysis.report import write_analysis
 
     result = write_analysis(runs, out, groups)
