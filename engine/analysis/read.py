@@ -97,11 +97,11 @@ def read_groups(path: str | Path) -> dict[str, str]:
 # -- Table 14: which auxiliary classes the selection routes high ---------------------------------
 
 @dataclass
-class ClassRatio:
-    name: str
+class Counts:
+    """Auxiliary samples seen and routed high (one class, or a group of classes)."""
+
     seen: int
     high: int
-    group: Optional[str]
 
     @property
     def ratio(self) -> float:
@@ -109,15 +109,15 @@ class ClassRatio:
 
 
 @dataclass
-class GroupRatio:
+class ClassRatio(Counts):
+    name: str
+    group: Optional[str]
+
+
+@dataclass
+class GroupRatio(Counts):
     group: str
     classes: int
-    seen: int
-    high: int
-
-    @property
-    def ratio(self) -> float:
-        return self.high / self.seen if self.seen else math.nan
 
 
 @dataclass
@@ -159,16 +159,17 @@ def class_tables(run: Run, groups: Optional[dict[str, str]] = None,
             group_of, grouping = ["related" if r else "unrelated" for r in related], "related flags"
         else:
             group_of, grouping = [None] * len(names), None
-        classes = [ClassRatio(n, int(s), int(h), g) for n, s, h, g in zip(names, seen, high, group_of)]
+        classes = [ClassRatio(seen=int(s), high=int(h), name=n, group=g)
+                   for n, s, h, g in zip(names, seen, high, group_of)]
         # Ties keep the dataset's class order, so the table is the same on every read.
         ranked = sorted((c for c in classes if c.seen), key=lambda c: -c.ratio)
         table = ClassTable(epoch=last, aux=record["aux"], aux_name=record.get("aux_name") or f"aux {record['aux']}",
                            ranked=ranked, unseen=[c.name for c in classes if not c.seen], grouping=grouping)
         if grouping is not None:
             order = list(dict.fromkeys(c.group for c in classes))
-            table.groups = [GroupRatio(g, sum(1 for c in classes if c.group == g),
-                                       sum(c.seen for c in classes if c.group == g),
-                                       sum(c.high for c in classes if c.group == g)) for g in order]
+            table.groups = [GroupRatio(group=g, classes=sum(1 for c in classes if c.group == g),
+                                       seen=sum(c.seen for c in classes if c.group == g),
+                                       high=sum(c.high for c in classes if c.group == g)) for g in order]
         tables.append(table)
     return tables
 

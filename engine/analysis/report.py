@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from engine.analysis import figures
-from engine.analysis.read import (ClassTable, Run, class_tables, comparison_rows, load_runs, percent, read_groups,
+from engine.analysis.read import (ClassTable, Counts, Run, class_tables, comparison_rows, load_runs, percent, read_groups,
                                   slug)
 from engine.run_dir import atomic_write_text
 
@@ -33,8 +33,8 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
-def _ratio(high: int, seen: int) -> str:
-    return f"{high / seen:.3f}" if seen else "-"
+def _ratio(counts: Counts) -> str:
+    return f"{counts.ratio:.3f}" if counts.seen else "-"
 
 
 def _class_section(table: ClassTable) -> list[str]:
@@ -46,14 +46,14 @@ def _class_section(table: ClassTable) -> list[str]:
     for title, part in (("Top", table.top), ("Bottom", table.bottom)):
         lines += ["", f"{title} {len(part)}:", ""]
         lines += _table(("rank" if title == "Top" else "rank from the bottom", "class", "high", "seen", "high / seen"),
-                        [(i, c.name, c.high, c.seen, _ratio(c.high, c.seen)) for i, c in enumerate(part, 1)])
+                        [(i, c.name, c.high, c.seen, _ratio(c)) for i, c in enumerate(part, 1)])
     if table.grouping is None:
         lines += ["", "No class groups: the records carry no `related` flags; pass `--groups FILE` "
                       "(JSON {class_name: group})."]
     else:
         lines += ["", f"Per group (from the {table.grouping}; a group pools its classes' samples):", ""]
         lines += _table(("group", "classes", "high", "seen", "high / seen"),
-                        [(g.group, g.classes, g.high, g.seen, _ratio(g.high, g.seen)) for g in table.groups])
+                        [(g.group, g.classes, g.high, g.seen, _ratio(g)) for g in table.groups])
     return lines
 
 
