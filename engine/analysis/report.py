@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Optional
 
 from engine.analysis import figures
-from engine.analysis.read import (ClassTable, Counts, Run, class_tables, comparison_rows, load_runs, percent, read_groups,
-                                  slug)
+from engine.analysis.read import (ClassTable, Counts, Run, class_tables, comparison_rows, load_runs, percent,
+                                  read_groups, slug)
 from engine.run_dir import atomic_write_text
 
 REPORT_NAME = "analysis.md"
