@@ -9,8 +9,8 @@ from typing import Callable
 import typer
 from typer.core import TyperGroup
 
-from cli import (bench_ddp, bench_eval, bench_kernels, bench_loader, bench_step, demo_cmd, eval_cmd, export_cmd,
-                 info_cmd, prepare_cmd, train_cmd)
+from cli import (analyze_cmd, bench_ddp, bench_eval, bench_kernels, bench_loader, bench_step, demo_cmd, eval_cmd,
+                 export_cmd, info_cmd, prepare_cmd, train_cmd)
 from cli.errors import error_context
 
 
@@ -40,14 +40,15 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Throughput benchmarks: print a table and write JSON.", no_args_is_help=True)
 
-# The order of a paper run (README): prepare the data, train, evaluate, export the model; then
-# demo, the same pipeline on built-in data; info, the diagnosis when something above does not
-# work; and last bench, which measures the engine rather than using it (Typer lists a group of
+# The order of a paper run (README): prepare the data, train, evaluate, export the model, analyse
+# the runs; then demo, the same pipeline on built-in data; info, the diagnosis when something
+# above does not work; and last bench, which measures the engine rather than using it (Typer lists a group of
 # subcommands after the plain commands in any case).
 _add(app, "prepare", prepare_cmd.prepare_command, prepare_cmd.EPILOG)
 _add(app, "train", train_cmd.train_command, train_cmd.EPILOG)
 _add(app, "eval", eval_cmd.eval_command, eval_cmd.EPILOG)
 _add(app, "export", export_cmd.export_command, export_cmd.EPILOG)
+_add(app, "analyze", analyze_cmd.analyze_command, analyze_cmd.EPILOG)
 _add(app, "demo", demo_cmd.demo_command, demo_cmd.EPILOG)
 _add(app, "info", info_cmd.info_command, info_cmd.EPILOG)
 app.add_typer(bench_app, name="bench")

@@ -23,6 +23,7 @@ EXTRAS = [
     ("autoattack", "pyautoattack", "eval --attacks aa", "pip install 'biamat-engine[autoattack]'"),
     ("triton", "triton", "Triton kernels on CUDA", "pip install 'biamat-engine[triton]'"),
     ("tensorrt", "torch_tensorrt", "eval --backend tensorrt", "pip install 'biamat-engine[tensorrt]' (CUDA only)"),
+    ("analyze", "matplotlib", "analyze (figures)", "pip install 'biamat-engine[analyze]'"),
     ("numba", "numba", "numba kernels on CPU", "pip install numba"),
 ]
 

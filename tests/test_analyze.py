@@ -1,0 +1,179 @@
+"""`biamat-engine analyze` on real tiny runs: the figures are PNGs of the promised pixel size, the
+report holds the runs' own numbers (curves, routing, Table 14 computed here by hand from
+selection.jsonl, the Table 2 layout from eval.json), and bad input fails naming the folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.app import app
+from engine.analysis.figures import CURVES_SIZE, ROUTING_SIZE, size_px
+from engine.trainer import train
+
+pytest.importorskip("matplotlib")
+from matplotlib.image import imread  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
+EVAL = {"clean_acc": 0.8125, "robust_acc": 0.40625,
+        "attacks": {"pgd20": {"robust_acc": 0.4375}, "cw20": {"robust_acc": 0.40625}}}
+
+
+def invoke(*args):
+    return runner.invoke(app, ["analyze", *[str(a) for a in args]])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_train_config) -> dict[str, Path]:
+    """A 3-epoch AT+BiaMAT run (1 warm-up epoch, so epochs 2-3 are routed) with a hand-written
+    eval.json, and a 2-epoch plain AT run without auxiliary data or eval.json."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        root = tmp_path_factory.mktemp("runs")
+        train(tiny_train_config(), root / "biamat")
+        train(tiny_train_config("data.aux=", "method.aux_mode=none", "optim.epochs=2"), root / "at")
+    finally:
+        torch.set_num_threads(threads)
+    (root / "biamat" / "eval.json").write_text(json.dumps(EVAL))
+    return {"biamat": root / "biamat", "at": root / "at"}
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def assert_png(path: Path, size: tuple[float, float]) -> None:
+    width, height = size_px(size)
+    image = imread(path)
+    assert image.shape[:2] == (height, width), (path, image.shape)
+
+
+def test_one_run_gives_its_curves_routing_and_table_14(runs):
+    run = runs["biamat"]
+    result = invoke(run)
+    assert result.exit_code == 0, result.output
+    out = run / "analysis"
+    assert_png(out / "curves-biamat.png", CURVES_SIZE)
+    assert_png(out / "routing-biamat.png", ROUTING_SIZE)
+    report = (out / "analysis.md").read_text()
+
+    metrics = lines(run / "metrics.jsonl")
+    last = metrics[-1]
+    assert f"Last epoch (3): clean_acc {100 * last['clean_acc']:.2f}%, robust_acc {100 * last['robust_acc']:.2f}%" \
+        in report
+    assert f"omega {last['omega']:.4f} at epoch 3" in report
+    assert f"Routed high: {metrics[1]['n_high_ratio']:.3f} at epoch 2" in report
+
+    # Table 14 by hand: the last routed epoch's counts, ranked by high / seen (ties in class order).
+    record = lines(run / "selection.jsonl")[-1]
+    assert record["epoch"] == 3
+    classes = [(h / s, i) for i, (h, s) in enumerate(zip(record["high"], record["seen"])) if s]
+    top = record["class_names"][sorted(classes, key=lambda c: -c[0])[0][1]]
+    assert "epoch 3" in report and f"| 1 | {top} |" in report
+    for flag, group in ((True, "related"), (False, "unrelated")):
+        seen = sum(s for s, r in zip(record["seen"], record["related"]) if r == flag)
+        high = sum(h for h, r in zip(record["high"], record["related"]) if r == flag)
+        assert f"| {group} | 10 | {high} | {seen} | {high / seen:.3f} |" in report
+
+    # A single run still gets its Table 2 row, from eval.json.
+    assert "| run | method | aux mode | auxiliary data | clean | PGD-20 | CW-20 | AA |" in report
+    assert "| biamat | AT | biamat | shapes:aux | 81.25 | 43.75 | 40.62 | - |" in report
+    assert "wrote" in result.stdout and result.stderr == ""
+
+
+def test_two_runs_give_one_comparison_table_and_overlaid_curves(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(runs["biamat"], runs["at"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "analysis"  # several runs: ./analysis
+    assert_png(out / "curves-all.png", CURVES_SIZE)
+    for name in ("curves-biamat.png", "curves-at.png", "routing-biamat.png"):
+        assert (out / name).is_file(), name
+    assert not (out / "routing-at.png").exists()
+    report = (out / "analysis.md").read_text()
+    assert report.count("| run | method |") == 1
+    assert "| biamat | AT | biamat | shapes:aux | 81.25 | 43.75 | 40.62 | - |" in report
+    assert "| at | AT | none | - | - | - | - | - |" in report
+    assert "![training curves of every run](curves-all.png)" in report
+    at_section = report.split("## at")[1]
+    assert "No routing" in at_section and "### Table 14" not in at_section and "### Fig. 3" not in at_section
+    at_last = lines(runs["at"] / "metrics.jsonl")[-1]
+    assert f"Last epoch (2): clean_acc {100 * at_last['clean_acc']:.2f}%" in at_section
+
+
+def test_groups_file_ranks_and_groups_the_last_routed_epoch(runs, tmp_path):
+    # A copy whose last routed epoch has distinct ratios, plus a torn line (a crash mid-append).
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.toml", "metrics.jsonl", "selection.jsonl"):
+        shutil.copy(runs["biamat"] / name, run / name)
+    record = lines(run / "selection.jsonl")[-1]
+    n = len(record["class_names"])
+    record.update(epoch=4, seen=[10] * (n - 1) + [0], high=list(range(n - 1)) + [0])
+    with (run / "selection.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n" + '{"epoch": 5, "aux": 0, "se')
+    names = record["class_names"]
+    groups = tmp_path / "groups.json"
+    groups.write_text(json.dumps({names[0]: "low", names[1]: "low", names[n - 2]: "high"}))
+
+    result = invoke(run, "--groups", groups, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "out" / "analysis.md").read_text()
+    assert "epoch 4" in report
+    assert f"| 1 | {names[n - 2]} | {n - 2} | 10 | {(n - 2) / 10:.3f} |" in report  # top
+    assert f"| 1 | {names[0]} | 0 | 10 | 0.000 |" in report  # bottom
+    assert f"Not seen in that epoch (1): {names[n - 1]}." in report
+    assert "| low | 2 | 1 | 20 | 0.050 |" in report
+    assert f"| high | 1 | {n - 2} | 10 | {(n - 2) / 10:.3f} |" in report
+    rest_high = sum(range(2, n - 2))
+    assert f"| (not in the groups file) | {n - 3} | {rest_high} | {10 * (n - 4)} | " \
+           f"{rest_high / (10 * (n - 4)):.3f} |" in report
+
+
+# -- bad input: exit 1 naming the folder, nothing written -----------------------------------------
+
+def assert_fails(result, *names):
+    assert result.exit_code == 1, result.output
+    assert "error: " in result.stderr and "Traceback" not in result.output
+    for name in names:
+        assert name in result.stderr, (name, result.stderr)
+
+
+def test_a_folder_that_is_not_a_run_directory_is_named(runs, tmp_path):
+    (tmp_path / "photos").mkdir()
+    result = invoke(runs["biamat"], tmp_path / "photos", "--out", tmp_path / "out")
+    assert_fails(result, "photos", "not a run directory", "config.toml")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_folder_and_a_file_are_named(tmp_path):
+    assert_fails(invoke(tmp_path / "nowhere"), "nowhere", "No such file")
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert_fails(invoke(tmp_path / "metrics.jsonl"), "metrics.jsonl", "not a run directory")
+
+
+def test_a_bad_groups_file_is_named(runs, tmp_path):
+    groups = tmp_path / "groups.json"
+    groups.write_text('["circle", "square"]')
+    result = invoke(runs["biamat"], "--groups", groups, "--out", tmp_path / "out")
+    assert_fails(result, "groups.json", "class names to group names")
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_matplotlib_the_error_says_how_to_install_it(runs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import raises ImportError
+    result = invoke(runs["biamat"], "--out", tmp_path / "out")
+    assert_fails(result, "matplotlib", "pip install 'biamat-engine[analyze]'")
+
+
+def test_no_run_directory_is_a_usage_error():
+    result = invoke()
+    assert result.exit_code == 2 and "Usage:" in result.stderr
