@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
+import typer
 from rich.console import RenderableType
 
 from cli.console import console
 
 # Help panels: what is timed, on what and how, how often, and where the numbers go.
 WORKLOAD, ENGINE, TIMING, OUTPUT = "Workload", "Device and engine", "Timing", "Output"
+
+# The training-step workload options `bench step` and `bench ddp` share, declared once.
+AuxClasses = Annotated[int, typer.Option(
+    min=1, help="Classes of the auxiliary head (ImageNet: 1000).", rich_help_panel=WORKLOAD)]
+ImageSize = Annotated[int, typer.Option(min=8, help="Image side in pixels.", rich_help_panel=WORKLOAD)]
+AttackSteps = Annotated[int, typer.Option(min=0, help="PGD steps of the training attack.", rich_help_panel=WORKLOAD)]
+AuxMode = Annotated[str, typer.Option(help="biamat, labels, uniform or none.", rich_help_panel=WORKLOAD)]
+StepsPerRepeat = Annotated[int, typer.Option(min=1, help="Training steps per timed repeat.", rich_help_panel=TIMING)]
+ReportPath = Annotated[Optional[Path], typer.Option(help="Write the JSON report here.", rich_help_panel=OUTPUT)]
 
 
 def print_report(table: RenderableType, notes: list[str], out: Optional[Path]) -> None:

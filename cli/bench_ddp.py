@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from cli.bench_common import ENGINE, OUTPUT, TIMING, WORKLOAD, print_report
+from cli.bench_common import (ENGINE, TIMING, WORKLOAD, AttackSteps, AuxClasses, AuxMode, ImageSize, ReportPath,
+                               StepsPerRepeat, print_report)
 from cli.options import devices, require_device
 
 EPILOG = (
@@ -45,13 +45,10 @@ def bench_ddp(
         min=1, help="Primary images per step and process.", rich_help_panel=WORKLOAD)] = 64,
     aux_batch: Annotated[int, typer.Option(
         min=1, help="Auxiliary images per step and process.", rich_help_panel=WORKLOAD)] = 64,
-    aux_classes: Annotated[int, typer.Option(
-        min=1, help="Classes of the auxiliary head.", rich_help_panel=WORKLOAD)] = 1000,
-    size: Annotated[int, typer.Option(min=8, help="Image side in pixels.", rich_help_panel=WORKLOAD)] = 32,
-    attack_steps: Annotated[int, typer.Option(
-        min=0, help="PGD steps of the training attack.", rich_help_panel=WORKLOAD)] = 10,
-    aux_mode: Annotated[str, typer.Option(
-        help="biamat, labels, uniform or none.", rich_help_panel=WORKLOAD)] = "biamat",
+    aux_classes: AuxClasses = 1000,
+    size: ImageSize = 32,
+    attack_steps: AttackSteps = 10,
+    aux_mode: AuxMode = "biamat",
     device: Annotated[str, typer.Option(
         callback=devices("cpu", "cuda"), help="cpu (gloo) or cuda (NCCL, one GPU per process).",
         rich_help_panel=ENGINE)] = "cpu",
@@ -60,14 +57,14 @@ def bench_ddp(
     kernels: Annotated[str, typer.Option(help="auto, torch, numba or triton.", rich_help_panel=ENGINE)] = "auto",
     threads: Annotated[Optional[int], typer.Option(
         min=1, help="CPU threads per process (torch and numba).", rich_help_panel=ENGINE)] = 1,
-    steps: Annotated[int, typer.Option(min=1, help="Training steps per timed repeat.", rich_help_panel=TIMING)] = 2,
+    steps: StepsPerRepeat = 2,
     warmup: Annotated[int, typer.Option(
         min=1, help="Untimed steps first (compile, omega, DDP buckets).", rich_help_panel=TIMING)] = 2,
     repeats: Annotated[int, typer.Option(
         min=1, help="Timed rounds; in each every row starts a fresh process group.", rich_help_panel=TIMING)] = 3,
     control: Annotated[bool, typer.Option(
         "--control", help="Also time each count as independent processes without DDP.", rich_help_panel=TIMING)] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.", rich_help_panel=OUTPUT)] = None,
+    out: ReportPath = None,
 ) -> None:
     """Images/s of the training step on 1, 2, ... DistributedDataParallel processes.
 

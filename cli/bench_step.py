@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from cli.bench_common import ENGINE, OUTPUT, TIMING, WORKLOAD, print_report
+from cli.bench_common import (ENGINE, TIMING, WORKLOAD, AttackSteps, AuxClasses, AuxMode, ImageSize, ReportPath,
+                               StepsPerRepeat, print_report)
 from cli.options import devices, require_device
 
 EPILOG = (
@@ -41,13 +41,10 @@ def bench_step(
                                        rich_help_panel=WORKLOAD)] = "wrn-10-2",
     batch: Annotated[int, typer.Option(min=1, help="Primary images per step.", rich_help_panel=WORKLOAD)] = 64,
     aux_batch: Annotated[int, typer.Option(min=1, help="Auxiliary images per step.", rich_help_panel=WORKLOAD)] = 64,
-    aux_classes: Annotated[int, typer.Option(
-        min=1, help="Classes of the auxiliary head (ImageNet: 1000).", rich_help_panel=WORKLOAD)] = 1000,
-    size: Annotated[int, typer.Option(min=8, help="Image side in pixels.", rich_help_panel=WORKLOAD)] = 32,
-    attack_steps: Annotated[int, typer.Option(
-        min=0, help="PGD steps of the training attack.", rich_help_panel=WORKLOAD)] = 10,
-    aux_mode: Annotated[str, typer.Option(
-        help="biamat, labels, uniform or none.", rich_help_panel=WORKLOAD)] = "biamat",
+    aux_classes: AuxClasses = 1000,
+    size: ImageSize = 32,
+    attack_steps: AttackSteps = 10,
+    aux_mode: AuxMode = "biamat",
     device: Annotated[str, typer.Option(
         callback=devices("auto", "cpu", "cuda"), help="cpu, cuda or auto.", rich_help_panel=ENGINE)] = "auto",
     compile: Annotated[str, typer.Option(
@@ -59,12 +56,12 @@ def bench_step(
         rich_help_panel=ENGINE)] = "auto",
     threads: Annotated[Optional[int], typer.Option(
         min=1, help="CPU threads for torch and numba (default: torch's).", rich_help_panel=ENGINE)] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Training steps per timed repeat.", rich_help_panel=TIMING)] = 2,
+    steps: StepsPerRepeat = 2,
     warmup: Annotated[int, typer.Option(
         min=1, help="Untimed steps per row first (compile, numba, omega).", rich_help_panel=TIMING)] = 2,
     repeats: Annotated[int, typer.Option(
         min=1, help="Timed rounds; rows take turns within each round.", rich_help_panel=TIMING)] = 3,
-    out: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.", rich_help_panel=OUTPUT)] = None,
+    out: ReportPath = None,
 ) -> None:
     """The engine's training step against the plain reference and naive steps.
 
