@@ -316,6 +316,17 @@ def resolve_warmup(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, warmup_epochs=0))
 
 
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """A config tree as {"section.key": value} (what `--set` names and messages quote)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def parse_number(text: str | float) -> float:
     """`0.031`, `2e-4` or a fraction such as `8/255` or `0.5/255` -> float.
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from engine.config import flatten
 from engine.run_dir import RunDir, atomic_write, atomic_write_text, read_config, read_json, refuse_to_replace, write_json
 
 EXPORT_FORMATS = ("robustbench",)
@@ -43,20 +44,9 @@ def robustbench_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             if k not in _NORMALIZATION_KEYS}
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def training_summary(config: dict) -> dict[str, object]:
     """The facts a reader of the card wants (method, aux data, alpha, ...) from the run's config."""
-    return {name: value for name, value in _flatten(config).items() if name.rsplit(".", 1)[-1] in _TRAINING_KEYS}
+    return {name: value for name, value in flatten(config).items() if name.rsplit(".", 1)[-1] in _TRAINING_KEYS}
 
 
 def _eval_summary(eval_report: dict) -> dict:

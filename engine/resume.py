@@ -9,7 +9,7 @@ refused change is listed key by key, before anything is loaded into the model or
 
 from __future__ import annotations
 
-from engine.config import ConfigError
+from engine.config import ConfigError, flatten
 
 # `optim.epochs` extends (or ends) a run; the runtime decides where and how fast it runs, not
 # what it computes (runtime.seed excepted: it orders the data); the loader backend and its
@@ -22,22 +22,12 @@ SAFE_TO_CHANGE = frozenset({
 })
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def changes_on_resume(saved: dict, requested: dict, where: str) -> dict[str, list]:
     """{key: [saved, requested]} for every setting that differs between the checkpoint's config
     and the requested one (saved None: a setting the checkpoint predates); a ConfigError naming
     `where` and every unsafe key when any that the checkpoint holds differs and `SAFE_TO_CHANGE`
     does not allow it."""
-    before, after = _flatten(saved), _flatten(requested)
+    before, after = flatten(saved), flatten(requested)
     changed = {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after))
                if before.get(k) != after.get(k)}
     # A key the checkpoint lacks is a setting a later engine version added: the run takes its

@@ -313,23 +313,23 @@ class Trainer:
 
     def _fail_nonfinite(self, batch_index: int, what: str = "the training loss") -> None:
         where = f"in epoch {self.epoch + 1} (by batch {batch_index}, step {self.step})"
+        fix = "Lower optim.lr, check the data for corrupt images, or use runtime.precision=fp32"
         if self.files.holds_run():
             kept = (f"the run stopped without saving, so {self.files.last} still holds the last good "
-                    "state. Lower optim.lr, check the data for corrupt images, or use runtime.precision=fp32, "
-                    "then resume with --resume.")
+                    f"state. {fix}, then resume with --resume.")
         else:
-            kept = ("the run stopped before its first checkpoint, so there is nothing to resume. Lower "
-                    "optim.lr, check the data for corrupt images, or use runtime.precision=fp32, and start "
-                    "again with --overwrite.")
+            kept = (f"the run stopped before its first checkpoint, so there is nothing to resume. {fix}, and "
+                    "start again with --overwrite.")
         raise NonFiniteLossError(f"{what} became NaN or inf {where}; {kept}")
 
     def _check_finite_state(self) -> None:
         """A checkpoint never holds NaN or inf: weights and BatchNorm statistics can diverge while
         the loss still reads finite (an inf running variance), and such a state would break the
         resume the error suggests. One device sync per epoch."""
-        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
-        if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
-            bad = [k for k, t in self.model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        tensors = {k: t for k, t in self.model.state_dict().items() if t.is_floating_point()}
+        finite = torch.stack([torch.isfinite(t).all() for t in tensors.values()]).tolist()
+        if not all(finite):
+            bad = [k for k, ok in zip(tensors, finite) if not ok]
             self._fail_nonfinite(len(self.data.stream), f"the model's {', '.join(bad[:3])}"
                                  + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else ""))
 
@@ -400,7 +400,7 @@ class Trainer:
         save_checkpoint(self.files.last, state)
         if improved:
             save_checkpoint(self.files.best, state)
-            export_model(self.out, primary_state_dict(self.model), {**self._card(), "epoch": self.epoch,
+            export_model(self.out, primary_state_dict(self.model), {**state["model_card"], "epoch": self.epoch,
                                                                      "robust_acc": robust})
         log.info("epoch %d: %s", self.epoch, {k: v for k, v in record.items() if isinstance(v, (int, float))})
 
