@@ -208,6 +208,10 @@ class OptimConfig:
         return sorted(m * self.epochs if m < 1 else m for m in self.milestones)
 
 
+COMPILE_MODES = ("reduce-overhead", "max-autotune")
+"""torch.compile modes `runtime.compile` may name besides on (torch's default mode) and off."""
+
+
 @dataclass(kw_only=True)
 class RuntimeConfig:
     device: str = "auto"
@@ -215,9 +219,18 @@ class RuntimeConfig:
     precision: str = "auto"
     """`auto` (bf16 on GPUs that have it, fp16 + GradScaler on V100, fp32 on CPU), fp32, bf16, fp16."""
     compile: str = "auto"
-    """torch.compile the model trunk: `auto` (on CUDA), `on`, `off`."""
+    """torch.compile the model trunk: `auto` (on CUDA), `on`, `off`, or `on` with one of
+    torch.compile's modes: `reduce-overhead` (CUDA graphs: each compiled variant of the trunk is
+    captured once and replayed, which removes the per-kernel launch cost of small batches; torch
+    skips the capture for variants that update BatchNorm buffers) or `max-autotune` (also searches
+    matmul/convolution configurations: minutes of compile). Off by default until `bench step`
+    has measured them on the GPU (docs/benchmarks.md)."""
     channels_last: bool = True
     """Keep activations in NHWC (channels_last), the layout tensor cores want."""
+    cudnn_benchmark: bool = False
+    """CUDA only: let cuDNN time its convolution algorithms on the first batch of each shape and
+    keep the fastest (`torch.backends.cudnn.benchmark`). Off by default until `bench step` has
+    measured it; ignored under `deterministic`, which needs cuDNN's deterministic choice."""
     kernels: str = "auto"
     """Kernel implementation for routing and the PGD update: auto, torch, numba, triton."""
     seed: int = 0
@@ -232,7 +245,7 @@ class RuntimeConfig:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"runtime.device = {self.device!r}: expected auto, cpu, cuda or cuda:N")
         _check_choice("runtime", "precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
-        _check_choice("runtime", "compile", self.compile, ("auto", "on", "off"))
+        _check_choice("runtime", "compile", self.compile, ("auto", "on", "off") + COMPILE_MODES)
         _check_choice("runtime", "kernels", self.kernels, ("auto", "torch", "numba", "triton"))
 
 

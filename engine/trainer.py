@@ -35,7 +35,7 @@ from engine.evaluation import accuracy
 from engine.methods import METHODS, MethodState, StepContext, StepStats
 from engine.models import build, model_card, primary_state_dict
 from engine.run_dir import JsonLines, RunDir, atomic_write_text, refuse_to_replace
-from engine.runtime import Runtime, resolve_runtime, rng_state, seed_everything, set_rng_state
+from engine.runtime import Runtime, apply_backend_flags, resolve_runtime, rng_state, seed_everything, set_rng_state
 from engine.resume import changes_on_resume
 from engine.schedule import build_optimizer, learning_rate
 from engine.step import TrainStep, compile_trunk
@@ -155,6 +155,7 @@ class Trainer:
         self.rank, self.world_size, self.is_main = self.world.rank, self.world.size, self.world.is_main
         self.on_step = on_step if self.is_main else None
         self.cfg, self.rt = self._resolve(cfg)
+        apply_backend_flags(self.rt)
         seed_everything(cfg.runtime.seed)
         if cfg.runtime.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
