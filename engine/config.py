@@ -101,6 +101,30 @@ class ModelConfig:
 
 
 @dataclass(kw_only=True)
+class InitConfig:
+    source: str = ""
+    """Start this run from another run's weights (pre-training -> fine-tuning, paper Table 3 and
+    Appendix E; `train --init-from`): a run directory (its best.pt, where the paper's fine-tuning
+    starts), a .pt checkpoint, or a model.safetensors beside its model.json. Empty: from scratch.
+    Read once, when the run starts (engine/init_from.py); the resolved config.toml records the
+    file read, and a resumed run continues its own checkpoint, never the source."""
+    heads: str = "auto"
+    """The primary head f_pri: `keep` (the source's, which needs the same class count), `new` (a
+    fresh one) or `auto` (keep when the class counts match, else new); recorded as keep or new.
+    Auxiliary heads come along only with keep and the same auxiliary class counts."""
+    source_epoch: int = -1
+    """Filled in at start: the epochs the source had trained (-1: no source read yet). With
+    optim.schedule_offset = "global-step" the learning-rate schedule continues from it."""
+    source_sha256: str = ""
+    """Filled in at start: sha256 of the file read. A config that gives one (a copied config.toml)
+    must find that very file."""
+
+    def __post_init__(self) -> None:
+        _check_choice("init", "heads", self.heads, ("auto", "keep", "new"))
+        _check_range("init", "source_epoch", self.source_epoch, -1)
+
+
+@dataclass(kw_only=True)
 class AttackConfig:
     eps: float = 8 / 255
     """L-inf radius of the training attack (8/255 for AT, 0.031 for TRADES)."""
@@ -192,6 +216,12 @@ class OptimConfig:
     """LR decay factor at each milestone."""
     lr_warmup_epochs: float = 0.0
     """Linear LR warm-up from 0 over this many epochs (0: none, as the paper)."""
+    schedule_offset: str = "none"
+    """Where the schedule starts for a run with init.source: `none` (at epoch 0, as any run) or
+    `global-step` (at the source's epoch, init.source_epoch: the paper's Appendix E fine-tuning,
+    "the learning rate was set according to the global step over the pre-training and
+    fine-tuning phase"). The milestones then count global epochs (fractions are of
+    init.source_epoch + epochs); this run still trains `epochs` epochs."""
 
     def __post_init__(self) -> None:
         _check_range("optim", "epochs", self.epochs, 1)
@@ -201,11 +231,15 @@ class OptimConfig:
         _check_choice("optim", "weight_decay_on", self.weight_decay_on, ("all", "weights"))
         _check_range("optim", "gamma", self.gamma, 0.0, 1.0)
         _check_range("optim", "lr_warmup_epochs", self.lr_warmup_epochs, 0.0)
+        _check_choice("optim", "schedule_offset", self.schedule_offset, ("none", "global-step"))
         for m in self.milestones:
             _check_range("optim", "milestones", m, 0.0)
 
-    def milestone_epochs(self) -> list[float]:
-        return sorted(m * self.epochs if m < 1 else m for m in self.milestones)
+    def milestone_epochs(self, schedule_epochs: int | None = None) -> list[float]:
+        """The milestones in epochs; fractions are of `schedule_epochs` (default: `epochs`; a
+        fine-tune that continues its source's schedule passes the global length)."""
+        total = self.epochs if schedule_epochs is None else schedule_epochs
+        return sorted(m * total if m < 1 else m for m in self.milestones)
 
 
 COMPILE_MODES = ("reduce-overhead", "max-autotune")
@@ -277,6 +311,7 @@ class EvalConfig:
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -289,6 +324,11 @@ class TrainConfig:
             raise ConfigError(
                 f"method.warmup_epochs = {self.method.warmup_epochs} leaves no epoch after warm-up "
                 f"(optim.epochs = {self.optim.epochs}): the threshold would never be set"
+            )
+        if self.optim.schedule_offset == "global-step" and not self.init.source:
+            raise ConfigError(
+                'optim.schedule_offset = "global-step" continues the schedule of init.source, which is empty: '
+                'give the pre-trained run with --init-from, or set optim.schedule_offset = "none"'
             )
 
     @property

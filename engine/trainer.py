@@ -32,12 +32,13 @@ from engine.config import ConfigError, TrainConfig, resolve_warmup, to_toml
 from engine.data import RunData, build_run_data, with_absolute_paths
 from engine.distributed import World, data_parallel, rank_device, rank_seed, sync_batchnorm
 from engine.evaluation import accuracy
+from engine.init_from import start_from_source
 from engine.methods import METHODS, MethodState, StepContext, StepStats
 from engine.models import build, model_card, primary_state_dict
 from engine.run_dir import JsonLines, RunDir, atomic_write_text, refuse_to_replace
 from engine.runtime import Runtime, apply_backend_flags, resolve_runtime, rng_state, seed_everything, set_rng_state
 from engine.resume import changes_on_resume
-from engine.schedule import build_optimizer, learning_rate
+from engine.schedule import build_optimizer, learning_rate, schedule_offset
 from engine.step import TrainStep, compile_trunk
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,9 @@ class Trainer:
         )
         self.normalization_source = self.data.normalization.source
         self.model = self._build_model()
+        if cfg.init.source and not resume:  # a resumed fine-tune continues its own checkpoint, not the source
+            init, self.normalization_source = start_from_source(self.model, self.cfg)
+            self.cfg = dataclasses.replace(self.cfg, init=init)
         self.trunk = compile_trunk(self.model, self.rt)
         self.classifier = _Classifier(self.model, self.trunk, self.rt.autocast())
         # DDP's constructor broadcasts rank 0's weights, so the ranks start from one model.
@@ -259,7 +263,7 @@ class Trainer:
         )
 
     def _set_learning_rate(self, steps_per_epoch: int) -> float:
-        lr = learning_rate(self.cfg.optim, self.step, steps_per_epoch)
+        lr = learning_rate(self.cfg.optim, self.step, steps_per_epoch, schedule_offset(self.cfg))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
