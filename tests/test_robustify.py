@@ -232,3 +232,17 @@ def test_cli_writes_the_dataset_and_reports_errors(tmp_path, model_file, data_fi
         assert usage.exit_code == 2, usage.output
     not_beton = runner.invoke(app, args[:3] + [str(tmp_path / "robust.npz")])
     assert not_beton.exit_code == 2 and ".beton" in not_beton.output
+
+
+@pytest.mark.gpu
+def test_cuda_run_matches_the_cpu_run(tmp_path, model_file, data_file):
+    # cuDNN may use TF32 and other algorithms, so the numbers agree closely rather than bit for bit.
+    cpu = robustify(model_file, data_file, tmp_path / "cpu.beton", **SETTINGS)["meta"]["robustify"]
+    cuda = robustify(model_file, data_file, tmp_path / "cuda.beton", **{**SETTINGS, "device": "cuda"})
+    facts = cuda["meta"]["robustify"]
+    assert facts["device"].startswith("cuda")
+    assert facts["mean_final_distance"] < facts["mean_start_distance"]
+    for key in ("mean_start_distance", "mean_final_distance"):
+        assert facts[key] == pytest.approx(cpu[key], rel=2e-2)
+    gap = np.abs(read_beton(tmp_path / "cuda.beton").images.astype(int) - read_beton(tmp_path / "cpu.beton").images)
+    assert np.mean(gap <= 2) > 0.99
