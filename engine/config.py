@@ -274,6 +274,10 @@ class RuntimeConfig:
     sync_bn: bool = False
     """Under torchrun, BatchNorm as SyncBatchNorm: statistics over the global batch instead of each
     GPU's shard (GPUs only; off by default, as the paper's single-GPU runs have nothing to sync)."""
+    tensorboard: bool = False
+    """Also write each epoch's metrics.jsonl scalars (losses, held-out accuracies, lr, omega, share
+    routed high, times) as TensorBoard event files in RUN_DIR/tensorboard/ (rank 0; needs the
+    tensorboard package: pip install tensorboard)."""
 
     def __post_init__(self) -> None:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

@@ -40,6 +40,7 @@ from engine.runtime import Runtime, apply_backend_flags, resolve_runtime, rng_st
 from engine.resume import changes_on_resume
 from engine.schedule import build_optimizer, learning_rate, schedule_offset
 from engine.step import TrainStep, compile_trunk
+from engine.tensorboard_log import clear_event_files, open_tensorboard, require_tensorboard
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,8 @@ class Trainer:
         self.on_step = on_step if self.is_main else None
         self.cfg, self.rt = self._resolve(cfg)
         apply_backend_flags(self.rt)
+        if self.cfg.runtime.tensorboard and self.is_main:
+            require_tensorboard()  # a missing package fails before the data is built
         seed_everything(cfg.runtime.seed)
         if cfg.runtime.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -191,6 +194,8 @@ class Trainer:
         # one its checkpoint was written under.
         if self.is_main and (not resume or self.epoch < self.cfg.optim.epochs):
             atomic_write_text(self.files.config, to_toml(self.cfg))
+        self.tensorboard = open_tensorboard(self.files.tensorboard, self.epoch + 1, self.cfg.runtime.tensorboard
+                                            and self.is_main and self.epoch < self.cfg.optim.epochs)
 
     # ---- set-up ---------------------------------------------------------------------------
     def _resolve(self, cfg: TrainConfig) -> tuple[TrainConfig, Runtime]:
@@ -230,6 +235,7 @@ class Trainer:
         # A replaced run leaves nothing of its own behind to be mistaken for this one's.
         for path in self.files.run_files():
             path.unlink(missing_ok=True)
+        clear_event_files(self.files.tensorboard)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -252,6 +258,8 @@ class Trainer:
             if self.epoch % self.cfg.eval.every == 0 or self.epoch == total:
                 record.update(self._evaluate())
             self._log_and_save(record)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         self.world.barrier()  # rank 0's last line is written before any rank reads the file
         return self.metrics.read()
 
@@ -401,6 +409,8 @@ class Trainer:
         if not self.is_main:
             return
         self.metrics.write(record)
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
         state = self._state(rng_ranks)
         save_checkpoint(self.files.last, state)
         if improved:
