@@ -42,6 +42,9 @@ def analyze_command(
         "--fig4-class", metavar="NAME", show_default=False,
         help="Rank the images of this auxiliary class only (the paper's figure: \"aircraft carrier\").",
         rich_help_panel=FIG4)] = None,
+    device: Annotated[str, typer.Option(
+        help="Where the model scores the images: auto (cuda when there is one), cpu, cuda, cuda:N.",
+        rich_help_panel=FIG4)] = "auto",
 ) -> None:
     """Draw training curves and the routing of auxiliary samples, and write a markdown report.
 
@@ -56,6 +59,6 @@ def analyze_command(
     from engine.analysis.report import write_analysis
 
     options = Fig4Options(k=fig4_k, limit=fig4_limit, only_class=fig4_class,
-                          aux_data=tuple(aux_data or ())) if fig4 else None
+                          aux_data=tuple(aux_data or ()), device=device) if fig4 else None
     result = write_analysis(runs, out, groups, options)
     console.print(f"wrote {result.report} and {len(result.figures)} figures in {result.out}")

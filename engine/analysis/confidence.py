@@ -38,12 +38,16 @@ class Fig4Options:
     """Rank the images of this auxiliary class only (the paper's figure shows "aircraft carrier")."""
     aux_data: tuple[str, ...] = ()
     """The auxiliary datasets, in the run's order, instead of the paths its config.toml records."""
+    device: str = "auto"
+    """Where the model scores the images: `auto` (cuda when there is one), `cpu`, `cuda`, `cuda:N`."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"--fig4-k {self.k}: expected at least 1 image at each end")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--fig4-limit {self.limit}: expected at least 1 image")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"--device {self.device!r}: expected auto, cpu, cuda or cuda:N")
 
 
 @dataclass
@@ -171,11 +175,15 @@ def rank_run(run: Run, options: Fig4Options, groups: Optional[dict[str, str]] = 
             return [], [f"No Fig. 4: the auxiliary data the run recorded is not here ({', '.join(missing)}); "
                         "pass --aux-data FILE (one per auxiliary dataset) to draw it."]
 
+    from engine.config import ConfigError
     from engine.models import load
     from engine.runtime import resolve_device
     from loaders.datasets import open_dataset
 
-    device = resolve_device("auto")
+    try:
+        device = resolve_device(options.device)
+    except ConfigError:  # its message names runtime.device, a training setting
+        raise ValueError(f"--device {options.device}: this machine has no CUDA device; use --device cpu") from None
     model = load(model_path, device)
     omega = next((r["omega"] for r in reversed(run.metrics) if r.get("omega") is not None), None)
     rankings, notes = [], []
