@@ -196,6 +196,10 @@ def rank_run(run: Run, options: Fig4Options, groups: Optional[dict[str, str]] = 
                 continue
             index = index[data.labels == data.class_names.index(options.only_class)]
         total = len(index)
+        if total == 0:
+            notes.append(f"No Fig. 4 for {data.name} (aux {aux}): it holds no images"
+                         + (f" of class {options.only_class!r}." if options.only_class else "."))
+            continue
         index = index[:options.limit]
         conf = confidences(model, data.images[index], device, run.config.eval.batch_size)
         top, bottom = ends(conf, options.k)
