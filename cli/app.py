@@ -10,8 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from cli import (analyze_cmd, bench_ddp, bench_eval, bench_kernels, bench_loader, bench_step, demo_cmd, eval_cmd,
-                 export_cmd, info_cmd, prepare_cmd, train_cmd)
-from cli import robustify_cmd
+                 export_cmd, info_cmd, prepare_cmd, robustify_cmd, theory_cmd, train_cmd)
 from cli.errors import error_context
 
 
@@ -40,6 +39,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 bench_app = typer.Typer(help="Throughput benchmarks: print a table and write JSON.", no_args_is_help=True)
+theory_app = typer.Typer(help="The paper's theory, simulated: print the statements' checks, write a report.",
+                         no_args_is_help=True)
 
 # The order of a paper run (README): prepare the data, train, evaluate, export the model, analyse
 # the runs; then demo, the same pipeline on built-in data; info, the diagnosis when something
@@ -54,6 +55,7 @@ _add(app, "analyze", analyze_cmd.analyze_command, analyze_cmd.EPILOG)
 _add(app, "demo", demo_cmd.demo_command, demo_cmd.EPILOG)
 _add(app, "info", info_cmd.info_command, info_cmd.EPILOG)
 app.add_typer(bench_app, name="bench")
+app.add_typer(theory_app, name="theory")
 
 # The training step first (the number the engine exists for), then what feeds it (loader,
 # kernels), then evaluation, then scaling over processes.
@@ -62,6 +64,8 @@ _add(bench_app, "loader", bench_loader.bench_loader, bench_loader.EPILOG)
 _add(bench_app, "kernels", bench_kernels.bench_kernels, bench_kernels.EPILOG)
 _add(bench_app, "eval", bench_eval.bench_eval, bench_eval.EPILOG)
 _add(bench_app, "ddp", bench_ddp.bench_ddp, bench_ddp.EPILOG)
+
+_add(theory_app, "gaussian", theory_cmd.gaussian_command, theory_cmd.EPILOG)
 
 
 def main() -> None:
