@@ -81,7 +81,7 @@ def _with_progress(model: Path, aux: Path, out: Path, run: dict):
     with Progress(*columns, console=err_console, transient=True) as progress:
         def advance(phase: str, done: int, total: int) -> None:
             if phase not in tasks:
-                tasks[phase] = progress.add_task(f"{phase} {aux.name}", total=total)
+                tasks[phase] = progress.add_task(f"{phase} {(aux if phase == 'score' else out).name}", total=total)
             progress.advance(tasks[phase], done)
 
         return pseudo_label(model, aux, out, progress=advance, **run)

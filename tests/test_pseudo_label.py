@@ -246,3 +246,17 @@ def test_pseudo_mode_refuses_auxiliary_data_without_the_primary_classes(tmp_path
     with pytest.raises(ConfigError, match=r"'shapes:aux\?n=64&size=16' has 20 classes and the primary data "
                                           r"'shapes:primary\?n=64&size=16' has 10.*pseudo-label"):
         Trainer(cfg, tmp_path / "run")
+
+
+@pytest.mark.gpu
+def test_scoring_on_the_gpu_keeps_what_the_cpu_keeps(files, monkeypatch):
+    # TF32 convolutions (cuDNN's default) round the logits at 1e-3; off, the two devices differ
+    # in the last bits only, far below the margins of these images.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    model_dir, aux_path, _, tmp = files
+    for name, top_k in (("all", None), ("top", 15)):
+        pseudo_label(model_dir, aux_path, tmp / f"cpu-{name}.beton", top_k=top_k, batch_size=32, device="cpu")
+        pseudo_label(model_dir, aux_path, tmp / f"gpu-{name}.beton", top_k=top_k, batch_size=32, device="cuda")
+        cpu, gpu = read_beton(tmp / f"cpu-{name}.beton"), read_beton(tmp / f"gpu-{name}.beton")
+        np.testing.assert_array_equal(gpu.images, cpu.images)
+        np.testing.assert_array_equal(gpu.labels, cpu.labels)
