@@ -22,6 +22,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from engine.models import check_image_size, load_with_card, model_file
+from engine.runtime import resolve_device
+from loaders.beton import BetonIndex, iter_beton, read_manifest, write_beton
+from loaders.images import to_device_images
+from loaders.sources.base import ChunkedSource, sha256_files
+from loaders.types import ArrayDataset
+
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
@@ -55,9 +62,6 @@ def score_beton(model: nn.Module, path: str | Path, *, batch_size: int, device: 
     """Predicted class and confidence of every image of the .beton `path`: `model` in eval mode,
     no gradients, in fp32, batch by batch. The results stay on the device until the end, so the
     host reads the next batch while the device works on this one."""
-    from loaders.beton import BetonIndex, iter_beton
-    from loaders.images import to_device_images
-
     model.eval()
     total = BetonIndex(path).num_samples
     predicted, confidence = [], []
@@ -96,11 +100,6 @@ def pseudo_label(model_path: str | Path, aux_path: str | Path, out_path: str | P
     takes), keeps the `top_k` most confident images per predicted class (all when None), and
     writes them to `out_path` with their predicted classes as labels. Everything is checked
     before the first image is scored."""
-    from engine.models import load_with_card, model_file
-    from engine.runtime import resolve_device
-    from loaders.beton import BetonIndex, read_manifest
-    from loaders.sources.base import sha256_files
-
     aux, out = Path(aux_path), Path(out_path)
     if top_k is not None and top_k < 1:
         raise ValueError(f"top-k per class must be at least 1, got {top_k}")
@@ -119,7 +118,7 @@ def pseudo_label(model_path: str | Path, aux_path: str | Path, out_path: str | P
     model, card = load_with_card(weights, torch_device)
     num_classes = model.num_classes
     class_names = _class_names(card, num_classes, weights)
-    _check_image_size(card, index.image_size, weights, aux)
+    check_image_size(card, index.image_size, weights, aux)
     n = index.num_samples
     if n == 0:
         raise ValueError(f"{aux} holds no images: no image kept, nothing to write")
@@ -174,17 +173,6 @@ def _class_names(card: dict, num_classes: int, weights: Path) -> list[str]:
     return [str(i) for i in range(num_classes)]
 
 
-def _check_image_size(card: dict, size: int, weights: Path, aux: Path) -> None:
-    """The WideResNet pools adaptively, so any size runs, but a classifier only knows the size it
-    was trained at (recorded in the card by the trainer)."""
-    trained = card.get("image_size")
-    if trained is not None and int(trained) != size:
-        raise ValueError(
-            f"{weights} was trained on {trained}x{trained} images but {aux} holds {size}x{size} ones: "
-            f"prepare the auxiliary data with --size {trained}"
-        )
-
-
 def _min_per_class(scores: Scores, kept: np.ndarray, num_classes: int) -> list[float | None]:
     """The lowest confidence kept in each class (None where none was kept): the cut-off K gave."""
     lowest = np.full(num_classes, np.inf)
@@ -194,10 +182,6 @@ def _min_per_class(scores: Scores, kept: np.ndarray, num_classes: int) -> list[f
 
 def _write(out: Path, aux: Path, scores: Scores, kept: np.ndarray, class_names: list[str], size: int,
            aux_manifest: dict, meta: dict, top_k: int | None, progress: Progress | None) -> dict:
-    from loaders.beton import iter_beton, write_beton
-    from loaders.sources.base import ChunkedSource
-    from loaders.types import ArrayDataset
-
     name = f"{aux_manifest.get('name', aux.stem)}-pseudo-{'all' if top_k is None else f'top{top_k}'}"
 
     def chunks():

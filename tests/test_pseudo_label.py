@@ -163,7 +163,7 @@ def test_errors_name_the_file_and_the_fix_and_leave_nothing_behind(files, tmp_pa
     with pytest.raises(FileNotFoundError, match="no-model"):
         pseudo_label(tmp / "no-model", aux_path, out, top_k=1, device="cpu")
     write_aux(tmp / "big.beton", n=8, size=32)
-    with pytest.raises(ValueError, match=r"trained on 16x16 images but .*big.beton holds 32x32.*--size 16"):
+    with pytest.raises(ValueError, match=r"trained on 16x16 images, .*big.beton holds 32x32.*--size 16"):
         pseudo_label(model_dir, tmp / "big.beton", out, top_k=1, device="cpu")
     with pytest.raises(ValueError, match="auxiliary data it would be written from"):
         pseudo_label(model_dir, aux_path, aux_path, top_k=1, device="cpu", overwrite=True)
