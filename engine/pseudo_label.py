@@ -24,8 +24,8 @@ import torch.nn as nn
 
 from engine.models import check_image_size, load_with_card, model_file
 from engine.runtime import resolve_device
+from engine.scoring import Scores, score_batches
 from loaders.beton import BetonIndex, iter_beton, read_manifest, write_beton
-from loaders.images import to_device_images
 from loaders.sources.base import ChunkedSource, sha256_files
 from loaders.types import ArrayDataset
 
@@ -35,16 +35,6 @@ Progress = Callable[[str, int, int], None]
 """progress(phase, images_done_now, images_in_phase), phase "score" then "write"."""
 
 _WRITE_ROWS = 4096  # images per chunk of the second pass (12 MB at 32 px, 50 MB at 64 px)
-
-
-@dataclass(frozen=True)
-class Scores:
-    """What the classifier says about each auxiliary image, in file order."""
-
-    predicted: np.ndarray
-    """(N,) int64 argmax class: the pseudo-label."""
-    confidence: np.ndarray
-    """(N,) float32 max softmax."""
 
 
 @dataclass(frozen=True)
@@ -59,23 +49,11 @@ class PseudoLabelResult:
 
 def score_beton(model: nn.Module, path: str | Path, *, batch_size: int, device: torch.device,
                 progress: Progress | None = None) -> Scores:
-    """Predicted class and confidence of every image of the .beton `path`: `model` in eval mode,
-    no gradients, in fp32, batch by batch. The results stay on the device until the end, so the
-    host reads the next batch while the device works on this one."""
-    model.eval()
+    """Predicted class and confidence of every image of the .beton `path` (`engine.scoring`),
+    read `batch_size` images at a time."""
     total = BetonIndex(path).num_samples
-    predicted, confidence = [], []
-    with torch.inference_mode():
-        for chunk in iter_beton(path, rows=batch_size):
-            probs = torch.softmax(model(to_device_images(chunk.images, device)).float(), dim=1)  # (b, c)
-            conf, pred = probs.max(dim=1)
-            predicted.append(pred)
-            confidence.append(conf)
-            if progress is not None:
-                progress("score", len(chunk), total)
-    if not predicted:
-        return Scores(np.zeros(0, np.int64), np.zeros(0, np.float32))
-    return Scores(torch.cat(predicted).cpu().numpy().astype(np.int64), torch.cat(confidence).cpu().numpy())
+    on_batch = None if progress is None else (lambda n: progress("score", n, total))
+    return score_batches(model, (chunk.images for chunk in iter_beton(path, rows=batch_size)), device, on_batch)
 
 
 def top_k_per_class(scores: Scores, k: int | None, num_classes: int) -> np.ndarray:

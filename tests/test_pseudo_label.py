@@ -18,7 +18,8 @@ from cli.app import app
 from engine.checkpoint import export_model
 from engine.config import ConfigError
 from engine.models import build, load, model_card, primary_state_dict
-from engine.pseudo_label import Scores, pseudo_label, top_k_per_class
+from engine.pseudo_label import pseudo_label, top_k_per_class
+from engine.scoring import Scores
 from loaders.beton import iter_beton, read_beton, read_manifest, write_beton
 from loaders.images import to_device_images
 from loaders.sources.shapes import make_shapes
