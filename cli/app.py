@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from cli import (analyze_cmd, bench_ddp, bench_eval, bench_kernels, bench_loader, bench_step, demo_cmd, eval_cmd,
-                 export_cmd, info_cmd, prepare_cmd, robustify_cmd, theory_cmd, train_cmd)
+                 export_cmd, info_cmd, prepare_cmd, pseudo_label_cmd, robustify_cmd, theory_cmd, train_cmd)
 from cli.errors import error_context
 
 
@@ -42,7 +42,8 @@ bench_app = typer.Typer(help="Throughput benchmarks: print a table and write JSO
 theory_app = typer.Typer(help="The paper's theory, simulated: print the statements' checks, write a report.",
                          no_args_is_help=True)
 
-# The order of a paper run (README): prepare the data, train, evaluate, export the model, analyse
+# The order of a paper run (README): prepare the data, train, evaluate, export the model,
+# pseudo-label auxiliary data with a trained model (the Carmon et al. comparison), analyse
 # the runs; then demo, the same pipeline on built-in data; info, the diagnosis when something
 # above does not work; and last bench, which measures the engine rather than using it (Typer lists a group of
 # subcommands after the plain commands in any case).
@@ -51,6 +52,7 @@ _add(app, "train", train_cmd.train_command, train_cmd.EPILOG)
 _add(app, "eval", eval_cmd.eval_command, eval_cmd.EPILOG)
 _add(app, "export", export_cmd.export_command, export_cmd.EPILOG)
 _add(app, "robustify", robustify_cmd.robustify_command, robustify_cmd.EPILOG)  # a trained model's robust dataset
+_add(app, "pseudo-label", pseudo_label_cmd.pseudo_label_command, pseudo_label_cmd.EPILOG)  # auxiliary data a trained model labels
 _add(app, "analyze", analyze_cmd.analyze_command, analyze_cmd.EPILOG)
 _add(app, "demo", demo_cmd.demo_command, demo_cmd.EPILOG)
 _add(app, "info", info_cmd.info_command, info_cmd.EPILOG)

@@ -154,7 +154,12 @@ class MethodConfig:
     """Training objective: `at` (Madry PGD adversarial training) or `trades`."""
     aux_mode: str = "biamat"
     """How auxiliary samples are used: biamat (confidence routing), labels (all high), uniform
-    (all low: OAT), none (auxiliary data ignored)."""
+    (all low: OAT), none (auxiliary data ignored), pseudo (Carmon et al.'s RST, the paper's
+    Table 3 / Table 7: auxiliary samples trained as primary samples through f_pri with their
+    pseudo-labels, each batch half primary and half pseudo-labelled when aux_batch_size equals
+    batch_size; no auxiliary head, routing, omega or alpha; the auxiliary data must have the
+    primary classes, as `biamat-engine pseudo-label` writes it, and metrics' loss_pri then
+    covers both halves)."""
     alpha: float = 1.0
     """Weight of the auxiliary loss (paper Table 12)."""
     pi: float = 0.55
@@ -162,7 +167,7 @@ class MethodConfig:
     warmup_epochs: int = 5
     """biamat mode only: epochs before omega is set, in which auxiliary samples are attacked and
     forwarded as high samples with zero loss weight. Warm-up belongs to the selection strategy:
-    in labels and uniform mode the auxiliary loss has weight alpha from the first step (the
+    in labels, uniform and pseudo mode the auxiliary loss has weight alpha from the first step (the
     reference's OAT-like mode sets its warm-up to 0; the paper's Table 1 protocol has none), and
     the resolved config.toml of such a run (and of a run without auxiliary data) records 0."""
     beta: float = 6.0
@@ -178,7 +183,7 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         _check_choice("method", "name", self.name, ("at", "trades"))
-        _check_choice("method", "aux_mode", self.aux_mode, ("biamat", "labels", "uniform", "none"))
+        _check_choice("method", "aux_mode", self.aux_mode, ("biamat", "labels", "uniform", "none", "pseudo"))
         _check_choice("method", "threshold", self.threshold, ("frozen", "ema"))
         _check_choice("method", "high_loss", self.high_loss, ("trades", "ce"))
         _check_range("method", "alpha", self.alpha, 0.0)
@@ -345,6 +350,12 @@ class TrainConfig:
         case in which method.warmup_epochs means anything."""
         return self.uses_aux and self.method.aux_mode == "biamat"
 
+    @property
+    def pseudo_labelled(self) -> bool:
+        """Whether the auxiliary data trains as pseudo-labelled primary data (aux_mode pseudo):
+        it then needs the primary classes, and the model no auxiliary heads."""
+        return self.uses_aux and self.method.aux_mode == "pseudo"
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -366,8 +377,8 @@ def _check_finite(config: "TrainConfig") -> None:
 
 
 def resolve_warmup(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` with method.warmup_epochs = 0 where no selection runs (labels, uniform, none, or no
-    auxiliary data), so the resolved config says what the run does; unchanged otherwise."""
+    """`cfg` with method.warmup_epochs = 0 where no selection runs (labels, uniform, pseudo, none,
+    or no auxiliary data), so the resolved config says what the run does; unchanged otherwise."""
     if cfg.selects or cfg.method.warmup_epochs == 0:
         return cfg
     return dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, warmup_epochs=0))

@@ -97,10 +97,32 @@ def heldout_subset(dataset: ArrayDataset, n: int, seed: int) -> np.ndarray:
     return np.sort(rng.permutation(len(dataset))[: min(n, len(dataset))])
 
 
+def check_pseudo_labelled(primary_spec: str, primary: DatasetInfo, aux_specs: list[str],
+                          aux: list[DatasetInfo]) -> None:
+    """Pseudo-labelled auxiliary data trains with primary labels: a ConfigError naming both files
+    unless each auxiliary dataset has the primary class count (a warning where the names differ)."""
+    for spec, info in zip(aux_specs, aux):
+        if info.num_classes != primary.num_classes:
+            raise ConfigError(
+                f"method.aux_mode = pseudo trains the auxiliary data as primary data, but {spec!r} has "
+                f"{info.num_classes} classes and the primary data {primary_spec!r} has {primary.num_classes}: "
+                f"pseudo-label it first with a classifier of the primary classes "
+                f"(`biamat-engine pseudo-label MODEL {spec} OUT.beton --top-k-per-class K`)"
+            )
+        if info.class_names != primary.class_names:
+            log.warning("pseudo-labelled %s names its classes %s, the primary data %s %s: labels are "
+                        "matched by index", spec, list(info.class_names[:4]), primary_spec,
+                        list(primary.class_names[:4]))
+
+
 def build_run_data(
     data: DataConfig, *, use_aux: bool, device: torch.device, seed: int, eval_n: int,
     kernel_impl: str, rank: int = 0, world_size: int = 1, normalization: str = "primary",
+    pseudo_labelled: bool = False,
 ) -> RunData:
+    """The run's streams and held-out set. `pseudo_labelled` (aux_mode pseudo): the auxiliary data
+    trains as primary data, so it must have the primary classes and gets no head of its own
+    (`aux_classes` is empty)."""
     options = LoaderOptions(workers=data.num_workers, kernel_impl=kernel_impl)
 
     def stream(spec: str, batch_size: int, stream_seed: int, drop_last: bool):
@@ -128,12 +150,14 @@ def build_run_data(
                 f"auxiliary data {spec!r} has {s.info.image_size}px images, the primary {size}px: "
                 f"prepare it with --size {size}"
             )
+    if pseudo_labelled:
+        check_pseudo_labelled(data.primary, primary.info, aux_specs, [s.info for s in aux])
     index = heldout_subset(test, eval_n, seed)
     aux_info = [s.info for s in aux]
     return RunData(
         stream=PairedStream(primary, aux),
         num_classes=primary.info.num_classes,
-        aux_classes=tuple(i.num_classes for i in aux_info),
+        aux_classes=() if pseudo_labelled else tuple(i.num_classes for i in aux_info),
         class_names=list(test.class_names),
         aux_names=[i.name for i in aux_info],
         aux_class_names=[list(i.class_names) for i in aux_info],

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from engine.feature_matching import feature_distance, match_features
-from engine.models import load_with_card, model_file
+from engine.models import check_image_size, load_with_card, model_file
 from engine.run_dir import atomic_write, check_writable, read_json, write_json
 from engine.runtime import resolve_device
 from loaders.beton import read_beton, read_manifest, write_beton
@@ -183,10 +183,7 @@ def _check_fit(card: dict, source: ArrayDataset, model: str | Path, data: Path) 
         top = int(source.labels.max()) if len(source) else -1
         raise ValueError(f"{model} classifies {classes} classes, {data} has {source.num_classes} "
                          f"(labels up to {top}): robustify the dataset the model was trained on")
-    size = card.get("image_size")
-    if size is not None and size != source.image_size:
-        raise ValueError(f"{model} was trained on {size}x{size} images, {data} holds "
-                         f"{source.image_size}x{source.image_size}: prepare DATA at --size {size}")
+    check_image_size(card, source.image_size, model, data)
 
 
 def _data_sha256(data: Path) -> str:

@@ -166,7 +166,7 @@ class Trainer:
         self.data: RunData = build_run_data(
             self.cfg.data, use_aux=cfg.uses_aux, device=self.rt.device, seed=cfg.runtime.seed,
             eval_n=cfg.eval.n, kernel_impl=self.rt.kernels, rank=self.rank, world_size=self.world_size,
-            normalization=cfg.model.normalization,
+            normalization=cfg.model.normalization, pseudo_labelled=cfg.pseudo_labelled,
         )
         self.normalization_source = self.data.normalization.source
         self.model = self._build_model()

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -361,27 +361,61 @@ class BetonIndex:
             raise ValueError(f"{self.path}: truncated: image data runs past the end of the file")
 
 
-def read_beton(path: str | os.PathLike) -> ArrayDataset:
-    """Decodes a whole .beton into host memory; class names come from its manifest."""
+def _open(path: str | os.PathLike) -> tuple[BetonIndex, dict]:
+    """The index and the manifest of a .beton, checked to describe the same samples."""
     index = BetonIndex(path)
     manifest = read_manifest(path)
-    n, size = index.num_samples, index.image_size
-    if manifest["count"] != n:
-        raise ValueError(f"{path}: manifest says {manifest['count']} samples, the file holds {n}; prepare it again")
+    if manifest["count"] != index.num_samples:
+        raise ValueError(f"{path}: manifest says {manifest['count']} samples, the file holds "
+                         f"{index.num_samples}; prepare it again")
+    return index, manifest
+
+
+def read_beton(path: str | os.PathLike) -> ArrayDataset:
+    """Decodes a whole .beton into host memory; class names come from its manifest."""
+    index, manifest = _open(path)
     raw = np.memmap(index.path, dtype=np.uint8, mode="r")
+    images = _gather(raw, index.metadata["image"]["data_ptr"].astype(np.int64), index.image_size)
+    del raw
+    labels = index.metadata["label"].astype(np.int64)
+    info = beton_info(index, manifest)
+    return ArrayDataset(images, labels, list(info.class_names), info.name, info.meta)
+
+
+def iter_beton(path: str | os.PathLike, rows: int = 4096, index: np.ndarray | None = None) -> Iterator[ArrayDataset]:
+    """The samples of a .beton (or only those at the sorted positions `index`), in order, as
+    ArrayDatasets of at most `rows` samples: one chunk in host memory at a time, for files too
+    big to decode whole (ImageNet64). Each chunk has the file's classes, name and meta, without
+    the whole file's channel statistics."""
+    beton, manifest = _open(path)
+    info = beton_info(beton, manifest)
+    meta = {k: v for k, v in info.meta.items() if k not in CHANNEL_STATS_KEYS}
+    positions = np.arange(beton.num_samples) if index is None else np.asarray(index, dtype=np.int64)
+    if len(positions) and (positions.min() < 0 or positions.max() >= beton.num_samples):
+        raise IndexError(f"{path}: sample positions must lie in [0, {beton.num_samples}), "
+                         f"found [{positions.min()}, {positions.max()}]")
+    raw = np.memmap(beton.path, dtype=np.uint8, mode="r")
+    pointers = beton.metadata["image"]["data_ptr"].astype(np.int64)
+    labels = beton.metadata["label"].astype(np.int64)
+    for start in range(0, len(positions), rows):
+        part = positions[start:start + rows]
+        yield ArrayDataset(_gather(raw, pointers[part], beton.image_size), labels[part],
+                           list(info.class_names), info.name, dict(meta))
+
+
+def _gather(raw: np.ndarray, pointers: np.ndarray, size: int) -> np.ndarray:
+    """(n, size, size, 3) uint8: the images at byte offsets `pointers` (n,) of the mapped file."""
+    n, nbytes = len(pointers), 3 * size * size
     images = np.empty((n, size, size, 3), dtype=np.uint8)
+    if n == 0:
+        return images
     flat = images.reshape(n, -1)
-    pointers = index.metadata["image"]["data_ptr"].astype(np.int64)
-    nbytes = flat.shape[1]
     # Consecutive samples usually sit back to back within a page: copy runs, not single images.
     breaks = np.flatnonzero(np.diff(pointers) != nbytes) + 1
     for start, stop in zip(np.r_[0, breaks], np.r_[breaks, n]):
         begin = pointers[start]
         flat[start:stop] = raw[begin : begin + (stop - start) * nbytes].reshape(stop - start, nbytes)
-    del raw
-    labels = index.metadata["label"].astype(np.int64)
-    info = beton_info(index, manifest)
-    return ArrayDataset(images, labels, list(info.class_names), info.name, info.meta)
+    return images
 
 
 def beton_info(index: BetonIndex, manifest: dict | None = None) -> DatasetInfo:

@@ -49,13 +49,15 @@ def user_error_cases(tmp: Path) -> dict[str, tuple[list, str]]:
         "eval": (["eval", tmp / "missing.safetensors", "--test", tmp / "t.npz", "--device", "cpu"],
                  "missing.safetensors"),
         "export": (["export", tmp / "missing-run"], "missing-run"),
+        "pseudo-label": (["pseudo-label", tmp / "missing-run", tmp / "aux.beton", tmp / "c.beton", "--all"],
+                         "aux.beton"),
         "analyze": (["analyze", tmp / "missing-run", "--out", tmp / "analysis"], "missing-run"),
         # demo reads no file: its output folder lies under a file
         "demo": (["demo", "--out", tmp / "a-file" / "demo", "--device", "cpu"], str(tmp / "a-file")),
     }
 
 
-@pytest.mark.parametrize("command", ["prepare", "train", "eval", "export", "analyze", "demo"])
+@pytest.mark.parametrize("command", ["prepare", "train", "eval", "export", "pseudo-label", "analyze", "demo"])
 def test_a_missing_file_exits_1_naming_it(command, tmp_path):
     args, name = user_error_cases(tmp_path)[command]
     result = invoke(*args)
@@ -79,6 +81,7 @@ USAGE_ERRORS = {
     "train": (["train", "--out", "r", "--preset", "demo", "--config", "c.toml"], "not both"),
     "eval": (["eval", "m", "--test", "t.npz", "--step-size", "2/0"], "cannot read '2/0'"),
     "export": (["export", "r", "--format", "onnx"], "unknown export format 'onnx'"),
+    "pseudo-label": (["pseudo-label", "m", "a.beton", "o.beton"], "--top-k-per-class K"),
     "analyze": (["analyze", "--out", "a"], "Missing argument 'RUN_DIR'"),
     "demo": (["demo", "--device", "gpu"], "expected auto | cpu | cuda | cuda:N"),
     "info": (["info", "--verbose"], "No such option"),
@@ -113,6 +116,7 @@ INTERRUPTED = {
     "eval": (["eval", "model.safetensors", "--test", "t.npz", "--device", "cpu"],
              "engine.evaluation.runner.run_evaluation"),
     "export": (["export", "run"], "engine.export.export_robustbench"),
+    "pseudo-label": (["pseudo-label", "run", "a.beton", "o.beton", "--all"], "engine.pseudo_label.pseudo_label"),
     "analyze": (["analyze", "run"], "engine.analysis.report.write_analysis"),
     "demo": (["demo", "--out", "demo", "--device", "cpu"], "cli.demo_cmd.prepare_shapes"),
     "info": (["info"], "cli.info_cmd.probe"),
@@ -217,11 +221,12 @@ def test_no_cli_module_imports_the_app():
 
 # The order `biamat-engine --help` lists the commands in (cli/app.py registers them so; Typer puts
 # the groups of subcommands last).
-COMMANDS = ["prepare", "train", "eval", "export", "robustify", "analyze", "demo", "info", "bench", "theory"]
+COMMANDS = ["prepare", "train", "eval", "export", "robustify", "pseudo-label", "analyze", "demo", "info", "bench",
+            "theory"]
 
 
 def _listed(help_text: str) -> list[str]:
-    return re.findall(r"^│ (\w+) ", help_text, flags=re.MULTILINE)
+    return re.findall(r"^│ (\w[\w-]*) ", help_text, flags=re.MULTILINE)
 
 
 def test_help_lists_the_commands_in_the_intended_order():

@@ -268,6 +268,52 @@ def test_aux_mode_none_equals_a_batch_without_auxiliary_data(method, batch_facto
     assert float(loss_a.detach()) == float(loss_b.detach())
 
 
+def folded(batch):
+    """The batch as plain AT/TRADES would see [x_pri; x_aux] with labels [y_pri; y_aux]."""
+    from loaders.types import Batch
+
+    return Batch(x_pri=torch.cat([batch.x_pri, batch.x_aux]), y_pri=torch.cat([batch.y_pri, batch.y_aux]),
+                 x_aux=batch.x_aux[:0], y_aux=batch.y_aux[:0], aux_source=batch.aux_source[:0])
+
+
+@pytest.mark.parametrize("in_warmup", [False, True])
+@pytest.mark.parametrize("method", ["at", "trades"])
+def test_pseudo_mode_is_the_plain_objective_on_the_concatenated_batch(method, in_warmup, batch_factory):
+    # Carmon et al.'s RST: pseudo-labelled auxiliary samples (labels in the primary classes) get
+    # the primary loss through f_pri; no head f_aux, no routing, no alpha, no warm-up.
+    batch = batch_factory(aux_sizes=(8,), aux_classes=(10,))
+    pseudo_model, plain_model = tiny_model(1), tiny_model(1)
+    loss_p, stats_p, state = step(method, pseudo_model, batch, aux_mode="pseudo", alpha=0.3, pi=1.0,
+                                  in_warmup=in_warmup)
+    loss_n, stats_n, _ = step(method, plain_model, folded(batch), aux_mode="none")
+    assert float(loss_p.detach()) == pytest.approx(float(loss_n.detach()), rel=1e-6)
+    assert float(stats_p.loss_pri) == pytest.approx(float(stats_n.loss_pri), rel=1e-6)
+    assert stats_p.n_aux == 0 and not stats_p.routed and state.omega is None
+    assert float(stats_p.loss_low) == float(stats_p.loss_high) == 0.0
+    loss_p.backward()
+    loss_n.backward()
+    for (name, a), b in zip(pseudo_model.named_parameters(), plain_model.parameters()):
+        if name.startswith("aux_fc."):
+            assert a.grad is None  # the auxiliary head is not trained
+        else:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
+    for a, b in zip(pseudo_model.buffers(), plain_model.buffers()):
+        torch.testing.assert_close(a, b)  # the same BatchNorm statistics: one batch of B + Ba
+
+
+@pytest.mark.parametrize("method", ["at", "trades"])
+def test_pseudo_mode_without_perturbation_is_the_mean_ce_over_both_halves(method, batch_factory):
+    # eps = 0: AT is CE on the clean batch, TRADES too (its KL term vanishes); the mean runs over
+    # the primary and the pseudo-labelled samples alike, in one train-mode forward.
+    batch = batch_factory(aux_sizes=(8,), aux_classes=(10,))
+    model = tiny_model(1)
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        expected = F.cross_entropy(ref(torch.cat([batch.x_pri, batch.x_aux])), torch.cat([batch.y_pri, batch.y_aux]))
+    loss, _, _ = step(method, model, batch, aux_mode="pseudo", eps=0.0, steps=0 if method == "at" else 1)
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_the_attack_moves_the_training_loss(batch_factory):
     # The same batch with and without the attack: adversarial training must see a larger loss.
     batch = batch_factory(aux_sizes=(5, 3), aux_classes=(20, 7))

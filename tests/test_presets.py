@@ -129,6 +129,34 @@ def test_preset_matches_the_paper(name):
             assert cfg.method.high_loss == "ce"
 
 
+# Table 3 / Table 7, Carmon et al. [4]: TRADES, ImageNet pseudo-labelled by a classifier of the
+# primary classes, the top 50k (CIFAR-10) or 5k (CIFAR-100) per class ("ImageNet-500k"), each
+# batch "the same amount of primary and pseudo-labeled data" (Section 3.3, Appendix D).
+PSEUDO = {
+    "cifar10-trades-pseudo-imagenet500k": ("cifar10", "data/imagenet32-pseudo-cifar10-500k.beton"),
+    "cifar100-trades-pseudo-imagenet500k": ("cifar100", "data/imagenet32-pseudo-cifar100-500k.beton"),
+}
+
+
+@pytest.mark.parametrize("name", PSEUDO)
+def test_pseudo_label_presets_are_the_trades_baseline_with_half_pseudo_labelled_batches(name):
+    from engine.config import resolve_warmup
+
+    primary, aux = PSEUDO[name]
+    cfg, baseline = load_config(preset=name), load_config(preset=f"{primary}-trades")
+    assert cfg.method.name == "trades" and cfg.method.aux_mode == "pseudo" and cfg.pseudo_labelled
+    assert cfg.data.aux == [aux]
+    assert cfg.data.batch_size == cfg.data.aux_batch_size == 128
+    assert not cfg.selects and resolve_warmup(cfg).method.warmup_epochs == 0  # no selection, no warm-up
+
+    def without_the_auxiliary_data(c: TrainConfig) -> dict:
+        tree = c.to_dict()
+        del tree["data"]["aux"], tree["data"]["aux_batch_size"], tree["method"]["aux_mode"]
+        return tree
+
+    assert without_the_auxiliary_data(cfg) == without_the_auxiliary_data(baseline)
+
+
 def test_presets_outside_table12_say_what_they_use_instead():
     # No paper value to test against: the preset's own choices, pinned so they change on purpose.
     imgnet = load_config(preset="imgnet100-trades-biamat-imgnet900").method

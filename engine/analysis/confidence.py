@@ -120,19 +120,10 @@ def _model_file(path: Path) -> str:
 def confidences(model: "torch.nn.Module", images: np.ndarray, device: "torch.device", batch_size: int) -> np.ndarray:
     """(N,) float32 max softmax of the model's logits on (N, H, W, 3) uint8 images: the
     selection's confidence score, in eval mode and batches of `batch_size`."""
-    import torch
+    from engine.scoring import score_batches
 
-    from kernels.route import confidence_mask
-    from loaders.images import to_device_images
-
-    model.eval()
-    parts = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            x = to_device_images(images[start:start + batch_size], device)  # (b, 3, H, W) in [0, 1]
-            _, conf = confidence_mask(model(x), 0.0)  # (b,) float32
-            parts.append(conf.cpu().numpy())
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    batches = (images[start:start + batch_size] for start in range(0, len(images), batch_size))
+    return score_batches(model, batches, device).confidence
 
 
 def ends(conf: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,8 @@ One PGD run attacks the combined batch [x_pri; x_aux] with BatchNorm on batch st
 (running statistics untouched unless attack.bn_stats = "every_forward"), maximising the routed sum:
 CE(f_pri, y) on primary samples, soft-CE(f_pri, uniform) on low, CE(f_aux, y_aux) on high.
 Loss = mean primary CE + alpha * (sum of routed auxiliary losses) / |B_aux|.
+In aux_mode `pseudo` the pseudo-labelled auxiliary samples join the primary ones: plain AT on
+[x_pri; x_aux] with labels [y_pri; y_aux] (mean CE over both).
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import torch.nn.functional as F
 
 from engine.attacks import bn_mode, input_gradients_only, pgd_linf
 from engine.methods.context import MethodState, StepContext, StepStats
-from engine.methods.routing import aux_stats, combined_inputs, route, routed_aux_losses
+from engine.methods.routing import (aux_stats, combined_inputs, pseudo_labelled_as_primary, route,
+                                    routed_aux_losses)
 from loaders.types import Batch
 
 
 def at_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepContext) -> tuple[torch.Tensor, StepStats]:
     m = ctx.method
+    batch = pseudo_labelled_as_primary(batch, m.aux_mode)  # pseudo mode: one primary batch
     use_aux, sizes, x_nat = combined_inputs(model, batch, m.aux_mode)  # x_nat: (B + Ba, 3, H, W)
     n_pri = len(batch.y_pri)
 

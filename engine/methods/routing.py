@@ -16,9 +16,21 @@ from kernels.route import confidence_mask, routed_loss
 from loaders.types import Batch
 
 
+def pseudo_labelled_as_primary(batch: Batch, aux_mode: str) -> Batch:
+    """In mode `pseudo` (Carmon et al.'s RST, the paper's Table 3 / Table 7) the auxiliary
+    samples carry primary-class pseudo-labels and train exactly as primary samples: the batch
+    becomes one primary batch [x_pri; x_aux] (B + Ba, 3, H, W) with labels [y_pri; y_aux] and no
+    auxiliary part, so no head f_aux, no routing and no alpha touch them. Other modes: `batch`."""
+    if aux_mode != "pseudo" or len(batch.y_aux) == 0:
+        return batch
+    return Batch(x_pri=torch.cat([batch.x_pri, batch.x_aux]), y_pri=torch.cat([batch.y_pri, batch.y_aux]),
+                 x_aux=batch.x_aux[:0], y_aux=batch.y_aux[:0], aux_source=batch.aux_source[:0])
+
+
 def combined_inputs(model: nn.Module, batch: Batch, aux_mode: str) -> tuple[bool, list[int], torch.Tensor]:
     """(use_aux, per-dataset auxiliary sizes, x_nat = [x_pri; x_aux] (B + Ba, 3, H, W)): the one
-    batch both objectives attack and train on; auxiliary data is left out in mode `none`."""
+    batch both objectives attack and train on; auxiliary data is left out in mode `none`, and
+    arrives already folded into the primary part in mode `pseudo` (`pseudo_labelled_as_primary`)."""
     use_aux = aux_mode != "none" and len(batch.y_aux) > 0
     if not use_aux:
         return False, [], batch.x_pri

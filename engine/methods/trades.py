@@ -5,7 +5,9 @@ f_pri for primary and low samples, through f_aux for high ones. The clean predic
 diverges from are computed once per batch, not at every attack step as the reference code
 does. The loss, per sample: primary CE(x) + beta KL; low soft-CE(uniform) + beta KL; high
 CE(y_aux) + beta KL, or plain adversarial CE with `high_loss = "ce"` (the paper's choice with
-a CIFAR-100 primary, Appendix E).
+a CIFAR-100 primary, Appendix E). In aux_mode `pseudo` the pseudo-labelled auxiliary samples
+join the primary ones: plain TRADES (CE + beta KL, means over both) on [x_pri; x_aux] with
+labels [y_pri; y_aux], as Carmon et al.'s RST.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import torch.nn.functional as F
 
 from engine.attacks import bn_mode, input_gradients_only, kl_to, pgd_linf, trades_start
 from engine.methods.context import MethodState, StepContext, StepStats
-from engine.methods.routing import aux_stats, combined_inputs, route, routed_aux_losses
+from engine.methods.routing import (aux_stats, combined_inputs, pseudo_labelled_as_primary, route,
+                                    routed_aux_losses)
 from loaders.types import Batch
 
 
@@ -30,6 +33,7 @@ def _per_head_ce(logits: list[torch.Tensor], y_aux: torch.Tensor, sizes: list[in
 
 def trades_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepContext) -> tuple[torch.Tensor, StepStats]:
     m = ctx.method
+    batch = pseudo_labelled_as_primary(batch, m.aux_mode)  # pseudo mode: one primary batch
     use_aux, sizes, x_nat = combined_inputs(model, batch, m.aux_mode)  # x_nat: (B + Ba, 3, H, W)
     n_pri = len(batch.y_pri)
     ce_on_high = m.high_loss == "ce"

@@ -75,6 +75,17 @@ def model_file(path: str | Path) -> Path:
     return path
 
 
+def check_image_size(card: dict, size: int, model: str | Path, data: str | Path) -> None:
+    """A ValueError naming both files unless the classifier of `card` (at `model`) was trained on
+    images of `data`'s `size`. The WideResNet pools adaptively, so any size runs, but a classifier
+    knows only the size it was trained at (the trainer records it in the card; a card without
+    one passes)."""
+    trained = card.get("image_size")
+    if trained is not None and int(trained) != size:
+        raise ValueError(f"{model} was trained on {trained}x{trained} images, {data} holds {size}x{size}: "
+                         f"prepare it at --size {trained}")
+
+
 def load(path: str | Path, device: str | torch.device = "cpu") -> WideResNet:
     """Loads the primary classifier from a run directory, a model.safetensors or a checkpoint."""
     return load_with_card(path, device)[0]
