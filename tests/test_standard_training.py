@@ -52,3 +52,17 @@ def test_standard_training_learns_and_attack_settings_do_not_matter(tmp_path, ti
     state_a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
     state_b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_compiled_mixed_precision_resnet18_standard_run_on_cuda(tmp_path, tiny_train_config):
+    # The Table 5 configuration's code path: compiled trunk, bf16/fp16 autocast, channels-last.
+    cfg = tiny_train_config(*RESNET_RUN, "method.aux_mode=biamat", "method.warmup_epochs=1", "optim.epochs=2",
+                            "runtime.device=cuda", "runtime.compile=on")
+    records = train(cfg, tmp_path)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+    assert records[-1]["omega"] is not None  # the selection ran after warm-up, on clean inputs
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert not [k for k in last["model"] if "_orig_mod." in k]
+    assert load(tmp_path)(torch.rand(2, 3, 8, 8)).shape == (2, 10)
