@@ -42,7 +42,7 @@ from engine.arch import RESNET_BLOCKS
 from engine.config import AttackConfig, MethodConfig, RuntimeConfig
 from engine.methods import METHODS, MethodState, StepContext
 from engine.models import build, parse_arch
-from engine.runtime import resolve_runtime
+from engine.runtime import Runtime, apply_backend_flags, resolve_runtime
 from engine.step import Objective, TrainStep, compile_trunk
 from loaders.types import Batch
 
@@ -140,6 +140,9 @@ class Variant:
     batch: Batch
     ctx: StepContext
     settings: dict
+    runtime: Runtime | None = None
+    """The engine rows' runtime: its process-wide switches (cuDNN autotuning) are set before each
+    of the row's steps, as rows take turns within a round. None for the reference rows."""
     seconds: list[float] = field(default_factory=list)
 
     @property
@@ -147,6 +150,10 @@ class Variant:
         return self.train_step.state
 
     def step(self) -> None:
+        if self.runtime is not None:
+            apply_backend_flags(self.runtime)
+        elif self.batch.x_pri.is_cuda:
+            torch.backends.cudnn.benchmark = False  # the reference rows run as plain PyTorch does
         self.train_step(self.batch, self.ctx)
 
 
@@ -175,20 +182,28 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _on_off(value: str) -> list[bool]:
+    choices = _split(value)
+    if not choices or any(c not in ("off", "on") for c in choices):
+        raise ValueError(f"cudnn_benchmark {value!r}: expected off, on, or off,on")
+    return [c == "on" for c in choices]
+
+
 def build_variants(method: str, base: nn.Module, *, device: str, n_pri: int, n_aux: int, size: int,
                    aux_classes: int, aux_mode: str, attack_steps: int, compile: str, precision: str,
-                   kernels: str, seed: int, bn_stats: str = "step") -> list[Variant]:
-    """The engine rows (every combination of the comma-separated compile, kernels and, for AT,
-    attack.bn_stats choices), then the reference and the naive rows (with the first bn_stats
+                   kernels: str, seed: int, bn_stats: str = "step", cudnn_benchmark: str = "off") -> list[Variant]:
+    """The engine rows (every combination of the comma-separated compile, kernels, cudnn_benchmark
+    (off, on) and, for AT, attack.bn_stats choices), then the reference and the naive rows (with the first bn_stats
     choice), for one method. TRADES attacks in eval mode whatever bn_stats says: one choice."""
     method_kw, attack_kw = METHOD_DEFAULTS[method]
     mcfg = MethodConfig(name=method, aux_mode=aux_mode, **method_kw)
     bn_choices = _split(bn_stats) if method == "at" else _split(bn_stats)[:1]
     acfg = AttackConfig(steps=attack_steps, bn_stats=bn_choices[0], **attack_kw)
     variants = []
-    for compile_choice, kernel_choice, bn_choice in itertools.product(_split(compile), _split(kernels), bn_choices):
+    for compile_choice, kernel_choice, cudnn_choice, bn_choice in itertools.product(
+            _split(compile), _split(kernels), _on_off(cudnn_benchmark), bn_choices):
         rt, resolved = resolve_runtime(RuntimeConfig(device=device, precision=precision, compile=compile_choice,
-                                                     kernels=kernel_choice))
+                                                     kernels=kernel_choice, cudnn_benchmark=cudnn_choice))
         model = copy.deepcopy(base).to(rt.device)
         if rt.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -196,12 +211,14 @@ def build_variants(method: str, base: nn.Module, *, device: str, n_pri: int, n_a
         ctx = StepContext(method=mcfg, attack=row_attack, in_warmup=False, trunk=compile_trunk(model, rt),
                           autocast=rt.autocast(), kernel_impl=rt.kernels)
         settings = {"precision": rt.precision, "compile": resolved.compile, "kernels": rt.kernels,
-                    "channels_last": rt.channels_last, "bn_stats": bn_choice if method == "at" else None}
+                    "channels_last": rt.channels_last, "cudnn_benchmark": rt.cudnn_benchmark,
+                    "bn_stats": bn_choice if method == "at" else None}
         bn_label = f", bn {bn_choice}" if len(bn_choices) > 1 else ""
-        label = f"engine ({rt.precision}, compile {resolved.compile}, kernels {rt.kernels}{bn_label})"
+        cudnn_label = ", cudnn autotune" if rt.cudnn_benchmark else ""
+        label = f"engine ({rt.precision}, compile {resolved.compile}, kernels {rt.kernels}{cudnn_label}{bn_label})"
         batch = make_batch(n_pri, n_aux, size, aux_classes, rt.device, rt.channels_last, seed)
         variants.append(Variant(method, "engine", label, _train_step(METHODS[method], model, rt.grad_scaler()),
-                                batch, ctx, settings))
+                                batch, ctx, settings, rt))
     dev = variants[0].batch.x_pri.device
     for impl, table in (("reference", REFERENCE_STEPS), ("naive", NAIVE_STEPS)):
         model = copy.deepcopy(base).to(dev)
@@ -219,11 +236,11 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
         aux_classes: int = 1000, size: int = 32, steps: int = 2, warmup: int = 2, repeats: int = 3,
         attack_steps: int = 10, aux_mode: str = "biamat", device: str = "auto", compile: str = "auto",
         precision: str = "auto", kernels: str = "auto", threads: int | None = None, seed: int = 0,
-        bn_stats: str = "step", out: str | Path | None = None) -> dict:
+        bn_stats: str = "step", cudnn_benchmark: str = "off", out: str | Path | None = None) -> dict:
     """Times the engine, reference and naive steps side by side; returns (and optionally writes)
-    the JSON report. `compile`, `kernels` and `bn_stats` (attack.bn_stats, AT only) may list
-    several choices (`on,off`, `auto,torch`, `step,every_forward`): each combination is an
-    engine row."""
+    the JSON report. `compile`, `kernels`, `cudnn_benchmark` and `bn_stats` (attack.bn_stats, AT
+    only) may list several choices (`on,off,reduce-overhead`, `auto,torch`, `off,on`,
+    `step,every_forward`): each combination is an engine row."""
     methods = ["at", "trades"] if method == "both" else [method]
     for m in methods:
         if m not in METHOD_DEFAULTS:
@@ -240,7 +257,7 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
     variants = [v for m in methods for v in build_variants(
         m, base, device=device, n_pri=batch, n_aux=aux_batch, size=size, aux_classes=aux_classes,
         aux_mode=aux_mode, attack_steps=attack_steps, compile=compile, precision=precision, kernels=kernels,
-        seed=seed, bn_stats=bn_stats)]
+        seed=seed, bn_stats=bn_stats, cudnn_benchmark=cudnn_benchmark)]
     dev = variants[0].batch.x_pri.device
     load_before = os.getloadavg()
     for v in variants:
@@ -300,7 +317,7 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
             "aux_classes": aux_classes, "size": size, "attack_steps": attack_steps, "aux_mode": aux_mode,
             "steps_per_repeat": steps, "warmup": warmup, "repeats": repeats, "device": dev.type,
             "compile": compile, "precision": precision, "kernels": kernels, "bn_stats": bn_stats,
-            "cpu_threads": torch.get_num_threads(),
+            "cudnn_benchmark": cudnn_benchmark, "cpu_threads": torch.get_num_threads(),
             "seed": seed, "data": "random images in [0, 1], random labels, one fixed batch",
             "biamat_kernels_env": os.environ.get("BIAMAT_KERNELS"),
         },

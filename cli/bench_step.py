@@ -48,7 +48,11 @@ def bench_step(
     device: Annotated[str, typer.Option(
         callback=devices("auto", "cpu", "cuda"), help="cpu, cuda or auto.", rich_help_panel=ENGINE)] = "auto",
     compile: Annotated[str, typer.Option(
-        help="Engine torch.compile: auto, on, off, or a list such as off,on.", rich_help_panel=ENGINE)] = "auto",
+        help="Engine torch.compile: auto, on, off, reduce-overhead (CUDA graphs), max-autotune, or a list such "
+             "as off,on,reduce-overhead.", rich_help_panel=ENGINE)] = "auto",
+    cudnn_benchmark: Annotated[str, typer.Option(
+        help="Engine cuDNN autotuning (runtime.cudnn_benchmark, CUDA only): off, on, or off,on for both rows.",
+        rich_help_panel=ENGINE)] = "off",
     precision: Annotated[str, typer.Option(
         help="Engine precision: auto, fp32, bf16 or fp16.", rich_help_panel=ENGINE)] = "auto",
     kernels: Annotated[str, typer.Option(
@@ -73,11 +77,13 @@ def bench_step(
         raise typer.BadParameter(f"expected at, trades or both, got {method!r}", param_hint="--method")
     if aux_mode not in ("biamat", "labels", "uniform", "none"):
         raise typer.BadParameter(f"expected biamat, labels, uniform or none, got {aux_mode!r}", param_hint="--aux-mode")
+    if not cudnn_benchmark or set(cudnn_benchmark.split(",")) - {"off", "on"}:
+        raise typer.BadParameter(f"expected off, on or off,on, got {cudnn_benchmark!r}", param_hint="--cudnn-benchmark")
     from benchmarks.step import run
 
     require_device(device)
     report = run(method=method, model_name=model, batch=batch, aux_batch=aux_batch, aux_classes=aux_classes,
                  size=size, steps=steps, warmup=warmup, repeats=repeats, attack_steps=attack_steps,
                  aux_mode=aux_mode, device=device, compile=compile, precision=precision, kernels=kernels,
-                 threads=threads, out=out)
+                 threads=threads, cudnn_benchmark=cudnn_benchmark, out=out)
     print_report(render_table(report), report["notes"], out)

@@ -98,7 +98,7 @@ def error_context() -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         err_console.print("[bold yellow]interrupted[/]: every file is written whole or not at all; "
-                          "`train --resume` continues a run", highlight=False, soft_wrap=True)
+                          "`train --resume` continues a run; `robustify` and `study` continue when run again", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     except Exception as err:
         if not is_user_error(err):

@@ -70,7 +70,7 @@ def eval_command(
         help="Evaluate the first N test images (default: all).", rich_help_panel=DATA)] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch for every pass.", rich_help_panel=DATA)] = 256,
     attacks: Annotated[str, typer.Option(
-        help="Comma list of clean, pgdK, cwK, aa.", rich_help_panel=ATTACKS)] = "clean,pgd100,cw100,aa",
+        help="Comma list of clean, fgsm, pgdK, cwK, aa.", rich_help_panel=ATTACKS)] = "clean,pgd100,cw100,aa",
     eps: Annotated[Optional[float], typer.Option(
         parser=fraction, metavar="EPS", rich_help_panel=ATTACKS,
         help="L-inf radius, e.g. 8/255 (default: the run's config, else 8/255).")] = None,

@@ -24,6 +24,7 @@ EXTRAS = [
     ("triton", "triton", "Triton kernels on CUDA", "pip install 'biamat-engine[triton]'"),
     ("tensorrt", "torch_tensorrt", "eval --backend tensorrt", "pip install 'biamat-engine[tensorrt]' (CUDA only)"),
     ("analyze", "matplotlib", "analyze (figures)", "pip install 'biamat-engine[analyze]'"),
+    ("tensorboard", "tensorboard", "runtime.tensorboard = true", "pip install 'biamat-engine[tensorboard]'"),
     ("numba", "numba", "numba kernels on CPU", "pip install numba"),
 ]
 

@@ -22,6 +22,10 @@ EPILOG = """[bold]Examples[/]
       --model wrn-34-10 --epochs 110 --set optim.milestones=100,105 --out runs/c10-trades
 
   biamat-engine train --out runs/c10-at-imnet --resume
+
+  biamat-engine train --preset cifar100-at-pretrain --out runs/cifar100-at-pretrain
+  biamat-engine train --preset cifar10-at-finetune-cifar100 --init-from runs/cifar100-at-pretrain \
+      --out runs/c10-at-ft-c100
 """
 
 
@@ -32,6 +36,7 @@ def flag_overrides(**flags) -> list[str]:
         "method": "method.name", "aux_mode": "method.aux_mode", "alpha": "method.alpha",
         "pi": "method.pi", "epochs": "optim.epochs", "model": "model.name",
         "device": "runtime.device", "seed": "runtime.seed",
+        "init_from": "init.source", "init_heads": "init.heads",
     }
     return [f"{keys[name]}={value}" for name, value in flags.items() if value is not None]
 
@@ -74,6 +79,12 @@ def train_command(
         help="Threshold factor: omega = pi * mean confidence.", rich_help_panel=METHOD)] = None,
     model: Annotated[Optional[str], typer.Option(help="Architecture, e.g. wrn-28-10.", rich_help_panel=MODEL)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.", rich_help_panel=MODEL)] = None,
+    init_from: Annotated[Optional[str], typer.Option(
+        help="Start from a pre-trained run's weights: RUN_DIR (its best.pt), a .pt or a model.safetensors.",
+        rich_help_panel=MODEL)] = None,
+    init_heads: Annotated[Optional[str], typer.Option(
+        help="With --init-from: keep the source's primary head or start a new one (default: keep when the "
+             "class counts match).", rich_help_panel=MODEL)] = None,
     out: Annotated[Path, typer.Option("--out", help="Run directory (config.toml, metrics.jsonl, checkpoints, model).",
                                       rich_help_panel=RUN)],
     device: Annotated[Optional[str], typer.Option(callback=devices("auto", "cpu", "cuda", "cuda:N"),
@@ -91,6 +102,9 @@ def train_command(
         raise UsageError("--preset or --config, not both: start from one and change settings with --set")
     if resume and (preset or config):
         raise UsageError("--resume continues the run's own config.toml: drop --preset/--config")
+    if resume and (init_from or init_heads):
+        raise UsageError("--resume continues the run's own checkpoint (config.toml records its source): "
+                         "drop --init-from/--init-heads")
     if resume and overwrite:
         raise UsageError("continue the run in RUN_DIR (--resume) or replace it (--overwrite), not both")
     setup_logging(verbose)
@@ -101,7 +115,10 @@ def train_command(
     files = RunDir(out)
     overrides = flag_overrides(primary=primary, test=test, method=method, aux_mode=aux_mode, alpha=alpha,
                                pi=pi, epochs=epochs, model=model, loader=loader, device=device,
-                               seed=seed) + list(set_)
+                               seed=seed, init_from=init_from, init_heads=init_heads)
+    if init_from:  # a new source: what a copied config.toml recorded of its old one does not apply
+        overrides += ["init.source_epoch=-1", "init.source_sha256="]
+    overrides += list(set_)
     if resume and not files.holds_run():
         raise FileNotFoundError(f"--resume: {files.last} does not exist; start the run without --resume")
     cfg = build_config(preset, config, overrides, aux, out if resume else None)

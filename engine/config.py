@@ -104,6 +104,30 @@ class ModelConfig:
 
 
 @dataclass(kw_only=True)
+class InitConfig:
+    source: str = ""
+    """Start this run from another run's weights (pre-training -> fine-tuning, paper Table 3 and
+    Appendix E; `train --init-from`): a run directory (its best.pt, where the paper's fine-tuning
+    starts), a .pt checkpoint, or a model.safetensors beside its model.json. Empty: from scratch.
+    Read once, when the run starts (engine/init_from.py); the resolved config.toml records the
+    file read, and a resumed run continues its own checkpoint, never the source."""
+    heads: str = "auto"
+    """The primary head f_pri: `keep` (the source's, which needs the same class count), `new` (a
+    fresh one) or `auto` (keep when the class counts match, else new); recorded as keep or new.
+    Auxiliary heads come along only with keep and the same auxiliary class counts."""
+    source_epoch: int = -1
+    """Filled in at start: the epochs the source had trained (-1: no source read yet). With
+    optim.schedule_offset = "global-step" the learning-rate schedule continues from it."""
+    source_sha256: str = ""
+    """Filled in at start: sha256 of the file read. A config that gives one (a copied config.toml)
+    must find that very file."""
+
+    def __post_init__(self) -> None:
+        _check_choice("init", "heads", self.heads, ("auto", "keep", "new"))
+        _check_range("init", "source_epoch", self.source_epoch, -1)
+
+
+@dataclass(kw_only=True)
 class AttackConfig:
     eps: float = 8 / 255
     """L-inf radius of the training attack (8/255 for AT, 0.031 for TRADES)."""
@@ -197,6 +221,12 @@ class OptimConfig:
     """LR decay factor at each milestone."""
     lr_warmup_epochs: float = 0.0
     """Linear LR warm-up from 0 over this many epochs (0: none, as the paper)."""
+    schedule_offset: str = "none"
+    """Where the schedule starts for a run with init.source: `none` (at epoch 0, as any run) or
+    `global-step` (at the source's epoch, init.source_epoch: the paper's Appendix E fine-tuning,
+    "the learning rate was set according to the global step over the pre-training and
+    fine-tuning phase"). The milestones then count global epochs (fractions are of
+    init.source_epoch + epochs); this run still trains `epochs` epochs."""
 
     def __post_init__(self) -> None:
         _check_range("optim", "epochs", self.epochs, 1)
@@ -206,11 +236,19 @@ class OptimConfig:
         _check_choice("optim", "weight_decay_on", self.weight_decay_on, ("all", "weights"))
         _check_range("optim", "gamma", self.gamma, 0.0, 1.0)
         _check_range("optim", "lr_warmup_epochs", self.lr_warmup_epochs, 0.0)
+        _check_choice("optim", "schedule_offset", self.schedule_offset, ("none", "global-step"))
         for m in self.milestones:
             _check_range("optim", "milestones", m, 0.0)
 
-    def milestone_epochs(self) -> list[float]:
-        return sorted(m * self.epochs if m < 1 else m for m in self.milestones)
+    def milestone_epochs(self, schedule_epochs: int | None = None) -> list[float]:
+        """The milestones in epochs; fractions are of `schedule_epochs` (default: `epochs`; a
+        fine-tune that continues its source's schedule passes the global length)."""
+        total = self.epochs if schedule_epochs is None else schedule_epochs
+        return sorted(m * total if m < 1 else m for m in self.milestones)
+
+
+COMPILE_MODES = ("reduce-overhead", "max-autotune")
+"""torch.compile modes `runtime.compile` may name besides on (torch's default mode) and off."""
 
 
 @dataclass(kw_only=True)
@@ -220,9 +258,18 @@ class RuntimeConfig:
     precision: str = "auto"
     """`auto` (bf16 on GPUs that have it, fp16 + GradScaler on V100, fp32 on CPU), fp32, bf16, fp16."""
     compile: str = "auto"
-    """torch.compile the model trunk: `auto` (on CUDA), `on`, `off`."""
+    """torch.compile the model trunk: `auto` (on CUDA), `on`, `off`, or `on` with one of
+    torch.compile's modes: `reduce-overhead` (CUDA graphs: each compiled variant of the trunk is
+    captured once and replayed, which removes the per-kernel launch cost of small batches; torch
+    skips the capture for variants that update BatchNorm buffers) or `max-autotune` (also searches
+    matmul/convolution configurations: minutes of compile). Off by default until `bench step`
+    has measured them on the GPU (docs/benchmarks.md)."""
     channels_last: bool = True
     """Keep activations in NHWC (channels_last), the layout tensor cores want."""
+    cudnn_benchmark: bool = False
+    """CUDA only: let cuDNN time its convolution algorithms on the first batch of each shape and
+    keep the fastest (`torch.backends.cudnn.benchmark`). Off by default until `bench step` has
+    measured it; ignored under `deterministic`, which needs cuDNN's deterministic choice."""
     kernels: str = "auto"
     """Kernel implementation for routing and the PGD update: auto, torch, numba, triton."""
     seed: int = 0
@@ -232,12 +279,16 @@ class RuntimeConfig:
     sync_bn: bool = False
     """Under torchrun, BatchNorm as SyncBatchNorm: statistics over the global batch instead of each
     GPU's shard (GPUs only; off by default, as the paper's single-GPU runs have nothing to sync)."""
+    tensorboard: bool = False
+    """Also write each epoch's metrics.jsonl scalars (losses, held-out accuracies, lr, omega, share
+    routed high, times) as TensorBoard event files in RUN_DIR/tensorboard/ (rank 0; needs the
+    tensorboard package: pip install tensorboard)."""
 
     def __post_init__(self) -> None:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"runtime.device = {self.device!r}: expected auto, cpu, cuda or cuda:N")
         _check_choice("runtime", "precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
-        _check_choice("runtime", "compile", self.compile, ("auto", "on", "off"))
+        _check_choice("runtime", "compile", self.compile, ("auto", "on", "off") + COMPILE_MODES)
         _check_choice("runtime", "kernels", self.kernels, ("auto", "torch", "numba", "triton"))
 
 
@@ -269,6 +320,7 @@ class EvalConfig:
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -281,6 +333,11 @@ class TrainConfig:
             raise ConfigError(
                 f"method.warmup_epochs = {self.method.warmup_epochs} leaves no epoch after warm-up "
                 f"(optim.epochs = {self.optim.epochs}): the threshold would never be set"
+            )
+        if self.optim.schedule_offset == "global-step" and not self.init.source:
+            raise ConfigError(
+                'optim.schedule_offset = "global-step" continues the schedule of init.source, which is empty: '
+                'give the pre-trained run with --init-from, or set optim.schedule_offset = "none"'
             )
 
     @property

@@ -13,12 +13,13 @@ from engine.config import ConfigError, flatten
 
 # `optim.epochs` extends (or ends) a run; the runtime decides where and how fast it runs, not
 # what it computes (runtime.seed excepted: it orders the data); the loader backend and its
-# workers read the same samples in the same order; eval.every and eval.batch_size change
-# neither the training nor what model selection measures.
+# workers read the same samples in the same order; TensorBoard only mirrors the records;
+# eval.every and eval.batch_size change neither the training nor what model selection measures.
 SAFE_TO_CHANGE = frozenset({
     "optim.epochs", "data.loader", "data.num_workers", "eval.every", "eval.batch_size",
     "runtime.device", "runtime.precision", "runtime.compile", "runtime.channels_last", "runtime.kernels",
-    "runtime.deterministic",
+    "runtime.cudnn_benchmark",
+    "runtime.deterministic", "runtime.tensorboard",
 })
 
 

@@ -8,6 +8,7 @@ its JSON and JSON-lines writers, and its configuration read back through the con
     RUN_DIR/last.pt, best.pt   full training state (torch.load(weights_only=True))
     RUN_DIR/model.safetensors  the best primary classifier, and model.json, its card
     RUN_DIR/eval.json          the report of `biamat-engine eval`
+    RUN_DIR/tensorboard/       metrics.jsonl's scalars as TensorBoard event files (runtime.tensorboard)
 
 A model folder (model.safetensors + model.json) has the same two names wherever it is written:
 in a run directory or in an export. Nothing else in the engine spells these names.
@@ -79,6 +80,11 @@ class RunDir:
     @property
     def eval_report(self) -> Path:
         return self.root / "eval.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        """A folder: TensorBoard's event files, written when runtime.tensorboard is on."""
+        return self.root / "tensorboard"
 
     def run_files(self) -> list[Path]:
         """The files one training run writes or is evaluated into: what a replaced run clears

@@ -18,7 +18,7 @@ from typing import Callable, ContextManager
 
 import torch
 
-from engine.config import ConfigError, RuntimeConfig
+from engine.config import COMPILE_MODES, ConfigError, RuntimeConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ class Runtime:
     compile: bool
     channels_last: bool
     kernels: str  # torch | numba | triton
+    compile_mode: str | None = None  # torch.compile's mode when compile is on; None: its default
+    cudnn_benchmark: bool = False
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -95,15 +97,25 @@ def resolve_runtime(cfg: RuntimeConfig) -> tuple[Runtime, RuntimeConfig]:
         log.warning("bf16 autocast on CPU is slow on most CPUs; consider runtime.precision=fp32")
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("runtime.precision = fp16 needs a CUDA device (fp16 autocast with a GradScaler)")
-    compile_on = device.type == "cuda" if cfg.compile == "auto" else cfg.compile == "on"
+    compile_on = device.type == "cuda" if cfg.compile == "auto" else cfg.compile != "off"
+    compile_mode = cfg.compile if cfg.compile in COMPILE_MODES else None
     kernels = _auto_kernels(device) if cfg.kernels == "auto" else cfg.kernels
     if os.environ.get("BIAMAT_KERNELS"):
         kernels = os.environ["BIAMAT_KERNELS"]  # the global switch wins; record what really ran
-    runtime = Runtime(device, precision, compile_on, cfg.channels_last, kernels)
+    cudnn_benchmark = cfg.cudnn_benchmark and device.type == "cuda" and not cfg.deterministic
+    runtime = Runtime(device, precision, compile_on, cfg.channels_last, kernels, compile_mode, cudnn_benchmark)
     resolved = dataclasses.replace(
-        cfg, device=str(device), precision=precision, compile="on" if compile_on else "off", kernels=kernels
+        cfg, device=str(device), precision=precision, kernels=kernels,
+        compile=compile_mode or ("on" if compile_on else "off"), cudnn_benchmark=cudnn_benchmark,
     )
     return runtime, resolved
+
+
+def apply_backend_flags(runtime: Runtime) -> None:
+    """Sets the process-wide backend switches the runtime asks for; called once where a run or a
+    benchmark row starts, so the choice is the config's and is recorded with it."""
+    if runtime.device.type == "cuda":
+        torch.backends.cudnn.benchmark = runtime.cudnn_benchmark
 
 
 def seed_everything(seed: int) -> None:

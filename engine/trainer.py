@@ -32,13 +32,15 @@ from engine.config import ConfigError, TrainConfig, resolve_warmup, to_toml
 from engine.data import RunData, build_run_data, with_absolute_paths
 from engine.distributed import World, data_parallel, rank_device, rank_seed, sync_batchnorm
 from engine.evaluation import accuracy
+from engine.init_from import start_from_source
 from engine.methods import METHODS, MethodState, StepContext, StepStats
 from engine.models import build, model_card, primary_state_dict
 from engine.run_dir import JsonLines, RunDir, atomic_write_text, refuse_to_replace
-from engine.runtime import Runtime, resolve_runtime, rng_state, seed_everything, set_rng_state
+from engine.runtime import Runtime, apply_backend_flags, resolve_runtime, rng_state, seed_everything, set_rng_state
 from engine.resume import changes_on_resume
-from engine.schedule import build_optimizer, learning_rate
+from engine.schedule import build_optimizer, learning_rate, schedule_offset
 from engine.step import TrainStep, compile_trunk
+from engine.tensorboard_log import clear_event_files, open_tensorboard, require_tensorboard
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +157,9 @@ class Trainer:
         self.rank, self.world_size, self.is_main = self.world.rank, self.world.size, self.world.is_main
         self.on_step = on_step if self.is_main else None
         self.cfg, self.rt = self._resolve(cfg)
+        apply_backend_flags(self.rt)
+        if self.cfg.runtime.tensorboard and self.is_main:
+            require_tensorboard()  # a missing package fails before the data is built
         seed_everything(cfg.runtime.seed)
         if cfg.runtime.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -165,6 +170,9 @@ class Trainer:
         )
         self.normalization_source = self.data.normalization.source
         self.model = self._build_model()
+        if cfg.init.source and not resume:  # a resumed fine-tune continues its own checkpoint, not the source
+            init, self.normalization_source = start_from_source(self.model, self.cfg)
+            self.cfg = dataclasses.replace(self.cfg, init=init)
         self.trunk = compile_trunk(self.model, self.rt)
         self.classifier = _Classifier(self.model, self.trunk, self.rt.autocast())
         # DDP's constructor broadcasts rank 0's weights, so the ranks start from one model.
@@ -186,6 +194,8 @@ class Trainer:
         # one its checkpoint was written under.
         if self.is_main and (not resume or self.epoch < self.cfg.optim.epochs):
             atomic_write_text(self.files.config, to_toml(self.cfg))
+        self.tensorboard = open_tensorboard(self.files.tensorboard, self.epoch + 1, self.cfg.runtime.tensorboard
+                                            and self.is_main and self.epoch < self.cfg.optim.epochs)
 
     # ---- set-up ---------------------------------------------------------------------------
     def _resolve(self, cfg: TrainConfig) -> tuple[TrainConfig, Runtime]:
@@ -225,6 +235,7 @@ class Trainer:
         # A replaced run leaves nothing of its own behind to be mistaken for this one's.
         for path in self.files.run_files():
             path.unlink(missing_ok=True)
+        clear_event_files(self.files.tensorboard)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -247,6 +258,8 @@ class Trainer:
             if self.epoch % self.cfg.eval.every == 0 or self.epoch == total:
                 record.update(self._evaluate())
             self._log_and_save(record)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         self.world.barrier()  # rank 0's last line is written before any rank reads the file
         return self.metrics.read()
 
@@ -258,7 +271,7 @@ class Trainer:
         )
 
     def _set_learning_rate(self, steps_per_epoch: int) -> float:
-        lr = learning_rate(self.cfg.optim, self.step, steps_per_epoch)
+        lr = learning_rate(self.cfg.optim, self.step, steps_per_epoch, schedule_offset(self.cfg))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -396,6 +409,8 @@ class Trainer:
         if not self.is_main:
             return
         self.metrics.write(record)
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
         state = self._state(rng_ranks)
         save_checkpoint(self.files.last, state)
         if improved:

@@ -35,6 +35,15 @@ def to_device_images(images: np.ndarray, device: torch.device | str) -> torch.Te
     return unit_images(torch.from_numpy(np.ascontiguousarray(images)).to(device))
 
 
+def pixel_images(x: torch.Tensor) -> np.ndarray:
+    """The inverse of `unit_images`: (N, 3, H, W) float in [0, 1] -> (N, H, W, 3) uint8 host
+    array, each value rounded to the nearest of the 256 levels (what a .beton stores)."""
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"images must be a (N, 3, H, W) batch, got {tuple(x.shape)}")
+    pixels = x.detach().clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)  # (N, 3, H, W)
+    return np.ascontiguousarray(pixels.permute(0, 2, 3, 1).cpu().numpy())  # (N, H, W, 3)
+
+
 class ChannelStats:
     """Exact per-channel mean and standard deviation of uint8 RGB pixels, taken chunk by chunk:
     each channel keeps a histogram of its 256 values, so no sum ever rounds, and the result is

@@ -8,6 +8,8 @@ run cut short by the machine's time limit still leaves the results that matter m
     4 bench         kernels, loader (resident), eval (clean, PGD, CW, APGD on WRN-28-10)
     5 a real run    train on shapes (compile, mixed precision), Ctrl-C after the first epoch,
                     --resume to the end, eval
+    6 step levers   AT step with compile's reduce-overhead mode (CUDA graphs) and cuDNN
+                    autotuning, each off and on: the settings that stay off until measured
 
 Each step runs as its own process with a time limit, its output in OUT/logs/; a failing step is
 recorded and the next one runs. OUT/summary.md (one table of every figure and failure, with
@@ -82,11 +84,14 @@ def steps(out: Path, smoke: bool) -> list[Step]:
                      "--attack-steps", "1", "--steps", "1", "--warmup", "1", "--repeats", "1"]
         engine = ["--compile", "off", "--precision", "fp32", "--kernels", "torch"]
         fp16 = None  # fp16 autocast needs CUDA
+        levers = ["--compile", "off", "--precision", "fp32", "--kernels", "torch", "--cudnn-benchmark", "off,on"]
     else:
         step_work = ["--model", "wrn-28-10", "--batch", "128", "--aux-batch", "128", "--aux-classes", "1000",
                      "--size", "32", "--attack-steps", "10", "--steps", "5", "--warmup", "3", "--repeats", "3"]
         engine = ["--compile", "on,off", "--precision", "bf16", "--kernels", "triton,torch"]
         fp16 = ["--compile", "off", "--precision", "fp16", "--kernels", "triton"]
+        levers = ["--compile", "on,reduce-overhead", "--precision", "bf16", "--kernels", "triton",
+                  "--cudnn-benchmark", "off,on"]
     run = out / "run"
     data = "?n=128&size=16" if smoke else "?n=4000"
     train = _cli("train", "--primary", f"shapes:primary{data}", "--aux", f"shapes:aux{data}",
@@ -127,6 +132,13 @@ def steps(out: Path, smoke: bool) -> list[Step]:
                                             "--attacks", "clean,pgd5" if smoke else "clean,pgd20,cw20",
                                             "--device", device, "--n", "32" if smoke else "500"),
              120 if smoke else 300, lambda o: _eval_figures(run)),
+        # Last, so a cut-short run keeps the checks above: the step levers of issue 13 part 2 that
+        # are off by default until measured (CUDA graphs through compile's reduce-overhead mode,
+        # cuDNN autotuning), AT only, against compile on without autotuning.
+        Step("bench step levers (reduce-overhead, cudnn autotune)",
+             _cli("bench", "step", "--method", "at", *step_work, *levers, "--device", device,
+                  "--out", str(out / "step-levers.json")),
+             120 if smoke else 360, lambda o: _rows(o / "step-levers.json", _step_row)),
     ]
     return suite
 

@@ -1,6 +1,7 @@
 """`biamat-engine analyze` on real tiny runs: the figures are PNGs of the promised pixel size, the
 report holds the runs' own numbers (curves, routing, Table 14 computed here by hand from
-selection.jsonl, the Table 2 layout from eval.json), and bad input fails naming the folder."""
+selection.jsonl, the Table 2 layout from eval.json, Fig. 4's ranking recomputed here from the
+model and the data), and bad input fails naming the folder."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.app import app
-from engine.analysis.figures import CURVES_SIZE, ROUTING_SIZE, size_px
+from engine.analysis.figures import CURVES_SIZE, ROUTING_SIZE, grid_size, size_px
 from engine.trainer import train
 
 pytest.importorskip("matplotlib")
@@ -63,6 +64,7 @@ def test_one_run_gives_its_curves_routing_and_table_14(runs):
     out = run / "analysis"
     assert_png(out / "curves-biamat.png", CURVES_SIZE)
     assert_png(out / "routing-biamat.png", ROUTING_SIZE)
+    assert_png(out / "fig4-biamat-shapes-aux.png", grid_size(10))  # Fig. 4 by default, the paper's top-10
     report = (out / "analysis.md").read_text()
 
     metrics = lines(run / "metrics.jsonl")
@@ -105,6 +107,7 @@ def test_two_runs_give_one_comparison_table_and_overlaid_curves(runs, tmp_path, 
     assert "![training curves of every run](curves-all.png)" in report
     at_section = report.split("## at")[1]
     assert "No routing" in at_section and "### Table 14" not in at_section and "### Fig. 3" not in at_section
+    assert "No Fig. 4: the run has no auxiliary data." in at_section and not list(out.glob("fig4-at-*"))
     at_last = lines(runs["at"] / "metrics.jsonl")[-1]
     assert f"Last epoch (2): clean_acc {100 * at_last['clean_acc']:.2f}%" in at_section
 
@@ -133,9 +136,98 @@ def test_groups_file_ranks_and_groups_the_last_routed_epoch(runs, tmp_path):
     assert f"Not seen in that epoch (1): {names[n - 1]}." in report
     assert "| low | 2 | 1 | 20 | 0.050 |" in report
     assert f"| high | 1 | {n - 2} | 10 | {(n - 2) / 10:.3f} |" in report
+    assert f"No Fig. 4: {run} holds no model yet" in report  # the copy has records only
     rest_high = sum(range(2, n - 2))
     assert f"| (not in the groups file) | {n - 3} | {rest_high} | {10 * (n - 4)} | " \
            f"{rest_high / (10 * (n - 4)):.3f} |" in report
+
+
+# -- Fig. 4: the most and least confident auxiliary images under the final model ------------------
+
+def fig4_rows(report: str, title: str) -> list[list[str]]:
+    """The cells of the `title` table of a Fig. 4 section: rank, image, class, group, confidence."""
+    block = report.split(f"{title} ")[1].split("\n\n")[1]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()[2:]]
+
+
+def reference_confidences(run: Path, spec: str, limit: int | None = None, only: str | None = None):
+    """Max softmax of the run's model.safetensors on `spec`'s training images, in plain torch:
+    (positions in the dataset, confidences, labels, class names, related flags)."""
+    from engine.models import load
+    from loaders.datasets import open_dataset
+
+    data = open_dataset(spec, "train")
+    index = torch.arange(len(data))
+    if only is not None:
+        index = index[torch.from_numpy(data.labels) == data.class_names.index(only)]
+    index = index[:limit]
+    x = torch.from_numpy(data.images[index.numpy()]).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        conf = torch.softmax(load(run).eval()(x), dim=1).max(dim=1).values
+    return index, conf, data.labels[index.numpy()], data.class_names, data.meta["related"]
+
+
+def test_fig4_shows_the_k_most_and_least_confident_images(runs, tmp_path):
+    run = runs["biamat"]
+    # On the CPU, as the reference below: a GPU's TF32 convolutions could reorder near ties.
+    result = invoke(run, "--out", tmp_path / "out", "--fig4-k", "4", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert_png(tmp_path / "out" / "fig4-biamat-shapes-aux.png", grid_size(4))
+    report = (tmp_path / "out" / "analysis.md").read_text()
+    assert "### Fig. 4: the most and least confident images of shapes-aux (aux 0)" in report
+    assert "under model.safetensors (the best epoch" in report and "over all 64 training images" in report
+
+    index, conf, labels, names, related = reference_confidences(run, "shapes:aux?n=64&size=16")
+    omega = lines(run / "metrics.jsonl")[-1]["omega"]
+    assert f"routed high by the final model: {100 * float((conf >= omega).float().mean()):.1f}%" in report
+    for title, order in (("Most confident", conf.argsort(descending=True)), ("Least confident", conf.argsort())):
+        rows = fig4_rows(report, title)
+        assert [int(r[1]) for r in rows] == index[order[:4]].tolist(), title
+        assert [r[2] for r in rows] == [names[labels[i]] for i in order[:4]]
+        assert [float(r[4]) for r in rows] == pytest.approx(conf[order[:4]].tolist(), abs=1e-4)
+        shares = sum(related[labels[i]] for i in order[:4])
+        prefix = "top" if title == "Most confident" else "bottom"
+        assert f"{prefix} 4: related {shares} ({100 * shares / 4:.0f}%), unrelated {4 - shares}" in report
+
+
+def test_fig4_of_one_class_of_other_data_and_its_first_images(runs, tmp_path):
+    spec = "shapes:aux?n=96&size=16&seed=7"  # not the run's own auxiliary data
+    only = reference_confidences(runs["biamat"], spec)[3][0]
+    result = invoke(runs["biamat"], "--out", tmp_path / "out", "--aux-data", spec, "--fig4-class", only,
+                    "--fig4-limit", "3", "--fig4-k", "2", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "out" / "analysis.md").read_text()
+    index, conf, _, _, _ = reference_confidences(runs["biamat"], spec, limit=3, only=only)
+    assert "over the first 3 of the " in report and f"training images of class {only!r} of `{spec}`" in report
+    top = [int(r[1]) for r in fig4_rows(report, "Most confident")]
+    assert top == index[conf.argsort(descending=True)[:2]].tolist()
+    assert_png(tmp_path / "out" / "fig4-biamat-shapes-aux.png", grid_size(2))
+
+    result = invoke(runs["biamat"], "--out", tmp_path / "off", "--no-fig4")
+    assert result.exit_code == 0 and not list((tmp_path / "off").glob("fig4-*"))
+    assert "Fig. 4" not in (tmp_path / "off" / "analysis.md").read_text()
+
+
+def test_fig4_without_the_recorded_data_is_a_note_and_bad_options_are_named(runs, tmp_path):
+    # The run's data moved away: the analysis still runs and says how to draw Fig. 4.
+    run = tmp_path / "moved"
+    shutil.copytree(runs["biamat"], run, ignore=shutil.ignore_patterns("analysis"))
+    config = run / "config.toml"
+    config.write_text(config.read_text().replace('"shapes:aux?n=64&size=16"', f'"{tmp_path}/gone/aux.beton"'))
+    result = invoke(run, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert f"the auxiliary data the run recorded is not here ({tmp_path}/gone/aux.beton); pass --aux-data" \
+        in (tmp_path / "out" / "analysis.md").read_text()
+
+    assert_fails(invoke(run, "--out", tmp_path / "bad1", "--aux-data", tmp_path / "nowhere.beton"),
+                 "nowhere.beton", "no such file")
+    assert_fails(invoke(run, "--out", tmp_path / "bad2", "--aux-data", "shapes:aux", "--aux-data", "shapes:aux"),
+                 "--aux-data names 2 dataset(s)", "trained with 1")
+    assert_fails(invoke(run, "--out", tmp_path / "bad3", "--aux-data", "shapes:aux?n=16&size=16",
+                        "--fig4-class", "zebra"), "--fig4-class 'zebra'", "no auxiliary dataset")
+    assert_fails(invoke(run, "--out", tmp_path / "bad4", "--device", "gpu"), "--device 'gpu'", "cuda:N")
+    assert not any((tmp_path / f"bad{i}").exists() for i in (1, 2, 3, 4))
+    assert invoke(run, "--fig4-k", "0").exit_code == 2  # a usage error
 
 
 # -- bad input: exit 1 naming the folder, nothing written -----------------------------------------

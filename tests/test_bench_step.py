@@ -95,6 +95,29 @@ def test_bench_step_times_both_batchnorm_settings_for_at_and_one_trades_row():
     assert report["config"]["bn_stats"] == "step,every_forward"
 
 
+def test_bench_step_cudnn_rows_record_what_ran():
+    """`--cudnn-benchmark off,on` doubles the engine rows; on a CPU autotuning cannot run, and the
+    rows say so rather than what was asked."""
+    from benchmarks.step import run
+
+    report = run(method="at", model_name="wrn-10-1", batch=2, aux_batch=2, aux_classes=7, size=8, steps=1,
+                 warmup=1, repeats=1, attack_steps=1, device="cpu", compile="off", kernels="torch",
+                 cudnn_benchmark="off,on")
+    engine = [r for r in report["rows"] if r["impl"] == "engine"]
+    assert len(engine) == 2 and [r["cudnn_benchmark"] for r in engine] == [False, False]
+    assert report["config"]["cudnn_benchmark"] == "off,on"
+
+
+def test_bench_step_cli_rejects_a_bad_cudnn_choice():
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    result = CliRunner().invoke(app, ["bench", "step", "--cudnn-benchmark", "maybe"])
+    assert result.exit_code == 2
+    assert "expected off, on or off,on, got 'maybe'" in result.output
+
+
 def test_bench_step_cli_rejects_a_bad_method():
     from typer.testing import CliRunner
 

@@ -107,3 +107,24 @@ def test_train_mode_is_restored():
     model.train()
     robust_mask(model, x, y, "pgd2")
     assert model.training
+
+
+def test_fgsm_is_one_signed_gradient_step_of_size_eps_from_the_clean_image():
+    """`fgsm` (the paper's Table 6): x + eps * sign(grad of CE), clipped to [0, 1], no random
+    start, so it is deterministic; for a linear model that is exactly the worst case of the ball."""
+    from engine.evaluation.robust import parse_attack
+
+    model, x, y = _linear_model_and_data()
+    eps = 4 / 255
+    x_req = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x_req), y, reduction="sum"), [x_req])
+    x_fgsm = (x + eps * grad.sign()).clamp(0.0, 1.0)
+    with torch.no_grad():
+        expected = (model(x).argmax(1) == y) & (model(x_fgsm).argmax(1) == y)
+    for restarts in (1, 3):
+        assert torch.equal(robust_mask(model, x, y, "fgsm", eps=eps, step_size=1 / 255, restarts=restarts), expected)
+    spec = parse_attack("FGSM")
+    assert (spec.name, spec.steps, spec.loss, spec.random_start) == ("fgsm", 1, "ce", False)
+    for bad in ("fgsm1", "pgd", "clean3", "fgm"):
+        with pytest.raises(ValueError, match="expected clean, fgsm, pgdK or cwK"):
+            parse_attack(bad)

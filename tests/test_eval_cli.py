@@ -122,7 +122,7 @@ def test_tensorrt_backend_stops_with_what_is_missing(saved):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--attacks", "clean,fgsm"], "unknown attack 'fgsm'"),
+    (["--attacks", "clean,fgm"], "unknown attack 'fgm'"),
     (["--eps", "eight"], "cannot read 'eight'"),
     (["--aa-attacks", "apgd-ce,deepfool"], "unknown AutoAttack attack(s) deepfool"),
 ])

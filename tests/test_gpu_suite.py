@@ -13,7 +13,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ["environment", "gpu tests", "bench step (AT and TRADES)", "bench kernels", "bench loader (resident)",
-         "bench eval", "train, Ctrl-C, resume", "eval the trained model"]
+         "bench eval", "train, Ctrl-C, resume", "eval the trained model",
+         "bench step levers (reduce-overhead, cudnn autotune)"]
 
 
 def test_the_smoke_suite_runs_every_step_and_summarises_it(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kernels import augment, dispatch
-from loaders.images import to_device_images, unit_images
+from loaders.images import pixel_images, to_device_images, unit_images
 
 TRITON_ON_CPU = pytest.mark.skipif(
     not (dispatch.available("triton") and dispatch.triton_interpreter_on()),
@@ -97,3 +97,10 @@ def test_cuda_conversion_matches_the_cpu_one():
     on_gpu = to_device_images(images, "cuda")
     assert on_gpu.is_cuda and on_gpu.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(on_gpu.cpu(), to_device_images(images, "cpu"))
+
+
+def test_pixel_images_inverts_unit_images_and_rounds_to_the_nearest_level():
+    images = pixels()
+    assert np.array_equal(pixel_images(unit_images(torch.from_numpy(images))), images)
+    x = torch.tensor([0.0, 0.4 / 255, 0.6 / 255, 1.0, 1.2, -0.1]).view(1, 3, 1, 2)  # (1, 3, 1, 2)
+    assert pixel_images(x).tolist() == [[[[0, 1, 255], [0, 255, 0]]]]  # (1, 1, 2, 3), clamped

@@ -210,3 +210,61 @@ def test_table5_preset_says_how_to_prepare_the_papers_split():
 
     text = (resources.files("engine") / "presets" / "cifar-a-standard.toml").read_text()
     assert "--parts 25000,12500,12500" in text and "--part C --uniform-noise" in text
+
+
+# Table 3 / Table 7 (Hendrycks et al. [17]) and Appendix E, "Pre-training": the model is
+# "adversarially trained on the auxiliary dataset according to the implementation details
+# described in Section 3.1", then fine-tuned on CIFAR-10 "from the best checkpoint of the
+# pre-training phase", all layers, "the learning rate ... set according to the global step over
+# the pre-training and fine-tuning phase".
+PRETRAIN = {f"{data}-{method}-pretrain": (data, method) for data in ("cifar100", "imagenet32") for method in METHODS}
+FINETUNE = {f"cifar10-{method}-finetune-{name}": f"{data}-{method}-pretrain"
+            for data, name in (("cifar100", "cifar100"), ("imagenet32", "imagenet")) for method in METHODS}
+
+
+def _paper_lr(method: str, epoch: int) -> float:
+    return next(lr for end, lr in PAPER_LR[method][1] if epoch <= end)
+
+
+@pytest.mark.parametrize("name", PRETRAIN)
+def test_pretraining_presets_follow_section_3_1_on_the_auxiliary_data(name):
+    data, method = PRETRAIN[name]
+    cfg = load_config(preset=name)
+    assert (cfg.data.primary, cfg.data.test) == (f"data/{data}-train.beton", f"data/{data}-test.beton")
+    assert cfg.data.aux == [] and not cfg.uses_aux and cfg.method.name == method
+    assert cfg.model.name == MODEL[("cifar10", method)]  # Section 3.1: WRN28-10 (AT), WRN34-10 (TRADES)
+    schedule = SCHEDULE[method]
+    assert (cfg.optim.epochs, cfg.optim.weight_decay, cfg.attack.eps) == (
+        schedule["epochs"], schedule["weight_decay"], schedule["eps"])
+    rates = [learning_rate(cfg.optim, (e - 1) * 391 + 1, 391) for e in range(1, cfg.optim.epochs + 1)]
+    assert rates == pytest.approx([_paper_lr(method, e) for e in range(1, cfg.optim.epochs + 1)])
+    assert cfg.init.source == "" and cfg.optim.schedule_offset == "none"
+
+
+@pytest.mark.parametrize("name", FINETUNE)
+def test_finetuning_presets_start_from_their_pretraining_and_continue_its_schedule(name):
+    from engine.schedule import schedule_offset
+
+    method = name.split("-")[1]
+    pretrain = load_config(preset=FINETUNE[name])
+    cfg = load_config(preset=name)
+    assert (cfg.data.primary, cfg.data.test) == ("data/cifar10-train.beton", "data/cifar10-test.beton")
+    assert cfg.data.aux == [] and cfg.method.name == method
+    assert cfg.model.name == pretrain.model.name  # the entire pre-trained model is fine-tuned
+    assert cfg.init.source == f"runs/{FINETUNE[name]}"  # the pre-training preset's --out in its comment
+    assert cfg.init.heads == "new"  # 100 or 1000 source classes, 10 CIFAR-10 classes
+    assert (cfg.attack.eps, cfg.optim.weight_decay) == (SCHEDULE[method]["eps"], SCHEDULE[method]["weight_decay"])
+    assert cfg.optim.schedule_offset == "global-step"
+    # Fine-tuning epoch e from a best checkpoint at epoch E trains at the pre-training's epoch E + e.
+    for best in (65, 80, 95, 101):
+        resolved = load_config(preset=name, overrides=[f"init.source_epoch={best}"])
+        offset = schedule_offset(resolved)
+        rates = [learning_rate(resolved.optim, (e - 1) * 391 + 1, 391, offset) for e in range(1, 21)]
+        assert rates == pytest.approx([_paper_lr(method, min(best + e, SCHEDULE[method]["epochs"]))
+                                       for e in range(1, 21)]), best
+    if method == "at":
+        # "if the best checkpoint was acquired at the 65th epoch in the pre-training phase, the learning
+        # rate of the fine-tuning phase commenced at 0.01 and decreased to 0.001 after 25 epochs"
+        at65 = load_config(preset=name, overrides=["init.source_epoch=65"])
+        rates = [learning_rate(at65.optim, (e - 1) * 391 + 1, 391, 65) for e in range(1, at65.optim.epochs + 1)]
+        assert rates[:25] == pytest.approx([0.01] * 25) and rates[25:] == pytest.approx([0.001] * (len(rates) - 25))

@@ -111,6 +111,53 @@ def test_compile_trunk_follows_the_runtime_and_raises_the_recompile_limit():
     assert limits and all(limit >= RECOMPILE_LIMIT for limit in limits)
 
 
+def test_a_compile_mode_reaches_torch_compile_and_the_resolved_config(monkeypatch):
+    """`runtime.compile = reduce-overhead` (CUDA graphs) is `on` with torch.compile's mode: the
+    trunk is compiled with it, and config.toml records the mode that ran."""
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or fn)
+    model = build("wrn-10-1", 10)
+    for choice, mode in (("on", None), ("reduce-overhead", "reduce-overhead"), ("max-autotune", "max-autotune")):
+        rt, resolved = resolve_runtime(RuntimeConfig(device="cpu", compile=choice))
+        assert rt.compile and rt.compile_mode == mode and resolved.compile == choice
+        compile_trunk(model, rt)
+        assert calls[-1] == {"mode": mode}
+    rt, resolved = resolve_runtime(RuntimeConfig(device="cpu", compile="off"))
+    assert not rt.compile and rt.compile_mode is None and resolved.compile == "off"
+
+
+def test_cudnn_autotuning_is_recorded_as_it_ran():
+    """cuDNN autotuning exists on CUDA only and is off under deterministic: the resolved config
+    says what ran, not what was asked."""
+    for device, deterministic, ran in (("cpu", False, False),) + (
+            (("cuda", False, True), ("cuda", True, False)) if torch.cuda.is_available() else ()):
+        rt, resolved = resolve_runtime(RuntimeConfig(device=device, cudnn_benchmark=True, deterministic=deterministic))
+        assert rt.cudnn_benchmark is ran and resolved.cudnn_benchmark is ran
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_reduce_overhead_trunk_and_cudnn_autotuning_give_the_eager_features_on_cuda():
+    from engine.runtime import apply_backend_flags
+
+    model = build("wrn-10-2", 10).cuda().to(memory_format=torch.channels_last).eval()
+    x = torch.rand(16, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        eager = model.features(x)
+    rt, _ = resolve_runtime(RuntimeConfig(device="cuda", precision="fp32", compile="reduce-overhead",
+                                          cudnn_benchmark=True))
+    apply_backend_flags(rt)
+    try:
+        assert torch.backends.cudnn.benchmark
+        trunk = compile_trunk(model, rt)
+        with torch.no_grad():
+            for _ in range(3):  # the first calls record, later ones replay the CUDA graph
+                out = trunk(x).clone()
+        torch.testing.assert_close(out, eager, rtol=1e-3, atol=1e-3)
+    finally:
+        torch.backends.cudnn.benchmark = False
+
+
 def test_bench_step_rows_train_through_the_trainers_step(monkeypatch):
     """`bench step` times TrainStep objects, and its engine rows take their trunk from
     `compile_trunk`, so "the engine's step" is the one that trains."""

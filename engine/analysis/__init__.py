@@ -1,4 +1,5 @@
 """`biamat-engine analyze`: a run directory's records as tables (read.py), figures (figures.py,
 matplotlib, imported where used) and a markdown report (report.py).
 
-Nothing here imports torch: the analysis reads only the JSON and TOML files of a run."""
+The records are JSON and TOML files; only Fig. 4 (confidence.py: the final model scoring the
+auxiliary images) needs torch and the data, and it imports them inside its functions."""

@@ -3,6 +3,7 @@ written atomically as PNG at a fixed pixel size (`size_px`)."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,9 +13,13 @@ from engine.run_dir import atomic_write
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from engine.analysis.confidence import ConfidenceRanking
+
 DPI = 100
 CURVES_SIZE = (15.0, 4.0)  # inches: losses | accuracies | lr, side by side
 ROUTING_SIZE = (7.0, 4.0)
+GRID_CELL = (1.2, 1.6)  # inches per image of Fig. 4's grid: the image and its two caption lines
+GRID_ROW_TITLE = 0.4  # inches above each row of the grid, for its title
 LINESTYLES = {"loss_pri": "-", "loss_high": "--", "loss_low": ":", "clean_acc": "-", "robust_acc": "--"}
 
 
@@ -88,4 +93,32 @@ def routing(run: Run, path: Path) -> Path:
     lines = ax.get_lines() + omega_ax.get_lines()
     ax.legend(lines, [line.get_label() for line in lines], fontsize="small", loc="best")
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def grid_size(k: int) -> tuple[float, float]:
+    """Inches of Fig. 4's grid with `k` images per row (two rows: most and least confident)."""
+    return max(k, 1) * GRID_CELL[0], 2 * (GRID_CELL[1] + GRID_ROW_TITLE)
+
+
+def confidence_grid(ranking: "ConfidenceRanking", path: Path) -> Path:
+    """The paper's Fig. 4: the most confident auxiliary images in the top row, the least confident
+    in the bottom one, each captioned with its class and confidence (max softmax of h_pri)."""
+    k = max(len(ranking.top.index), len(ranking.bottom.index), 1)
+    width, height = grid_size(k)
+    fig = _figure((width, height))
+    of = f" of class {ranking.only_class!r}" if ranking.only_class else ""
+    rows = fig.subfigures(2, 1)
+    for row, (title, part) in zip(rows, (("most", ranking.top), ("least", ranking.bottom))):
+        row.suptitle(f"the {len(part.index)} {title} confident {ranking.aux_name} images{of}", fontsize="medium")
+        axes = row.subplots(1, k, squeeze=False)[0]
+        for ax in axes:
+            ax.set_axis_off()
+        for ax, image, label, conf in zip(axes, part.images, part.labels, part.confidence):
+            ax.imshow(image, interpolation="nearest")
+            name = textwrap.shorten(ranking.class_names[label], width=18, placeholder="...")
+            ax.set_title(f"{name}\n{conf:.3f}", fontsize=7)
+        # Fractions of the row: the title band on top, a thin margin elsewhere.
+        row.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1 - GRID_ROW_TITLE / (height / 2),
+                            wspace=0.08)
     return _save(fig, path)

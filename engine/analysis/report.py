@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from engine.analysis import figures
+from engine.analysis.confidence import ConfidenceRanking, Fig4Options, rank_run
 from engine.analysis.read import (ClassTable, Counts, Run, class_tables, comparison_rows, load_runs, percent,
                                   read_groups, slug)
 from engine.run_dir import atomic_write_text
@@ -57,6 +58,51 @@ def _class_section(table: ClassTable) -> list[str]:
     return lines
 
 
+def _share(count: int, total: int) -> str:
+    return f"{count} ({100 * count / total:.0f}%)" if total else str(count)
+
+
+def _groups_line(ranking: ConfidenceRanking) -> list[str]:
+    if ranking.group_of is None:
+        return ["No class groups: the dataset carries no related flags; pass `--groups FILE` "
+                "(JSON {class_name: group})."]
+    parts = []
+    for title, part in (("top", ranking.top), ("bottom", ranking.bottom)):
+        shares = ", ".join(f"{g} {_share(c, len(part.index))}" for g, c in ranking.group_shares(part))
+        parts.append(f"{title} {len(part.index)}: {shares}")
+    base = ", ".join(f"{g} {_share(c, ranking.scored)}" for g, c in ranking.group_shares_all)
+    return [f"Per group (from the {ranking.grouping}): {'; '.join(parts)}; all {ranking.scored} scored images: "
+            f"{base}."]
+
+
+def _fig4_section(ranking: ConfidenceRanking, grid: Path) -> list[str]:
+    of = f" of class {ranking.only_class!r}" if ranking.only_class else ""
+    lines = [f"### Fig. 4: the most and least confident images of {ranking.aux_name} (aux {ranking.aux}){of}", "",
+             f"Confidence = max softmax of the primary classifier h_pri, the score the selection routes with, "
+             f"under {ranking.model_file} in eval mode (fp32, {ranking.device}), over "
+             + (f"the first {ranking.scored} of the {ranking.total}" if ranking.scored < ranking.total
+                else f"all {ranking.total}")
+             + f" training images{of} of `{ranking.spec}`."]
+    if ranking.above_omega is not None:
+        lines.append(f"At or above the run's last omega ({ranking.omega:.4f}), i.e. routed high by the final "
+                     f"model: {100 * ranking.above_omega:.1f}% of them.")
+    lines += ["", f"![the most and least confident images of {ranking.aux_name}]({grid.name})"]
+    group = ranking.group_of
+    for title, part in (("Most confident", ranking.top), ("Least confident", ranking.bottom)):
+        header = ("rank", "image", "class") + (("group",) if group else ()) + ("confidence",)
+        rows = [(i, int(at), ranking.class_names[y]) + ((group[y],) if group else ()) + (f"{c:.4f}",)
+                for i, (at, y, c) in enumerate(zip(part.index, part.labels, part.confidence), 1)]
+        lines += ["", f"{title} {len(rows)} (image = position in the dataset):", ""] + _table(header, rows)
+    return lines + [""] + _groups_line(ranking)
+
+
+def _fig4_names(run: Run, rankings: list[ConfidenceRanking]) -> list[str]:
+    """fig4-RUN-AUX.png per auxiliary dataset; two datasets of one name get their index too."""
+    names = [r.aux_name for r in rankings]
+    return [f"fig4-{slug(run.name)}-{slug(r.aux_name)}" + (f"-{r.aux}" if names.count(r.aux_name) > 1 else "")
+            + ".png" for r in rankings]
+
+
 def _run_section(run: Run, curves: Path, routing: Optional[Path], tables: list[ClassTable]) -> list[str]:
     cfg, last = run.config, run.metrics[-1]
     best = max(run.metrics, key=lambda r: r.get("robust_acc") or 0.0)
@@ -85,14 +131,19 @@ def _run_section(run: Run, curves: Path, routing: Optional[Path], tables: list[C
     return lines
 
 
-def write_analysis(paths: list[Path], out: Optional[Path] = None, groups: Optional[Path] = None) -> Analysis:
-    """Reads the runs, writes their figures and `analysis.md` into `out` (default_out)."""
+def write_analysis(paths: list[Path], out: Optional[Path] = None, groups: Optional[Path] = None,
+                   fig4: Optional[Fig4Options] = None) -> Analysis:
+    """Reads the runs, writes their figures and `analysis.md` into `out` (default_out). With
+    `fig4`, each run's final model also scores its auxiliary data for the paper's Fig. 4."""
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no run directory given: pass at least one RUN_DIR")
     runs = load_runs(paths)
     group_map = read_groups(groups) if groups is not None else None
     tables = {id(run): class_tables(run, group_map, f"groups file {groups}") for run in runs}
+    # Scored before anything is written: a bad --aux-data or --fig4-class leaves no half report.
+    ranked = {id(run): rank_run(run, fig4, group_map, f"groups file {groups}") if fig4 else ([], [])
+              for run in runs}
     out = Path(out) if out is not None else default_out(paths)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file, not a folder: choose another --out")
@@ -105,6 +156,11 @@ def write_analysis(paths: list[Path], out: Optional[Path] = None, groups: Option
         routing = figures.routing(run, out / f"routing-{name}.png") if run.routed else None
         written += [curves] + ([routing] if routing else [])
         sections += _run_section(run, curves, routing, tables[id(run)])
+        rankings, notes = ranked[id(run)]
+        for ranking, name in zip(rankings, _fig4_names(run, rankings)):
+            written.append(figures.confidence_grid(ranking, out / name))
+            sections += _fig4_section(ranking, out / name) + [""]
+        sections += [line for note in notes for line in (note, "")]
 
     header, rows = comparison_rows(runs)
     lines = [f"# Analysis of {len(runs)} run{'s' if len(runs) > 1 else ''}", "",

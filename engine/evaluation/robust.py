@@ -11,27 +11,42 @@ import torch.nn as nn
 from engine.attacks import pgd
 from loaders.backends.resident import derive_seed
 
-_ATTACK = re.compile(r"^(clean|pgd|cw)(\d*)$")
+_ATTACK = re.compile(r"^(clean|fgsm|pgd|cw)(\d*)$")
 
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One white-box attack of the evaluation: `clean`, `pgdK` (CE) or `cwK` (margin, kappa 50)."""
+    """One white-box attack of the evaluation: `clean`, `fgsm` (one signed-gradient step of size
+    eps from the clean image, Goodfellow et al.; the paper's Table 6), `pgdK` (CE) or `cwK`
+    (margin, kappa 50)."""
 
     kind: str
     steps: int = 0
 
     @property
     def name(self) -> str:
-        return "clean" if self.kind == "clean" else f"{self.kind}{self.steps}"
+        return self.kind if self.kind in ("clean", "fgsm") else f"{self.kind}{self.steps}"
+
+    @property
+    def loss(self) -> str:
+        return "cw" if self.kind == "cw" else "ce"
+
+    @property
+    def random_start(self) -> bool:
+        """FGSM starts from the clean image; PGD and CW from a random point of the ball."""
+        return self.kind != "fgsm"
+
+    def step_size(self, eps: float, step_size: float) -> float:
+        return eps if self.kind == "fgsm" else step_size
 
 
 def parse_attack(name: str) -> AttackSpec:
-    """`clean`, `pgd20`, `cw100` -> AttackSpec; anything else is an error naming the forms."""
+    """`clean`, `fgsm`, `pgd20`, `cw100` -> AttackSpec; anything else is an error naming the forms."""
     match = _ATTACK.match(name.strip().lower())
-    if not match or (match.group(1) != "clean" and not match.group(2)):
-        raise ValueError(f"unknown attack {name!r}: expected clean, pgdK or cwK (e.g. pgd100, cw100)")
-    kind, steps = match.group(1), int(match.group(2) or 0)
+    single = match is not None and match.group(1) in ("clean", "fgsm")
+    if not match or single == bool(match.group(2)):
+        raise ValueError(f"unknown attack {name!r}: expected clean, fgsm, pgdK or cwK (e.g. pgd100, cw100)")
+    kind, steps = match.group(1), 1 if match.group(1) == "fgsm" else int(match.group(2) or 0)
     if kind != "clean" and steps < 1:
         raise ValueError(f"attack {name!r} needs at least one step")
     return AttackSpec(kind, steps)
@@ -76,15 +91,16 @@ def robust_mask(
             with torch.no_grad():
                 ok = model(x).argmax(1) == y  # (B,)
             if spec.kind != "clean":
-                for restart in range(restarts):
+                # FGSM is deterministic: a restart would repeat it.
+                for restart in range(restarts if spec.random_start else 1):
                     # Points already broken need no further restart.
                     if not bool(ok.any()):
                         break
                     if seed is not None:
                         torch.manual_seed(derive_seed(seed, first_index + start, restart))
-                    x_adv = pgd(model, x, y, eps=eps, step_size=step_size, steps=spec.steps,
-                                loss="ce" if spec.kind == "pgd" else "cw", kappa=kappa,
-                                random_start=random_start, mode="eval", kernel_impl=kernel_impl)
+                    x_adv = pgd(model, x, y, eps=eps, step_size=spec.step_size(eps, step_size), steps=spec.steps,
+                                loss=spec.loss, kappa=kappa, random_start=random_start and spec.random_start,
+                                mode="eval", kernel_impl=kernel_impl)
                     with torch.no_grad():
                         ok &= model(x_adv).argmax(1) == y
             masks.append(ok)

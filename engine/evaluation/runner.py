@@ -188,13 +188,13 @@ def _attack_pass(name: str, model: nn.Module, images: torch.Tensor, labels: torc
                  "resumed": result.resumed, "iterations": config.aa_iterations or "package default"}
     else:
         spec = parse_attack(name)
-        say(f"{name} ({'cross-entropy' if spec.kind == 'pgd' else f'CW margin, kappa {config.kappa:g}'})")
+        say(f"{name} ({'cross-entropy' if spec.loss == 'ce' else f'CW margin, kappa {config.kappa:g}'})")
         mask = robust_mask(model, images, labels, spec, eps=config.eps, step_size=config.step_size,
                            batch_size=config.batch_size, restarts=config.restarts, kappa=config.kappa,
                            seed=config.seed, first_index=shard.part.start)
-        entry = {"loss": "ce" if spec.kind == "pgd" else "cw", "eps": format_eps(config.eps), "steps": spec.steps,
-                 "step_size": format_eps(config.step_size), "restarts": config.restarts,
-                 "random_start": True}
+        entry = {"loss": spec.loss, "eps": format_eps(config.eps), "steps": spec.steps,
+                 "step_size": format_eps(spec.step_size(config.eps, config.step_size)),
+                 "restarts": config.restarts if spec.random_start else 1, "random_start": spec.random_start}
         if spec.kind == "cw":
             entry["kappa"] = config.kappa
     seconds = shard.slowest(time.perf_counter() - start)

@@ -66,8 +66,9 @@ def _from_card(card: dict, aux_classes: Sequence[int] = ()) -> MultiHeadNet:
     )
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> MultiHeadNet:
-    """Loads the primary classifier from a run directory, a model.safetensors or a checkpoint."""
+def model_file(path: str | Path) -> Path:
+    """The weights file `load` reads for `path`: a run directory's model.safetensors, else the
+    path itself (a model.safetensors or a checkpoint)."""
     path = Path(path)
     if path.is_dir():
         files = RunDir(path)
@@ -76,9 +77,20 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> MultiHeadNet:
                 f"{path} has no {files.weights.name}: is it a finished run directory? "
                 f"Pass a checkpoint ({files.best.name} / {files.last.name}) to load an unfinished run."
             )
-        path = files.weights
+        return files.weights
     if not path.exists():
         raise FileNotFoundError(f"model file not found: {path}")
+    return path
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> MultiHeadNet:
+    """Loads the primary classifier from a run directory, a model.safetensors or a checkpoint."""
+    return load_with_card(path, device)[0]
+
+
+def load_with_card(path: str | Path, device: str | torch.device = "cpu") -> tuple[MultiHeadNet, dict]:
+    """`load`, plus the model card it was rebuilt from (architecture, classes, image_size, ...)."""
+    path = model_file(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -101,4 +113,4 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> MultiHeadNet:
         model.load_state_dict(ckpt["model"])
     else:
         raise ValueError(f"cannot load {path}: expected a run directory, .safetensors or .pt")
-    return model.to(device).eval()
+    return model.to(device).eval(), card

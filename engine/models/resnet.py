@@ -63,8 +63,9 @@ class ResNet(MultiHeadNet):
         in_planes = RESNET_WIDTH
         for stage, blocks in enumerate(RESNET_BLOCKS[depth]):
             planes, stride = RESNET_WIDTH * 2**stage, 1 if stage == 0 else 2
-            layer = [BasicBlock(in_planes if i == 0 else planes, planes, stride if i == 0 else 1) for i in range(blocks)]
-            self.add_module(f"layer{stage + 1}", nn.Sequential(*layer))
+            layer = nn.Sequential(*[BasicBlock(in_planes if i == 0 else planes, planes, stride if i == 0 else 1)
+                                    for i in range(blocks)])
+            self.add_module(f"layer{stage + 1}", layer)
             in_planes = planes
         self._add_heads(in_planes, num_classes, aux_classes)
         self._init_weights()

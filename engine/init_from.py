@@ -1,0 +1,183 @@
+"""A run that starts from another run's weights: adversarial pre-training, then fine-tuning.
+
+Hendrycks et al. (the paper's [17], Table 3 and Table 7) pre-train adversarially on one dataset
+and fine-tune on the primary one. Appendix E: "The fine-tuning phase commenced from the best
+checkpoint of the pre-training phase. We adversarially fine-tuned the entire layers of the
+pre-trained model on the primary dataset", with the learning rate continuing from that
+checkpoint's epoch (optim.schedule_offset = "global-step", owned by engine/schedule.py).
+
+What a source hands over (`init.source`: a run directory, whose best.pt is read; a .pt
+checkpoint; or a model.safetensors with its model.json):
+- the trunk g, always: every convolution, every BatchNorm's weights and running statistics, and
+  the normalisation buffers (mu, sigma) the trunk was trained to see, as a resumed run keeps its
+  checkpoint's;
+- the primary head f_pri with init.heads = keep, which needs the source's class count; `new`
+  builds a fresh one (CIFAR-100's or ImageNet's 100 or 1000 classes never fit CIFAR-10's 10);
+  `auto` keeps it exactly when the counts match;
+- the auxiliary heads only with keep, and only when the source has heads of the same class
+  counts in the same order (a continued run with the same auxiliary data); otherwise fresh ones.
+  A head is a map onto one dataset's classes: a head of another size belongs to other data.
+Never the optimiser's momentum, the step counter, omega or a loader position: a fine-tune is a
+new run, with its own schedule position from schedule_offset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.arch import parse_arch
+from engine.checkpoint import load_checkpoint
+from engine.config import ConfigError, InitConfig, TrainConfig
+from engine.models.heads import MultiHeadNet
+from engine.run_dir import RunDir, read_json
+
+log = logging.getLogger(__name__)
+
+_HEADS = ("fc.", "aux_fc.")
+
+
+@dataclass(frozen=True)
+class Source:
+    """The weights a run starts from, and the facts config.toml records about them."""
+
+    file: Path
+    weights: dict[str, torch.Tensor]
+    card: dict
+    epoch: int
+    """Epochs the source had trained when it was written; -1 when its card does not say."""
+    sha256: str
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def source_file(path: str | Path) -> Path:
+    """The file `init.source` names: a run directory's best.pt, or the file itself."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"init.source (--init-from) {path}: no such run directory or file; give a run "
+                                "directory of `biamat-engine train`, a .pt checkpoint or a model.safetensors")
+    if path.is_dir():
+        best = RunDir(path).best
+        if not best.exists():
+            raise FileNotFoundError(f"init.source (--init-from) {path} holds no {best.name} (fine-tuning starts from "
+                                    "the best checkpoint): has its first epoch finished? Give its "
+                                    f"{RunDir(path).last.name} to start from the last one instead")
+        return best
+    if path.suffix not in (".pt", ".safetensors"):
+        raise ValueError(f"init.source (--init-from) {path}: expected a run directory, a .pt checkpoint "
+                         "or a model.safetensors")
+    return path
+
+
+def read_source(path: str | Path) -> Source:
+    file = source_file(path)
+    if file.suffix == ".pt":
+        state = load_checkpoint(file)
+        if "model" not in state or "model_card" not in state:
+            raise ValueError(f"init.source {file} is not a biamat-engine checkpoint (no model/model_card entries)")
+        weights, card, epoch = state["model"], state["model_card"], int(state.get("epoch", -1))
+    else:
+        from safetensors.torch import load_file
+
+        card_path = file.with_suffix(".json")
+        if not card_path.exists():
+            raise FileNotFoundError(f"init.source {file} needs its model card {card_path} (architecture, classes)")
+        card = read_json(card_path)
+        weights, epoch = load_file(str(file)), int(card.get("epoch", -1))
+    for key in ("architecture", "num_classes"):
+        if key not in card:
+            raise ValueError(f"init.source {file}: its model card has no {key!r}; is it a biamat-engine model?")
+    return Source(file=file.resolve(), weights=weights, card=card, epoch=epoch, sha256=sha256_of(file))
+
+
+def resolve_heads(heads: str, source_classes: int, classes: int, file: Path) -> str:
+    """`auto` -> keep when the primary class counts match, else new; `keep` with other counts
+    is an error naming both and the fix."""
+    if heads == "auto":
+        return "keep" if source_classes == classes else "new"
+    if heads == "keep" and source_classes != classes:
+        raise ConfigError(
+            f"init.heads = keep: the primary head of {file} has {source_classes} classes, this run's primary "
+            f"data has {classes}; use --init-heads new (a fresh head, the trunk still comes from the source)"
+        )
+    return heads
+
+
+def _check_architecture(source: Source, name: str) -> None:
+    theirs, ours = parse_arch(source.card["architecture"]), parse_arch(name)
+    if theirs != ours:
+        raise ConfigError(
+            f"init.source {source.file} is a {source.card['architecture']}, this run builds {name} (model.name): "
+            f"fine-tuning reuses the whole trunk, so both need one architecture (family, depth and width); "
+            f"give --model "
+            f"{source.card['architecture']}, or pre-train the architecture you want"
+        )
+
+
+def _transferred(model: MultiHeadNet, source: Source, heads: str) -> tuple[dict[str, torch.Tensor], bool]:
+    """The model's state with the source's trunk (and heads, as `heads` says) laid over it, and
+    whether the auxiliary heads came along."""
+    state = model.state_dict()
+    wanted = [k for k in state if not k.startswith(_HEADS)]
+    if heads == "keep":
+        wanted += [k for k in state if k.startswith("fc.")]
+    aux_keys = [k for k in state if k.startswith("aux_fc.")]
+    same_aux = list(source.card.get("aux_classes", [])) == list(model.aux_classes)
+    keep_aux = heads == "keep" and bool(aux_keys) and same_aux and all(k in source.weights for k in aux_keys)
+    if keep_aux:
+        wanted += aux_keys
+    elif heads == "keep" and aux_keys:
+        log.info("init.source %s has auxiliary heads of %s classes (this run: %s): the auxiliary heads start "
+                 "fresh", source.file, source.card.get("aux_classes", []), list(model.aux_classes))
+    bad = [k for k in wanted if k not in source.weights or source.weights[k].shape != state[k].shape]
+    if bad:
+        raise ValueError(f"init.source {source.file} lacks or has other shapes for {', '.join(bad[:3])}"
+                         + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+                         + ": it does not hold this architecture's weights")
+    return {**state, **{k: source.weights[k] for k in wanted}}, keep_aux
+
+
+def start_from_source(model: MultiHeadNet, cfg: TrainConfig) -> tuple[InitConfig, str]:
+    """Loads `cfg.init.source` into the freshly built `model` as the module docstring says.
+    Returns the init settings as config.toml records them (the file read, its epoch and
+    sha256, keep or new) and where the model's normalisation now comes from."""
+    init = cfg.init
+    source = read_source(init.source)
+    if init.source_sha256 and init.source_sha256 != source.sha256:
+        raise ConfigError(
+            f"init.source_sha256 = {init.source_sha256} but {source.file} has sha256 {source.sha256}: the source "
+            "changed since this config was written; give the file it names, or clear init.source_sha256 to "
+            "start from the file as it is now"
+        )
+    if cfg.optim.schedule_offset == "global-step" and source.epoch < 0:
+        raise ConfigError(
+            f'optim.schedule_offset = "global-step" continues the schedule from the source\'s epoch, and the card '
+            f"of {source.file} does not give one; start from the run's best.pt, or set optim.schedule_offset = \"none\""
+        )
+    _check_architecture(source, cfg.model.name)
+    heads = resolve_heads(init.heads, int(source.card["num_classes"]), model.num_classes, source.file)
+    built = model.mu.clone(), model.sigma.clone()
+    state, kept_aux = _transferred(model, source, heads)
+    model.load_state_dict(state)
+    normalization = f"{source.card.get('normalization_source', 'the source')}, through init.source {source.file}"
+    if not (torch.equal(built[0], model.mu) and torch.equal(built[1], model.sigma)):
+        log.warning("init.source %s normalises with %s / %s, not the %s / %s this run's data gives; the trunk "
+                    "keeps the normalisation it was trained with", source.file, model.mu.flatten().tolist(),
+                    model.sigma.flatten().tolist(), built[0].flatten().tolist(), built[1].flatten().tolist())
+    log.info("started from %s (epoch %d, sha256 %s): trunk, %s primary head%s", source.file, source.epoch,
+             source.sha256[:12], "its" if heads == "keep" else "a new", ", its auxiliary heads" if kept_aux else "")
+    resolved = dataclasses.replace(init, source=str(source.file), heads=heads, source_epoch=source.epoch,
+                                   source_sha256=source.sha256)
+    return resolved, normalization
