@@ -120,9 +120,8 @@ def _check_architecture(source: Source, name: str) -> None:
     if theirs != ours:
         raise ConfigError(
             f"init.source {source.file} is a {source.card['architecture']}, this run builds {name} (model.name): "
-            f"fine-tuning reuses the whole trunk, so both need one architecture (family, depth and width); "
-            f"give --model "
-            f"{source.card['architecture']}, or pre-train the architecture you want"
+            "fine-tuning reuses the whole trunk, so both need one architecture (family, depth and width); "
+            f"give --model {source.card['architecture']}, or pre-train the architecture you want"
         )
 
 
