@@ -38,6 +38,7 @@ import torch.nn as nn
 
 from benchmarks.common import device_name, environment, mean_std, set_cpu_threads, sync, write_report
 from benchmarks.reference_step import NAIVE_STEPS, REFERENCE_STEPS
+from engine.arch import RESNET_BLOCKS
 from engine.config import AttackConfig, MethodConfig, RuntimeConfig
 from engine.methods import METHODS, MethodState, StepContext
 from engine.models import build, parse_arch
@@ -81,19 +82,25 @@ def _conv_out(size: int, stride: int) -> int:
 
 def analytic_forward_flops(model_name: str, size: int, num_classes: int = 10) -> int:
     """FLOPs (2 x multiply-accumulates of convolutions and the primary linear head) of one forward
-    of `wrn-D-K` on one size x size image; BatchNorm, ReLU and pooling are not counted, as in the
-    published figures (WRN-28-10 at 32x32: 10.49 GFLOP)."""
-    depth, width = parse_arch(model_name)
-    n = (depth - 4) // 6
-    macs = 3 * 16 * 9 * size * size  # stem conv
-    in_ch, hw = 16, size
-    for out_ch, stride in ((16 * width, 1), (32 * width, 2), (64 * width, 2)):
-        for i in range(n):
+    of `wrn-D-K` or `resnet-D` on one size x size image; BatchNorm, ReLU and pooling are not
+    counted, as in the published figures (WRN-28-10 at 32x32: 10.49 GFLOP; CIFAR ResNet-18:
+    0.56 GMAC)."""
+    arch = parse_arch(model_name)
+    if arch.family == "resnet":
+        stem, stages = arch.width, [(arch.width * 2**i, 1 if i == 0 else 2, n)
+                                    for i, n in enumerate(RESNET_BLOCKS[arch.depth])]
+    else:
+        n = (arch.depth - 4) // 6
+        stem, stages = 16, [(16 * arch.width, 1, n), (32 * arch.width, 2, n), (64 * arch.width, 2, n)]
+    macs = 3 * stem * 9 * size * size  # stem conv
+    in_ch, hw = stem, size
+    for out_ch, stride, blocks in stages:
+        for i in range(blocks):
             s = stride if i == 0 else 1
             hw_out = _conv_out(hw, s)
             macs += in_ch * out_ch * 9 * hw_out * hw_out  # conv1 (strided)
             macs += out_ch * out_ch * 9 * hw_out * hw_out  # conv2
-            if in_ch != out_ch:
+            if in_ch != out_ch or s != 1:
                 macs += in_ch * out_ch * hw_out * hw_out  # 1x1 shortcut
             in_ch, hw = out_ch, hw_out
     macs += in_ch * num_classes  # primary head
@@ -245,7 +252,7 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
     if threads is not None:
         set_cpu_threads(threads)
     torch.manual_seed(seed)
-    depth_width = parse_arch(model_name)
+    arch = parse_arch(model_name)
     base = build(model_name, 10, (aux_classes,))
     variants = [v for m in methods for v in build_variants(
         m, base, device=device, n_pri=batch, n_aux=aux_batch, size=size, aux_classes=aux_classes,
@@ -305,7 +312,8 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
         "benchmark": "step",
         **environment(dev),
         "config": {
-            "method": method, "model": model_name, "depth_width": depth_width, "batch": batch, "aux_batch": aux_batch,
+            "method": method, "model": model_name, "depth_width": [arch.depth, arch.width],
+            "batch": batch, "aux_batch": aux_batch,
             "aux_classes": aux_classes, "size": size, "attack_steps": attack_steps, "aux_mode": aux_mode,
             "steps_per_repeat": steps, "warmup": warmup, "repeats": repeats, "device": dev.type,
             "compile": compile, "precision": precision, "kernels": kernels, "bn_stats": bn_stats,

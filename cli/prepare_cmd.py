@@ -17,16 +17,22 @@ EPILOG = (
     "  biamat-engine prepare imgnet100 data/Imagenet32 data/imgnet100.beton --size 32 --seed 0\n\n"
     "  biamat-engine prepare places365 data/places365_standard data/places365-32.beton --workers 8\n\n"
     "  biamat-engine prepare shapes primary data/shapes-train.beton\n\n"
-    "  biamat-engine prepare shapes primary data/shapes-hard.beton --n 800 --difficulty 2 --classes 16"
+    "  biamat-engine prepare shapes primary data/shapes-hard.beton --n 800 --difficulty 2 --classes 16\n\n"
+    "  biamat-engine prepare cifar10 data/cifar data/cifar.beton --parts 25000,12500,12500   "
+    "(writes data/cifar-A.beton, -B, -C)\n\n"
+    "  biamat-engine prepare cifar10 data/cifar data/cifar-C-noise.beton --parts 25000,12500,12500 --part C "
+    "--uniform-noise 64\n\n"
+    "  biamat-engine prepare concat data/cifar-A.beton,data/cifar-B.beton data/cifar-AB.beton"
 )
 
 
-DATASET, READING, SHAPES = "Dataset", "Reading", "Shapes generator"
+DATASET, READING, SHAPES, DERIVED = "Dataset", "Reading", "Shapes generator", "Parts and noise (Appendix B)"
 
 
 def prepare_command(
     format: Annotated[str, typer.Argument(help="Dataset format: cifar10, cifar100, svhn, imagenet32, imagenet64, "
-                                          "imgnet100, imgnet900, places365, imagefolder, shapes.")],
+                                          "imgnet100, imgnet900, places365, imagefolder, shapes, "
+                                          "concat (prepared .beton files joined).")],
     source: Annotated[str, typer.Argument(
         help="Archive, file or folder as published (for shapes: primary or aux).")],
     out: Annotated[Path, typer.Argument(help="The .beton to write; its manifest goes to OUT.json.")],
@@ -36,7 +42,8 @@ def prepare_command(
     coarse: Annotated[bool, typer.Option(
         "--coarse", help="CIFAR-100: the 20 coarse labels instead of 100 fine.", rich_help_panel=DATASET)] = False,
     seed: Annotated[int, typer.Option(
-        help="imgnet100/imgnet900 class draw; shapes generator seed.", rich_help_panel=DATASET)] = 0,
+        help="imgnet100/imgnet900 class draw; shapes generator seed; the --parts and --uniform-noise draws "
+             "(independent streams of it).", rich_help_panel=DATASET)] = 0,
     download: Annotated[bool, typer.Option(
         "--download", help="Fetch CIFAR/SVHN into SOURCE and verify the MD5.", rich_help_panel=READING)] = False,
     skip_bad: Annotated[bool, typer.Option(
@@ -52,6 +59,15 @@ def prepare_command(
     classes: Annotated[Optional[int], typer.Option(
         min=2, max=16, help="shapes: primary shape classes (aux: as many related + 10 unrelated).",
         rich_help_panel=SHAPES)] = None,
+    parts: Annotated[Optional[str], typer.Option(
+        help="Split into disjoint class-stratified parts of these sizes (e.g. 25000,12500,12500), drawn "
+             "with --seed; writes OUT-A.beton, OUT-B.beton, ... (or the one --part at OUT).",
+        rich_help_panel=DERIVED)] = None,
+    part: Annotated[Optional[str], typer.Option(
+        help="With --parts: write only this part (A, B, ...) to OUT.", rich_help_panel=DERIVED)] = None,
+    uniform_noise: Annotated[Optional[float], typer.Option(
+        help="Add noise uniform in [-AMP, AMP] pixel levels (0-255 images) to every pixel, rounded and "
+             "clipped; drawn with --seed.", metavar="AMP", rich_help_panel=DERIVED)] = None,
 ) -> None:
     """Convert one split of a published dataset into a .beton file and its manifest.
 
@@ -62,17 +78,55 @@ def prepare_command(
 
     if out.suffix != ".beton":
         raise typer.BadParameter(f"{out}: the output must end in .beton", param_hint="OUT")
+    if part is not None and parts is None:
+        raise typer.BadParameter("--part picks one of the --parts: give --parts SIZES too", param_hint="--part")
     knobs = {k: v for k, v in (("n", n), ("difficulty", difficulty), ("classes", classes)) if v is not None}
+    sizes = _checked_options(parts, part, uniform_noise)
     data = read_source(format, source, split, size, download=download, coarse=coarse,
                        skip_bad=skip_bad, workers=workers, seed=seed, shapes=knobs)
-    manifest = _write(out, data, format, split, source)
-    console.print(f"wrote {out}: {manifest['count']} images {manifest['image_size']}x{manifest['image_size']}, "
-                  f"{manifest['num_classes']} classes ({manifest['name']})")
-    skipped = manifest.get("meta", {}).get("skipped") or []
-    if skipped:
-        err_console.print(f"[yellow]warning: skipped {len(skipped)} unreadable images[/yellow] (listed in {out}.json):")
-        for path in skipped[:20]:
-            err_console.print(f"  {path}")
+    for _, out_path, dataset in _derived(data, out, sizes, part, uniform_noise, seed):
+        manifest = _write(out_path, dataset, format, split, source)
+        console.print(f"wrote {out_path}: {manifest['count']} images {manifest['image_size']}x"
+                      f"{manifest['image_size']}, {manifest['num_classes']} classes ({manifest['name']})")
+        skipped = manifest.get("meta", {}).get("skipped") or []
+        if skipped:
+            err_console.print(f"[yellow]warning: skipped {len(skipped)} unreadable images[/yellow] "
+                              f"(listed in {out_path}.json):")
+            for path in skipped[:20]:
+                err_console.print(f"  {path}")
+
+
+def _checked_options(parts: str | None, part: str | None, noise: float | None) -> list[int] | None:
+    """The --parts sizes, with --part and --uniform-noise checked before any data is read."""
+    from loaders.sources.derive import check_amplitude, parse_sizes, part_index
+
+    if noise is not None:
+        check_amplitude(noise)
+    if parts is None:
+        return None
+    sizes = parse_sizes(parts)
+    if part is not None:
+        part_index(part, len(sizes))
+    return sizes
+
+
+def _derived(data, out: Path, sizes: list[int] | None, part: str | None, noise: float | None, seed: int):
+    """(part index, output path, dataset) for each file to write: the whole set at OUT, every
+    part at OUT-A.beton, OUT-B.beton, ..., or one --part at OUT; with --uniform-noise added."""
+    from loaders.sources.derive import PART_NAMES, add_uniform_noise, part_index, split_parts
+
+    if sizes is None:
+        writes = [(0, out, data)]
+    else:
+        pieces = split_parts(data, sizes, seed)
+        if part is not None:
+            i = part_index(part, len(sizes))
+            writes = [(i, out, pieces[i])]
+        else:
+            writes = [(i, out.with_name(f"{out.stem}-{PART_NAMES[i]}{out.suffix}"), p) for i, p in enumerate(pieces)]
+    if noise is not None:
+        writes = [(i, path, add_uniform_noise(d, noise, seed, stream=i)) for i, path, d in writes]
+    return writes
 
 
 def _write(out: Path, data, format: str, split: str, source: str) -> dict:

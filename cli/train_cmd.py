@@ -71,7 +71,7 @@ def train_command(
     test: Annotated[Optional[str], typer.Option(
         help="Held-out data for per-epoch model selection.", rich_help_panel=DATA)] = None,
     loader: Annotated[Optional[str], typer.Option(help="resident | ffcv | dali", rich_help_panel=DATA)] = None,
-    method: Annotated[Optional[str], typer.Option(help="at | trades", rich_help_panel=METHOD)] = None,
+    method: Annotated[Optional[str], typer.Option(help="at | trades | standard", rich_help_panel=METHOD)] = None,
     aux_mode: Annotated[Optional[str], typer.Option(
         help="biamat | labels | uniform | none | pseudo", rich_help_panel=METHOD)] = None,
     alpha: Annotated[Optional[float], typer.Option(help="Auxiliary loss weight.", rich_help_panel=METHOD)] = None,

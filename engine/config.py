@@ -79,9 +79,10 @@ class DataConfig:
 @dataclass(kw_only=True)
 class ModelConfig:
     name: str = "wrn-28-10"
-    """Architecture, `wrn-DEPTH-WIDTH` (wrn-28-10 for AT, wrn-34-10 for TRADES, wrn-16-10 on ImgNet100)."""
+    """Architecture, `wrn-DEPTH-WIDTH` (wrn-28-10 for AT, wrn-34-10 for TRADES, wrn-16-10 on ImgNet100)
+    or `resnet-18` (the CIFAR ResNet-18 of Appendix B; also resnet-34)."""
     dropout: float = 0.0
-    """Dropout inside each residual block."""
+    """Dropout inside each residual block (WideResNets only)."""
     normalization: str = "primary"
     """Per-channel mean and std the model normalises its [0, 1] inputs with (buffers inside it,
     recorded in model.json): `primary` (the primary training data's own statistics, which
@@ -94,10 +95,12 @@ class ModelConfig:
 
         _check_choice("model", "normalization", self.normalization, ("primary", "cifar10", "none"))
         try:
-            parse_arch(self.name)
+            arch = parse_arch(self.name)
         except ValueError as err:
             raise ConfigError(f"model.name: {err}") from None
         _check_range("model", "dropout", self.dropout, 0.0, 0.99)
+        if self.dropout and arch.family != "wrn":
+            raise ConfigError(f"model.dropout = {self.dropout}: {self.name} has no dropout; set it to 0")
 
 
 @dataclass(kw_only=True)
@@ -151,7 +154,9 @@ class AttackConfig:
 @dataclass(kw_only=True)
 class MethodConfig:
     name: str = "at"
-    """Training objective: `at` (Madry PGD adversarial training) or `trades`."""
+    """Training objective: `at` (Madry PGD adversarial training), `trades`, or `standard` (no
+    attack: the AT loss on clean inputs, with the same auxiliary modes; the paper's Appendix B
+    and C runs). The attack section still sets the eps of the per-epoch robust check and of eval."""
     aux_mode: str = "biamat"
     """How auxiliary samples are used: biamat (confidence routing), labels (all high), uniform
     (all low: OAT), none (auxiliary data ignored), pseudo (Carmon et al.'s RST, the paper's
@@ -182,7 +187,7 @@ class MethodConfig:
     (plain adversarial CE, the paper's choice with a CIFAR-100 primary, Appendix E)."""
 
     def __post_init__(self) -> None:
-        _check_choice("method", "name", self.name, ("at", "trades"))
+        _check_choice("method", "name", self.name, ("at", "trades", "standard"))
         _check_choice("method", "aux_mode", self.aux_mode, ("biamat", "labels", "uniform", "none", "pseudo"))
         _check_choice("method", "threshold", self.threshold, ("frozen", "ema"))
         _check_choice("method", "high_loss", self.high_loss, ("trades", "ce"))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from engine.config import ConfigError, DataConfig
-from engine.models.wideresnet import CIFAR10_MEAN, CIFAR10_STD
+from engine.models.heads import CIFAR10_MEAN, CIFAR10_STD
 from loaders.datasets import make_stream, open_dataset
 from loaders.images import to_device_images
 from loaders.options import LoaderOptions

@@ -119,7 +119,7 @@ def export_robustbench(run: str | Path, out_dir: str | Path | None = None, *, ov
     `run` is a run directory or anything `engine.models.load` takes."""
     from safetensors.torch import save_file
 
-    from engine.models import load
+    from engine.models import WideResNet, load
 
     run = Path(run)
     files = RunDir.of(run)
@@ -132,8 +132,10 @@ def export_robustbench(run: str | Path, out_dir: str | Path | None = None, *, ov
     if not overwrite:
         refuse_to_replace(out_dir, "choose another --out, or pass --overwrite to replace the export")
     model = load(run)
-    if not hasattr(model, "mu") or not hasattr(model, "depth"):
-        raise ValueError(f"{run}: only WideResNet classifiers can be exported for RobustBench")
+    if not isinstance(model, WideResNet):
+        raise ValueError(f"{run}: only WideResNet classifiers can be exported for RobustBench "
+                         f"(this run trained a {type(model).__name__}); its model.safetensors and "
+                         "model.json load with engine.models.load")
     # Everything is read and checked before the first file is written.
     weights = robustbench_state_dict(model)
     config = read_config(run_dir).to_dict() if files.config.exists() else {}

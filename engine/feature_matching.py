@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.attacks import bn_mode, check_unit_range, input_gradients_only
-from engine.models.wideresnet import WideResNet
+from engine.models.heads import MultiHeadNet
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def feature_distance(feats: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
     return (feats - goal).flatten(1).norm(dim=1)
 
 
-def match_features(model: WideResNet, start: torch.Tensor, target: torch.Tensor, *,
+def match_features(model: MultiHeadNet, start: torch.Tensor, target: torch.Tensor, *,
                    steps: int, step_size: float) -> Matched:
     """Moves each image of `start` (B, 3, H, W) so its features approach those of the same row
     of `target`, by `steps` normalised gradient steps of L2 length `step_size`; the model in eval

@@ -34,7 +34,7 @@ import torch
 from engine.arch import parse_arch
 from engine.checkpoint import load_checkpoint
 from engine.config import ConfigError, InitConfig, TrainConfig
-from engine.models.wideresnet import WideResNet
+from engine.models.heads import MultiHeadNet
 from engine.run_dir import RunDir, read_json
 
 log = logging.getLogger(__name__)
@@ -120,12 +120,12 @@ def _check_architecture(source: Source, name: str) -> None:
     if theirs != ours:
         raise ConfigError(
             f"init.source {source.file} is a {source.card['architecture']}, this run builds {name} (model.name): "
-            f"fine-tuning reuses the whole trunk, so both need one depth and width; give --model "
-            f"{source.card['architecture']}, or pre-train the architecture you want"
+            "fine-tuning reuses the whole trunk, so both need one architecture (family, depth and width); "
+            f"give --model {source.card['architecture']}, or pre-train the architecture you want"
         )
 
 
-def _transferred(model: WideResNet, source: Source, heads: str) -> tuple[dict[str, torch.Tensor], bool]:
+def _transferred(model: MultiHeadNet, source: Source, heads: str) -> tuple[dict[str, torch.Tensor], bool]:
     """The model's state with the source's trunk (and heads, as `heads` says) laid over it, and
     whether the auxiliary heads came along."""
     state = model.state_dict()
@@ -148,7 +148,7 @@ def _transferred(model: WideResNet, source: Source, heads: str) -> tuple[dict[st
     return {**state, **{k: source.weights[k] for k in wanted}}, keep_aux
 
 
-def start_from_source(model: WideResNet, cfg: TrainConfig) -> tuple[InitConfig, str]:
+def start_from_source(model: MultiHeadNet, cfg: TrainConfig) -> tuple[InitConfig, str]:
     """Loads `cfg.init.source` into the freshly built `model` as the module docstring says.
     Returns the init settings as config.toml records them (the file read, its epoch and
     sha256, keep or new) and where the model's normalisation now comes from."""

@@ -13,14 +13,16 @@ from kernels import dispatch
 
 
 @pytest.mark.parametrize("name, size, gflop", [("wrn-28-10", 32, 10.49), ("wrn-34-10", 32, 13.32),
-                                               ("wrn-16-10", 32, 4.82), ("wrn-16-10", 64, 19.30)])
+                                               ("wrn-16-10", 32, 4.82), ("wrn-16-10", 64, 19.30),
+                                               ("resnet-18", 32, 1.11)])  # 0.56 GMAC, as usually quoted
 def test_analytic_flops_match_published_figures(name, size, gflop):
     assert round(analytic_forward_flops(name, size, 10) / 1e9, 2) == gflop
 
 
-def test_analytic_flops_match_a_count_of_the_built_model():
+@pytest.mark.parametrize("name, size", [("wrn-22-3", 24), ("resnet-18", 12)])
+def test_analytic_flops_match_a_count_of_the_built_model(name, size):
     """Counts conv and linear MACs of the real module with hooks, for an odd configuration."""
-    model = build("wrn-22-3", 7, (13,)).eval()
+    model = build(name, 7, (13,)).eval()
     macs = []
 
     def hook(mod, inp, out):
@@ -34,8 +36,8 @@ def test_analytic_flops_match_a_count_of_the_built_model():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and not any(m is h for h in model.aux_fc):
             m.register_forward_hook(hook)
     with torch.no_grad():
-        model(torch.rand(1, 3, 24, 24))
-    assert analytic_forward_flops("wrn-22-3", 24, 7) == 2 * sum(macs)
+        model(torch.rand(1, 3, size, size))
+    assert analytic_forward_flops(name, size, 7) == 2 * sum(macs)
 
 
 def test_forward_units_of_pgd10_at_are_the_design_figures():

@@ -48,7 +48,7 @@ def test_an_empty_list_override_clears_the_list():
 
 
 @pytest.mark.parametrize("override, names", [
-    ("method.name=sgd", ["method.name", "at, trades"]),
+    ("method.name=sgd", ["method.name", "at, trades, standard"]),
     ("method.aux_mode=all", ["method.aux_mode", "biamat"]),
     ("method.threshold=mean", ["method.threshold"]),
     ("method.high_loss=kl", ["method.high_loss"]),
@@ -63,7 +63,8 @@ def test_an_empty_list_override_clears_the_list():
     ("data.batch_size=0", ["data.batch_size"]),
     ("eval.n=0", ["eval.n"]),
     ("model.dropout=1", ["model.dropout"]),
-    ("model.name=resnet-18", ["model.name", "wrn-DEPTH-WIDTH"]),
+    ("model.name=resnet18", ["model.name", "wrn-DEPTH-WIDTH", "resnet-18"]),
+    ("model.name=resnet-50", ["model.name", "[18, 34]"]),
     ("model.name=wrn-27-10", ["model.name", "6n+4"]),
     ("optim.epochs=ten", ["optim.epochs", "int"]),
     ("optim.lr=fast", ["optim.lr", "float"]),
@@ -81,6 +82,12 @@ def test_bad_values_raise_config_error_naming_the_key(override, names):
         load_config(overrides=[override])
     for name in names:
         assert name in str(err.value)
+
+
+def test_dropout_on_a_resnet_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match="model.dropout = 0.3: resnet-18 has no dropout"):
+        load_config(overrides=["model.name=resnet-18", "model.dropout=0.3"])
+    assert load_config(overrides=["model.name=resnet-18"]).model.name == "resnet-18"
 
 
 def test_wrong_types_in_a_toml_table_name_the_key():

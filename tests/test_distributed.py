@@ -63,6 +63,7 @@ STEP_CASES = {
     # pi near 1 puts omega inside the auxiliary confidences, so both routes are taken.
     "at": dict(name="at", aux_mode="biamat", pi=0.9, alpha=1.0),
     "trades-ema": dict(name="trades", aux_mode="biamat", pi=0.9, alpha=0.5, threshold="ema", ema_momentum=0.5),
+    "standard": dict(name="standard", aux_mode="biamat", pi=0.9, alpha=1.0),
 }
 GLOBAL_BATCH = dict(n_pri=8, aux_sizes=(8,), aux_classes=(5,), size=8)
 

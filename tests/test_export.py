@@ -135,3 +135,13 @@ def test_export_never_writes_over_the_run_or_an_earlier_export(run_dir):
     export_robustbench(path, overwrite=True)
     refused = CliRunner().invoke(app, ["export", str(path), "--out", str(path)])
     assert refused.exit_code == 1 and "is the run directory it reads" in refused.output
+
+
+def test_a_resnet_run_is_refused_by_name_and_nothing_is_written(tmp_path):
+    # RobustBench's export format is its WideResNet; a ResNet-18 run (Appendix B) says so.
+    model = build("resnet-18", 10)
+    save_file(primary_state_dict(model), str(tmp_path / "model.safetensors"))
+    (tmp_path / "model.json").write_text(json.dumps(model_card(model, "resnet-18")))
+    with pytest.raises(ValueError, match="only WideResNet classifiers.*trained a ResNet"):
+        export_robustbench(tmp_path)
+    assert not (tmp_path / "robustbench").exists()

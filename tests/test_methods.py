@@ -49,13 +49,13 @@ def mean_confidence(model, x) -> float:
     return float(conf)
 
 
-def test_both_methods_are_registered():
-    assert set(METHODS) == {"at", "trades"}
+def test_every_method_is_registered():
+    assert set(METHODS) == {"at", "trades", "standard"}
 
 
 @pytest.mark.parametrize("n_aux_sets", [1, 2])
 @pytest.mark.parametrize("aux_mode", ["none", "labels", "uniform", "biamat"])
-@pytest.mark.parametrize("method", ["at", "trades"])
+@pytest.mark.parametrize("method", ["at", "trades", "standard"])
 def test_every_method_and_aux_mode_gives_a_finite_loss_and_consistent_stats(method, aux_mode, n_aux_sets, batch_factory):
     model = tiny_model(n_aux_sets)
     batch = batch_factory(aux_sizes=AUX_SIZES[n_aux_sets], aux_classes=AUX_CLASSES[n_aux_sets])
@@ -114,9 +114,11 @@ def reference_high_mask(model, batch, aux_mode: str, pi: float) -> torch.Tensor:
     return conf >= omega
 
 
+@pytest.mark.parametrize("method", ["at", "standard"])
 @pytest.mark.parametrize("aux_mode", ["labels", "uniform", "biamat"])
-def test_at_loss_is_the_design_formula(aux_mode, batch_factory):
-    # With eps = 0 and no attack steps, x_adv = x and the loss can be written out by hand:
+def test_at_and_standard_loss_is_the_design_formula(method, aux_mode, batch_factory):
+    # With eps = 0 and no attack steps, x_adv = x and the loss can be written out by hand
+    # (standard training never attacks):
     # mean primary CE + alpha * (sum of routed auxiliary losses) / |B_aux|, one forward of [x_pri; x_aux].
     model, batch = tiny_model(2), batch_factory(aux_sizes=(5, 3), aux_classes=(20, 7))
     ref = copy.deepcopy(model)
@@ -131,12 +133,48 @@ def test_at_loss_is_the_design_formula(aux_mode, batch_factory):
         aux = reference_aux_losses(ref, feats[n:], logits[n:], batch, high)  # (Ba,)
         expected = loss_pri + 0.7 * aux.sum() / len(aux)
 
-    loss, stats, _ = step("at", model, batch, aux_mode=aux_mode, pi=1.0, alpha=0.7, eps=0.0, steps=0)
+    loss, stats, _ = step(method, model, batch, aux_mode=aux_mode, pi=1.0, alpha=0.7, eps=0.0, steps=0)
     assert int(stats.n_high) == int(high.sum())
     assert float(stats.loss_pri) == pytest.approx(float(loss_pri), rel=1e-5)
     assert float(stats.loss_high) == pytest.approx(float((aux * high).sum() / len(aux)), rel=1e-5, abs=1e-7)
     assert float(stats.loss_low) == pytest.approx(float((aux * ~high).sum() / len(aux)), rel=1e-5, abs=1e-7)
     assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("in_warmup", [False, True])
+@pytest.mark.parametrize("aux_mode", ["none", "labels", "uniform", "biamat"])
+def test_standard_training_is_at_without_the_attack(aux_mode, in_warmup, batch_factory):
+    # The invariant: AT with eps = 0 and no attack steps trains on the clean batch, so its loss,
+    # statistics, weight gradients, BatchNorm statistics and omega are standard training's,
+    # whatever the standard step's own attack settings say (it ignores them).
+    batch = batch_factory(aux_sizes=(5, 3), aux_classes=(20, 7))
+    results = []
+    for method, eps, steps in (("at", 0.0, 0), ("standard", 8 / 255, 10)):
+        model = tiny_model(2)
+        loss, stats, state = step(method, model, batch, aux_mode=aux_mode, pi=0.9, alpha=0.7,
+                                  in_warmup=in_warmup, eps=eps, steps=steps)
+        loss.backward()
+        results.append((model, loss, stats, state))
+    (at_model, at_loss, at_stats, at_state), (st_model, st_loss, st_stats, st_state) = results
+    assert torch.equal(at_loss, st_loss)
+    assert (at_stats.n_aux, int(at_stats.n_high), at_stats.routed) == (st_stats.n_aux, int(st_stats.n_high),
+                                                                      st_stats.routed)
+    assert float(at_stats.loss_low) == float(st_stats.loss_low)
+    assert float(at_stats.loss_high) == float(st_stats.loss_high)
+    assert at_state.omega == st_state.omega
+    assert (at_state.omega is not None) == (aux_mode == "biamat" and not in_warmup)
+    for (name, a), (_, b) in zip(at_model.named_parameters(), st_model.named_parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        assert a.grad is None or torch.equal(a.grad, b.grad), name
+    for (name, a), (_, b) in zip(at_model.named_buffers(), st_model.named_buffers()):
+        assert torch.equal(a, b), name
+
+
+def test_standard_training_moves_the_running_statistics_once_per_step(batch_factory):
+    # One training forward in train mode, nothing else (the biamat scoring runs in eval mode).
+    model, batch = tiny_model(2), batch_factory(aux_sizes=(5, 3), aux_classes=(20, 7))
+    step("standard", model, batch, aux_mode="biamat", pi=0.9)
+    assert int(model.bn1.num_batches_tracked) == 1
 
 
 @pytest.mark.parametrize("high_loss", ["trades", "ce"])

@@ -1,4 +1,4 @@
-"""WideResNet: published parameter counts, TRADES/RobustBench key names, heads, memory formats,
+"""WideResNet and the CIFAR ResNets: published parameter counts, TRADES/RobustBench key names, heads, memory formats,
 and `engine.models.load` from every file it accepts."""
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ def millions(n: int) -> str:
 @pytest.mark.parametrize("name, exact, shown", [
     ("wrn-28-10", 36_479_194, "36.48 M"),  # the published WRN-28-10 count (10 classes)
     ("wrn-34-10", 46_160_474, "46.16 M"),  # the published WRN-34-10 count (TRADES)
+    ("resnet-18", 11_173_962, "11.17 M"),  # the CIFAR ResNet-18 of the usual CIFAR code (kuangliu/pytorch-cifar)
+    ("resnet-34", 21_282_122, "21.28 M"),
 ])
 def test_published_parameter_counts(name, exact, shown):
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
@@ -62,7 +64,8 @@ def test_key_names_follow_the_trades_robustbench_wideresnet(name):
         model = build(name, 10)
     keys = set(model.state_dict())
     # mu/sigma are the normalisation buffers that make inputs [0, 1]; everything else matches.
-    assert keys - {"mu", "sigma"} == expected_trades_keys(*parse_arch(name))
+    arch = parse_arch(name)
+    assert keys - {"mu", "sigma"} == expected_trades_keys(arch.depth, arch.width)
     if name == "wrn-28-10":  # spelled out, as RobustBench checkpoints name them
         assert {"conv1.weight", "block1.layer.0.bn1.weight", "block1.layer.0.convShortcut.weight",
                 "block3.layer.3.conv2.weight", "bn1.running_var", "fc.weight"} <= keys
@@ -190,8 +193,12 @@ def test_a_run_directory_from_before_dataset_normalisation_loads_to_the_same_log
 
 
 def test_build_and_load_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown model 'resnet-18'.*wrn-DEPTH-WIDTH"):
-        build("resnet-18", 10)
+    with pytest.raises(ValueError, match="unknown model 'resnet18'.*wrn-DEPTH-WIDTH.*resnet-18"):
+        build("resnet18", 10)
+    with pytest.raises(ValueError, match="ResNet depth must be one of \\[18, 34\\]"):
+        build("resnet-50", 10)
+    with pytest.raises(ValueError, match="resnet-18' has no dropout"):
+        build("resnet-18", 10, dropout=0.3)
     with pytest.raises(ValueError, match="depth must be 6n\\+4"):
         build("wrn-27-10", 10)
     with pytest.raises(ValueError, match="num_classes must be >= 1"):
@@ -256,3 +263,62 @@ def test_a_broken_manifest_is_named(tmp_path):
     (tmp_path / "d.beton.json").write_text('{"class_names": [')
     with pytest.raises(ValueError, match=r"d\.beton\.json: the manifest is not valid JSON"):
         read_manifest(tmp_path / "d.beton")
+
+
+def expected_torchvision_resnet_keys(blocks: tuple[int, ...]) -> set[str]:
+    """torchvision's ResNet state-dict keys with BasicBlocks, written out from its layout."""
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    keys = {"conv1.weight", "fc.weight", "fc.bias"} | {f"bn1.{s}" for s in bn}
+    for stage, n in enumerate(blocks, start=1):
+        for i in range(n):
+            p = f"layer{stage}.{i}"
+            keys |= {f"{p}.conv1.weight", f"{p}.conv2.weight"} | {f"{p}.bn{j}.{s}" for j in (1, 2) for s in bn}
+            if i == 0 and stage > 1:  # stride 2 and twice the channels: 1x1 conv + BN shortcut
+                keys |= {f"{p}.downsample.0.weight"} | {f"{p}.downsample.1.{s}" for s in bn}
+    return keys
+
+
+def test_resnet18_is_the_cifar_variant_with_torchvision_key_names():
+    with torch.device("meta"):
+        model = build("resnet-18", 10)
+    assert set(model.state_dict()) - {"mu", "sigma"} == expected_torchvision_resnet_keys((2, 2, 2, 2))
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)  # 3x3 stem, no max-pool
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
+    assert [model.get_submodule(f"layer{s}")[0].conv1.out_channels for s in (1, 2, 3, 4)] == [64, 128, 256, 512]
+    assert model.feature_dim == 512 and model.drop_rate == 0.0
+
+
+def test_resnet_has_the_engines_model_interface():
+    # What the engine reads of a model: features, heads (primary logits of every row, each
+    # auxiliary chunk through its own head), forward = fc . features, the normalisation inside,
+    # and the same outputs in channels_last. 8x8 images keep the 11 M-parameter net fast.
+    torch.manual_seed(0)
+    model = build("resnet-18", 10, aux_classes=(20, 7), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).eval()
+    x = torch.rand(9, 3, 8, 8)
+    feats = model.features(x)
+    assert feats.shape == (9, 512) and model(x).shape == (9, 10)
+    logits_pri, logits_aux = model.heads(feats, (3, 2))
+    assert torch.equal(logits_pri, model.fc(feats)) and torch.equal(model(x), logits_pri)
+    assert torch.equal(logits_aux[0], model.aux_fc[0](feats[4:7]))
+    assert torch.equal(logits_aux[1], model.aux_fc[1](feats[7:9]))
+    assert model.aux_classes == (20, 7) and model.num_classes == 10
+    stem = model.conv1((x - 0.5) / 0.25)
+    assert torch.allclose(model.conv1(model.normalize(x)), stem)
+    model_cl = model.to(memory_format=torch.channels_last)
+    out = model_cl(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(out, logits_pri, atol=1e-5, rtol=1e-5)
+
+
+def test_resnet_load_round_trip_through_the_model_card_and_a_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = trained_like(build("resnet-18", 10, aux_classes=(20,), mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25)))
+    card = model_card(model, "resnet-18", [f"c{i}" for i in range(10)], aux_classes=[20])
+    export_model(tmp_path, primary_state_dict(model), card)
+    save_checkpoint(tmp_path / "last.pt", {"model": clean_state_dict(model.state_dict()), "model_card": card})
+    x = torch.rand(3, 3, 8, 8)
+    expected = model.eval()(x)
+    loaded = load(tmp_path)
+    assert type(loaded).__name__ == "ResNet" and len(loaded.aux_fc) == 0
+    assert torch.allclose(loaded.mu, model.mu) and torch.equal(loaded(x), expected)
+    from_checkpoint = load(tmp_path / "last.pt")
+    assert from_checkpoint.aux_classes == (20,) and torch.equal(from_checkpoint(x), expected)

@@ -12,8 +12,11 @@ from typing import Sequence
 import torch
 
 from engine.arch import parse_arch
-from engine.models.wideresnet import CIFAR10_MEAN, CIFAR10_STD, WideResNet
+from engine.models.heads import CIFAR10_MEAN, CIFAR10_STD, MultiHeadNet
+from engine.models.resnet import ResNet
+from engine.models.wideresnet import WideResNet
 from engine.run_dir import RunDir, read_json
+
 
 def build(
     name: str,
@@ -23,15 +26,20 @@ def build(
     dropout: float = 0.0,
     mean: Sequence[float] = CIFAR10_MEAN,
     std: Sequence[float] = CIFAR10_STD,
-) -> WideResNet:
-    """Builds an architecture by name (`wrn-28-10`, `wrn-34-10`, `wrn-16-10`, any `wrn-D-K`)."""
-    depth, width = parse_arch(name)
+) -> MultiHeadNet:
+    """Builds an architecture by name (`wrn-28-10`, `wrn-34-10`, `wrn-16-10`, any `wrn-D-K`;
+    `resnet-18`, `resnet-34`)."""
+    arch = parse_arch(name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return WideResNet(depth, width, num_classes, aux_classes, dropout, mean, std)
+    if arch.family == "resnet":
+        if dropout:
+            raise ValueError(f"model {name!r} has no dropout (got {dropout}): dropout applies to WideResNets only")
+        return ResNet(arch.depth, num_classes, aux_classes, mean, std)
+    return WideResNet(arch.depth, arch.width, num_classes, aux_classes, dropout, mean, std)
 
 
-def model_card(model: WideResNet, name: str, class_names: Sequence[str] = (), **extra) -> dict:
+def model_card(model: MultiHeadNet, name: str, class_names: Sequence[str] = (), **extra) -> dict:
     """What `load` needs to rebuild the primary classifier, plus facts for people (model.json)."""
     return {
         "architecture": name,
@@ -45,12 +53,12 @@ def model_card(model: WideResNet, name: str, class_names: Sequence[str] = (), **
     }
 
 
-def primary_state_dict(model: WideResNet) -> dict[str, torch.Tensor]:
+def primary_state_dict(model: MultiHeadNet) -> dict[str, torch.Tensor]:
     """The weights of h_pri = f_pri . g: everything but the auxiliary heads."""
     return {k: v for k, v in model.state_dict().items() if not k.startswith("aux_fc.")}
 
 
-def _from_card(card: dict, aux_classes: Sequence[int] = ()) -> WideResNet:
+def _from_card(card: dict, aux_classes: Sequence[int] = ()) -> MultiHeadNet:
     return build(
         card["architecture"], card["num_classes"], aux_classes,
         dropout=card.get("dropout", 0.0),
@@ -86,12 +94,12 @@ def check_image_size(card: dict, size: int, model: str | Path, data: str | Path)
                          f"prepare it at --size {trained}")
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> WideResNet:
+def load(path: str | Path, device: str | torch.device = "cpu") -> MultiHeadNet:
     """Loads the primary classifier from a run directory, a model.safetensors or a checkpoint."""
     return load_with_card(path, device)[0]
 
 
-def load_with_card(path: str | Path, device: str | torch.device = "cpu") -> tuple[WideResNet, dict]:
+def load_with_card(path: str | Path, device: str | torch.device = "cpu") -> tuple[MultiHeadNet, dict]:
     """`load`, plus the model card it was rebuilt from (architecture, classes, image_size, ...)."""
     path = model_file(path)
     if path.suffix == ".safetensors":

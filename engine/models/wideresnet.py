@@ -13,8 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+from engine.models.heads import CIFAR10_MEAN, CIFAR10_STD, MultiHeadNet
 
 
 class BasicBlock(nn.Module):
@@ -56,12 +55,9 @@ class NetworkBlock(nn.Module):
         return self.layer(x)
 
 
-class WideResNet(nn.Module):
-    """WRN-depth-width: shared trunk `features`, primary head `fc`, auxiliary heads `aux_fc[i]`.
-
-    `forward(x)` returns primary logits (the robust classifier h_pri); a training step calls
-    `features` (possibly compiled) once on the combined batch, then `heads`.
-    """
+class WideResNet(MultiHeadNet):
+    """WRN-depth-width: shared trunk `features`, primary head `fc`, auxiliary heads `aux_fc[i]`
+    (`MultiHeadNet`)."""
 
     def __init__(
         self,
@@ -81,48 +77,19 @@ class WideResNet(nn.Module):
         n = (depth - 4) // 6
         channels = [16, 16 * width, 32 * width, 64 * width]
         self.depth, self.width, self.drop_rate = depth, width, drop_rate
-        self.num_classes = num_classes
-        self.aux_classes = tuple(int(c) for c in aux_classes)
-        self.register_buffer("mu", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("sigma", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self._add_normalization(mean, std)
         self.conv1 = nn.Conv2d(3, channels[0], 3, 1, 1, bias=False)
         self.block1 = NetworkBlock(n, channels[0], channels[1], 1, drop_rate)
         self.block2 = NetworkBlock(n, channels[1], channels[2], 2, drop_rate)
         self.block3 = NetworkBlock(n, channels[2], channels[3], 2, drop_rate)
         self.bn1 = nn.BatchNorm2d(channels[3])
         self.relu = nn.ReLU(inplace=True)
-        self.fc = nn.Linear(channels[3], num_classes)
-        self.aux_fc = nn.ModuleList(nn.Linear(channels[3], c) for c in self.aux_classes)
-        self.feature_dim = channels[3]
+        self._add_heads(channels[3], num_classes, aux_classes)
         self._init_weights()
-
-    def _init_weights(self) -> None:
-        # The reference WRN initialisation: He-normal convs, unit BN, zero linear bias.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, 64*width) pooled features."""
-        out = self.conv1((x - self.mu) / self.sigma)
+        out = self.conv1(self.normalize(x))
         out = self.block3(self.block2(self.block1(out)))
         out = self.relu(self.bn1(out))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
-
-    def heads(self, feats: torch.Tensor, aux_sizes: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Features (N, D) -> primary logits (N, c) of every row, and, per auxiliary dataset, the
-        logits of its chunk of the last sum(aux_sizes) rows through its own head (the combined
-        batch is [x_pri; x_aux], auxiliary datasets in order)."""
-        logits_pri = self.fc(feats)
-        if not aux_sizes:
-            return logits_pri, []
-        feats_aux = feats[len(feats) - sum(aux_sizes):]  # (Ba, D)
-        return logits_pri, [head(f) for head, f in zip(self.aux_fc, feats_aux.split(list(aux_sizes)))]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))

@@ -89,6 +89,12 @@ def _shapes(source, split, *, size=32, seed=0, shapes=None, **_):
         raise SourceError(str(e)) from None
 
 
+def _concat(source, split, **_):
+    from loaders.sources.concat import read_concat
+
+    return read_concat(source)
+
+
 _IMAGENET_HELP = "folder with train_data_batch_1..10 / val_data (pickled or .npz) from image-net.org (Downsampled ImageNet)"
 SOURCES: dict[str, SourceSpec] = {
     "cifar10": SourceSpec(_cifar("cifar10"), "CIFAR-10 (python version)",
@@ -107,6 +113,8 @@ SOURCES: dict[str, SourceSpec] = {
     "imagefolder": SourceSpec(_imagefolder, "any one-folder-per-class image tree, resized",
                               "folder with one sub-folder of JPEG/PNG images per class (or train/ and test/ trees)", (32, 64)),
     "shapes": SourceSpec(_shapes, "built-in synthetic shapes (no download)", "'primary' or 'aux'", (32, 64)),
+    "concat": SourceSpec(_concat, "prepared .beton files joined into one set (same classes and size)",
+                         "two or more .beton files joined by commas, e.g. data/cifar-A.beton,data/cifar-B.beton"),
 }
 DOWNLOADABLE = ("cifar10", "cifar100", "svhn")
 
