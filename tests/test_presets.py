@@ -10,7 +10,7 @@ import tomllib
 
 import pytest
 
-from engine.config import TrainConfig, load_config, preset_names, to_toml
+from engine.config import TrainConfig, flatten, load_config, preset_names, to_toml
 from engine.schedule import learning_rate
 
 # Table 2's rows: primary -> auxiliary datasets of the BiaMAT rows, for AT and TRADES alike.
@@ -296,3 +296,17 @@ def test_finetuning_presets_start_from_their_pretraining_and_continue_its_schedu
         at65 = load_config(preset=name, overrides=["init.source_epoch=65"])
         rates = [learning_rate(at65.optim, (e - 1) * 391 + 1, 391, 65) for e in range(1, at65.optim.epochs + 1)]
         assert rates[:25] == pytest.approx([0.01] * 25) and rates[25:] == pytest.approx([0.001] * (len(rates) - 25))
+
+
+# Appendix C, Table 6: "we construct robust datasets from the AT and AT+BiaMAT models. We then
+# normally train models from scratch on each robust dataset using the cross-entropy loss";
+# "the models (WRN34-10) trained on each robust dataset".
+@pytest.mark.parametrize("name, data", [("cifar10-robust-at", "data/c10-robust-at.beton"),
+                                        ("cifar10-robust-biamat", "data/c10-robust-biamat.beton")])
+def test_robust_dataset_presets_train_a_wrn34_10_normally_on_their_robust_dataset(name, data):
+    cfg = load_config(preset=name)
+    assert cfg.method.name == "standard" and not cfg.uses_aux and cfg.data.aux == []
+    assert cfg.model.name == "wrn-34-10"
+    assert (cfg.data.primary, cfg.data.test) == (data, "data/cifar10-test.beton")
+    at, biamat = load_config(preset="cifar10-robust-at"), load_config(preset="cifar10-robust-biamat")
+    assert flatten(at.to_dict()) == {**flatten(biamat.to_dict()), "data.primary": "data/c10-robust-at.beton"}
