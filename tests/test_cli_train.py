@@ -78,7 +78,7 @@ def test_train_from_a_config_file(tmp_path, tiny_train_config):
     (["--set", "method.pie=0.5"], "unknown key(s) pie in method"),
     (["--set", "methodpi"], "expected section.key=value"),
     (["--method", "sgd"], "method.name = 'sgd'"),
-    (["--model", "resnet-18"], "model.name"),
+    (["--model", "resnet-50"], "model.name"),
     (["--preset", "cifar11-at"], "unknown preset 'cifar11-at'"),
     (["--config", "missing.toml"], "config file not found: missing.toml"),
 ])
