@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from cli import (analyze_cmd, bench_ddp, bench_eval, bench_kernels, bench_loader, bench_step, demo_cmd, eval_cmd,
-                 export_cmd, info_cmd, prepare_cmd, train_cmd)
+                 export_cmd, info_cmd, prepare_cmd, study_cmd, train_cmd)
 from cli.errors import error_context
 
 
@@ -49,6 +49,7 @@ _add(app, "train", train_cmd.train_command, train_cmd.EPILOG)
 _add(app, "eval", eval_cmd.eval_command, eval_cmd.EPILOG)
 _add(app, "export", export_cmd.export_command, export_cmd.EPILOG)
 _add(app, "analyze", analyze_cmd.analyze_command, analyze_cmd.EPILOG)
+_add(app, "study", study_cmd.study_command, study_cmd.EPILOG)
 _add(app, "demo", demo_cmd.demo_command, demo_cmd.EPILOG)
 _add(app, "info", info_cmd.info_command, info_cmd.EPILOG)
 app.add_typer(bench_app, name="bench")
