@@ -220,7 +220,7 @@ def _listed(help_text: str) -> list[str]:
 
 
 def test_help_lists_the_commands_in_the_intended_order():
-    assert _listed(invoke("--help").stdout) == ["prepare", "train", "eval", "export", "analyze", "demo", "info", "bench"]
+    assert _listed(invoke("--help").stdout) == ["prepare", "train", "eval", "export", "analyze", "study", "demo", "info", "bench"]
     assert _listed(invoke("bench", "--help").stdout) == ["step", "loader", "kernels", "eval", "ddp"]
 
 
@@ -234,4 +234,4 @@ def test_help_starts_without_torch_and_lists_every_command_as_a_module():
                           env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("False False")
-    assert _listed(done.stdout) == ["prepare", "train", "eval", "export", "analyze", "demo", "info", "bench"]
+    assert _listed(done.stdout) == ["prepare", "train", "eval", "export", "analyze", "study", "demo", "info", "bench"]
