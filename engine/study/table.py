@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from engine.run_dir import RunDir, atomic_write_text, read_json
-from engine.study.grids import Row
+from engine.run_dir import RunDir, atomic_write_text, read_json, read_json_lines
+from engine.study.grids import DATASET_NAMES, Row
 from engine.study.plan import RunPlan, StudyPlan
 
 PAPER_METRICS = ("clean", "pgd100", "cw100", "aa")
@@ -56,6 +56,9 @@ class RunResult:
     selection: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Class group (related / unrelated) -> (seen, high) at the last routed epoch, over every
     auxiliary dataset; empty for a run without the confidence selection."""
+    train_seconds: float | None = None
+    """Wall time of its epochs (with their per-epoch held-out check), from metrics.jsonl."""
+    eval_seconds: float | None = None
 
     @property
     def done(self) -> bool:
@@ -67,8 +70,12 @@ def read_result(run: RunPlan) -> RunResult:
 
     files = RunDir(run.results_dir)
     result = RunResult(run)
+    epochs = read_json_lines(files.metrics)
+    if epochs:
+        result.train_seconds = sum(e.get("seconds", 0.0) + e.get("eval_seconds", 0.0) for e in epochs)
     if files.eval_report.is_file():
         report = read_json(files.eval_report)
+        result.eval_seconds = report.get("seconds")
         if report.get("complete"):
             result.accuracy = {"clean": report["clean_acc"],
                                **{name: a["robust_acc"] for name, a in report.get("attacks", {}).items()}}
@@ -125,7 +132,9 @@ class StudyTable:
         grid, plan = self.plan.grid, self.plan
         lines = [f"# Study `{grid.name}` at {plan.scale} scale", "", grid.title, "", grid.about, ""]
         if plan.scale != "paper":
-            lines += [_STAND_IN_NOTE, ""]
+            own = "".join(f" This study stands {DATASET_NAMES[d]} in by {_GROUP_WORDS[g]} (shapes groups={g})."
+                          for d, g in grid.stand_ins.items())
+            lines += [_STAND_IN_NOTE + own, ""]
         info = {"seeds": ", ".join(map(str, plan.seeds)), "runs": str(len(plan.runs)), **(facts or {})}
         lines += [f"- {k}: {v}" for k, v in info.items()] + [""]
         lines += ["## Accuracy (%)", "", self._results_table(), ""]
@@ -176,8 +185,9 @@ class StudyTable:
     def _runs_table(self) -> str:
         body = [[r.run.name, " / ".join(r.run.row.cells), str(r.run.seed),
                  ("finished" if r.done else "not finished") + (f" (same run as {r.run.same_as})" if r.run.same_as else ""),
-                 f"{r.run.results_dir.name}/"] for r in self.results]
-        return _markdown_table(["run", "row", "seed", "status", "folder"], body)
+                 f"{r.run.results_dir.name}/", _seconds(r.train_seconds), _seconds(r.eval_seconds)]
+                for r in self.results]
+        return _markdown_table(["run", "row", "seed", "status", "folder", "train s", "eval s"], body)
 
     # -- study.csv -------------------------------------------------------------------------------
     def csv(self) -> str:
@@ -210,6 +220,14 @@ _STAND_IN_NOTE = (
     "ImgNet900 by both related and unrelated classes; ImageNet by related classes only (the primary's "
     "shapes in another domain); CIFAR-100 and ImgNet100 as primary data by 16 shape classes instead of "
     "10. The paper's numbers are beside ours for the direction of each effect, not for their size.")
+
+
+_GROUP_WORDS = {"all": "related and unrelated classes", "related": "related classes only",
+                "unrelated": "unrelated textures only"}
+
+
+def _seconds(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.0f}"
 
 
 def _count(counts: tuple[int, int] | None) -> str:
