@@ -210,7 +210,8 @@ def _waves(runs) -> list[list]:
     waves: list[list] = []
     level: dict[str, int] = {}
     for run in runs:  # the plan lists a row after the rows it refers to
-        refs = [level[r.name] for r in runs if r.name in level and str(r.dir) in " ".join(run.overrides)]
+        values = {o.partition("=")[2] for o in run.overrides}
+        refs = [level[r.name] for r in runs if r.name in level and str(r.dir) in values]
         level[run.name] = 1 + max(refs, default=-1)
         while len(waves) <= level[run.name]:
             waves.append([])

@@ -257,3 +257,20 @@ def test_a_folder_that_is_not_a_run_stops_the_study_before_any_work(tiny, tmp_pa
     assert result.exit_code == 1
     assert "holds notes.txt" in " ".join(result.stderr.split())
     assert not (out / "at-biamat-s0").exists()  # checked before the first run trained
+
+
+def test_a_row_that_starts_from_another_rows_run_is_planned_and_run_after_it(tmp_path):
+    from cli.study_cmd import _waves
+    from engine.study.grids import Grid, Row
+
+    # {run:ROW} puts that row's run folder of the same seed into a setting (Table 3's
+    # pre-train -> fine-tune will name it in train.init_from; data.test stands in here).
+    grid = Grid(name="chain", title="t", about="a", columns=("step",),
+                rows=(Row("fine", ("fine-tune",), settings=("data.test={run:pre}",)), Row("pre", ("pre-train",))))
+    plan = make_plan(grid, get_scale("demo"), tmp_path, seeds=(0, 1), only=("fine",))
+    assert [r.name for r in plan.runs] == ["pre-s0", "fine-s0", "pre-s1", "fine-s1"]
+    assert plan.runs[3].config.data.test == str(tmp_path.resolve() / "pre-s1")
+    assert [[r.name for r in wave] for wave in _waves(plan.runs)] == [["pre-s0", "pre-s1"], ["fine-s0", "fine-s1"]]
+    with pytest.raises(ValueError, match="refers to {run:gone}, which is not a row"):
+        make_plan(Grid(name="bad", title="t", about="a", columns=("c",),
+                       rows=(Row("x", ("x",), settings=("data.test={run:gone}",)),)), get_scale("demo"), tmp_path)

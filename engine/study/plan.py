@@ -136,7 +136,10 @@ class PaperScale:
     def configure(self, grid: Grid, row: Row, seed: int, data_dir: Path) -> tuple[str, list[str]]:
         preset = row.paper_preset()
         data = load_preset(preset)["data"]
-        here = lambda spec: str(data_dir / Path(spec).name)  # noqa: E731  the preset's file, under --data-dir
+
+        def here(spec: str) -> str:  # the preset's file (data/NAME.beton), under --data-dir
+            return str(data_dir / Path(spec).name)
+
         overrides = [f"data.primary={here(data['primary'])}", f"data.test={here(data['test'])}"]
         if row.aux:
             aux = [here(load_preset(row.aux_preset(a))["data"]["aux"][0]) for a in row.aux]
