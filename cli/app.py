@@ -10,7 +10,8 @@ import typer
 from typer.core import TyperGroup
 
 from cli import (analyze_cmd, bench_ddp, bench_eval, bench_kernels, bench_loader, bench_step, demo_cmd, eval_cmd,
-                 export_cmd, info_cmd, prepare_cmd, pseudo_label_cmd, robustify_cmd, theory_cmd, train_cmd)
+                 export_cmd, info_cmd, prepare_cmd, pseudo_label_cmd, robustify_cmd, study_cmd, theory_cmd,
+                 train_cmd)
 from cli.errors import error_context
 
 
@@ -54,6 +55,7 @@ _add(app, "export", export_cmd.export_command, export_cmd.EPILOG)
 _add(app, "robustify", robustify_cmd.robustify_command, robustify_cmd.EPILOG)  # a trained model's robust dataset
 _add(app, "pseudo-label", pseudo_label_cmd.pseudo_label_command, pseudo_label_cmd.EPILOG)  # auxiliary data a trained model labels
 _add(app, "analyze", analyze_cmd.analyze_command, analyze_cmd.EPILOG)
+_add(app, "study", study_cmd.study_command, study_cmd.EPILOG)
 _add(app, "demo", demo_cmd.demo_command, demo_cmd.EPILOG)
 _add(app, "info", info_cmd.info_command, info_cmd.EPILOG)
 app.add_typer(bench_app, name="bench")

@@ -23,11 +23,14 @@ SAFE_TO_CHANGE = frozenset({
 })
 
 
-def changes_on_resume(saved: dict, requested: dict, where: str) -> dict[str, list]:
+DEFAULT_REMEDY = "Drop those flags, or start a new run (another --out, or --overwrite)."
+
+
+def changes_on_resume(saved: dict, requested: dict, where: str, remedy: str = DEFAULT_REMEDY) -> dict[str, list]:
     """{key: [saved, requested]} for every setting that differs between the checkpoint's config
     and the requested one (saved None: a setting the checkpoint predates); a ConfigError naming
-    `where` and every unsafe key when any that the checkpoint holds differs and `SAFE_TO_CHANGE`
-    does not allow it."""
+    `where`, every unsafe key and `remedy` when any that the checkpoint holds differs and
+    `SAFE_TO_CHANGE` does not allow it."""
     before, after = flatten(saved), flatten(requested)
     changed = {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after))
                if before.get(k) != after.get(k)}
@@ -37,7 +40,7 @@ def changes_on_resume(saved: dict, requested: dict, where: str) -> dict[str, lis
     if refused:
         listed = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in refused.items())
         raise ConfigError(
-            f"--resume of {where} would change what the run trains ({listed}). Drop those flags, or start "
-            f"a new run (another --out, or --overwrite). A resume may change only: {', '.join(sorted(SAFE_TO_CHANGE))}"
+            f"--resume of {where} would change what the run trains ({listed}). {remedy} "
+            f"A resume may change only: {', '.join(sorted(SAFE_TO_CHANGE))}"
         )
     return changed

@@ -3,8 +3,8 @@
 A dataset spec is one of:
 
 - `shapes:primary` or `shapes:aux`, optionally with generator options after a `?`, joined
-  by `&`: `shapes:aux?n=2000&size=32&seed=3&difficulty=2&classes=16` (options: n, size, seed,
-  difficulty, classes; see
+  by `&`: `shapes:aux?n=2000&size=32&seed=3&difficulty=2&classes=16&groups=related` (options:
+  n, size, seed, difficulty, classes, all integers, and groups, a word; see
   `loaders.sources.shapes.make_shapes`);
 - a path to a `.beton` file written by `biamat-engine prepare`;
 - a path to a `.npz` file with arrays `images` (N, H, W, 3) uint8 and `labels` (N,) int, and
@@ -24,7 +24,8 @@ from loaders.types import ArrayDataset
 BACKENDS = ("resident", "ffcv", "dali")
 SPEC_FORMS = ("shapes:primary", "shapes:aux", "shapes:KIND?n=N&size=S&seed=K",
               "PATH.beton", "PATH.npz")
-_SHAPES_OPTIONS = ("n", "size", "seed", "difficulty", "classes")
+_SHAPES_OPTIONS = ("n", "size", "seed", "difficulty", "classes", "groups")
+_SHAPES_WORDS = ("groups",)  # the options that are words, not integers
 
 
 def open_dataset(spec: str, split: str) -> ArrayDataset:
@@ -57,25 +58,35 @@ def _open_shapes(spec: str, split: str) -> ArrayDataset:
     return make_shapes(kind, split, **options)
 
 
-def parse_shapes_spec(spec: str) -> tuple[str, dict[str, int]]:
-    """`shapes:KIND?key=value&...` -> (KIND, {key: int value}); a ValueError names the spec."""
+def parse_shapes_spec(spec: str) -> tuple[str, dict[str, int | str]]:
+    """`shapes:KIND?key=value&...` -> (KIND, {key: value}), integers but for `groups`; a
+    ValueError names the spec."""
     from loaders.sources.shapes import KINDS
 
     kind, _, query = spec.removeprefix("shapes:").partition("?")
     if kind not in KINDS:
         raise ValueError(f"dataset {spec!r}: unknown shapes kind {kind!r}; expected "
                          f"shapes:primary or shapes:aux")
-    options: dict[str, int] = {}
+    options: dict[str, int | str] = {}
     for item in filter(None, query.split("&")):
         key, eq, value = item.partition("=")
         if key not in _SHAPES_OPTIONS or not eq:
             raise ValueError(f"dataset {spec!r}: bad option {item!r}; expected key=value with "
                              f"key in {_SHAPES_OPTIONS}, e.g. shapes:aux?n=2000&seed=3")
+        if key in _SHAPES_WORDS:
+            options[key] = value
+            continue
         try:
             options[key] = int(value)
         except ValueError:
             raise ValueError(f"dataset {spec!r}: option {key} must be an integer, got {value!r}")
     return kind, options
+
+
+def shapes_spec(kind: str, options: dict[str, int | str]) -> str:
+    """(KIND, {key: value}) -> `shapes:KIND?key=value&...`, the inverse of `parse_shapes_spec`."""
+    query = "&".join(f"{key}={value}" for key, value in options.items())
+    return f"shapes:{kind}" + (f"?{query}" if query else "")
 
 
 def _open_npz(path: Path, split: str) -> ArrayDataset:

@@ -221,8 +221,8 @@ def test_no_cli_module_imports_the_app():
 
 # The order `biamat-engine --help` lists the commands in (cli/app.py registers them so; Typer puts
 # the groups of subcommands last).
-COMMANDS = ["prepare", "train", "eval", "export", "robustify", "pseudo-label", "analyze", "demo", "info", "bench",
-            "theory"]
+COMMANDS = ["prepare", "train", "eval", "export", "robustify", "pseudo-label", "analyze", "study", "demo", "info",
+            "bench", "theory"]
 
 
 def _listed(help_text: str) -> list[str]:

@@ -310,3 +310,12 @@ def test_robust_dataset_presets_train_a_wrn34_10_normally_on_their_robust_datase
     assert (cfg.data.primary, cfg.data.test) == (data, "data/cifar10-test.beton")
     at, biamat = load_config(preset="cifar10-robust-at"), load_config(preset="cifar10-robust-biamat")
     assert flatten(at.to_dict()) == {**flatten(biamat.to_dict()), "data.primary": "data/c10-robust-at.beton"}
+
+
+# Tables 3 / 7, Carmon et al.: "we assign pseudo labels to the auxiliary data using a classifier
+# trained on each primary dataset" (Appendix D); RST labels with a standardly trained model.
+@pytest.mark.parametrize("data", ["cifar10", "cifar100"])
+def test_the_pseudo_labelling_classifiers_train_normally_on_the_primary_data(data):
+    cfg, at = load_config(preset=f"{data}-standard"), load_config(preset=f"{data}-at")
+    assert cfg.method.name == "standard" and not cfg.uses_aux
+    assert flatten(cfg.to_dict()) == {**flatten(at.to_dict()), "method.name": "standard"}

@@ -235,3 +235,52 @@ def test_prepare_records_the_knobs_in_the_manifest_and_a_spec_reads_the_same_ima
     refused = CliRunner().invoke(app, ["prepare", "cifar10", str(tmp_path), str(tmp_path / "c.beton"),
                                        "--difficulty", "2"])
     assert refused.exit_code == 1 and "shapes format only" in refused.output
+
+
+# ---------------------------------------------------------------- groups knob (study's stand-ins)
+
+@pytest.mark.parametrize("groups,related", [("related", True), ("unrelated", False)])
+def test_groups_keeps_one_kind_of_auxiliary_class_drawn_as_in_the_full_set(groups, related, monkeypatch):
+    from loaders.sources import shapes
+
+    full = make_shapes("aux", "train", n=400, size=16, seed=2, difficulty=1, classes=6)
+    drawn = []  # (class index the renderer drew, images drawn)
+    render = shapes._render
+
+    def spy(kind, label, m, *args):
+        drawn.append((label, m))
+        return render(kind, label, m, *args)
+
+    monkeypatch.setattr(shapes, "_render", spy)
+    part = make_shapes("aux", "train", n=200, size=16, seed=2, difficulty=1, classes=6, groups=groups)
+    expected = [name for name, r in zip(full.class_names, full.meta["related"]) if r == related]
+    assert part.class_names == expected and len(expected) == (6 if related else 10)
+    assert part.meta["related"] == [related] * len(expected) and part.meta["groups"] == groups
+    assert part.meta["related_to"] == [n.removesuffix("-textured") if related else None for n in expected]
+    assert part.meta["shares_statistics_of"] == [
+        s for s, r in zip(full.meta["shares_statistics_of"], full.meta["related"]) if r == related]
+    counts = np.bincount(part.labels, minlength=len(expected))
+    assert len(counts) == len(expected) and counts.max() - counts.min() <= 1
+    # Each kept class is drawn by the renderer of its namesake in the full set, for its images.
+    assert drawn == [(full.class_names.index(name), int(counts[c])) for c, name in enumerate(expected)]
+
+
+def test_groups_all_is_the_default_set_and_bad_groups_are_named():
+    a = make_shapes("aux", "test", n=50, size=16, seed=1)
+    b = open_dataset("shapes:aux?n=50&size=16&seed=1&groups=all", "test")
+    np.testing.assert_array_equal(a.images, b.images)
+    assert "groups" not in a.meta
+    c = open_dataset("shapes:aux?n=50&size=16&seed=1&groups=unrelated", "test")
+    assert c.class_names == [n for n in a.class_names if n.startswith("texture-")]
+    with pytest.raises(ValueError, match="expected one of all, related, unrelated"):
+        make_shapes("aux", n=10, size=16, groups="some")
+    with pytest.raises(ValueError, match="aux kind only"):
+        make_shapes("primary", n=10, size=16, groups="related")
+
+
+def test_shapes_spec_round_trips_through_the_parser():
+    from loaders.datasets import parse_shapes_spec, shapes_spec
+
+    options = {"n": 40, "size": 16, "seed": 2, "groups": "related"}
+    assert parse_shapes_spec(shapes_spec("aux", options)) == ("aux", options)
+    assert shapes_spec("primary", {}) == "shapes:primary"

@@ -26,6 +26,11 @@ With difficulty 0 and 10 classes the sets are exactly the original ones (the `di
   (unrelated class j those of primary class j mod `classes`): the related classes share the
   primary's robust features (shapes) and its non-robust ones, the unrelated ones only the
   non-robust ones, the two kinds of auxiliary data of the paper's Section 2.1.
+  `groups` keeps one kind only: `related` (the `classes` shapes in the other domain) or
+  `unrelated` (the ten textures); `all` (the default) keeps both. Kept classes keep their
+  names, renderers and flags and are numbered from 0 in the original order; so auxiliary
+  sets that stand in for more and less related datasets differ in what they hold, not in how
+  it is drawn (the demo scale of `biamat-engine study`).
 
 Every image is rendered as whole-array numpy operations per class (no per-pixel loops);
 10k 32x32 images take about a second.
@@ -52,6 +57,7 @@ TEXTURE_NAMES = [
     "white-noise", "gradient", "blocks", "speckle", "waves",
 ]
 KINDS = ("primary", "aux")
+GROUPS = ("all", "related", "unrelated")
 SPLITS = ("train", "test")
 DEFAULT_N = {("primary", "train"): 5000, ("primary", "test"): 1000,
              ("aux", "train"): 5000, ("aux", "test"): 1000}
@@ -91,8 +97,13 @@ DIFFICULTIES = (
 SIGNATURE_AMPLITUDE = 6 / 255
 
 
-def class_names(kind: str, classes: int = DEFAULT_CLASSES) -> list[str]:
+def class_names(kind: str, classes: int = DEFAULT_CLASSES, groups: str = "all") -> list[str]:
     """Class names of a `shapes` set, in label order."""
+    every = _all_class_names(kind, classes)
+    return [every[i] for i in _kept_classes(kind, classes, groups)]
+
+
+def _all_class_names(kind: str, classes: int) -> list[str]:
     _check_kind(kind)
     _check_classes(classes)
     if kind == "primary":
@@ -100,15 +111,28 @@ def class_names(kind: str, classes: int = DEFAULT_CLASSES) -> list[str]:
     return [f"{s}-textured" for s in SHAPE_NAMES[:classes]] + [f"texture-{t}" for t in TEXTURE_NAMES]
 
 
+def _kept_classes(kind: str, classes: int, groups: str) -> list[int]:
+    """Indices (into the `all` class list) of the classes `groups` keeps, in order."""
+    if groups not in GROUPS:
+        raise ValueError(f"shapes: unknown groups {groups!r}; expected one of {', '.join(GROUPS)}")
+    count = len(_all_class_names(kind, classes))
+    if groups == "all":
+        return list(range(count))
+    if kind != "aux":
+        raise ValueError(f"shapes: groups={groups} applies to the aux kind only (the primary set has no groups)")
+    return [i for i in range(count) if (i < classes) == (groups == "related")]
+
+
 def make_shapes(kind: str = "primary", split: str = "train", n: int | None = None,
                 size: int = 32, seed: int = 0, difficulty: int = 0,
-                classes: int = DEFAULT_CLASSES) -> ArrayDataset:
+                classes: int = DEFAULT_CLASSES, groups: str = "all") -> ArrayDataset:
     """Generates one split of a `shapes` set; the same arguments give identical arrays.
 
     kind: "primary" (`classes` shape classes) or "aux" (`classes` related + 10 unrelated).
     n: number of images (default 5000 for train, 1000 for test); classes are balanced
     (counts differ by at most one) and shuffled.
     difficulty: 0..3, an index into `DIFFICULTIES`; classes: 2..16 primary shape classes.
+    groups: aux only: `all`, or `related` / `unrelated` to keep one kind of class.
     """
     _check_kind(kind)
     _check_classes(classes)
@@ -122,29 +146,32 @@ def make_shapes(kind: str = "primary", split: str = "train", n: int | None = Non
         raise ValueError(f"shapes: need n >= 0 and size >= 8, got n={n}, size={size}")
 
     rng = np.random.default_rng([seed, _KIND_ID[kind], _SPLIT_ID[split]])
-    names = class_names(kind, classes)
+    kept = _kept_classes(kind, classes, groups)  # label -> the class's index among all of them
+    names = class_names(kind, classes, groups)
     labels = rng.permutation(np.arange(n) % len(names)).astype(np.int64)
     images = np.empty((n, size, size, 3), np.uint8)
     grid = _grid(size)
     style = _Style(DIFFICULTIES[difficulty], classes, split)
-    for label, name in enumerate(names):
+    for label, source in enumerate(kept):
         index = np.flatnonzero(labels == label)
         if len(index) == 0:
             continue
-        images[index] = _to_uint8(_render(kind, label, len(index), grid, rng, style), rng, style.level.noise)
+        images[index] = _to_uint8(_render(kind, source, len(index), grid, rng, style), rng, style.level.noise)
 
-    related = [i < classes for i in range(len(names))] if kind == "aux" else []
+    related = [i < classes for i in kept] if kind == "aux" else []
     meta = {"kind": kind, "split": split, "seed": seed, "size": size, "generator": "shapes",
             "difficulty": difficulty, "classes": classes}
+    if groups != "all":
+        meta["groups"] = groups
     if difficulty:
         meta["difficulty_settings"] = asdict(DIFFICULTIES[difficulty]) | {
             "signature_amplitude": SIGNATURE_AMPLITUDE}
     if kind == "aux":
         meta["related"] = related
-        meta["related_to"] = [SHAPE_NAMES[i] if r else None for i, r in enumerate(related)]
+        meta["related_to"] = [SHAPE_NAMES[i] if i < classes else None for i in kept]
         if difficulty:
             # Which primary class's colour and signature each auxiliary class carries on train.
-            meta["shares_statistics_of"] = [SHAPE_NAMES[i % classes] for i in range(len(names))]
+            meta["shares_statistics_of"] = [SHAPE_NAMES[i % classes] for i in kept]
     return ArrayDataset(images, labels, names, name=f"shapes-{kind}", meta=meta)
 
 

@@ -1,0 +1,232 @@
+"""`biamat-engine study NAME`: a paper table as one command: plan the grid's runs, train and
+evaluate each (skipping the finished, resuming the interrupted), and write study.md and
+study.csv beside the paper's numbers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from cli.console import console, err_console
+from cli.errors import UserError
+
+EPILOG = """[bold]Examples[/]
+
+  biamat-engine study amplification --scale demo --out runs/amplification      # ~15-30 min on 2 CPU cores
+
+  biamat-engine study table1 --scale demo --out runs/table1 --dry-run           # the runs and their commands
+
+  biamat-engine study table2 --scale paper --data-dir data --out runs/table2 --only cifar10-at,cifar10-at-biamat-imagenet
+
+Studies: table1 (labels vs uniform targets), table2 (every preset), table4 (two auxiliary
+datasets), table13 (pi), amplification (AT alone, + labels, + uniform, + BiaMAT).
+"""
+
+PLAN, RUN = "Plan", "Run"
+
+
+def _ints(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not values:
+        raise typer.BadParameter("expected at least one seed, e.g. 0,1,2")
+    return values
+
+
+def _names(text: Optional[str]) -> tuple[str, ...]:
+    return tuple(s.strip() for s in (text or "").split(",") if s.strip())
+
+
+def _images(count: Optional[int]) -> str:
+    if count is None:
+        return "?"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f}{unit}"
+    return str(count)
+
+
+def study_command(
+    name: Annotated[str, typer.Argument(
+        help="The study: table1, table2, table4, table13 or amplification.", show_default=False)],
+    scale: Annotated[str, typer.Option(
+        help="paper (the paper's data and settings) or demo (built-in shapes, small model, CPU).",
+        rich_help_panel=PLAN)],
+    out: Annotated[Path, typer.Option(
+        "--out", help="Study folder: one run directory per row and seed, study.md, study.csv.", rich_help_panel=PLAN)],
+    data_dir: Annotated[Path, typer.Option(
+        help="Where the paper scale's .beton files are (or are to be prepared).", rich_help_panel=PLAN)] = Path("data"),
+    seeds: Annotated[Optional[str], typer.Option(
+        help="Comma list of seeds (default: 0 at paper scale, 0,1,2 at demo scale).", rich_help_panel=PLAN)] = None,
+    only: Annotated[Optional[str], typer.Option(
+        help="Comma list of rows to run (default: all; see --dry-run for the names).", rich_help_panel=PLAN)] = None,
+    set_: Annotated[List[str], typer.Option(
+        "--set", help="A setting for every run, section.key=value (repeatable), e.g. runtime.device=cuda.",
+        rich_help_panel=PLAN)] = [],
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the runs, their commands and images; write nothing.", rich_help_panel=RUN)] = False,
+    jobs: Annotated[int, typer.Option(
+        min=1, help="Runs trained at once, each in its own process.", rich_help_panel=RUN)] = 1,
+    no_report: Annotated[bool, typer.Option("--no-report", hidden=True)] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Log progress to stderr.", rich_help_panel=RUN)] = False,
+) -> None:
+    """Reproduce a paper table: train and evaluate its grid of runs and write study.md and study.csv.
+
+    Each run (a row of the grid at one seed) gets its own run directory under OUT. A finished
+    run (its eval.json complete) is skipped, an interrupted one resumes from its checkpoint,
+    and a run directory made under other settings stops the study with the setting named. The
+    paper scale needs the paper's data as .beton files: a missing file stops the study with the
+    `prepare` command that writes it."""
+    from cli.common import setup_logging
+    from engine.study.grids import get_grid
+    from engine.study.plan import get_scale, make_plan, missing_data_message
+
+    setup_logging(verbose)
+    plan = make_plan(get_grid(name), get_scale(scale), out, seeds=_ints(seeds), data_dir=data_dir,
+                     only=_names(only), extra=tuple(set_))
+    if dry_run:
+        _print_plan(plan)
+        return
+    if plan.missing:
+        raise UserError(missing_data_message(plan))
+    if jobs > 1 and len(plan.unique_runs()) > 1:
+        _run_in_processes(plan, jobs, data_dir, set_, verbose)
+    else:
+        _run_here(plan)
+    if no_report:
+        return
+    _write_report(plan)
+
+
+def _print_plan(plan) -> None:
+    from engine.study.runner import finished
+    from engine.run_dir import RunDir
+
+    console.print(f"[bold]study {plan.grid.name}[/] at {plan.scale} scale: {len(plan.runs)} runs "
+                  f"({len(plan.unique_runs())} to train), seeds {', '.join(map(str, plan.seeds))}, into {plan.out}")
+    console.print(plan.grid.title, highlight=False)
+    total_train = total_eval = 0
+    for run in plan.runs:
+        if run.same_as:
+            console.print(f"\n[bold]{run.name}[/]: the same configuration as {run.same_as}; its results stand for both")
+            continue
+        state = ("finished (skipped)" if finished(run) else
+                 "resumes from its checkpoint" if RunDir(run.dir).holds_run() else "new")
+        console.print(f"\n[bold]{run.name}[/] ({' / '.join(run.row.cells)}, seed {run.seed}): {state}", highlight=False)
+        console.print(f"  train: {run.train_command()}", highlight=False, soft_wrap=True)
+        console.print(f"  eval:  {run.eval_command()}", highlight=False, soft_wrap=True)
+        console.print(f"  images: {_images(run.train_images)} through the training step "
+                      f"({run.config.optim.epochs} epochs), {_images(run.eval_images)} evaluated "
+                      f"(test images x {len(run.attacks)} attacks)", highlight=False)
+        total_train += run.train_images or 0
+        total_eval += run.eval_images or 0
+    console.print(f"\nin all: {_images(total_train)} training images, {_images(total_eval)} evaluated")
+    for path, command in plan.missing:
+        console.print(f"missing data: {path}\n  {command}", highlight=False, soft_wrap=True)
+    for note in plan.notes:
+        console.print(f"note: {note}", highlight=False)
+
+
+def _run_here(plan) -> None:
+    """Every run in this process, one after the other (the default: one run already uses every core)."""
+    from engine.study.runner import run_study
+
+    status = err_console.status("") if sys.stderr.isatty() else None
+    total = len(plan.runs)
+
+    def on_start(i, run):
+        err_console.print(f"[bold]{i + 1}/{total}[/] {run.name}", highlight=False)
+
+    def on_done(outcome):
+        err_console.print(f"  {outcome.status}" + (f" ({outcome.seconds:.0f} s)" if outcome.seconds else ""),
+                          highlight=False)
+
+    def step_hook(run):
+        if status is None:
+            return None
+        epochs = run.config.optim.epochs
+        return lambda epoch, batch, batches, rate: status.update(
+            f"{run.name}: epoch {epoch + 1}/{epochs}, batch {batch}/{batches}, {rate:.0f} img/s")
+
+    if status is not None:
+        status.start()
+    try:
+        run_study(plan, on_start=on_start, on_done=on_done, step_hook=step_hook,
+                  progress=(lambda msg: status.update(msg)) if status else None)
+    finally:
+        if status is not None:
+            status.stop()
+
+
+def _run_in_processes(plan, jobs: int, data_dir: Path, sets: list[str], verbose: bool) -> None:
+    """Runs `jobs` runs at once, each as `biamat-engine study ... --only ROW --seeds S` in a
+    process of its own: the engine seeds torch's global random state per run and torch's
+    thread pool is per process, so runs cannot share one process. Each process gets an equal
+    share of the cores; its output goes to OUT/logs/RUN.log. Rows that start from another row's
+    run wait for it."""
+    import subprocess
+
+    from engine.study.runner import check_run_dir
+
+    runs = plan.unique_runs()
+    for run in runs:
+        check_run_dir(run)  # every mismatch before any work, as in one process
+    logs = plan.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+
+    def launch(run) -> tuple[str, int]:
+        command = [sys.executable, "-m", "cli.app", "study", plan.grid.name, "--scale", plan.scale,
+                   "--out", str(plan.out), "--data-dir", str(data_dir), "--seeds", str(run.seed),
+                   "--only", run.row.name, "--no-report", *[a for s in sets for a in ("--set", s)]]
+        err_console.print(f"started {run.name} (log: {logs / (run.name + '.log')})", highlight=False)
+        with open(logs / f"{run.name}.log", "w") as log:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        err_console.print(f"{'finished' if code == 0 else 'FAILED'} {run.name}", highlight=False)
+        return run.name, code
+
+    failed = []
+    for wave in _waves(runs):
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            failed += [name for name, code in pool.map(launch, wave) if code != 0]
+    if failed:
+        _write_report(plan)
+        raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)}; see their logs in {logs} "
+                        "(the study resumes them when run again)")
+
+
+def _waves(runs) -> list[list]:
+    """Runs grouped so that a run that names another's folder ({run:ROW}) comes in a later group."""
+    waves: list[list] = []
+    level: dict[str, int] = {}
+    for run in runs:  # the plan lists a row after the rows it refers to
+        values = {o.partition("=")[2] for o in run.overrides}
+        refs = [level[r.name] for r in runs if r.name in level and str(r.dir) in values]
+        level[run.name] = 1 + max(refs, default=-1)
+        while len(waves) <= level[run.name]:
+            waves.append([])
+        waves[level[run.name]].append(run)
+    return waves
+
+
+def _write_report(plan) -> None:
+    from benchmarks.common import git_revision
+    from engine.runtime import device_name, resolve_device
+    from engine.study.table import StudyTable
+
+    device = resolve_device(plan.runs[0].config.runtime.device)
+    facts = {"revision": git_revision(), "device": device_name(device, threads=True)}
+    table = StudyTable.read(plan)
+    md, table_csv = table.write(facts)
+    console.print(table.markdown(facts), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote {md} and {table_csv}")

@@ -1,0 +1,286 @@
+"""`biamat-engine study`: the grids and their plans, the paper's numbers, the missing-data stop,
+and a tiny study end to end (train, evaluate, table; skip when finished; resume when
+interrupted; refuse a run folder made under other settings)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+from engine.study.grids import GRIDS, get_grid
+from engine.study.plan import SCALES, STAND_INS, ShapesScale, get_scale, make_plan
+
+runner = CliRunner()
+
+# A test-only scale: the demo's grid on 8x8 shapes, a few dozen images, two epochs of the
+# smallest WideResNet; a run takes well under a second.
+TINY = ShapesScale(
+    name="tiny", default_seeds=(0,),
+    data={"primary": {"n": 24, "size": 8}, "test": {"n": 16, "size": 8}, "aux": {"n": 48, "size": 8}},
+    settings=("model.name=wrn-10-1", "optim.epochs=2", "method.warmup_epochs=1", "data.batch_size=8",
+              "data.aux_batch_size=8", "runtime.kernels=torch", "runtime.device=cpu", "eval.n=16",
+              "eval.steps=1", "attack.steps=1"),
+    eval_attacks=("clean", "pgd2"),
+)
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setitem(SCALES, "tiny", TINY)
+    return TINY
+
+
+def study(*args: str):
+    return runner.invoke(app, ["study", *args], catch_exceptions=False)
+
+
+# -- the paper's numbers ------------------------------------------------------------------------------
+
+def test_paper_numbers_match_the_papers_text():
+    from engine.study.table import paper_numbers
+
+    numbers = paper_numbers()
+    # Appendix F: "The model shows 88.75% clean accuracy and 50.78% robust accuracy on AA".
+    assert numbers["table2"]["cifar10-at-biamat-imagenet"] == {"clean": 88.75, "pgd100": 57.63, "cw100": 53.04,
+                                                               "aa": 50.78}
+    # Table 2, CIFAR-100 TRADES+BiaMAT with ImageNet; ImgNet100 AT+BiaMAT with ImgNet900.
+    assert numbers["table2"]["cifar100-trades-biamat-imagenet"] == {"clean": 65.82, "pgd100": 36.36,
+                                                                    "cw100": 33.42, "aa": 31.87}
+    assert numbers["table2"]["imgnet100-at-biamat-imgnet900"]["cw100"] == 35.00
+    # Table 1: y~ 47.44 / 48.48 / 48.88 / 50.33, y_ER 48.53 / 49.89 / 49.24 / 49.81.
+    assert [numbers["table1"][f"labels-{a}"]["aa"] for a in ("svhn", "cifar100", "places365", "imagenet")] == \
+        [47.44, 48.48, 48.88, 50.33]
+    assert [numbers["table1"][f"uniform-{a}"]["aa"] for a in ("svhn", "cifar100", "places365", "imagenet")] == \
+        [48.53, 49.89, 49.24, 49.81]
+    # Table 4's two-dataset rows; Table 13's AT pi = 0.55 is Table 2's model, TRADES' best is 0.50.
+    assert numbers["table4"]["at-biamat-svhn-cifar100"] == {"clean": 87.61, "pgd100": 54.58, "cw100": 52.03,
+                                                            "aa": 49.88}
+    assert numbers["table4"]["at-biamat-places365-imagenet"]["aa"] == 49.58
+    assert numbers["table13"]["at-pi0.55"]["aa"] == numbers["table2"]["cifar10-at-biamat-imagenet"]["aa"]
+    assert max(numbers["table13"][f"trades-pi{p}"]["aa"] for p in ("0.45", "0.50", "0.55", "0.60")) == 56.64
+    # Table 4 repeats Table 2's single-dataset rows.
+    for aux in ("svhn", "cifar100", "places365", "imagenet"):
+        assert numbers["table4"][f"at-biamat-{aux}"] == numbers["table2"][f"cifar10-at-biamat-{aux}"]
+
+
+def test_every_row_of_the_paper_tables_has_its_published_numbers():
+    from engine.study.table import paper_row
+
+    for grid in GRIDS.values():
+        for row in grid.rows:
+            assert paper_row(grid.paper_key(row)), f"{grid.name}: no paper numbers under {grid.paper_key(row)}"
+
+
+# -- plans ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scale", ["paper", "demo"])
+def test_every_grid_plans_a_valid_config_for_every_row(scale, tmp_path):
+    for grid in GRIDS.values():
+        plan = make_plan(grid, get_scale(scale), tmp_path / grid.name, seeds=(0,), data_dir=tmp_path / "data")
+        assert [r.row.name for r in plan.runs] == [row.name for row in grid.rows]
+        for run in plan.runs:
+            cfg, row = run.config, run.row
+            assert cfg.method.name == row.method and cfg.runtime.seed == 0
+            assert len(cfg.data.aux) == len(row.aux)
+            assert cfg.method.aux_mode == (row.aux_mode if row.aux else "none")
+            for setting in row.settings:  # numbers, in the grids there are
+                key, value = setting.split("=")
+                section, name = key.split(".")
+                assert getattr(getattr(cfg, section), name) == float(value)
+    assert not (tmp_path / "table1").exists()  # planning writes nothing
+
+
+def test_paper_scale_runs_the_rows_preset_on_files_under_the_data_dir(tmp_path):
+    from engine.config import load_config
+
+    plan = make_plan(get_grid("table1"), get_scale("paper"), tmp_path / "out", data_dir=tmp_path / "d")
+    run = {r.row.name: r for r in plan.runs}["uniform-places365"]
+    preset = load_config("cifar10-at-biamat-places365")
+    assert run.preset == "cifar10-at-biamat-places365" and run.config.method.aux_mode == "uniform"
+    assert run.config.data.aux == [str((tmp_path / "d" / "places365-32-train.beton").resolve())]
+    assert run.config.model == preset.model and run.config.optim == preset.optim and run.config.attack == preset.attack
+    assert run.attacks[:3] == ("clean", "pgd100", "cw100")
+    # Two auxiliary datasets (Table 4): both files, one head each.
+    both = {r.row.name: r for r in make_plan(get_grid("table4"), get_scale("paper"), tmp_path / "o4",
+                                            data_dir=tmp_path / "d").runs}["at-biamat-svhn-cifar100"]
+    assert [p.rsplit("/", 1)[1] for p in both.config.data.aux] == ["svhn-train.beton", "cifar100-train.beton"]
+
+
+def test_demo_scale_stands_in_shapes_groups_and_trains_a_shared_stand_in_once(tmp_path):
+    plan = make_plan(get_grid("table1"), get_scale("demo"), tmp_path, seeds=(0, 1))
+    runs = {r.name: r for r in plan.runs}
+    assert "groups=unrelated" in runs["labels-svhn-s1"].config.data.aux[0]
+    assert "groups=related" in runs["uniform-imagenet-s0"].config.data.aux[0]
+    assert "seed=1" in runs["labels-svhn-s1"].config.data.primary
+    # CIFAR-100 and Places365 share a stand-in: one run each seed, named in the plan's notes.
+    assert STAND_INS["cifar100"] == STAND_INS["places365"]
+    assert runs["labels-places365-s0"].same_as == "labels-cifar100-s0"
+    assert runs["labels-places365-s0"].results_dir == runs["labels-cifar100-s0"].dir
+    assert len(plan.unique_runs()) == 2 * 7
+    # Seed-major: every row at seed 0 before any at seed 1.
+    assert [r.seed for r in plan.runs] == [0] * 9 + [1] * 9
+    # The amplification study uses the demo's own auxiliary set (related and unrelated classes).
+    amp = make_plan(get_grid("amplification"), get_scale("demo"), tmp_path / "amp")
+    assert all("groups=all" in a for r in amp.runs for a in r.config.data.aux)
+    assert [r.config.method.aux_mode for r in amp.runs[:4]] == ["none", "labels", "uniform", "biamat"]
+
+
+def test_dry_run_prints_the_runs_and_their_commands_and_writes_nothing(tmp_path):
+    out = tmp_path / "t1"
+    result = study("table1", "--scale", "demo", "--out", str(out), "--dry-run")
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert "27 runs (21 to train)" in text
+    assert re.search(r"labels-svhn-s0 .*: new", text)
+    assert "train: biamat-engine train --preset demo" in text and f"--out {out}/labels-svhn-s0" in text
+    assert f"eval:  biamat-engine eval {out}/baseline-s0 --test" in text and "--attacks clean,pgd20,cw20" in text
+    assert "groups=unrelated" in text and "method.aux_mode=uniform" in text
+    assert re.search(r"images: 49\.0k through the training step \(60 epochs\)", text)
+    assert "labels-places365-s0: the same configuration as labels-cifar100-s0" in text
+    assert not out.exists()
+
+
+def test_paper_scale_with_missing_data_exits_1_listing_each_file_and_its_prepare_command(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cifar10-train.beton").write_bytes(b"")  # present: not listed
+    result = study("table1", "--scale", "paper", "--data-dir", str(data), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    text = " ".join(result.stderr.split())  # the console wraps long lines
+    assert "needs 5 data file(s)" in text
+    assert f"missing {data}/cifar10-test.beton" in text
+    assert f"biamat-engine prepare cifar10 RAW/cifar10 {data}/cifar10-test.beton --split test --download" in text
+    assert f"biamat-engine prepare svhn RAW/svhn {data}/svhn-train.beton --download" in text
+    assert f"biamat-engine prepare places365 RAW/places365_standard {data}/places365-32-train.beton --size 32" in text
+    assert f"prepare imagenet32 RAW/Imagenet32_train {data}/imagenet32-train.beton" in text
+    assert f"missing {data}/cifar10-train.beton" not in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_paper_file_a_preset_reads_has_a_prepare_recipe_for_a_known_format():
+    from engine.config import load_preset, preset_names
+    from engine.study.paper_data import PAPER_FILES
+    from loaders.sources import SOURCES
+
+    files = {p.split("/")[-1] for name in preset_names() if name != "demo"
+             for data in [load_preset(name)["data"]] for p in [data["primary"], data["test"], *data["aux"]]}
+    assert files <= set(PAPER_FILES)
+    assert all(recipe.args[0] in SOURCES for recipe in PAPER_FILES.values() if recipe.command == "prepare")
+    assert {recipe.command for recipe in PAPER_FILES.values()} == {"prepare", "pseudo-label", "robustify"}
+
+
+def test_a_file_made_from_other_files_names_them_in_the_same_data_folder():
+    from engine.study.paper_data import prepare_command
+
+    assert prepare_command("/d/cifar-AB.beton") == (
+        "biamat-engine prepare concat /d/cifar-A.beton,/d/cifar-B.beton /d/cifar-AB.beton")
+    assert prepare_command("/d/c10-robust-at.beton") == (
+        "biamat-engine robustify runs/cifar10-at /d/cifar10-train.beton /d/c10-robust-at.beton")
+
+
+def test_unknown_study_scale_or_row_is_named():
+    for args, message in ((("nope", "--scale", "demo"), "unknown study 'nope'; known: amplification"),
+                          (("table1", "--scale", "huge"), "unknown scale 'huge'"),
+                          (("table1", "--scale", "demo", "--only", "labels-mnist"), "no row named labels-mnist")):
+        result = study(*args, "--out", "unused", "--dry-run")
+        assert result.exit_code == 1 and message in result.stderr, result.stderr
+
+
+# -- a tiny study end to end -------------------------------------------------------------------------------
+
+def test_a_tiny_study_trains_evaluates_writes_the_table_and_skips_finished_runs(tiny, tmp_path):
+    out = tmp_path / "amp"
+    args = ("amplification", "--scale", "tiny", "--out", str(out), "--only", "at,at-biamat")
+    first = study(*args)
+    assert first.exit_code == 0, first.output
+    assert "trained" in first.stderr
+    reports = {name: json.loads((out / name / "eval.json").read_text()) for name in ("at-s0", "at-biamat-s0")}
+    md = (out / "study.md").read_text()
+    for name, report in reports.items():
+        assert report["complete"] and set(report["attacks"]) == {"pgd2"}
+        row = "| AT | - |" if name == "at-s0" else "| AT+BiaMAT | selected by confidence |"
+        line = next(line for line in md.splitlines() if line.startswith(row))
+        assert f"| 1/1 | {100 * report['clean_acc']:.2f} | {100 * report['attacks']['pgd2']['robust_acc']:.2f} |" in line
+    assert "| 87.37 | 50.87 | 50.93 | 48.53 |" in md  # the paper's AT row beside ours
+    rows = list(csv.DictReader((out / "study.csv").open()))
+    assert [r["row"] for r in rows] == ["at", "at-biamat"]
+    assert float(rows[1]["pgd2"]) == pytest.approx(reports["at-biamat-s0"]["attacks"]["pgd2"]["robust_acc"])
+    # The selection facts: related vs unrelated auxiliary classes routed high, from selection.jsonl.
+    last = [json.loads(line) for line in (out / "at-biamat-s0" / "selection.jsonl").read_text().splitlines()][-1]
+    related = sum(h for h, r in zip(last["high"], last["related"]) if r), sum(s for s, r in zip(last["seen"],
+                                                                                               last["related"]) if r)
+    assert float(rows[1]["related_high_ratio"]) == pytest.approx(related[0] / related[1])
+    assert f"({related[0]}/{related[1]})" in md and rows[0]["related_high_ratio"] == ""
+
+    stamp = (out / "at-biamat-s0" / "last.pt").stat().st_mtime_ns
+    second = study(*args)
+    assert second.exit_code == 0, second.output
+    assert second.stderr.count("finished before") == 2 and "trained" not in second.stderr
+    assert (out / "at-biamat-s0" / "last.pt").stat().st_mtime_ns == stamp
+
+    mismatch = study(*args, "--set", "method.pi=0.4")
+    assert mismatch.exit_code == 1
+    text = " ".join(mismatch.stderr.split())
+    assert f"{out}/at-s0 (a run of this study)" in text and "method.pi: 0.55 in the checkpoint, 0.4 now" in text
+    assert f"move {out}/at-s0 away" in text
+
+
+def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(tiny, tmp_path):
+    from engine.study.runner import run_study
+
+    grid = get_grid("amplification")
+    plan = make_plan(grid, tiny, tmp_path / "stopped", only=("at-uniform",))
+
+    def stop_in_epoch_2(run):
+        def hook(epoch, batch, batches, rate):
+            if epoch == 1:
+                raise KeyboardInterrupt
+        return hook
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(plan, step_hook=stop_in_epoch_2)
+    run = plan.runs[0]
+    assert (run.dir / "last.pt").exists() and not (run.dir / "eval.json").exists()
+    outcome, = run_study(plan)
+    assert outcome.status == "resumed at epoch 1"
+
+    whole = make_plan(grid, tiny, tmp_path / "whole", only=("at-uniform",))
+    assert run_study(whole)[0].status == "trained"
+    metrics = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
+    reference = [json.loads(line) for line in (whole.runs[0].dir / "metrics.jsonl").read_text().splitlines()]
+    keep = ("epoch", "loss", "loss_pri", "loss_low", "clean_acc", "robust_acc")
+    assert [m[k] for m in metrics for k in keep] == pytest.approx([m[k] for m in reference for k in keep])
+    assert json.loads((run.dir / "eval.json").read_text())["clean_acc"] == \
+        json.loads((whole.runs[0].dir / "eval.json").read_text())["clean_acc"]
+
+
+def test_a_folder_that_is_not_a_run_stops_the_study_before_any_work(tiny, tmp_path):
+    out = tmp_path / "s"
+    (out / "at-s0").mkdir(parents=True)
+    (out / "at-s0" / "notes.txt").write_text("mine")
+    result = study("amplification", "--scale", "tiny", "--out", str(out), "--only", "at-biamat,at")
+    assert result.exit_code == 1
+    assert "holds notes.txt" in " ".join(result.stderr.split())
+    assert not (out / "at-biamat-s0").exists()  # checked before the first run trained
+
+
+def test_a_row_that_starts_from_another_rows_run_is_planned_and_run_after_it(tmp_path):
+    from cli.study_cmd import _waves
+    from engine.study.grids import Grid, Row
+
+    # {run:ROW} puts that row's run folder of the same seed into a setting (Table 3's
+    # pre-train -> fine-tune will name it in train.init_from; data.test stands in here).
+    grid = Grid(name="chain", title="t", about="a", columns=("step",),
+                rows=(Row("fine", ("fine-tune",), settings=("data.test={run:pre}",)), Row("pre", ("pre-train",))))
+    plan = make_plan(grid, get_scale("demo"), tmp_path, seeds=(0, 1), only=("fine",))
+    assert [r.name for r in plan.runs] == ["pre-s0", "fine-s0", "pre-s1", "fine-s1"]
+    assert plan.runs[3].config.data.test == str(tmp_path.resolve() / "pre-s1")
+    assert [[r.name for r in wave] for wave in _waves(plan.runs)] == [["pre-s0", "pre-s1"], ["fine-s0", "fine-s1"]]
+    with pytest.raises(ValueError, match="refers to {run:gone}, which is not a row"):
+        make_plan(Grid(name="bad", title="t", about="a", columns=("c",),
+                       rows=(Row("x", ("x",), settings=("data.test={run:gone}",)),)), get_scale("demo"), tmp_path)
