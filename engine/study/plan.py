@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from engine.config import load_config, load_preset
+from engine.run_dir import RunDir
 from engine.study.grids import Grid, Row
 from engine.study.paper_data import prepare_command, published_images
 
@@ -83,7 +84,7 @@ class RunPlan:
 
     def eval_command(self) -> str:
         return shlex.join(["biamat-engine", "eval", str(self.dir), "--test", self.test,
-                           "--attacks", ",".join(self.attacks), "--out", str(self.dir / "eval.json")])
+                           "--attacks", ",".join(self.attacks), "--out", str(RunDir(self.dir).eval_report)])
 
 
 @dataclass
