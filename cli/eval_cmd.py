@@ -11,7 +11,7 @@ from rich.table import Table
 
 from cli.console import console, err_console
 from cli.errors import UsageError
-from cli.options import devices, fraction
+from cli.options import RunDevice, fraction
 
 EPILOG = (
     "Example: biamat-engine eval runs/demo --test shapes:primary --attacks clean,pgd100,cw100,aa "
@@ -91,9 +91,7 @@ def eval_command(
         help="State file: an interrupted AutoAttack run resumes from it.", rich_help_panel=ATTACKS)] = None,
     backend: Annotated[str, typer.Option(
         help="Clean-pass backend: eager, compile or tensorrt.", rich_help_panel=RUN)] = "eager",
-    device: Annotated[str, typer.Option(
-        callback=devices("auto", "cpu", "cuda", "cuda:N"), rich_help_panel=RUN,
-        help="auto (cuda when there is one), cpu, cuda or cuda:N.")] = "auto",
+    device: RunDevice = "auto",
     out: Annotated[Optional[Path], typer.Option(
         help="Report path (default: eval.json in the run directory).", rich_help_panel=RUN)] = None,
 ) -> None:

@@ -4,7 +4,7 @@ the CUDA check (a valid `--device cuda` on a machine without one is a user error
 from __future__ import annotations
 
 import re
-from typing import Callable, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
@@ -51,3 +51,12 @@ def require_device(device: str) -> None:
     if not torch.cuda.is_available():
         raise UserError(f"--device {device}: torch sees no CUDA device on this machine "
                         f"(torch {torch.__version__}); use --device cpu")
+
+
+RunDevice = Annotated[str, typer.Option(
+    callback=devices("auto", "cpu", "cuda", "cuda:N"), rich_help_panel="Run",
+    help="auto (cuda when there is one), cpu, cuda or cuda:N.")]
+"""`--device` of the commands that run a trained model over data (eval, pseudo-label, robustify)."""
+
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.", rich_help_panel="Run")]
+"""`--overwrite` of the commands that write one output file."""

@@ -10,7 +10,7 @@ import typer
 
 from cli.console import console, err_console
 from cli.errors import UsageError
-from cli.options import devices, require_device
+from cli.options import Overwrite, RunDevice, require_device
 
 EPILOG = (
     "Examples (the paper's ImageNet-500k: the top 50k per CIFAR-10 class, 5k per CIFAR-100 class):\n\n"
@@ -35,11 +35,8 @@ def pseudo_label_command(
     all_: Annotated[bool, typer.Option(
         "--all", help="Keep every image with its predicted class.", rich_help_panel=SELECTION)] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per scoring batch.", rich_help_panel=RUN)] = 512,
-    device: Annotated[str, typer.Option(
-        callback=devices("auto", "cpu", "cuda", "cuda:N"), rich_help_panel=RUN,
-        help="auto (cuda when there is one), cpu, cuda or cuda:N.")] = "auto",
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace OUT if it exists.", rich_help_panel=RUN)] = False,
+    device: RunDevice = "auto",
+    overwrite: Overwrite = False,
 ) -> None:
     """Label auxiliary data with a primary classifier, keeping the most confident images per class.
 

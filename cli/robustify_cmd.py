@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from cli.console import console, err_console
-from cli.options import devices, require_device
+from cli.options import Overwrite, RunDevice, require_device
 
 EPILOG = (
     "Example (Ilyas et al.'s settings, then standard training on the result):\n\n"
@@ -44,11 +44,8 @@ def robustify_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Images optimised together.", rich_help_panel=RUN)] = 256,
     chunk_size: Annotated[int, typer.Option(
         min=1, help="Images per saved chunk: the most an interruption loses.", rich_help_panel=RUN)] = 1000,
-    device: Annotated[str, typer.Option(
-        callback=devices("auto", "cpu", "cuda", "cuda:N"), rich_help_panel=RUN,
-        help="auto (cuda when there is one), cpu, cuda or cuda:N.")] = "auto",
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace OUT if it exists.", rich_help_panel=RUN)] = False,
+    device: RunDevice = "auto",
+    overwrite: Overwrite = False,
 ) -> None:
     """Build the robust dataset of a trained model (Ilyas et al. 2019; the paper's Appendix C).
 
