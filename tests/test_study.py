@@ -68,11 +68,19 @@ def test_paper_numbers_match_the_papers_text():
         assert numbers["table4"][f"at-biamat-{aux}"] == numbers["table2"][f"cifar10-at-biamat-{aux}"]
 
 
+# Table 7's cells the paper's transcription lost (paper_numbers.toml says which it kept).
+TABLE7_LOST = {f"table7.cifar100-{row}" for row in ("hendrycks-imagenet", "carmon-places365", "carmon-imagenet",
+                                                    "carmon-imagenet500k", "carmon-imagenet250k",
+                                                    "carmon-imagenet100k")}
+
+
 def test_every_row_of_the_paper_tables_has_its_published_numbers():
     from engine.study.table import paper_row
 
     for grid in GRIDS.values():
         for row in grid.rows:
+            if row.helper or grid.paper_key(row) in TABLE7_LOST:
+                continue
             assert paper_row(grid.paper_key(row)), f"{grid.name}: no paper numbers under {grid.paper_key(row)}"
 
 
@@ -82,16 +90,21 @@ def test_every_row_of_the_paper_tables_has_its_published_numbers():
 def test_every_grid_plans_a_valid_config_for_every_row(scale, tmp_path):
     for grid in GRIDS.values():
         plan = make_plan(grid, get_scale(scale), tmp_path / grid.name, seeds=(0,), data_dir=tmp_path / "data")
-        assert [r.row.name for r in plan.runs] == [row.name for row in grid.rows]
+        assert sorted(r.row.name for r in plan.runs) == sorted(row.name for row in grid.rows)
+        position = {r.row.name: i for i, r in enumerate(plan.runs)}
         for run in plan.runs:
             cfg, row = run.config, run.row
             assert cfg.method.name == row.method and cfg.runtime.seed == 0
             assert len(cfg.data.aux) == len(row.aux)
             assert cfg.method.aux_mode == (row.aux_mode if row.aux else "none")
-            for setting in row.settings:  # numbers, in the grids there are
+            assert all(position[ref] < position[row.name] for ref in row.refs())  # what it needs comes first
+            for setting in row.settings:
                 key, value = setting.split("=")
                 section, name = key.split(".")
-                assert getattr(getattr(cfg, section), name) == float(value)
+                ref = re.fullmatch(r"\{run:(.+)\}", value)
+                expected = str(plan.out / f"{ref.group(1)}-s0") if ref else value
+                assert str(getattr(getattr(cfg, section), name)) in (expected, str(float(value)) if not ref and
+                                                                     re.fullmatch(r"[\d.]+", value) else expected)
     assert not (tmp_path / "table1").exists()  # planning writes nothing
 
 

@@ -2,6 +2,7 @@
 
     every run's folder checked against the plan first (a mismatch stops the study before any work)
     for each run: finished (its eval.json complete, for the planned attacks) -> skipped
+                  its data steps (data_steps.py) whose files are not there -> made first
                   a checkpoint (last.pt)                                  -> resumed, then evaluated
                   nothing yet                                              -> trained, then evaluated
 
@@ -20,6 +21,7 @@ from typing import Callable
 from engine.config import ConfigError, TrainConfig, resolve_warmup
 from engine.resume import changes_on_resume
 from engine.run_dir import RunDir, read_json, read_json_lines, refuse_to_replace
+from engine.study.data_steps import DataStep
 from engine.study.plan import RunPlan, StudyPlan
 
 log = logging.getLogger(__name__)
@@ -88,8 +90,9 @@ def evaluate(run: RunPlan, progress: Callable[[str], None] | None = None) -> dic
 
 
 def execute(run: RunPlan, on_step: Callable[[int, int, int, float], None] | None = None,
-            progress: Callable[[str], None] | None = None) -> Outcome:
-    """Brings one run to finished: skipped, resumed or trained, then evaluated."""
+            progress: Callable[[str], None] | None = None,
+            on_data: Callable[[DataStep], None] | None = None) -> Outcome:
+    """Brings one run to finished: skipped, or its data made, then resumed or trained, then evaluated."""
     from engine.trainer import Trainer
 
     start = time.perf_counter()
@@ -98,6 +101,11 @@ def execute(run: RunPlan, on_step: Callable[[int, int, int, float], None] | None
     check_run_dir(run)
     if finished(run):
         return Outcome(run, "finished before")
+    for step in run.steps:  # in order: a step's inputs are made before it
+        if not step.done:
+            if on_data is not None:
+                on_data(step)
+            step.make()
     files = RunDir(run.dir)
     if files.holds_run():
         done = read_json_lines(files.metrics)
@@ -114,7 +122,8 @@ def execute(run: RunPlan, on_step: Callable[[int, int, int, float], None] | None
 
 def run_study(plan: StudyPlan, *, on_start: Callable[[int, RunPlan], None] | None = None,
               on_done: Callable[[Outcome], None] | None = None, step_hook: StepHookFactory | None = None,
-              progress: Callable[[str], None] | None = None) -> list[Outcome]:
+              progress: Callable[[str], None] | None = None,
+              on_data: Callable[[DataStep], None] | None = None) -> list[Outcome]:
     """Every run of the plan in order, after checking every run folder against the plan."""
     for run in plan.unique_runs():
         check_run_dir(run)
@@ -122,7 +131,7 @@ def run_study(plan: StudyPlan, *, on_start: Callable[[int, RunPlan], None] | Non
     for i, run in enumerate(plan.runs):
         if on_start is not None:
             on_start(i, run)
-        outcome = execute(run, step_hook(run) if step_hook else None, progress)
+        outcome = execute(run, step_hook(run) if step_hook else None, progress, on_data)
         log.info("%s: %s (%.0f s)", run.name, outcome.status, outcome.seconds)
         if on_done is not None:
             on_done(outcome)
