@@ -124,7 +124,7 @@ def _print_plan(plan) -> None:
         for step in (s for s in run.steps if s.out not in listed):
             listed.add(step.out)
             state = "there (skipped)" if step.done else "to make" + (f" after {step.after.name}" if step.after else "")
-            console.print(f"\n[bold]data[/] {step.out}: {state}", highlight=False)
+            console.print(f"\n[bold]data[/] {step.out}: {state}", highlight=False, soft_wrap=True)
             console.print(f"  make:  {step.command_line()}", highlight=False, soft_wrap=True)
         if run.same_as:
             console.print(f"\n[bold]{run.name}[/]: the same configuration as {run.same_as}; its results stand for both")

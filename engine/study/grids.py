@@ -426,8 +426,8 @@ register(Grid(
           "AT+BiaMAT dataset gives the more accurate and more robust models. Demo scale: the demo's source "
           "runs and 100 feature-matching steps per image instead of 1000.",
     columns=("source model",),
-    rows=(Row("source-at", ("AT (helper)",), preset="cifar10-at", helper=True),
-          Row("source-biamat", ("AT+BiaMAT (helper)",), aux=("imagenet",), helper=True),
+    rows=(Row("source-at", ("source model: AT",), preset="cifar10-at", helper=True),
+          Row("source-biamat", ("source model: AT+BiaMAT",), aux=("imagenet",), helper=True),
           Row("at", ("AT",), method="standard", preset="cifar10-robust-at",
               derived=Derived("robustify", run="source-at", file="c10-robust-at.beton", demo=(("steps", 100),))),
           Row("biamat", ("AT+BiaMAT",), method="standard", preset="cifar10-robust-biamat",

@@ -116,7 +116,8 @@ class StudyTable:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        return self.plan.runs[0].attacks if self.plan.runs else ()
+        rows = [run for run in self.plan.runs if not run.row.helper]  # helpers are evaluated clean only
+        return rows[0].attacks if rows else ()
 
     def rows(self) -> list[tuple[Row, list[RunResult]]]:
         order: dict[str, tuple[Row, list[RunResult]]] = {}
