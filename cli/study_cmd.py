@@ -141,8 +141,10 @@ def _print_plan(plan) -> None:
                       f"(test images x {len(run.attacks)} attacks)", highlight=False)
         total_train += run.train_images or 0
         total_eval += run.eval_images or 0
+    unknown = sum(run.train_images is None for run in plan.unique_runs())
     console.print(f"\nin all: {_images(total_train)} training images, {_images(total_eval)} evaluated, "
-                  f"{len(plan.steps)} data file(s) made by the study")
+                  f"{len(plan.steps)} data file(s) made by the study"
+                  + (f" ({unknown} run(s) on data not made yet not counted)" if unknown else ""))
     for path, command in plan.missing:
         console.print(f"missing data: {path}\n  {command}", highlight=False, soft_wrap=True)
     for note in plan.notes:

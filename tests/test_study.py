@@ -461,3 +461,12 @@ def test_a_tiny_derived_data_study_makes_its_data_trains_on_it_and_skips_everyth
     assert second.exit_code == 0, second.output
     assert second.stderr.count("finished before") == 2 and "making" not in second.stderr
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_a_table_row_that_repeats_a_helper_is_evaluated_as_a_row_on_the_helpers_run(tmp_path):
+    # Table 7: the CIFAR-100 TRADES baseline is the CIFAR-100 pre-training's very configuration.
+    plan = make_plan(get_grid("table7"), get_scale("paper"), tmp_path, data_dir=tmp_path / "d")
+    runs = {r.row.name: r for r in plan.runs}
+    assert runs["cifar100-baseline"].same_as == "pretrain-cifar100-s0"
+    assert runs["pretrain-cifar100"].attacks == runs["cifar100-baseline"].attacks != ("clean",)
+    assert runs["pretrain-imagenet"].attacks == ("clean",)

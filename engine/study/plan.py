@@ -24,6 +24,7 @@ not the paper's data.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -377,7 +378,7 @@ def make_plan(grid: Grid, scale: Scale, out: str | Path, *, seeds: tuple[int, ..
     helper_seed = seeds[0] if helper_seed is None else helper_seed
     attacks, notes = (grid.attacks, []) if grid.attacks else scale.attacks()
     runs: list[RunPlan] = []
-    seen: dict[str, str] = {}  # config as JSON -> the first run's name
+    seen: dict[str, int] = {}  # config as JSON -> the first run's place in `runs`
     helpers: dict[str, RunPlan] = {}
     derived: dict[str, list[DataStep]] = {}  # row -> its data steps, made once for every seed
     missing: dict[str, str] = {}
@@ -402,10 +403,18 @@ def make_plan(grid: Grid, scale: Scale, out: str | Path, *, seeds: tuple[int, ..
             run_attacks = HELPER_ATTACKS if row.helper else attacks
             key = json.dumps(cfg.to_dict(), sort_keys=True)
             train, evaluated = estimate_images(cfg, run_attacks)
+            first = seen.get(key)
+            if first is not None and not set(run_attacks) <= set(runs[first].attacks):
+                # A table row repeating a helper (Table 7's CIFAR-100 baseline is its pre-training):
+                # the run both stand on is evaluated as the row.
+                both = tuple(dict.fromkeys(run_attacks + runs[first].attacks))
+                runs[first] = dataclasses.replace(runs[first], attacks=both,
+                                                  eval_images=estimate_images(runs[first].config, both)[1])
             runs.append(RunPlan(row=row, seed=seed, dir=run_dir(out, row.name, seed), preset=preset,
                                 overrides=tuple(overrides), config=cfg, attacks=run_attacks, train_images=train,
-                                eval_images=evaluated, same_as=seen.get(key), steps=tuple(steps)))
-            seen.setdefault(key, runs[-1].name)
+                                eval_images=evaluated, same_as=None if first is None else runs[first].name,
+                                steps=tuple(steps)))
+            seen.setdefault(key, len(runs) - 1)
             if row.helper:
                 helpers[row.name] = runs[-1]
     all_steps = list({step.out: step for run in runs for step in run.steps}.values())
