@@ -470,3 +470,18 @@ def test_a_table_row_that_repeats_a_helper_is_evaluated_as_a_row_on_the_helpers_
     assert runs["cifar100-baseline"].same_as == "pretrain-cifar100-s0"
     assert runs["pretrain-cifar100"].attacks == runs["cifar100-baseline"].attacks != ("clean",)
     assert runs["pretrain-imagenet"].attacks == ("clean",)
+
+
+def test_a_finished_fine_tuning_is_skipped_when_the_study_runs_again(tiny, tmp_path):
+    from engine.study.grids import Grid, Row
+    from engine.study.runner import run_study
+
+    # config.toml records init.source as the pre-training's best.pt with its epoch and sha256;
+    # the plan names the run folder: the same source, so the second pass skips it.
+    grid = Grid(name="ft", title="t", about="a", columns=("step",),
+                rows=(Row("pre", ("pre-train",), helper=True),
+                      Row("fine", ("fine-tune",), settings=("init.source={run:pre}", "init.heads=new"))))
+    assert [o.status for o in run_study(make_plan(grid, tiny, tmp_path))] == ["trained", "trained"]
+    recorded = (tmp_path / "fine-s0" / "config.toml").read_text()
+    assert str(tmp_path / "pre-s0" / "best.pt") in recorded
+    assert [o.status for o in run_study(make_plan(grid, tiny, tmp_path))] == ["finished before"] * 2

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from engine.config import ConfigError, TrainConfig, resolve_warmup
@@ -47,6 +48,22 @@ def recorded_config(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, data=with_absolute_paths(cfg.data))
 
 
+def with_recorded_init(planned: TrainConfig, saved: TrainConfig) -> TrainConfig:
+    """`planned` with the init settings the Trainer recorded when the run started from the very
+    source the plan names (a run directory, recorded as its best.pt with that file's epoch and
+    sha256, and the heads `auto` resolved to); `planned` as it is for any other source."""
+    from engine.init_from import source_file
+
+    init = planned.init
+    if not init.source or not Path(init.source).exists() or \
+            str(source_file(init.source).resolve()) != saved.init.source:
+        return planned
+    recorded = dataclasses.replace(init, source=saved.init.source, source_epoch=saved.init.source_epoch,
+                                   source_sha256=init.source_sha256 or saved.init.source_sha256,
+                                   heads=saved.init.heads if init.heads == "auto" else init.heads)
+    return dataclasses.replace(planned, init=recorded)
+
+
 def check_run_dir(run: RunPlan) -> None:
     """A ConfigError naming each setting in which `run`'s folder differs from the plan (the keys
     a resume may not change, and the number of epochs); a FileExistsError when the folder holds
@@ -55,8 +72,9 @@ def check_run_dir(run: RunPlan) -> None:
     if not files.config.exists():
         refuse_to_replace(run.dir, "this folder is not a run of the study: move it away or pick another --out")
         return
-    saved = files.read_config().to_dict()
-    planned = recorded_config(run.config).to_dict()
+    saved_config = files.read_config()
+    saved = saved_config.to_dict()
+    planned = with_recorded_init(recorded_config(run.config), saved_config).to_dict()
     remedy = (f"The study plans this run otherwise: move {run.dir} away (or pick another --out) to train it "
               "as planned, or run the study with the settings it was made with.")
     changes = changes_on_resume(saved, planned, f"{run.dir} (a run of this study)", remedy=remedy)
