@@ -59,6 +59,9 @@ def prepare_command(
     classes: Annotated[Optional[int], typer.Option(
         min=2, max=16, help="shapes: primary shape classes (aux: as many related + 10 unrelated).",
         rich_help_panel=SHAPES)] = None,
+    groups: Annotated[Optional[str], typer.Option(
+        help="shapes aux: all, related (the primary's shapes in another domain) or unrelated (textures) classes.",
+        rich_help_panel=SHAPES)] = None,
     parts: Annotated[Optional[str], typer.Option(
         help="Split into disjoint class-stratified parts of these sizes (e.g. 25000,12500,12500), drawn "
              "with --seed; writes OUT-A.beton, OUT-B.beton, ... (or the one --part at OUT).",
@@ -75,16 +78,18 @@ def prepare_command(
     (classes, counts, checksums). Bad input exits 1 with a message naming the file; nothing
     half-written is ever left behind."""
     from loaders.sources import read_source
+    from loaders.sources.derive import derived_sets
 
     if out.suffix != ".beton":
         raise typer.BadParameter(f"{out}: the output must end in .beton", param_hint="OUT")
     if part is not None and parts is None:
         raise typer.BadParameter("--part picks one of the --parts: give --parts SIZES too", param_hint="--part")
-    knobs = {k: v for k, v in (("n", n), ("difficulty", difficulty), ("classes", classes)) if v is not None}
+    knobs = {k: v for k, v in (("n", n), ("difficulty", difficulty), ("classes", classes), ("groups", groups))
+             if v is not None}
     sizes = _checked_options(parts, part, uniform_noise)
     data = read_source(format, source, split, size, download=download, coarse=coarse,
                        skip_bad=skip_bad, workers=workers, seed=seed, shapes=knobs)
-    for _, out_path, dataset in _derived(data, out, sizes, part, uniform_noise, seed):
+    for _, out_path, dataset in derived_sets(data, out, sizes, part, uniform_noise, seed):
         manifest = _write(out_path, dataset, format, split, source)
         console.print(f"wrote {out_path}: {manifest['count']} images {manifest['image_size']}x"
                       f"{manifest['image_size']}, {manifest['num_classes']} classes ({manifest['name']})")
@@ -108,25 +113,6 @@ def _checked_options(parts: str | None, part: str | None, noise: float | None) -
     if part is not None:
         part_index(part, len(sizes))
     return sizes
-
-
-def _derived(data, out: Path, sizes: list[int] | None, part: str | None, noise: float | None, seed: int):
-    """(part index, output path, dataset) for each file to write: the whole set at OUT, every
-    part at OUT-A.beton, OUT-B.beton, ..., or one --part at OUT; with --uniform-noise added."""
-    from loaders.sources.derive import PART_NAMES, add_uniform_noise, part_index, split_parts
-
-    if sizes is None:
-        writes = [(0, out, data)]
-    else:
-        pieces = split_parts(data, sizes, seed)
-        if part is not None:
-            i = part_index(part, len(sizes))
-            writes = [(i, out, pieces[i])]
-        else:
-            writes = [(i, out.with_name(f"{out.stem}-{PART_NAMES[i]}{out.suffix}"), p) for i, p in enumerate(pieces)]
-    if noise is not None:
-        writes = [(i, path, add_uniform_noise(d, noise, seed, stream=i)) for i, path, d in writes]
-    return writes
 
 
 def _write(out: Path, data, format: str, split: str, source: str) -> dict:

@@ -23,8 +23,10 @@ EPILOG = """[bold]Examples[/]
 
   biamat-engine study table2 --scale paper --data-dir data --out runs/table2 --only cifar10-at,cifar10-at-biamat-imagenet
 
-Studies: table1 (labels vs uniform targets), table2 (every preset), table4 (two auxiliary
-datasets), table13 (pi), amplification (AT alone, + labels, + uniform, + BiaMAT).
+Studies: table1 (labels vs uniform targets), table2 (every preset), table3 / table7 (BiaMAT vs
+pseudo-labels and pre-training), table4 (two auxiliary datasets), table5 (extra data and batch
+size, standard training), table6 (robust datasets), table13 (pi), amplification (AT alone, +
+labels, + uniform, + BiaMAT).
 """
 
 PLAN, RUN = "Plan", "Run"
@@ -57,7 +59,7 @@ def _images(count: Optional[int]) -> str:
 
 def study_command(
     name: Annotated[str, typer.Argument(
-        help="The study: table1, table2, table4, table13 or amplification.", show_default=False)],
+        help="The study: table1 .. table7, table13 or amplification (see below).", show_default=False)],
     scale: Annotated[str, typer.Option(
         help="paper (the paper's data and settings) or demo (built-in shapes, small model, CPU).",
         rich_help_panel=PLAN)],
@@ -77,6 +79,7 @@ def study_command(
     jobs: Annotated[int, typer.Option(
         min=1, help="Runs trained at once, each in its own process.", rich_help_panel=RUN)] = 1,
     no_report: Annotated[bool, typer.Option("--no-report", hidden=True)] = False,
+    helper_seed: Annotated[Optional[int], typer.Option("--helper-seed", hidden=True)] = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Log progress to stderr.", rich_help_panel=RUN)] = False,
 ) -> None:
@@ -93,7 +96,7 @@ def study_command(
 
     setup_logging(verbose)
     plan = make_plan(get_grid(name), get_scale(scale), out, seeds=_ints(seeds), data_dir=data_dir,
-                     only=_names(only), extra=tuple(set_))
+                     only=_names(only), extra=tuple(set_), helper_seed=helper_seed)
     if dry_run:
         _print_plan(plan)
         return
@@ -116,13 +119,21 @@ def _print_plan(plan) -> None:
                   f"({len(plan.unique_runs())} to train), seeds {', '.join(map(str, plan.seeds))}, into {plan.out}")
     console.print(plan.grid.title, highlight=False)
     total_train = total_eval = 0
+    listed = set()
     for run in plan.runs:
+        for step in (s for s in run.steps if s.out not in listed):
+            listed.add(step.out)
+            state = "there (skipped)" if step.done else "to make" + (f" after {step.after.name}" if step.after else "")
+            console.print(f"\n[bold]data[/] {step.out}: {state}", highlight=False, soft_wrap=True)
+            console.print(f"  make:  {step.command_line()}", highlight=False, soft_wrap=True)
         if run.same_as:
             console.print(f"\n[bold]{run.name}[/]: the same configuration as {run.same_as}; its results stand for both")
             continue
         state = ("finished (skipped)" if finished(run) else
                  "resumes from its checkpoint" if RunDir(run.dir).holds_run() else "new")
-        console.print(f"\n[bold]{run.name}[/] ({' / '.join(run.row.cells)}, seed {run.seed}): {state}", highlight=False)
+        role = " (helper)" if run.row.helper else ""
+        console.print(f"\n[bold]{run.name}[/]{role} ({' / '.join(run.row.cells)}, seed {run.seed}): {state}",
+                      highlight=False)
         console.print(f"  train: {run.train_command()}", highlight=False, soft_wrap=True)
         console.print(f"  eval:  {run.eval_command()}", highlight=False, soft_wrap=True)
         console.print(f"  images: {_images(run.train_images)} through the training step "
@@ -130,7 +141,10 @@ def _print_plan(plan) -> None:
                       f"(test images x {len(run.attacks)} attacks)", highlight=False)
         total_train += run.train_images or 0
         total_eval += run.eval_images or 0
-    console.print(f"\nin all: {_images(total_train)} training images, {_images(total_eval)} evaluated")
+    unknown = sum(run.train_images is None for run in plan.unique_runs())
+    console.print(f"\nin all: {_images(total_train)} training images, {_images(total_eval)} evaluated, "
+                  f"{len(plan.steps)} data file(s) made by the study"
+                  + (f" ({unknown} run(s) on data not made yet not counted)" if unknown else ""))
     for path, command in plan.missing:
         console.print(f"missing data: {path}\n  {command}", highlight=False, soft_wrap=True)
     for note in plan.notes:
@@ -147,6 +161,9 @@ def _run_here(plan) -> None:
     def on_start(i, run):
         err_console.print(f"[bold]{i + 1}/{total}[/] {run.name}", highlight=False)
 
+    def on_data(step):
+        err_console.print(f"  making {step.out}: {step.command_line()}", highlight=False, soft_wrap=True)
+
     def on_done(outcome):
         err_console.print(f"  {outcome.status}" + (f" ({outcome.seconds:.0f} s)" if outcome.seconds else ""),
                           highlight=False)
@@ -162,7 +179,7 @@ def _run_here(plan) -> None:
         status.start()
     try:
         run_study(plan, on_start=on_start, on_done=on_done, step_hook=step_hook,
-                  progress=(lambda msg: status.update(msg)) if status else None)
+                  progress=(lambda msg: status.update(msg)) if status else None, on_data=on_data)
     finally:
         if status is not None:
             status.stop()
@@ -188,7 +205,8 @@ def _run_in_processes(plan, jobs: int, data_dir: Path, sets: list[str], verbose:
     def launch(run) -> tuple[str, int]:
         command = [sys.executable, "-m", "cli.app", "study", plan.grid.name, "--scale", plan.scale,
                    "--out", str(plan.out), "--data-dir", str(data_dir), "--seeds", str(run.seed),
-                   "--only", run.row.name, "--no-report", *[a for s in sets for a in ("--set", s)]]
+                   "--only", run.row.name, "--no-report", "--helper-seed", str(plan.seeds[0]),
+                   *[a for s in sets for a in ("--set", s)]]
         err_console.print(f"started {run.name} (log: {logs / (run.name + '.log')})", highlight=False)
         with open(logs / f"{run.name}.log", "w") as log:
             code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
@@ -206,11 +224,12 @@ def _run_in_processes(plan, jobs: int, data_dir: Path, sets: list[str], verbose:
 
 
 def _waves(runs) -> list[list]:
-    """Runs grouped so that a run that names another's folder ({run:ROW}) comes in a later group."""
+    """Runs grouped so that a run that names another's folder ({run:ROW}) or reads data made from
+    its model comes in a later group."""
     waves: list[list] = []
     level: dict[str, int] = {}
     for run in runs:  # the plan lists a row after the rows it refers to
-        values = {o.partition("=")[2] for o in run.overrides}
+        values = {o.partition("=")[2] for o in run.overrides} | {str(s.after) for s in run.steps}
         refs = [level[r.name] for r in runs if r.name in level and str(r.dir) in values]
         level[run.name] = 1 + max(refs, default=-1)
         while len(waves) <= level[run.name]:

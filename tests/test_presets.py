@@ -269,6 +269,16 @@ def test_pretraining_presets_follow_section_3_1_on_the_auxiliary_data(name):
     assert cfg.init.source == "" and cfg.optim.schedule_offset == "none"
 
 
+def test_the_cifar100_finetuning_from_imagenet_is_the_cifar10_one_on_cifar100s_trades_settings():
+    # Table 7's CIFAR-100 block: Hendrycks et al.'s ImageNet pre-training fine-tuned on CIFAR-100.
+    cfg = load_config(preset="cifar100-trades-finetune-imagenet")
+    c10 = load_config(preset="cifar10-trades-finetune-imagenet")
+    c100 = load_config(preset="cifar100-trades")
+    assert (cfg.data, cfg.method) == (c100.data, c100.method)
+    assert (cfg.init, cfg.optim, cfg.model, cfg.attack) == (c10.init, c10.optim, c10.model, c10.attack)
+    assert cfg.init.source == "runs/imagenet32-trades-pretrain" and cfg.init.heads == "new"
+
+
 @pytest.mark.parametrize("name", FINETUNE)
 def test_finetuning_presets_start_from_their_pretraining_and_continue_its_schedule(name):
     from engine.schedule import schedule_offset

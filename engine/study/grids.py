@@ -9,25 +9,76 @@ here, with no change to the planner or the runner:
 
 - a row whose preset does not follow `PRIMARY-METHOD[-biamat-AUX]` names it (`preset=`);
 - a row that starts from another row's run (pre-train -> fine-tune, Table 3) writes
-  `{run:ROW}` in a setting (e.g. `train.init_from={run:pretrain-cifar100}`): the planner puts
-  that row's run folder of the same seed there and runs it first;
+  `{run:ROW}` in a setting (e.g. `init.source={run:pretrain-cifar100}`): the planner puts
+  that row's run folder of the same seed there (of the first seed, for a helper row) and runs
+  it first;
+- a row that only serves others (a pre-training, the classifier that pseudo-labels, the model a
+  robust dataset is made from) is a `helper`: trained once, at the study's first seed, evaluated
+  clean only, and listed apart from the table's rows in study.md, as the paper trains its source
+  models once (Table 6: one robust dataset per source model, then 5 runs on it);
+- a row that trains on data the study makes from a helper's run (Tables 3/7: pseudo-labels;
+  Table 6: a robust dataset; Table 5 at demo scale: parts of the primary set) declares it as
+  `derived` (data_steps.py makes the file before the row's first run, skipped when it exists);
+- a grid evaluated otherwise than the scale's attacks names them (`attacks`);
 - a grid whose demo stand-ins differ from the usual ones gives `stand_ins`;
 - the paper's numbers for a row are looked up under `paper` (`TABLE.ROW` in
   paper_numbers.toml), by default the grid's table and the row's name.
 
-Tables 3, 5, 6 and 7 (pre-training, the batch-size experiment, robust datasets, pseudo-labels)
-come when their methods exist in the engine.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+RUN_REF = re.compile(r"\{run:([^}]+)\}")
+"""`{run:ROW}` in a row's setting: that row's run folder."""
 
 # The paper's names of the datasets, by the presets' names for them.
 DATASET_NAMES = {
     "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imgnet100": "ImgNet100", "svhn": "SVHN",
     "places365": "Places365", "imagenet": "ImageNet", "imgnet900": "ImgNet900",
 }
+
+
+# What each command of a Derived makes, and the data of the row it takes the place of.
+DERIVED_COMMANDS = {
+    "pseudo-label": "aux",  # the row's (one) auxiliary dataset, labelled by the helper's model
+    "robustify": "primary",  # the helper's primary training set, remade from its model's features
+    "parts": "primary",  # demo scale: the union of stratified parts of the primary set (Table 5)
+}
+
+
+@dataclass(frozen=True)
+class Derived:
+    """Data a row trains on that the study makes itself, with the command that makes such data
+    (biamat-engine pseudo-label / robustify / prepare), before the row's first run."""
+
+    command: str
+    """`pseudo-label`: the row's auxiliary data labelled by `run`'s model (its data.aux);
+    `robustify`: `run`'s primary training set remade from its model's features (data.primary);
+    `parts`: at demo scale, the union of the parts `use` of a stratified split of the primary
+    set (data.primary; at paper scale the row's preset reads the prepared parts)."""
+    run: str | None = None
+    """The (helper) row whose trained model makes the data."""
+    file: str = ""
+    """Its file under --data-dir at paper scale, as the row's preset names it (so a file made
+    by hand is used as it is); at demo scale the study names its files by what they hold."""
+    paper: tuple[tuple[str, object], ...] = ()
+    """The command's options at paper scale, as (option, value) (value True: a flag)."""
+    demo: tuple[tuple[str, object], ...] = ()
+    """The command's options at demo scale (fewer steps, fewer images)."""
+
+    def __post_init__(self) -> None:
+        if self.command not in DERIVED_COMMANDS:
+            raise ValueError(f"derived data: unknown command {self.command!r}; expected {', '.join(DERIVED_COMMANDS)}")
+        if (self.run is None) != (self.command == "parts"):
+            raise ValueError(f"derived data by {self.command}: `run` names the row whose model makes it "
+                             "(pseudo-label, robustify), and only then")
+
+    @property
+    def role(self) -> str:
+        return DERIVED_COMMANDS[self.command]
 
 
 @dataclass(frozen=True)
@@ -52,6 +103,21 @@ class Row:
     """The paper-scale preset, when it is not `PRIMARY-METHOD[-biamat-AUX[0]]`."""
     paper: str | None = None
     """`TABLE.ROW` of the paper's numbers for this row; default: the grid's table, this name."""
+    demo: tuple[str, ...] = ()
+    """Settings at demo scale only, after the grid's (e.g. a fine-tuning's shorter schedule)."""
+    helper: bool = False
+    """A run the table's rows start from or make their data from, not a line of the table:
+    trained at the first seed only, evaluated clean only."""
+    derived: Derived | None = None
+    """Data the study makes for this row from a helper's run (see Derived)."""
+    trains_on: str | None = None
+    """A pre-training's auxiliary dataset, trained on as its primary data (the preset's at paper
+    scale; at demo scale the dataset's stand-in, its held-out split the test data)."""
+
+    def refs(self) -> list[str]:
+        """The rows this row needs trained first: {run:ROW} in its settings, its derived data's run."""
+        named = [m for s in self.settings + self.demo for m in RUN_REF.findall(s)]
+        return named + ([self.derived.run] if self.derived and self.derived.run else [])
 
     def paper_preset(self) -> str:
         base = f"{self.primary}-{self.method}"
@@ -77,6 +143,12 @@ class Grid:
     stand_ins: dict[str, str] = field(default_factory=dict)
     """Demo scale: auxiliary dataset -> shapes `groups`, where this grid differs from the usual
     stand-ins (plan.STAND_INS)."""
+    attacks: tuple[str, ...] | None = None
+    """The evaluation of the table's rows where the paper's differs from the scale's (Table 6:
+    clean and FGSM; Table 5: clean only)."""
+    demo_settings: tuple[str, ...] = ()
+    """Settings of every run at demo scale, before the scale's own and the rows' (what a grid
+    scales down to finish in minutes)."""
 
     def paper_key(self, row: Row) -> str | None:
         if row.paper:
@@ -94,6 +166,11 @@ def register(grid: Grid) -> Grid:
         raise ValueError(f"study grid {grid.name!r}: row names must be unique, {', '.join(duplicates)} repeat")
     if any(len(row.cells) != len(grid.columns) for row in grid.rows):
         raise ValueError(f"study grid {grid.name!r}: every row needs one cell per column {grid.columns}")
+    helpers = {row.name for row in grid.rows if row.helper}
+    for row in grid.rows:
+        if row.derived and row.derived.run and row.derived.run not in helpers:
+            raise ValueError(f"study grid {grid.name!r}: row {row.name} makes its data from {row.derived.run}, "
+                             "which is not a helper row of the grid")
     GRIDS[grid.name] = grid
     return grid
 
@@ -210,4 +287,177 @@ register(Grid(
             paper="table2.cifar10-at-biamat-imagenet"),
     ),
     stand_ins={"imagenet": "all"},
+))
+
+
+# -- Tables 3 and 7: BiaMAT vs Carmon et al.'s pseudo-labels and Hendrycks et al.'s pre-training --
+
+# Pre-trainings (Hendrycks et al.), each on an auxiliary dataset as its primary data, and the
+# standardly trained classifiers that pseudo-label the auxiliary data (Carmon et al.): helpers.
+def _pretrain(aux: str, prefixed: bool) -> Row:
+    return Row(f"pretrain-{aux}", (DATASET_NAMES[aux], "pre-training (helper)", "-")[:2 + prefixed], method="trades",
+               trains_on=aux, preset=f"{'imagenet32' if aux == 'imagenet' else aux}-trades-pretrain", helper=True,
+               demo=("optim.epochs=6",))  # on the stand-in's 4000 images: 10x the primary's per epoch
+
+
+def _classifier(primary: str, prefixed: bool) -> Row:
+    return Row(f"classifier-{primary}", (DATASET_NAMES[primary], "labelling classifier (helper)", "-")[:2 + prefixed],
+               method="standard", primary=primary, preset=f"{primary}-standard", helper=True)
+
+
+# ImageNet-(N x 100)k: the top N x 10k (CIFAR-10) or N x 1k (CIFAR-100) images per class by the
+# classifier's confidence. Demo: about the same share of the stand-in's 4000 images.
+_TOP_K = {("cifar10", 500): (50_000, 150), ("cifar10", 250): (25_000, 75), ("cifar10", 100): (10_000, 30),
+          ("cifar100", 500): (5_000, 100), ("cifar100", 250): (2_500, 50), ("cifar100", 100): (1_000, 20)}
+# The fine-tuning from a pre-training (the presets' init.heads and schedule, Appendix E), at
+# demo scale a fifth of the demo's epochs from the pre-training's best checkpoint.
+_FINETUNE = ("init.heads=new", "optim.schedule_offset=global-step")
+
+
+def _prefix(primary: str, prefixed: bool) -> str:
+    return f"{primary}-" if prefixed else ""
+
+
+def _hendrycks(primary: str, aux: str, prefixed: bool) -> Row:
+    return Row(f"{_prefix(primary, prefixed)}hendrycks-{aux}",
+               (DATASET_NAMES[primary], "Hendrycks et al. (pre-training)", DATASET_NAMES[aux])[-2 - prefixed:],
+               method="trades", primary=primary, preset=f"{primary}-trades-finetune-{aux}",
+               settings=(f"init.source={{run:pretrain-{aux}}}",) + _FINETUNE, demo=("optim.epochs=8",))
+
+
+def _carmon(primary: str, aux: str, size: int | None, prefixed: bool, paper: str | None = None) -> Row:
+    """Carmon et al. (RST): TRADES on the primary data plus the auxiliary data pseudo-labelled by
+    the primary classifier, every image (--all) or the top `size`k (ImageNet-500k...)."""
+    source = "imagenet32" if aux == "imagenet" else {"places365": "places365-32"}.get(aux, aux)
+    name = f"{aux}{size}k" if size else aux
+    if size:
+        paper_k, demo_k = _TOP_K[(primary, size)]
+        at_paper, at_demo = (("top-k-per-class", paper_k),), (("top-k-per-class", demo_k),)
+    else:
+        at_paper = at_demo = (("all", True),)
+    label = f"ImageNet-{size}k" if size else DATASET_NAMES[aux]
+    return Row(f"{_prefix(primary, prefixed)}carmon-{name}",
+               (DATASET_NAMES[primary], "Carmon et al. (pseudo-labels)", label)[-2 - prefixed:],
+               method="trades", primary=primary, aux=(aux,), aux_mode="pseudo",
+               preset=f"{primary}-trades-pseudo-imagenet500k", paper=paper,
+               derived=Derived("pseudo-label", run=f"classifier-{primary}",
+                               file=f"{source}-pseudo-{primary}-{f'{size}k' if size else 'all'}.beton",
+                               paper=at_paper, demo=at_demo))
+
+
+def _biamat(primary: str, aux: str, prefixed: bool, paper: str | None = None) -> Row:
+    return Row(f"{_prefix(primary, prefixed)}biamat-{aux}",
+               (DATASET_NAMES[primary], "TRADES+BiaMAT", DATASET_NAMES[aux])[-2 - prefixed:],
+               method="trades", primary=primary, aux=(aux,), paper=paper)
+
+
+_RST_ABOUT = (
+    "Carmon et al.'s rows train TRADES on the primary data and, in each batch, as many auxiliary images "
+    "pseudo-labelled by a standardly trained classifier of the primary classes (a helper run; "
+    "`biamat-engine pseudo-label`, made by the study), every image or the top K per class "
+    "(ImageNet-(N x 100)k); Hendrycks et al.'s rows fine-tune adversarially on the primary data a model "
+    "pre-trained adversarially on the auxiliary data (a helper run; `init.source`, the schedule going on "
+    "from the pre-training's best epoch).")
+_RST_DEMO = (
+    "Demo scale: {epochs} epochs instead of the demo's 60 (warm-up {warmup}); a pre-training trains 6 epochs on "
+    "the auxiliary dataset's stand-in (4000 images) as its primary data (CIFAR-100: the shapes auxiliary set, "
+    "20 classes; ImageNet: its related classes), its fine-tuning 8 epochs; the top K per class is scaled to "
+    "about the same share of the stand-in's 4000 images (ImageNet-500k: 150 per class for CIFAR-10); every "
+    "helper (and the data made from it) once, at the first seed.")
+
+register(Grid(
+    name="table3",
+    title="Table 3: TRADES on CIFAR-10 with BiaMAT, Carmon et al.'s pseudo-labels and Hendrycks et al.'s "
+          "pre-training, each with CIFAR-100, Places365 or ImageNet",
+    about=_RST_ABOUT + " The paper finds both methods hurt by auxiliary data unlike the primary's (CIFAR-100, "
+          "Places365: below the TRADES baseline) and BiaMAT above the baseline with each. "
+          + _RST_DEMO.format(epochs=30, warmup=13),
+    columns=("method", "auxiliary data"),
+    rows=(_pretrain("cifar100", False), _pretrain("imagenet", False), _classifier("cifar10", False),
+          Row("baseline", ("TRADES (baseline)", "-"), method="trades"),
+          _hendrycks("cifar10", "cifar100", False), _hendrycks("cifar10", "imagenet", False))
+    + tuple(_carmon("cifar10", aux, None, False) for aux in ("cifar100", "places365", "imagenet"))
+    + (_carmon("cifar10", "imagenet", 500, False),)
+    + tuple(_biamat("cifar10", aux, False) for aux in ("cifar100", "places365", "imagenet")),
+    paper_table="table3",
+    demo_settings=("optim.epochs=30", "method.warmup_epochs=13"),
+))
+
+register(Grid(
+    name="table7",
+    title="Table 7: BiaMAT, Carmon et al.'s pseudo-labels (ImageNet-500k, -250k, -100k) and Hendrycks et "
+          "al.'s pre-training with TRADES on CIFAR-10 and CIFAR-100",
+    about=_RST_ABOUT + " Table 3 with CIFAR-100 as a primary dataset and smaller pseudo-labelled ImageNet "
+          "subsets; the TRADES baselines (Table 2) for reference. Gowal et al.'s generated-data rows are left "
+          "out (the engine trains no generative model). The paper's transcription lost most of this "
+          "table's numbers (study.md shows `-`); those of Table 3 and Table 2 stand for the rows they share. "
+          + _RST_DEMO.format(epochs=20, warmup=8),
+    columns=("primary data", "method", "auxiliary data"),
+    rows=(_pretrain("cifar100", True), _pretrain("imagenet", True), _classifier("cifar10", True),
+          _classifier("cifar100", True))
+    + tuple(row for primary, auxes, hendrycks in (("cifar10", ("cifar100", "places365", "imagenet"),
+                                                   ("cifar100", "imagenet")),
+                                                  ("cifar100", ("places365", "imagenet"), ("imagenet",)))
+            for row in (
+                (Row(f"{primary}-baseline", (DATASET_NAMES[primary], "TRADES (baseline)", "-"), method="trades",
+                     primary=primary, paper=f"table2.{primary}-trades"),)
+                + tuple(_hendrycks(primary, aux, True) for aux in hendrycks)
+                + tuple(_carmon(primary, aux, None, True) for aux in auxes if aux != "cifar100" or primary == "cifar10")
+                + tuple(_carmon(primary, "imagenet", size, True, paper="table3.carmon-imagenet500k"
+                                if (primary, size) == ("cifar10", 500) else None) for size in (500, 250, 100))
+                + tuple(_biamat(primary, aux, True, paper=(f"table3.biamat-{aux}" if primary == "cifar10"
+                                                           else f"table2.{primary}-trades-biamat-{aux}"))
+                        for aux in auxes))),
+    paper_table="table7",
+    demo_settings=("optim.epochs=20", "method.warmup_epochs=8"),
+))
+
+
+# -- Table 6 (Appendix C): standard training on the robust datasets of AT and AT+BiaMAT ---------------
+
+register(Grid(
+    name="table6",
+    title="Table 6: standard training on the robust dataset of an AT and of an AT+BiaMAT model (CIFAR-10); "
+          "clean and FGSM accuracy",
+    about="Each source model (a helper run: AT, AT+BiaMAT with ImageNet) remakes the CIFAR-10 training set as "
+          "its robust dataset (Ilyas et al.: each image replaced by another whose features match it, "
+          "`biamat-engine robustify`, made by the study); a model is then trained from scratch on each with "
+          "plain cross-entropy and evaluated clean and under FGSM. The paper (5 runs each) finds the "
+          "AT+BiaMAT dataset gives the more accurate and more robust models. Demo scale: the demo's source "
+          "runs and 100 feature-matching steps per image instead of 1000.",
+    columns=("source model",),
+    rows=(Row("source-at", ("source model: AT",), preset="cifar10-at", helper=True),
+          Row("source-biamat", ("source model: AT+BiaMAT",), aux=("imagenet",), helper=True),
+          Row("at", ("AT",), method="standard", preset="cifar10-robust-at",
+              derived=Derived("robustify", run="source-at", file="c10-robust-at.beton", demo=(("steps", 100),))),
+          Row("biamat", ("AT+BiaMAT",), method="standard", preset="cifar10-robust-biamat",
+              derived=Derived("robustify", run="source-biamat", file="c10-robust-biamat.beton",
+                              demo=(("steps", 100),)))),
+    paper_table="table6",
+    attacks=("clean", "fgsm"),
+))
+
+
+# -- Table 5 (Appendix B): extra data and the batch size, standard training -------------------------------
+
+# cifar-A, -B, -C: 25000/12500/12500 of CIFAR-10's training set, uniform noise on C. Demo: the same
+# 2:1:1 split of 800 primary shapes (A: the demo's 400), noise of 64 pixel levels on C.
+_TABLE5_PARTS = {"A": "cifar-A", "AB": "cifar-A + cifar-B", "AC": "cifar-A + cifar-C", "ABC": "cifar-A + cifar-B + cifar-C"}
+register(Grid(
+    name="table5",
+    title="Table 5: ResNet-18 trained normally on cifar-A with cifar-B and/or the noisy cifar-C merged in, at "
+          "batch 128 and 1024; test error = 100 - clean",
+    about="Not adversarial: the paper's point that more data is not always better. At batch 128 cifar-B helps, "
+          "the noisy cifar-C helps less, and both together are below cifar-B alone; at large batches both "
+          "together are best. Demo scale: the demo's WideResNet on a 400/200/200 split of 800 primary shapes "
+          "(noise 64 on C), batch 16 and 128 (the paper's 8x), evaluated clean.",
+    columns=("batch size", "dataset"),
+    rows=tuple(Row(f"{parts.lower()}-b{batch}", (str(batch), label), method="standard",
+                   preset=f"cifar-{parts.lower()}-standard" + ("" if batch == 128 else f"-b{batch}"),
+                   demo=(f"data.batch_size={demo_batch}",),
+                   derived=Derived("parts", demo=(("parts", "400,200,200"), ("use", parts), ("noisy", "C"),
+                                                  ("uniform-noise", 64))))
+               for batch, demo_batch in ((128, 16), (1024, 128)) for parts, label in _TABLE5_PARTS.items()),
+    paper_table="table5",
+    attacks=("clean",),
 ))

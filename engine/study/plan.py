@@ -10,6 +10,12 @@ Scales turn a grid row (the paper's terms, grids.Row) into a preset plus `--set`
   pi, beta, TRADES' high-sample loss) from its paper preset; evaluated with clean, PGD-20 and
   CW-20 on the 500 held-out images. The seed draws the data as well as the run.
 
+Data a row trains on that the study makes itself (grids.Derived: pseudo-labels, robust
+datasets, Table 5's parts) becomes DataSteps (data_steps.py), made from the helper's run of the
+study's first seed: at paper scale under --data-dir with the name the row's preset reads, at
+demo scale under OUT/data (the shapes inputs written as .beton files first, since the commands
+read files).
+
 The paper's datasets have no place on a laptop, so at demo scale each stands in as a shapes set
 (STAND_INS; shapes `groups` keeps related classes, unrelated ones or both; see
 loaders/sources/shapes.py). These are stand-ins chosen by what the paper says of each dataset,
@@ -18,9 +24,10 @@ not the paper's data.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
-import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +35,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from engine.config import load_config, load_preset
 from engine.run_dir import RunDir
-from engine.study.grids import Grid, Row
+from engine.study.data_steps import DataStep
+from engine.study.grids import RUN_REF, Derived, Grid, Row
 from engine.study.paper_data import prepare_command, published_images
 
 if TYPE_CHECKING:
@@ -46,7 +54,8 @@ STAND_INS = {"svhn": "unrelated", "cifar100": "all", "places365": "all", "imagen
 PRIMARY_CLASSES = {"cifar10": 10, "cifar100": 16, "imgnet100": 16}
 # The method settings a demo run takes from its row's paper preset (the rest is the demo's).
 METHOD_KEYS = ("name", "alpha", "pi", "beta", "high_loss")
-_RUN_REF = re.compile(r"\{run:([^}]+)\}")
+# A helper row (a pre-training, a labelling classifier, a source model) is evaluated clean only.
+HELPER_ATTACKS = ("clean",)
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,8 @@ class RunPlan:
     eval_images: int | None
     same_as: str | None = None
     """The run (folder name) whose config this one repeats: its results stand for both."""
+    steps: tuple[DataStep, ...] = ()
+    """The data files the study makes for this run, in the order they are made."""
 
     @property
     def name(self) -> str:
@@ -95,8 +106,11 @@ class StudyPlan:
     seeds: tuple[int, ...]
     runs: list[RunPlan]
     missing: list[tuple[str, str]] = field(default_factory=list)
-    """(file, the command that writes it) for each data file a run needs and that is not there."""
+    """(file, the command that writes it) for each data file a run or a data step needs, that is
+    not there and that the study does not make."""
     notes: list[str] = field(default_factory=list)
+    steps: list[DataStep] = field(default_factory=list)
+    """Every data file the study makes, each once, in the order they are made."""
 
     def unique_runs(self) -> list[RunPlan]:
         """The runs that train (a run repeating another's config is not trained twice)."""
@@ -115,6 +129,28 @@ class Scale(Protocol):
 
     def data_files(self, cfg: "TrainConfig") -> list[str]:
         """The files the run reads that must exist before it starts."""
+
+    def derive(self, derived: Derived, row_cfg: "TrainConfig", helper: "RunPlan | None",
+               out: Path, data_dir: Path) -> list[DataStep]:
+        """The steps that make `derived` for a row configured as `row_cfg` (its last step writes
+        the file the row reads instead of its data.primary / data.aux); none: the row reads its
+        own data."""
+
+
+def _device_option(helper: "RunPlan") -> tuple[tuple[str, object], ...]:
+    """The device the helper ran on, for the command that reads its model (`--set runtime.device`)."""
+    device = helper.config.runtime.device
+    return () if device == "auto" else (("device", device),)
+
+
+def _derived_input(derived: Derived, row_cfg: "TrainConfig", helper: "RunPlan") -> str:
+    """What the command reads: the row's one auxiliary dataset (pseudo-label), the helper's
+    primary training set (robustify)."""
+    if derived.command == "pseudo-label":
+        if len(row_cfg.data.aux) != 1:
+            raise ValueError(f"pseudo-labelled data is made from one auxiliary dataset; the row has {len(row_cfg.data.aux)}")
+        return row_cfg.data.aux[0]
+    return helper.config.data.primary
 
 
 def _autoattack_installed() -> bool:
@@ -157,6 +193,13 @@ class PaperScale:
     def data_files(self, cfg: "TrainConfig") -> list[str]:
         return [cfg.data.primary, cfg.data.test, *cfg.data.aux]
 
+    def derive(self, derived: Derived, row_cfg: "TrainConfig", helper: "RunPlan | None",
+               out: Path, data_dir: Path) -> list[DataStep]:
+        if derived.command == "parts":
+            return []  # the row's preset reads the prepared parts (paper_data.py: their prepare commands)
+        return [DataStep(derived.command, (str(helper.dir), _derived_input(derived, row_cfg, helper)),
+                         data_dir / derived.file, derived.paper + _device_option(helper), after=helper.dir)]
+
 
 @dataclass(frozen=True)
 class ShapesScale:
@@ -183,18 +226,75 @@ class ShapesScale:
         stand_ins = {**STAND_INS, **grid.stand_ins}
         aux = [self._spec(demo, "aux", classes=classes, seed=seed, groups=stand_ins[a]) for a in row.aux]
         method = load_preset(row.paper_preset())["method"]
-        overrides = [f"data.primary={self._spec(demo, 'primary', classes=classes, seed=seed)}",
-                     f"data.test={self._spec(demo, 'test', classes=classes, seed=seed)}",
-                     f"data.aux={','.join(aux)}"]
+        primary = self._spec(demo, "primary", classes=classes, seed=seed)
+        test = self._spec(demo, "test", classes=classes, seed=seed)
+        if row.trains_on:  # a pre-training: the auxiliary dataset's stand-in, its held-out split the test
+            from loaders.datasets import parse_shapes_spec
+
+            groups = stand_ins[row.trains_on]
+            primary = self._spec(demo, "aux", classes=classes, seed=seed, groups=groups)
+            test = self._spec(demo, "aux", classes=classes, seed=seed, groups=groups, n=parse_shapes_spec(test)[1]["n"])
+        overrides = [f"data.primary={primary}", f"data.test={test}", f"data.aux={','.join(aux)}"]
         overrides += [f"method.{k}={method[k]}" for k in METHOD_KEYS if k in method]
         overrides.append(f"method.aux_mode={row.aux_mode if row.aux else 'none'}")
-        return "demo", overrides + list(self.settings) + list(row.settings) + [f"runtime.seed={seed}"]
+        # The grid's and the row's demo-scale settings, then this scale's own (a smaller scale
+        # shrinks every grid), then the row's (what the row is).
+        scaled = list(grid.demo_settings) + list(row.demo) + list(self.settings)
+        return "demo", overrides + scaled + list(row.settings) + [f"runtime.seed={seed}"]
 
     def attacks(self) -> tuple[tuple[str, ...], list[str]]:
         return self.eval_attacks, []
 
     def data_files(self, cfg: "TrainConfig") -> list[str]:
         return []  # generated in memory
+
+    def derive(self, derived: Derived, row_cfg: "TrainConfig", helper: "RunPlan | None",
+               out: Path, data_dir: Path) -> list[DataStep]:
+        data = out / "data"
+        if derived.command == "parts":
+            return _parts_steps(dict(derived.demo), row_cfg.data.primary, data)
+        source = _shapes_file(_derived_input(derived, row_cfg, helper), data)
+        step = DataStep(derived.command, (str(helper.dir), str(source.out)), Path(), derived.demo + _device_option(helper),
+                        after=helper.dir)
+        return [source, _named(step, data)]
+
+
+def _shapes_options(spec: str, **changes) -> tuple[str, tuple[tuple[str, object], ...]]:
+    """A shapes spec as `prepare shapes KIND` and its options."""
+    from loaders.datasets import parse_shapes_spec
+
+    kind, options = parse_shapes_spec(spec)
+    return kind, tuple({**options, **changes}.items())
+
+
+def _shapes_file(spec: str, data: Path) -> DataStep:
+    """The step that writes the shapes set `spec` as a .beton (the commands read files), named by its options."""
+    kind, options = _shapes_options(spec)
+    name = "-".join(["shapes", kind] + [f"{k}{v}" for k, v in options])
+    return DataStep("prepare", ("shapes", kind), data / f"{name}.beton", options)
+
+
+def _named(step: DataStep, data: Path) -> DataStep:
+    """`step` writing into `data`, its file named by what it does: two rows asking for the same data share it."""
+    digest = hashlib.sha256(json.dumps([step.command, step.args, step.options], default=str).encode()).hexdigest()
+    return DataStep(step.command, step.args, data / f"{step.command}-{digest[:10]}.beton", step.options, step.after)
+
+
+def _parts_steps(recipe: dict, primary: str, data: Path) -> list[DataStep]:
+    """Table 5 at demo scale: the parts `use` of a stratified split (`parts` sizes, seeded as the
+    primary set) of the primary shapes set drawn with as many images as the parts hold, the
+    `noisy` ones with `uniform-noise`, joined with `prepare concat` when more than one."""
+    sizes = [int(s) for s in str(recipe["parts"]).split(",")]
+    kind, options = _shapes_options(primary, n=sum(sizes))
+    noisy = set(str(recipe.get("noisy", "")))
+    steps = []
+    for part in str(recipe["use"]):
+        noise = (("uniform-noise", recipe["uniform-noise"]),) if part in noisy else ()
+        steps.append(_named(DataStep("prepare", ("shapes", kind), Path(),
+                                     options + (("parts", recipe["parts"]), ("part", part)) + noise), data))
+    if len(steps) > 1:
+        steps.append(_named(DataStep("prepare", ("concat", ",".join(str(s.out) for s in steps)), Path()), data))
+    return steps
 
 
 SCALES: dict[str, Scale] = {"paper": PaperScale(), "demo": ShapesScale()}
@@ -207,7 +307,7 @@ def get_scale(name: str) -> Scale:
 
 
 def _ordered_rows(grid: Grid, only: tuple[str, ...]) -> list[Row]:
-    """The rows to run, each after the rows its settings refer to with {run:ROW}."""
+    """The rows to run, each after the rows it needs (Row.refs: {run:ROW}, its derived data's run)."""
     by_name = {row.name: row for row in grid.rows}
     unknown = [name for name in only if name not in by_name]
     if unknown:
@@ -219,7 +319,7 @@ def _ordered_rows(grid: Grid, only: tuple[str, ...]) -> list[Row]:
             return
         if row.name in chain:
             raise ValueError(f"study {grid.name}: rows refer to each other in a circle: {' -> '.join(chain)}")
-        for ref in (m for s in row.settings for m in _RUN_REF.findall(s)):
+        for ref in row.refs():
             if ref not in by_name:
                 raise ValueError(f"study {grid.name}: row {row.name} refers to {{run:{ref}}}, which is not a row")
             visit(by_name[ref], chain + (row.name,))
@@ -267,46 +367,88 @@ def estimate_images(cfg: "TrainConfig", attacks: tuple[str, ...]) -> tuple[int |
 
 
 def make_plan(grid: Grid, scale: Scale, out: str | Path, *, seeds: tuple[int, ...] | None = None,
-              data_dir: str | Path = "data", only: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> StudyPlan:
+              data_dir: str | Path = "data", only: tuple[str, ...] = (), extra: tuple[str, ...] = (),
+              helper_seed: int | None = None) -> StudyPlan:
     """Every run of `grid` at `scale` for each seed (every row at the first seed, then the next),
-    with their configs built and checked now. `extra` overrides go last on every run (e.g.
-    runtime.device=cuda)."""
+    with their configs built and checked now, and the data steps they need. `extra` overrides go
+    last on every run (e.g. runtime.device=cuda). Helper rows run at `helper_seed` only (default:
+    the first seed; a study split over processes passes the whole study's)."""
     out, data_dir = Path(out).resolve(), Path(data_dir).resolve()
     seeds = tuple(seeds) if seeds else scale.default_seeds
-    attacks, notes = scale.attacks()
+    helper_seed = seeds[0] if helper_seed is None else helper_seed
+    attacks, notes = (grid.attacks, []) if grid.attacks else scale.attacks()
     runs: list[RunPlan] = []
-    seen: dict[str, str] = {}  # config as JSON -> the first run's name
+    seen: dict[str, int] = {}  # config as JSON -> the first run's place in `runs`
+    helpers: dict[str, RunPlan] = {}
+    derived: dict[str, list[DataStep]] = {}  # row -> its data steps, made once for every seed
     missing: dict[str, str] = {}
-    # Seed-major: a study stopped early still has every row at its first seeds.
     rows = _ordered_rows(grid, tuple(only))
-    for seed in seeds:
+    # Seed-major: a study stopped early still has every row at its first seeds.
+    for seed in [helper_seed] + [s for s in seeds if s != helper_seed]:
         for row in rows:
+            if seed != helper_seed if row.helper else seed not in seeds:
+                continue
             preset, overrides = scale.configure(grid, row, seed, data_dir)
-            overrides = [_RUN_REF.sub(lambda m: str(run_dir(out, m.group(1), seed)), o) for o in overrides]
+            overrides = [RUN_REF.sub(lambda m: str(helpers[m.group(1)].dir if m.group(1) in helpers
+                                                   else run_dir(out, m.group(1), seed)), o) for o in overrides]
             overrides += list(extra)
             cfg = load_config(preset, overrides=overrides)
+            if row.derived and row.name not in derived:
+                derived[row.name] = scale.derive(row.derived, cfg, helpers.get(row.derived.run), out, data_dir)
+            steps = derived.get(row.name, [])
+            if steps:  # the made file in place of the row's own data (before `extra`, which stays last)
+                made = f"data.{row.derived.role}={steps[-1].out}"
+                overrides = overrides[:len(overrides) - len(extra)] + [made] + list(extra)
+                cfg = load_config(preset, overrides=overrides)
+            run_attacks = HELPER_ATTACKS if row.helper else attacks
             key = json.dumps(cfg.to_dict(), sort_keys=True)
-            train, evaluated = estimate_images(cfg, attacks)
+            train, evaluated = estimate_images(cfg, run_attacks)
+            first = seen.get(key)
+            if first is not None and not set(run_attacks) <= set(runs[first].attacks):
+                # A table row repeating a helper (Table 7's CIFAR-100 baseline is its pre-training):
+                # the run both stand on is evaluated as the row.
+                both = tuple(dict.fromkeys(run_attacks + runs[first].attacks))
+                runs[first] = dataclasses.replace(runs[first], attacks=both,
+                                                  eval_images=estimate_images(runs[first].config, both)[1])
             runs.append(RunPlan(row=row, seed=seed, dir=run_dir(out, row.name, seed), preset=preset,
-                                overrides=tuple(overrides), config=cfg, attacks=attacks, train_images=train,
-                                eval_images=evaluated, same_as=seen.get(key)))
-            seen.setdefault(key, runs[-1].name)
-            for path in scale.data_files(cfg):
-                if not Path(path).exists():
-                    missing[path] = prepare_command(path)
+                                overrides=tuple(overrides), config=cfg, attacks=run_attacks, train_images=train,
+                                eval_images=evaluated, same_as=None if first is None else runs[first].name,
+                                steps=tuple(steps)))
+            seen.setdefault(key, len(runs) - 1)
+            if row.helper:
+                helpers[row.name] = runs[-1]
+    all_steps = list({step.out: step for run in runs for step in run.steps}.values())
+    made = {str(step.out) for step in all_steps}
+    for run in runs:
+        for path in scale.data_files(run.config):
+            if path not in made and not Path(path).exists():
+                missing[path] = prepare_command(path)
+    for step in all_steps:
+        for path in (a for arg in step.args for a in arg.split(",") if a.endswith(".beton")):
+            if path not in made and not Path(path).exists():
+                missing[path] = prepare_command(path)
     shared = [r for r in runs if r.same_as]
     if shared:
         notes.append("runs with the same configuration are trained once: "
                      + "; ".join(f"{r.name} = {r.same_as}" for r in shared))
+    if any(row.helper for row in rows) and len(seeds) > 1:
+        notes.append(f"helper runs (pre-trainings, labelling classifiers, source models) and the data made from "
+                     f"them are made once, at seed {helper_seed}; every seed's rows start from them")
     return StudyPlan(grid=grid, scale=scale.name, out=out, seeds=seeds, runs=runs,
-                     missing=sorted(missing.items()), notes=notes)
+                     missing=sorted(missing.items()), notes=notes, steps=all_steps)
 
 
 def missing_data_message(plan: StudyPlan) -> str:
-    """The error of a study whose data is not all there: each file and the command that writes it."""
+    """The error of a study whose data is not all there: each file and the command that writes
+    it, then the files the study makes itself once those are there."""
     lines = [f"study {plan.grid.name} --scale {plan.scale} needs {len(plan.missing)} data file(s) that are not "
              "there; write them with `biamat-engine prepare` (RAW/... is the dataset as published), then run "
              "the study again:"]
     for path, command in plan.missing:
         lines += [f"  missing {path}", f"    {command}"]
+    todo = [step for step in plan.steps if not step.done]
+    if todo:
+        lines.append("The study then makes these itself, from its runs, with the commands shown:")
+        for step in todo:
+            lines += [f"  made {step.out}", f"    {step.command_line()}"]
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
     every run's folder checked against the plan first (a mismatch stops the study before any work)
     for each run: finished (its eval.json complete, for the planned attacks) -> skipped
+                  its data steps (data_steps.py) whose files are not there -> made first
                   a checkpoint (last.pt)                                  -> resumed, then evaluated
                   nothing yet                                              -> trained, then evaluated
 
@@ -15,11 +16,13 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from engine.config import ConfigError, TrainConfig, resolve_warmup
 from engine.resume import changes_on_resume
 from engine.run_dir import RunDir, read_json, read_json_lines, refuse_to_replace
+from engine.study.data_steps import DataStep
 from engine.study.plan import RunPlan, StudyPlan
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,22 @@ def recorded_config(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, data=with_absolute_paths(cfg.data))
 
 
+def with_recorded_init(planned: TrainConfig, saved: TrainConfig) -> TrainConfig:
+    """`planned` with the init settings the Trainer recorded when the run started from the very
+    source the plan names (a run directory, recorded as its best.pt with that file's epoch and
+    sha256, and the heads `auto` resolved to); `planned` as it is for any other source."""
+    from engine.init_from import source_file
+
+    init = planned.init
+    if not init.source or not Path(init.source).exists() or \
+            str(source_file(init.source).resolve()) != saved.init.source:
+        return planned
+    recorded = dataclasses.replace(init, source=saved.init.source, source_epoch=saved.init.source_epoch,
+                                   source_sha256=init.source_sha256 or saved.init.source_sha256,
+                                   heads=saved.init.heads if init.heads == "auto" else init.heads)
+    return dataclasses.replace(planned, init=recorded)
+
+
 def check_run_dir(run: RunPlan) -> None:
     """A ConfigError naming each setting in which `run`'s folder differs from the plan (the keys
     a resume may not change, and the number of epochs); a FileExistsError when the folder holds
@@ -53,8 +72,9 @@ def check_run_dir(run: RunPlan) -> None:
     if not files.config.exists():
         refuse_to_replace(run.dir, "this folder is not a run of the study: move it away or pick another --out")
         return
-    saved = files.read_config().to_dict()
-    planned = recorded_config(run.config).to_dict()
+    saved_config = files.read_config()
+    saved = saved_config.to_dict()
+    planned = with_recorded_init(recorded_config(run.config), saved_config).to_dict()
     remedy = (f"The study plans this run otherwise: move {run.dir} away (or pick another --out) to train it "
               "as planned, or run the study with the settings it was made with.")
     changes = changes_on_resume(saved, planned, f"{run.dir} (a run of this study)", remedy=remedy)
@@ -88,8 +108,9 @@ def evaluate(run: RunPlan, progress: Callable[[str], None] | None = None) -> dic
 
 
 def execute(run: RunPlan, on_step: Callable[[int, int, int, float], None] | None = None,
-            progress: Callable[[str], None] | None = None) -> Outcome:
-    """Brings one run to finished: skipped, resumed or trained, then evaluated."""
+            progress: Callable[[str], None] | None = None,
+            on_data: Callable[[DataStep], None] | None = None) -> Outcome:
+    """Brings one run to finished: skipped, or its data made, then resumed or trained, then evaluated."""
     from engine.trainer import Trainer
 
     start = time.perf_counter()
@@ -98,6 +119,11 @@ def execute(run: RunPlan, on_step: Callable[[int, int, int, float], None] | None
     check_run_dir(run)
     if finished(run):
         return Outcome(run, "finished before")
+    for step in run.steps:  # in order: a step's inputs are made before it
+        if not step.done:
+            if on_data is not None:
+                on_data(step)
+            step.make()
     files = RunDir(run.dir)
     if files.holds_run():
         done = read_json_lines(files.metrics)
@@ -114,7 +140,8 @@ def execute(run: RunPlan, on_step: Callable[[int, int, int, float], None] | None
 
 def run_study(plan: StudyPlan, *, on_start: Callable[[int, RunPlan], None] | None = None,
               on_done: Callable[[Outcome], None] | None = None, step_hook: StepHookFactory | None = None,
-              progress: Callable[[str], None] | None = None) -> list[Outcome]:
+              progress: Callable[[str], None] | None = None,
+              on_data: Callable[[DataStep], None] | None = None) -> list[Outcome]:
     """Every run of the plan in order, after checking every run folder against the plan."""
     for run in plan.unique_runs():
         check_run_dir(run)
@@ -122,7 +149,7 @@ def run_study(plan: StudyPlan, *, on_start: Callable[[int, RunPlan], None] | Non
     for i, run in enumerate(plan.runs):
         if on_start is not None:
             on_start(i, run)
-        outcome = execute(run, step_hook(run) if step_hook else None, progress)
+        outcome = execute(run, step_hook(run) if step_hook else None, progress, on_data)
         log.info("%s: %s (%.0f s)", run.name, outcome.status, outcome.seconds)
         if on_done is not None:
             on_done(outcome)

@@ -22,7 +22,9 @@ from engine.run_dir import RunDir, atomic_write_text, read_json, read_json_lines
 from engine.study.grids import DATASET_NAMES, Row
 from engine.study.plan import RunPlan, StudyPlan
 
-PAPER_METRICS = ("clean", "pgd100", "cw100", "aa")
+PAPER_METRICS = ("clean", "pgd100", "cw100", "aa", "fgsm", "error")
+"""The paper's metrics, in table order (`error`: Table 5's test error, 100 - clean); `M_sd` beside
+one is its std over runs, shown as `M ± M_sd`."""
 MISSING = "-"
 
 
@@ -41,11 +43,11 @@ def paper_row(key: str | None, numbers: dict | None = None) -> dict[str, float]:
 
 
 def metric_label(name: str) -> str:
-    """`pgd100` -> `PGD-100`, `aa` -> `AA`, `clean` -> `clean`."""
+    """`pgd100` -> `PGD-100`, `aa` -> `AA`, `fgsm` -> `FGSM`, `clean` -> `clean`."""
     match = re.fullmatch(r"([a-z]+)(\d+)", name)
     if match:
         return f"{match.group(1).upper()}-{match.group(2)}"
-    return "AA" if name == "aa" else name
+    return {"aa": "AA", "fgsm": "FGSM"}.get(name, name)
 
 
 @dataclass
@@ -114,7 +116,8 @@ class StudyTable:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        return self.plan.runs[0].attacks if self.plan.runs else ()
+        rows = [run for run in self.plan.runs if not run.row.helper]  # helpers are evaluated clean only
+        return rows[0].attacks if rows else ()
 
     def rows(self) -> list[tuple[Row, list[RunResult]]]:
         order: dict[str, tuple[Row, list[RunResult]]] = {}
@@ -138,6 +141,17 @@ class StudyTable:
         info = {"seeds": ", ".join(map(str, plan.seeds)), "runs": str(len(plan.runs)), **(facts or {})}
         lines += [f"- {k}: {v}" for k, v in info.items()] + [""]
         lines += ["## Accuracy (%)", "", self._results_table(), ""]
+        helpers = self._helpers_table()
+        if helpers:
+            lines += ["## Helper runs", "",
+                      "Runs the table's rows start from or make their data from (a pre-training, the classifier "
+                      "that pseudo-labels, the model a robust dataset is made from); trained once and evaluated "
+                      "clean only, on their own test data; not lines of the paper's table.", "", helpers, ""]
+        made = [step for step in plan.steps]
+        if made:
+            lines += ["## Data made by the study", ""]
+            lines += [f"- `{step.out}` ({'made' if step.done else 'not made yet'}): `{step.command_line()}`"
+                      for step in made] + [""]
         selection = self._selection_table()
         if selection:
             lines += ["## Auxiliary samples routed high at the end of training", "",
@@ -158,12 +172,19 @@ class StudyTable:
                   *(f"paper {metric_label(m)}" for m in paper)]
         body = []
         for row, results in self.rows():
+            if row.helper:
+                continue
             done = [r for r in results if r.done]
             published = paper_row(grid.paper_key(row), numbers)
             body.append([*row.cells, f"{len(done)}/{len(results)}",
                          *(mean_sd([r.accuracy[m] for r in done if m in r.accuracy]) for m in metrics),
-                         *(f"{published[m]:.2f}" if m in published else MISSING for m in paper)])
+                         *(_published(published, m) for m in paper)])
         return _markdown_table(header, body)
+
+    def _helpers_table(self) -> str:
+        body = [[r.run.name, " / ".join(r.run.row.cells), mean_sd([r.accuracy["clean"]] if r.done else [])]
+                for r in self.results if r.run.row.helper]
+        return _markdown_table(["run", "what", "clean"], body) if body else ""
 
     def _selection_table(self) -> str:
         body = []
@@ -224,6 +245,13 @@ _STAND_IN_NOTE = (
 
 _GROUP_WORDS = {"all": "related and unrelated classes", "related": "related classes only",
                 "unrelated": "unrelated textures only"}
+
+
+def _published(numbers: dict[str, float], metric: str) -> str:
+    if metric not in numbers:
+        return MISSING
+    sd = numbers.get(f"{metric}_sd")
+    return f"{numbers[metric]:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
 
 
 def _seconds(value: float | None) -> str:

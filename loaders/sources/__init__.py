@@ -112,7 +112,8 @@ SOURCES: dict[str, SourceSpec] = {
                             "from places2.csail.mit.edu", (32, 64)),
     "imagefolder": SourceSpec(_imagefolder, "any one-folder-per-class image tree, resized",
                               "folder with one sub-folder of JPEG/PNG images per class (or train/ and test/ trees)", (32, 64)),
-    "shapes": SourceSpec(_shapes, "built-in synthetic shapes (no download)", "'primary' or 'aux'", (32, 64)),
+    # Shapes at any of these sizes: the demo (and `study --scale demo`) draws 16x16, the tests 8x8.
+    "shapes": SourceSpec(_shapes, "built-in synthetic shapes (no download)", "'primary' or 'aux'", (32, 64, 16, 8)),
     "concat": SourceSpec(_concat, "prepared .beton files joined into one set (same classes and size)",
                          "two or more .beton files joined by commas, e.g. data/cifar-A.beton,data/cifar-B.beton"),
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import string
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -121,3 +122,22 @@ def add_uniform_noise(data: ArrayDataset | ChunkedSource, amplitude: float, seed
     out.name = name
     out.meta["uniform_noise"] = record
     return out
+
+
+def derived_sets(data: ArrayDataset | ChunkedSource, out: Path, sizes: list[int] | None, part: str | None,
+                 noise: float | None, seed: int) -> list[tuple[int, Path, ArrayDataset | ChunkedSource]]:
+    """(part index, output path, dataset) for each file `prepare` writes: the whole set at OUT,
+    every part at OUT-A.beton, OUT-B.beton, ..., or one `part` at OUT; with uniform noise added
+    (each part its own noise stream, so a part's noise is the same written alone or with the others)."""
+    if sizes is None:
+        writes = [(0, out, data)]
+    else:
+        pieces = split_parts(data, sizes, seed)
+        if part is not None:
+            i = part_index(part, len(sizes))
+            writes = [(i, out, pieces[i])]
+        else:
+            writes = [(i, out.with_name(f"{out.stem}-{PART_NAMES[i]}{out.suffix}"), p) for i, p in enumerate(pieces)]
+    if noise is not None:
+        writes = [(i, path, add_uniform_noise(d, noise, seed, stream=i)) for i, path, d in writes]
+    return writes

@@ -1,0 +1,87 @@
+"""The data files a study makes itself, each by the biamat-engine command that makes such data,
+run here through the engine's own functions (no subprocess):
+
+    prepare       loaders.sources.read_source -> derived_sets (--parts / --uniform-noise) -> write_beton
+    pseudo-label  engine.pseudo_label.pseudo_label   (Tables 3 and 7: Carmon et al.'s RST data)
+    robustify     engine.robustify.robustify         (Table 6: Ilyas et al.'s robust dataset)
+
+A step is data: its command, the arguments before OUT, OUT, and its options, so `--dry-run`
+prints the very command it runs. A step whose OUT exists is done (every writer publishes its
+file atomically, so a file that exists is whole); robustify resumes its own saved chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataStep:
+    """One file a study writes before the runs that read it."""
+
+    command: str
+    """prepare | pseudo-label | robustify."""
+    args: tuple[str, ...]
+    """The arguments before OUT: (FORMAT, SOURCE) for prepare, (MODEL, DATA) for the others."""
+    out: Path
+    options: tuple[tuple[str, object], ...] = ()
+    """(option, value) after OUT, as the command's --options (value True: a flag)."""
+    after: Path | None = None
+    """The run folder whose trained model the step reads (it runs after that run)."""
+
+    @property
+    def done(self) -> bool:
+        return self.out.exists()
+
+    def command_line(self) -> str:
+        opts = [a for name, value in self.options
+                for a in ([f"--{name}"] if value is True else [f"--{name}", str(value)])]
+        return shlex.join(["biamat-engine", self.command, *self.args, str(self.out), *opts])
+
+    def make(self) -> None:
+        """Writes OUT (nothing when it is there already)."""
+        if self.done:
+            return
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        log.info("making %s: %s", self.out, self.command_line())
+        _MAKERS[self.command](self, dict(self.options))
+
+
+def _prepare(step: DataStep, options: dict) -> None:
+    from loaders.beton import write_beton
+    from loaders.sources import read_source
+    from loaders.sources.derive import derived_sets, parse_sizes
+
+    format, source = step.args
+    shapes = {k: options[k] for k in ("n", "difficulty", "classes", "groups") if k in options}
+    split, seed = options.get("split", "train"), int(options.get("seed", 0))
+    data = read_source(format, source, split, options.get("size"), seed=seed, shapes=shapes)
+    sizes = parse_sizes(options["parts"]) if "parts" in options else None
+    noise = options.get("uniform-noise")
+    for _, out, dataset in derived_sets(data, step.out, sizes, options.get("part"), noise, seed):
+        write_beton(out, dataset, format=format, split=split, source=str(source))
+
+
+def _pseudo_label(step: DataStep, options: dict) -> None:
+    from engine.pseudo_label import pseudo_label
+
+    model, aux = step.args
+    top_k = None if options.get("all") else int(options["top-k-per-class"])
+    pseudo_label(model, aux, step.out, top_k=top_k, device=options.get("device", "auto"))
+
+
+def _robustify(step: DataStep, options: dict) -> None:
+    from engine.robustify import robustify
+
+    model, data = step.args
+    keys = {"steps": int, "step-size": float, "seed": int, "limit": int, "batch-size": int, "chunk-size": int}
+    kwargs = {name.replace("-", "_"): cast(options[name]) for name, cast in keys.items() if name in options}
+    robustify(model, data, step.out, device=options.get("device", "auto"), **kwargs)
+
+
+_MAKERS = {"prepare": _prepare, "pseudo-label": _pseudo_label, "robustify": _robustify}
