@@ -1,0 +1,34 @@
+"""scripts/paired_verdicts.py: the decision rule of docs/demo-reproduction.md on a study.csv."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paired_verdicts.py"
+_spec = importlib.util.spec_from_file_location("paired_verdicts", SCRIPT)
+paired = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(paired)
+
+
+@pytest.mark.parametrize("diffs, said", [
+    ([3.0, 4.0, 5.0], "holds"),  # mean 4, SE 0.58
+    ([-3.0, -4.0, -5.0], "reversed"),
+    ([10.0, -8.0, 2.0], "not resolved"),  # mean 1.3, SE 5.2
+    ([1.0], "not resolved (one seed)"),
+])
+def test_the_two_standard_error_rule(diffs, said):
+    assert paired.verdict(diffs)[2] == said
+
+
+def test_pairs_are_taken_per_seed_from_finished_runs(tmp_path):
+    rows = [("at", 0, 1, "0.20"), ("at", 1, 1, "0.30"), ("at", 2, 0, ""),
+            ("at-biamat", 0, 1, "0.25"), ("at-biamat", 1, 1, "0.36"), ("at-biamat", 2, 1, "0.90")]
+    csv_path = tmp_path / "study.csv"
+    csv_path.write_text("study,row,seed,finished,pgd20\n" + "".join(f"amp,{r},{s},{f},{v}\n" for r, s, f, v in rows))
+    done = subprocess.run([sys.executable, str(SCRIPT), str(csv_path), "at-biamat:at"], capture_output=True,
+                          text=True, check=True)
+    line = done.stdout.splitlines()[-1]
+    assert "| at-biamat > at | 0, 1 | +5.0, +6.0 | +5.5 | 0.5 | holds |" == line  # seed 2 of at never finished
