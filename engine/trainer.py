@@ -412,11 +412,14 @@ class Trainer:
         if self.tensorboard is not None:
             self.tensorboard.write(record)
         state = self._state(rng_ranks)
-        save_checkpoint(self.files.last, state)
+        # last.pt goes last: a resume starts from it, so an interruption between these writes
+        # repeats this epoch (exactly) and writes its best.pt and model.safetensors again, rather
+        # than resuming past an epoch whose best model was never written whole.
         if improved:
             save_checkpoint(self.files.best, state)
             export_model(self.out, primary_state_dict(self.model), {**state["model_card"], "epoch": self.epoch,
                                                                      "robust_acc": robust})
+        save_checkpoint(self.files.last, state)
         log.info("epoch %d: %s", self.epoch, {k: v for k, v in record.items() if isinstance(v, (int, float))})
 
     def _resume(self) -> None:

@@ -195,6 +195,37 @@ def test_a_run_interrupted_and_resumed_equals_the_uninterrupted_one(finished_run
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
+def test_an_interruption_while_the_best_model_is_written_is_repaired_by_resume(finished_run, tmp_path, monkeypatch):
+    """Ctrl-C between best.pt and model.safetensors of an improving epoch: last.pt is written after
+    both, so the resume repeats that epoch and the run ends with the best model of one never
+    interrupted (found by the GPU suite's smoke run, whose Ctrl-C landed there)."""
+    import engine.trainer as trainer_module
+
+    cfg, full_out, full = finished_run
+    best, improving = -1.0, []
+    for record in full:
+        if record["robust_acc"] > best:
+            best, improving = record["robust_acc"], improving + [record["epoch"]]
+    calls, real_export = [], trainer_module.export_model
+
+    def export_interrupted_at_the_last_improvement(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == len(improving):
+            raise KeyboardInterrupt
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "export_model", export_interrupted_at_the_last_improvement)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path)
+    last = tmp_path / "last.pt"
+    assert torch.load(last, weights_only=True)["epoch"] == improving[-1] - 1 if improving[-1] > 1 else not last.exists()
+    monkeypatch.setattr(trainer_module, "export_model", real_export)
+    train(cfg, tmp_path, resume=last.exists(), overwrite=not last.exists())
+    a, b = load(tmp_path), load(full_out)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert json.loads((tmp_path / "model.json").read_text())["epoch"] == improving[-1]
+
+
 def test_a_shorter_run_extended_by_resume_equals_the_longer_run(finished_run, tmp_path, tiny_train_config):
     cfg, _, full = finished_run
     train(tiny_train_config(*RUN, "optim.epochs=2"), tmp_path)
