@@ -31,7 +31,8 @@ EPILOG = """[bold]Examples[/]
 
 ARMS = {"at": "plain AT", "biamat": "AT+BiaMAT"}
 # Where the longer comparison (several seeds and settings, both arms) is recorded.
-STUDY = "docs/demo-study.md (scripts/demo_sweep.py)"
+STUDY = ("docs/demo-study.md (scripts/demo_sweep.py) and docs/demo-reproduction.md (`study amplification "
+         "--scale demo`: five seeds, with the labels and uniform arms)")
 
 
 def shapes_file(data_dir: Path, kind: str, split: str, knobs: dict) -> Path:
