@@ -167,14 +167,13 @@ def start_from_source(model: MultiHeadNet, cfg: TrainConfig) -> tuple[InitConfig
         )
     _check_architecture(source, cfg.model.name)
     heads = resolve_heads(init.heads, int(source.card["num_classes"]), model.num_classes, source.file)
-    built = model.mu.clone(), model.sigma.clone()
     state, kept_aux = _transferred(model, source, heads)
-    model.load_state_dict(state)
+    built = model.load_trained(state)
     normalization = f"{source.card.get('normalization_source', 'the source')}, through init.source {source.file}"
-    if not (torch.equal(built[0], model.mu) and torch.equal(built[1], model.sigma)):
+    if built is not None:
         log.warning("init.source %s normalises with %s / %s, not the %s / %s this run's data gives; the trunk "
                     "keeps the normalisation it was trained with", source.file, model.mu.flatten().tolist(),
-                    model.sigma.flatten().tolist(), built[0].flatten().tolist(), built[1].flatten().tolist())
+                    model.sigma.flatten().tolist(), *built)
     log.info("started from %s (epoch %d, sha256 %s): trunk, %s primary head%s", source.file, source.epoch,
              source.sha256[:12], "its" if heads == "keep" else "a new", ", its auxiliary heads" if kept_aux else "")
     resolved = dataclasses.replace(init, source=str(source.file), heads=heads, source_epoch=source.epoch,

@@ -426,9 +426,7 @@ class Trainer:
         path = self.files.last
         state = load_checkpoint(path)  # CPU tensors; load_state_dict moves them to the device
         changes = changes_on_resume(state["config"], self.cfg.to_dict(), str(self.out))
-        built = self.model.mu.clone(), self.model.sigma.clone()
-        self.model.load_state_dict(state["model"])
-        if not (torch.equal(built[0], self.model.mu) and torch.equal(built[1], self.model.sigma)):
+        if self.model.load_trained(state["model"]) is not None:
             # The checkpoint's own normalisation wins: the weights were trained with it.
             self.normalization_source = state["model_card"].get(
                 "normalization_source", "the checkpoint's (from before the source was recorded)")

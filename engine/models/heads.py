@@ -53,6 +53,17 @@ class MultiHeadNet(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
 
+    def load_trained(self, state: dict[str, torch.Tensor]) -> tuple[list[float], list[float]] | None:
+        """Loads `state` (weights, BatchNorm statistics and the mu / sigma buffers the weights were
+        trained to see, which win over the ones this model was built with); returns the built
+        (mean, std) when the loaded normalisation differs from them, else None, for the caller's
+        warning (a resumed run, a fine-tune from another run)."""
+        built = self.mu.clone(), self.sigma.clone()
+        self.load_state_dict(state)
+        if torch.equal(built[0], self.mu) and torch.equal(built[1], self.sigma):
+            return None
+        return built[0].flatten().tolist(), built[1].flatten().tolist()
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mu) / self.sigma
 
