@@ -27,6 +27,7 @@ import copy
 import dataclasses
 import itertools
 import logging
+import math
 import os
 import statistics
 import time
@@ -191,7 +192,8 @@ def _on_off(value: str) -> list[bool]:
 
 def build_variants(method: str, base: nn.Module, *, device: str, n_pri: int, n_aux: int, size: int,
                    aux_classes: int, aux_mode: str, attack_steps: int, compile: str, precision: str,
-                   kernels: str, seed: int, bn_stats: str = "step", cudnn_benchmark: str = "off") -> list[Variant]:
+                   kernels: str, seed: int, bn_stats: str = "step", cudnn_benchmark: str = "off",
+                   baselines: bool = True) -> list[Variant]:
     """The engine rows (every combination of the comma-separated compile, kernels, cudnn_benchmark
     (off, on) and, for AT, attack.bn_stats choices), then the reference and the naive rows (with the first bn_stats
     choice), for one method. TRADES attacks in eval mode whatever bn_stats says: one choice."""
@@ -220,33 +222,68 @@ def build_variants(method: str, base: nn.Module, *, device: str, n_pri: int, n_a
         variants.append(Variant(method, "engine", label, _train_step(METHODS[method], model, rt.grad_scaler()),
                                 batch, ctx, settings, rt))
     dev = variants[0].batch.x_pri.device
-    for impl, table in (("reference", REFERENCE_STEPS), ("naive", NAIVE_STEPS)):
+    for impl, table in (("reference", REFERENCE_STEPS), ("naive", NAIVE_STEPS)) if baselines else ():
         model = copy.deepcopy(base).to(dev)
         ctx = StepContext(method=mcfg, attack=acfg, in_warmup=False, trunk=model.features)
         batch = make_batch(n_pri, n_aux, size, aux_classes, dev, False, seed)
         settings = {"precision": "fp32", "compile": "off", "kernels": "none", "channels_last": False,
                     "bn_stats": acfg.bn_stats if method == "at" else None}
         disabled = torch.amp.GradScaler(dev.type, enabled=False)  # fp32: scale 1, plain optimizer.step
-        variants.append(Variant(method, impl, f"{impl} (fp32, eager, NCHW)",
+        variants.append(Variant(method, impl, f"{impl} ({_reference_label(dev)}, eager, NCHW)",
                                 _train_step(table[method], model, disabled), batch, ctx, settings))
     return variants
+
+
+def _dynamo_counts() -> dict[str, int]:
+    """torch.compile's running totals: graphs compiled, graph breaks, and CUDA-graph skips (the
+    reason reduce-overhead silently runs without CUDA graphs: a CPU tensor, a mutated input...)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # a torch without dynamo: nothing compiled, nothing to count
+        return {"graphs": 0, "graph_breaks": 0, "cudagraph_skips": 0}
+    return {"graphs": int(counters["stats"].get("unique_graphs", 0)),
+            "graph_breaks": int(sum(counters["graph_break"].values())),
+            "cudagraph_skips": int(sum(v for k, v in counters["inductor"].items() if k.startswith("cudagraph_skip")))}
+
+
+def _counts_since(before: dict[str, int]) -> dict[str, int]:
+    now = _dynamo_counts()
+    return {k: now[k] - before[k] for k in now}
+
+
+def _reference_label(dev: torch.device) -> str:
+    # On CUDA, torch runs fp32 convolutions in TF32 by default (cudnn.allow_tf32): the baseline
+    # is what plain PyTorch code gets, so that is what it is called.
+    if dev.type == "cuda" and torch.backends.cudnn.allow_tf32:
+        matmul = "TF32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
+        return f"fp32 with TF32 convolutions, {matmul} matmuls"
+    return "fp32"
 
 
 def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_batch: int = 64,
         aux_classes: int = 1000, size: int = 32, steps: int = 2, warmup: int = 2, repeats: int = 3,
         attack_steps: int = 10, aux_mode: str = "biamat", device: str = "auto", compile: str = "auto",
         precision: str = "auto", kernels: str = "auto", threads: int | None = None, seed: int = 0,
-        bn_stats: str = "step", cudnn_benchmark: str = "off", out: str | Path | None = None) -> dict:
+        bn_stats: str = "step", cudnn_benchmark: str = "off", baselines: bool = True,
+        measured_peak: float | None = None, out: str | Path | None = None) -> dict:
     """Times the engine, reference and naive steps side by side; returns (and optionally writes)
     the JSON report. `compile`, `kernels`, `cudnn_benchmark` and `bn_stats` (attack.bn_stats, AT
     only) may list several choices (`on,off,reduce-overhead`, `auto,torch`, `off,on`,
-    `step,every_forward`): each combination is an engine row."""
+    `step,every_forward`): each combination is an engine row. `baselines=False` leaves out the
+    reference and naive rows (a suite times them once, not in every step); the rows then have no
+    paired ratios. `measured_peak`: a bf16 matmul rate measured on this device (FLOP/s), a second
+    MFU denominator beside the data sheet's.
+
+    With `out`, the report is rewritten after every row's warm-up and every timed round, so a run
+    cut short (a time limit, a crash in a later row) leaves every figure it had measured."""
     methods = ["at", "trades"] if method == "both" else [method]
     for m in methods:
         if m not in METHOD_DEFAULTS:
             raise ValueError(f"--method must be at, trades or both, got {method!r}")
     if warmup < 1:
         raise ValueError("--warmup must be at least 1: the first BiaMAT step fixes omega and compiles")
+    if measured_peak is not None and not (math.isfinite(measured_peak) and measured_peak > 0):
+        raise ValueError(f"measured peak {measured_peak!r}: expected a positive number of FLOP/s")
     if os.environ.get("BIAMAT_KERNELS"):
         log.warning("BIAMAT_KERNELS=%s overrides every engine row's kernel choice", os.environ["BIAMAT_KERNELS"])
     if threads is not None:
@@ -257,57 +294,9 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
     variants = [v for m in methods for v in build_variants(
         m, base, device=device, n_pri=batch, n_aux=aux_batch, size=size, aux_classes=aux_classes,
         aux_mode=aux_mode, attack_steps=attack_steps, compile=compile, precision=precision, kernels=kernels,
-        seed=seed, bn_stats=bn_stats, cudnn_benchmark=cudnn_benchmark)]
+        seed=seed, bn_stats=bn_stats, cudnn_benchmark=cudnn_benchmark, baselines=baselines)]
     dev = variants[0].batch.x_pri.device
-    load_before = os.getloadavg()
-    for v in variants:
-        start = time.perf_counter()
-        for _ in range(warmup):
-            v.step()
-        sync(dev)
-        log.info("%s %s: warm-up %.1f s", v.method, v.label, time.perf_counter() - start)
-    for r in range(repeats):
-        for v in variants:  # interleaved: every round times every row once
-            sync(dev)
-            start = time.perf_counter()
-            for _ in range(steps):
-                v.step()
-            sync(dev)
-            v.seconds.append(time.perf_counter() - start)
-        log.info("round %d/%d done", r + 1, repeats)
-    load_after = os.getloadavg()
-
-    name = device_name(dev)
-    peak = peak_flops(name) if dev.type == "cuda" else None
-    fwd_flops = analytic_forward_flops(model_name, size, 10)
-    images = batch + aux_batch
-    routed = aux_mode == "biamat"
-    rows = []
-    for m in methods:
-        group = [v for v in variants if v.method == m]
-        ref = next(v for v in group if v.impl == "reference")
-        naive = next(v for v in group if v.impl == "naive")
-        model_flops = fwd_flops * step_forward_units(m, "engine", batch, aux_batch, attack_steps, routed)
-        for v in group:
-            rates = [steps * images / s for s in v.seconds]
-            mean, std = mean_std(rates)
-            vs_ref = mean_std([a / b for a, b in zip(ref.seconds, v.seconds)])
-            vs_naive = mean_std([a / b for a, b in zip(naive.seconds, v.seconds)])
-            step_s = statistics.mean(v.seconds) / steps
-            rows.append({
-                "method": m, "impl": v.impl, "label": v.label, **v.settings,
-                "images_per_s": mean, "images_per_s_std": std, "step_seconds": step_s,
-                "vs_reference": vs_ref[0], "vs_reference_std": vs_ref[1],
-                "vs_naive": vs_naive[0], "vs_naive_std": vs_naive[1],
-                "executed_flops_per_step": fwd_flops * step_forward_units(m, v.impl, batch, aux_batch, attack_steps,
-                                                                          routed),
-                "model_flops_per_step": model_flops,
-                "mfu": (model_flops / step_s / peak) if peak else None,
-                "omega": v.state.omega,
-            })
-    notes = []
-    if dev.type == "cuda" and peak is None:
-        notes.append(f"peak FLOP/s of {name!r} unknown: MFU left out")
+    timing = Timing(variants, steps, warmup, repeats, os.getloadavg())
     report = {
         "benchmark": "step",
         **environment(dev),
@@ -317,27 +306,133 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
             "aux_classes": aux_classes, "size": size, "attack_steps": attack_steps, "aux_mode": aux_mode,
             "steps_per_repeat": steps, "warmup": warmup, "repeats": repeats, "device": dev.type,
             "compile": compile, "precision": precision, "kernels": kernels, "bn_stats": bn_stats,
-            "cudnn_benchmark": cudnn_benchmark, "cpu_threads": torch.get_num_threads(),
+            "cudnn_benchmark": cudnn_benchmark, "baselines": baselines, "cpu_threads": torch.get_num_threads(),
             "seed": seed, "data": "random images in [0, 1], random labels, one fixed batch",
             "biamat_kernels_env": os.environ.get("BIAMAT_KERNELS"),
+            "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
         },
-        "forward_flops_per_image": fwd_flops,
-        "peak_flops": peak,
-        "load_average": {"before": load_before, "after": load_after},
-        "notes": notes,
-        "rows": rows,
+        "forward_flops_per_image": analytic_forward_flops(model_name, size, 10),
+        "peak_flops": peak_flops(device_name(dev)) if dev.type == "cuda" else None,
+        "measured_peak_flops": measured_peak,
     }
-    write_report(report, out)
+
+    def publish() -> dict:
+        report.update(timing.results(report, methods))
+        write_report(report, out)
+        return report
+
+    for v in variants:
+        timing.warm_up(v)
+        publish()
+    for r in range(repeats):
+        timing.round()
+        if r == repeats - 1:
+            timing.load_after = os.getloadavg()
+        publish()
     return report
+
+
+@dataclass
+class Timing:
+    """The state of one `run`: which rows are warm, how long warm-up (compile) took, the timed
+    rounds so far. `results` turns whatever has been measured into the report's rows at any point."""
+
+    variants: list[Variant]
+    steps: int
+    warmup: int
+    repeats: int
+    load_before: tuple[float, ...]
+    load_after: tuple[float, ...] | None = None
+    warm: dict[int, dict] = field(default_factory=dict)
+    rounds_done: int = 0
+
+    def warm_up(self, v: Variant) -> None:
+        dev = v.batch.x_pri.device
+        before = _dynamo_counts()
+        start = time.perf_counter()
+        v.step()
+        sync(dev)
+        first = time.perf_counter() - start  # the first step compiles (trunk, numba, Triton)
+        for _ in range(self.warmup - 1):
+            v.step()
+        sync(dev)
+        total = time.perf_counter() - start
+        self.warm[id(v)] = {"first_step_seconds": first, "warmup_seconds": total, **_counts_since(before)}
+        log.info("%s %s: warm-up %.1f s (first step %.1f s)", v.method, v.label, total, first)
+
+    def round(self) -> None:
+        for v in self.variants:  # interleaved: every round times every row once
+            dev = v.batch.x_pri.device
+            before = _dynamo_counts()
+            sync(dev)
+            start = time.perf_counter()
+            for _ in range(self.steps):
+                v.step()
+            sync(dev)
+            v.seconds.append(time.perf_counter() - start)
+            late = _counts_since(before)
+            self.warm[id(v)]["graphs_while_timed"] = self.warm[id(v)].get("graphs_while_timed", 0) + late["graphs"]
+        self.rounds_done += 1
+        log.info("round %d/%d done", self.rounds_done, self.repeats)
+
+    def results(self, report: dict, methods: list[str]) -> dict:
+        cfg = report["config"]
+        images = cfg["batch"] + cfg["aux_batch"]
+        routed = cfg["aux_mode"] == "biamat"
+        fwd = report["forward_flops_per_image"]
+        peaks = {"mfu": report["peak_flops"], "mfu_measured_peak": report["measured_peak_flops"]}
+        rows = []
+        for m in methods:
+            group = [v for v in self.variants if v.method == m]
+            ref = next((v for v in group if v.impl == "reference"), None)
+            naive = next((v for v in group if v.impl == "naive"), None)
+            model_flops = fwd * step_forward_units(m, "engine", cfg["batch"], cfg["aux_batch"], cfg["attack_steps"],
+                                                   routed)
+            for v in group:
+                if not v.seconds:
+                    continue  # warm but not timed yet: its warm-up is in "warmup"
+                mean, std = mean_std([self.steps * images / s for s in v.seconds])
+                step_s = statistics.mean(v.seconds) / self.steps
+                row = {"method": m, "impl": v.impl, "label": v.label, **v.settings,
+                       "images_per_s": mean, "images_per_s_std": std, "step_seconds": step_s,
+                       "rounds": len(v.seconds), **self.warm.get(id(v), {})}
+                for name, other in (("vs_reference", ref), ("vs_naive", naive)):
+                    paired = [a / b for a, b in zip(other.seconds, v.seconds)] if other is not None else []
+                    ratio = mean_std(paired) if paired else (None, None)
+                    row[name], row[f"{name}_std"] = ratio
+                row["executed_flops_per_step"] = fwd * step_forward_units(
+                    m, v.impl, cfg["batch"], cfg["aux_batch"], cfg["attack_steps"], routed)
+                row["model_flops_per_step"] = model_flops
+                for key, peak in peaks.items():
+                    row[key] = (model_flops / step_s / peak) if peak else None
+                row["omega"] = v.state.omega
+                rows.append(row)
+        warm = [{"method": v.method, "label": v.label, **self.warm[id(v)]} for v in self.variants if id(v) in self.warm]
+        notes = []
+        if cfg["device"] == "cuda" and report["peak_flops"] is None:
+            notes.append(f"peak FLOP/s of {report['device']!r} unknown: data-sheet MFU left out")
+        if self.rounds_done < self.repeats:
+            notes.append(f"partial: {len(warm)}/{len(self.variants)} rows warm, "
+                         f"{self.rounds_done}/{self.repeats} rounds timed")
+        return {"complete": self.rounds_done == self.repeats and self.load_after is not None,
+                "load_average": {"before": self.load_before, "after": self.load_after},
+                "notes": notes, "warmup": warm, "rows": rows}
+
+
+def ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 def format_table(report: dict) -> str:
     """A markdown table of the report (also what docs/benchmarks.md shows)."""
     lines = ["| method | step | images/s | std | vs reference | vs naive | MFU |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
-        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         lines.append(f"| {r['method']} | {r['label']} | {r['images_per_s']:.1f} | {r['images_per_s_std']:.1f} "
-                     f"| {r['vs_reference']:.2f}x | {r['vs_naive']:.2f}x | {mfu} |")
+                     f"| {ratio(r['vs_reference'])} | {ratio(r['vs_naive'])} | {percent(r['mfu'])} |")
     return "\n".join(lines)
 
 

@@ -21,6 +21,8 @@ EPILOG = (
 
 
 def render_table(report: dict) -> Table:
+    from benchmarks.step import percent, ratio
+
     cfg = report["config"]
     table = Table(title=(f"step  |  {cfg['model']} {cfg['batch']}+{cfg['aux_batch']} @ {cfg['size']}px, "
                          f"PGD-{cfg['attack_steps']}, aux {cfg['aux_mode']}  |  {report['device']}  |  "
@@ -28,10 +30,16 @@ def render_table(report: dict) -> Table:
     for column, justify in (("method", "left"), ("step", "left"), ("images/s", "right"), ("std", "right"),
                             ("vs reference", "right"), ("vs naive", "right"), ("MFU", "right")):
         table.add_column(column, justify=justify)
+    measured = report.get("measured_peak_flops")
+    if measured:
+        table.add_column(f"MFU of {measured / 1e12:.0f} TFLOP/s measured", justify="right")
+    table.add_column("first step s", justify="right")
     for r in report["rows"]:
-        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
-        table.add_row(r["method"], r["label"], f"{r['images_per_s']:.1f}", f"{r['images_per_s_std']:.1f}",
-                      f"{r['vs_reference']:.2f}x", f"{r['vs_naive']:.2f}x", mfu)
+        cells = [r["method"], r["label"], f"{r['images_per_s']:.1f}", f"{r['images_per_s_std']:.1f}",
+                 ratio(r["vs_reference"]), ratio(r["vs_naive"]), percent(r["mfu"])]
+        if measured:
+            cells.append(percent(r["mfu_measured_peak"]))
+        table.add_row(*cells, f"{r['first_step_seconds']:.1f}")
     return table
 
 
@@ -65,6 +73,12 @@ def bench_step(
         min=1, help="Untimed steps per row first (compile, numba, omega).", rich_help_panel=TIMING)] = 2,
     repeats: Annotated[int, typer.Option(
         min=1, help="Timed rounds; rows take turns within each round.", rich_help_panel=TIMING)] = 3,
+    baselines: Annotated[bool, typer.Option(
+        "--baselines/--no-baselines", help="Also time the reference and naive steps (paired ratios); a suite that "
+                                           "timed them once leaves them out.", rich_help_panel=ENGINE)] = True,
+    measured_peak: Annotated[Optional[float], typer.Option(
+        min=0.001, help="A bf16 matmul rate measured on this GPU, in TFLOP/s: a second MFU column beside the "
+                        "data sheet's.", rich_help_panel=ENGINE)] = None,
     out: ReportPath = None,
 ) -> None:
     """The engine's training step against the plain reference and naive steps.
@@ -72,7 +86,8 @@ def bench_step(
     Times the engine's training step (as the trainer runs it) side by side with a plain
     reference step (eager fp32 NCHW, input-only attack gradients, TRADES clean logits recomputed
     every attack step) and a naive one (loss.backward() in the attack), on the same weights and
-    batch: images/s, the ratios, and MFU on a GPU."""
+    batch: images/s, the ratios, and MFU on a GPU. With --out the JSON is rewritten after every
+    row's warm-up and every timed round, so a run cut short keeps what it measured."""
     if method not in ("at", "trades", "both"):
         raise typer.BadParameter(f"expected at, trades or both, got {method!r}", param_hint="--method")
     if aux_mode not in ("biamat", "labels", "uniform", "none"):
@@ -85,5 +100,6 @@ def bench_step(
     report = run(method=method, model_name=model, batch=batch, aux_batch=aux_batch, aux_classes=aux_classes,
                  size=size, steps=steps, warmup=warmup, repeats=repeats, attack_steps=attack_steps,
                  aux_mode=aux_mode, device=device, compile=compile, precision=precision, kernels=kernels,
-                 threads=threads, cudnn_benchmark=cudnn_benchmark, out=out)
+                 threads=threads, cudnn_benchmark=cudnn_benchmark, baselines=baselines,
+                 measured_peak=measured_peak * 1e12 if measured_peak else None, out=out)
     print_report(render_table(report), report["notes"], out)

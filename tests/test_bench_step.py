@@ -126,3 +126,57 @@ def test_bench_step_cli_rejects_a_bad_method():
     result = CliRunner().invoke(app, ["bench", "step", "--method", "pgd"])
     assert result.exit_code == 2  # a usage error
     assert "expected at, trades or both, got 'pgd'" in result.output
+
+
+def test_bench_step_rewrites_its_report_after_every_warm_up_and_round(monkeypatch, tmp_path):
+    """A run cut short keeps what it measured: the JSON is rewritten after each row's warm-up
+    (with its first-step seconds) and each timed round, marked partial until the last."""
+    import copy
+
+    import benchmarks.step as bench
+
+    snapshots = []
+    real_write = bench.write_report
+
+    def record(report, out):
+        snapshots.append(copy.deepcopy(report))
+        real_write(report, out)
+
+    monkeypatch.setattr(bench, "write_report", record)
+    out = tmp_path / "step.json"
+    bench.run(method="at", model_name="wrn-10-1", batch=2, aux_batch=2, aux_classes=7, size=8, steps=1, warmup=1,
+              repeats=2, attack_steps=1, device="cpu", compile="off", kernels="torch", out=out)
+    # 3 rows (engine, reference, naive) warmed one by one, then 2 rounds.
+    assert [len(s["warmup"]) for s in snapshots] == [1, 2, 3, 3, 3]
+    assert [len(s["rows"]) for s in snapshots] == [0, 0, 0, 3, 3]
+    assert [s["complete"] for s in snapshots] == [False, False, False, False, True]
+    assert "partial: 1/3 rows warm, 0/2 rounds timed" in snapshots[0]["notes"]
+    assert [r["rounds"] for r in snapshots[3]["rows"]] == [1, 1, 1]
+    assert all(w["first_step_seconds"] > 0 and w["graphs"] == 0 for w in snapshots[-1]["warmup"])
+    import json
+
+    assert json.loads(out.read_text())["complete"] is True
+
+
+def test_bench_step_without_baselines_times_the_engine_rows_alone():
+    from benchmarks.step import run
+
+    report = run(method="trades", model_name="wrn-10-1", batch=2, aux_batch=2, aux_classes=7, size=8, steps=1,
+                 warmup=1, repeats=1, attack_steps=1, device="cpu", compile="off", kernels="torch", baselines=False)
+    assert [r["impl"] for r in report["rows"]] == ["engine"]
+    assert report["rows"][0]["vs_reference"] is None and report["rows"][0]["vs_naive"] is None
+    assert report["config"]["baselines"] is False
+
+
+def test_bench_step_reports_mfu_against_a_measured_peak(monkeypatch):
+    """MFU against the data sheet needs CUDA; against a measured rate it is model FLOPs / time / rate."""
+    from benchmarks.step import run
+
+    report = run(method="at", model_name="wrn-10-1", batch=2, aux_batch=2, aux_classes=7, size=8, steps=1,
+                 warmup=1, repeats=1, attack_steps=1, device="cpu", compile="off", kernels="torch", baselines=False,
+                 measured_peak=1e12)
+    row = report["rows"][0]
+    assert row["mfu"] is None
+    assert row["mfu_measured_peak"] == pytest.approx(row["model_flops_per_step"] / row["step_seconds"] / 1e12)
+    with pytest.raises(ValueError, match="measured peak"):
+        run(method="at", model_name="wrn-10-1", device="cpu", measured_peak=float("nan"))
