@@ -3,6 +3,7 @@ synchronisation, timing with warm-up, mean and spread, CPU threads, and writing 
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import time
@@ -16,8 +17,15 @@ from engine.runtime import device_name
 from kernels import dispatch
 
 
+REVISION_ENV = "BIAMAT_REVISION"
+
+
 def git_revision() -> str:
-    """`git rev-parse --short HEAD` of this checkout, or "unknown" outside one."""
+    """The revision the figures belong to: $BIAMAT_REVISION where set (a copied tree has no
+    `.git`: the GPU suite sets it from the file its `--pack` wrote), else `git rev-parse --short
+    HEAD` of this checkout, else "unknown"."""
+    if os.environ.get(REVISION_ENV):
+        return os.environ[REVISION_ENV]
     try:
         done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
                               cwd=Path(__file__).resolve().parent)

@@ -1,37 +1,51 @@
-"""Every GPU check and figure in one command (scripts/gpu-suite.sh), most important first, so a
-run cut short by the machine's time limit still leaves the results that matter most.
+"""Every GPU check and figure in one command (scripts/gpu-suite.sh), made for the machine a GPU
+visit lends: a few minutes per command, and only a handful of files brought back.
 
-    1 environment   GPU, driver, torch/triton/numba versions, the peak FLOP/s MFU divides by
-    2 gpu tests     pytest -m gpu: CUDA variants of kernels, PGD, routing, loader, trainer
-    3 bench step    WRN-28-10, 128 + 128 images: engine (bf16, channels-last, compile on/off,
-                    Triton and torch kernels) vs reference vs naive; fp16 + GradScaler (V100 path)
-    4 bench         kernels, loader (resident), eval (clean, PGD, CW, APGD on WRN-28-10)
-    5 a real run    train on shapes (compile, mixed precision), Ctrl-C after the first epoch,
-                    --resume to the end, eval
-    6 step levers   AT step with compile's reduce-overhead mode (CUDA graphs) and cuDNN
-                    autotuning, each off and on: the settings that stay off until measured
+Steps, most decisive first (`--only` takes these keys):
+  env              GPU, driver, versions, compute capability; measured bf16 matmul TFLOP/s and
+                   device-to-device copy GB/s
+  step-eager       bench step, AT, WRN-28-10 128+128 bf16, eager; the reference and naive
+                   baselines (timed here once)
+  step-compiled    the same compiled (img/s, MFU, compile seconds)
+  tests-kernels    the `gpu` tests of kernels, images and loaders (not compiled training)
+  train-resume     a short train, Ctrl-C after its first checkpoint, --resume to the end
+  eval-run         eval of that run (clean, PGD-20, CW-20), compile off
+  step-trades      bench step, TRADES, compiled, with its own baselines
+  step-fp16        bench step, AT, fp16 + GradScaler (the V100 path), eager
+  bench-eval       clean pass per backend, PGD/CW/APGD rates, 10k-image projections
+  bench-kernels    route, PGD update, augmentation kernels against torch
+  bench-loader     the resident loader
+  levers-graphs    compile reduce-overhead (CUDA graphs) and cuDNN autotuning, off and on
+  levers-autotune  compile max-autotune
+  tests-rest       the remaining `gpu` tests (compiled training, DDP, pseudo-label, robustify)
 
-Each step runs as its own process with a time limit, its output in OUT/logs/; a failing step is
-recorded and the next one runs. OUT/summary.md (one table of every figure and failure, with
-the revision) is rewritten after every step. `--smoke` runs the same steps on the CPU with tiny
-sizes (tests/test_gpu_suite.py runs it, so the suite cannot rot between GPU visits).
+The rules of a visit: `--budget` seconds in all (default 540, under the 10-minute limit of one
+command); a step whose estimate (stated below, or measured in an earlier run's figures.json
+given with `--estimates`) does not fit in what is left is skipped and says so; every step runs
+in its own process group with a time limit. Working files go to a scratch folder (`--work`);
+$OUT gets at most three files, rewritten after every step and whenever a running step's results
+grow (each bench row and round, each finished test): summary.md, figures.json (every figure
+so far, and the step in progress marked `running`) and results.tar.gz (logs and JSON, no
+weights). A run killed from outside therefore still reports what it finished and where it was.
 
-Runs from a checkout with PYTHONPATH=. and nothing installed beyond torch, numpy, typer, rich,
-safetensors (and triton, numba where present). Pure-Python dependencies a bare machine lacks
-(tomli-w) can travel in build/pydeps: `scripts/gpu-suite.sh --pack` fills it from this machine.
+`--smoke` rehearses all of it on a CPU with tiny sizes and checks $OUT against the visit's limits
+after every write (tests/test_gpu_suite.py). `--pack` copies what a bare GPU machine lacks
+(tomli-w, pyautoattack, pytest-timeout: pure Python) into build/pydeps with the revision; carry
+that folder. Runs from a checkout with PYTHONPATH=. (the driver sets it).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import io
 import json
 import os
-import platform
-import re
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,275 +53,648 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 PYDEPS = REPO / "build" / "pydeps"
-PACKED = ("tomli_w",)  # pure Python, needed to write config.toml, absent from the bare GPU images
+REVISION_FILE = PYDEPS / "REVISION"
+PACKED = ("tomli_w", "pyautoattack", "pytest_timeout")  # pure Python; absent from the bare GPU image
+PACK_SKIP = ("__pycache__", "examples", "*.pt")  # pyautoattack ships 44 MB of example weights
+
+# What comes back from a visit: at most 8 files, 16 MiB each, at most 2 folders down.
+OUT_MAX_FILES, OUT_MAX_BYTES, OUT_MAX_DEPTH = 8, 16 * 2**20, 2
+TARBALL_MAX_BYTES = 12 * 2**20  # headroom under the 16 MiB limit
+LOG_TAIL_BYTES = 512 * 2**10  # what a log keeps in the tarball when everything would not fit
+
+# gpu tests that need no compiled training: run early, they are quick and decisive.
+EARLY_TESTS = ("test_images.py", "test_kernels_augment.py", "test_kernels_pgd.py", "test_kernels_route.py",
+               "test_resident.py", "test_dali_backend.py", "test_attacks.py", "test_methods.py")
 
 
 @dataclass
-class Step:
+class Outcome:
+    key: str
     name: str
-    argv: list[str]
-    timeout_s: int
-    figures: Callable[[Path], list[str]] = lambda out: []
-    """Lines for the summary, read from the step's JSON output after it ran."""
-
-
-@dataclass
-class Result:
-    name: str
-    status: str  # ok | failed (rc N) | timeout | skipped
-    seconds: float
+    status: str = "pending"  # pending | running | ok | failed (...) | timeout | skipped (...)
+    seconds: float = 0.0
+    estimate: float = 0.0
     figures: list[str] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
     log: str = ""
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli.app", *args]
+@dataclass
+class Suite:
+    """What every step reads: where to write, the mode, and what earlier steps measured."""
+
+    work: Path
+    out: Path
+    smoke: bool
+    outcomes: list[Outcome]
+    env: dict = field(default_factory=dict)
+    stall: str | None = None
+    published: float = 0.0
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.smoke else "cuda"
+
+    def outcome(self, key: str) -> Outcome:
+        return next(o for o in self.outcomes if o.key == key)
+
+    # -- publishing -------------------------------------------------------------------------
+    def publish(self) -> None:
+        """Rewrites the three result files in $OUT (each atomically, via a temporary beside it)."""
+        self.published = time.monotonic()
+        figures = {"suite": "smoke (CPU, tiny sizes)" if self.smoke else "full", "environment": self.env,
+                   "steps": [o.__dict__ for o in self.outcomes]}
+        _replace(self.out / "figures.json", (json.dumps(figures, indent=1, default=str) + "\n").encode())
+        _replace(self.out / "summary.md", summary(self).encode())
+        _replace(self.out / "results.tar.gz", tarball(self.work))
+        if self.smoke:
+            check_out_limits(self.out)
 
 
-def _rows(path: Path, fmt: Callable[[dict], str]) -> list[str]:
-    if not path.exists():
-        return []
-    return [fmt(r) for r in json.loads(path.read_text())["rows"]]
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
-def _step_row(r: dict) -> str:
-    mfu = f", MFU {100 * r['mfu']:.1f}%" if r.get("mfu") is not None else ""
-    return (f"{r['method']} {r['label']}: {r['images_per_s']:.1f} img/s, {r['vs_reference']:.2f}x reference, "
-            f"{r['vs_naive']:.2f}x naive{mfu}")
+def check_out_limits(out: Path) -> None:
+    """Fails the rehearsal when $OUT holds what a visit would not bring back."""
+    files = [p for p in out.rglob("*") if p.is_file()]
+    problems = [f"{len(files)} files (at most {OUT_MAX_FILES})"] if len(files) > OUT_MAX_FILES else []
+    for p in files:
+        if p.stat().st_size > OUT_MAX_BYTES:
+            problems.append(f"{p.name}: {p.stat().st_size} bytes (at most {OUT_MAX_BYTES})")
+        if len(p.relative_to(out).parts) - 1 > OUT_MAX_DEPTH:
+            problems.append(f"{p.relative_to(out)}: more than {OUT_MAX_DEPTH} folders down")
+    if problems:
+        raise SystemExit(f"$OUT breaks the visit's limits: {'; '.join(problems)}")
 
 
-def steps(out: Path, smoke: bool) -> list[Step]:
-    """The suite, in order. `smoke`: tiny sizes on the CPU, the same commands."""
-    device = "cpu" if smoke else "cuda"
-    if smoke:
-        step_work = ["--model", "wrn-10-1", "--batch", "4", "--aux-batch", "4", "--aux-classes", "7", "--size", "8",
-                     "--attack-steps", "1", "--steps", "1", "--warmup", "1", "--repeats", "1"]
-        engine = ["--compile", "off", "--precision", "fp32", "--kernels", "torch"]
-        fp16 = None  # fp16 autocast needs CUDA
-        levers = ["--compile", "off", "--precision", "fp32", "--kernels", "torch", "--cudnn-benchmark", "off,on"]
-    else:
-        step_work = ["--model", "wrn-28-10", "--batch", "128", "--aux-batch", "128", "--aux-classes", "1000",
-                     "--size", "32", "--attack-steps", "10", "--steps", "5", "--warmup", "3", "--repeats", "3"]
-        engine = ["--compile", "on,off", "--precision", "bf16", "--kernels", "triton,torch"]
-        fp16 = ["--compile", "off", "--precision", "fp16", "--kernels", "triton"]
-        levers = ["--compile", "on,reduce-overhead", "--precision", "bf16", "--kernels", "triton",
-                  "--cudnn-benchmark", "off,on"]
-    run = out / "run"
-    data = "?n=128&size=16" if smoke else "?n=4000"
-    train = _cli("train", "--primary", f"shapes:primary{data}", "--aux", f"shapes:aux{data}",
-                 "--test", f"shapes:primary{data}", "--model", "wrn-10-1" if smoke else "wrn-16-4",
-                 "--epochs", "3" if smoke else "4", "--device", device, "--out", str(run),
-                 "--set", "method.warmup_epochs=1", "--set", "eval.n=32" if smoke else "eval.n=500",
-                 "--set", "attack.steps=1" if smoke else "attack.steps=10", "--set", "eval.steps=2" if smoke else "eval.steps=10",
-                 "--set", f"runtime.compile={'off' if smoke else 'on'}")
-    suite = [
-        Step("gpu tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                           f"--junitxml={out / 'pytest-gpu.xml'}"], 90 if smoke else 300, _pytest_figures),
-        Step("bench step (AT and TRADES)", _cli("bench", "step", "--method", "both", *step_work, *engine,
-                                                "--device", device, "--out", str(out / "step.json")),
-             120 if smoke else 420, lambda o: _rows(o / "step.json", _step_row)),
-    ]
-    if fp16 is not None:
-        suite.append(Step("bench step (fp16 + GradScaler, the V100 path)",
-                          _cli("bench", "step", "--method", "at", *step_work, *fp16, "--device", device,
-                               "--out", str(out / "step-fp16.json")),
-                          240, lambda o: _rows(o / "step-fp16.json", _step_row)))
-    suite += [
-        Step("bench kernels", _cli("bench", "kernels", "--device", device, "--repeats", "2" if smoke else "20",
-                                   *(["--no-compile"] if smoke else []), "--out", str(out / "kernels.json")), 120 if smoke else 240,
-             lambda o: _rows(o / "kernels.json", lambda r: f"{r['kernel']} {r['shape']} {r['impl']}: "
-                                                              f"{r['mean_us']:.1f} us, {r['speedup']:.2f}x torch")),
-        Step("bench loader (resident)", _cli("bench", "loader", "--backends", "resident", "--device", device,
-                                             "--n", "256" if smoke else "10000", "--repeats", "2" if smoke else "3",
-                                             "--out", str(out / "loader.json")), 120 if smoke else 240,
-             lambda o: _rows(o / "loader.json", lambda r: f"{r['backend']}: {r['images_per_s_mean']:.0f} img/s "
-                                                              f"(+- {r['images_per_s_std']:.0f})")),
-        Step("bench eval", _cli("bench", "eval", "--device", device, "--model", "wrn-10-1" if smoke else "wrn-28-10",
-                                "--n", "8" if smoke else "256", "--batch-size", "8" if smoke else "256", "--steps", "1" if smoke else "10",
-                                "--repeats", "1" if smoke else "3", "--out", str(out / "eval-bench.json")),
-             120 if smoke else 300, lambda o: _eval_bench_figures(o / "eval-bench.json")),
-        Step("train, Ctrl-C, resume", ["__train_interrupt_resume__", *train], 240 if smoke else 600,
-             lambda o: _train_figures(run)),
-        Step("eval the trained model", _cli("eval", str(run), "--test", f"shapes:primary{data}",
-                                            "--attacks", "clean,pgd5" if smoke else "clean,pgd20,cw20",
-                                            "--device", device, "--n", "32" if smoke else "500"),
-             120 if smoke else 300, lambda o: _eval_figures(run)),
-        # Last, so a cut-short run keeps the checks above: the step levers of issue 13 part 2 that
-        # are off by default until measured (CUDA graphs through compile's reduce-overhead mode,
-        # cuDNN autotuning), AT only, against compile on without autotuning.
-        Step("bench step levers (reduce-overhead, cudnn autotune)",
-             _cli("bench", "step", "--method", "at", *step_work, *levers, "--device", device,
-                  "--out", str(out / "step-levers.json")),
-             120 if smoke else 360, lambda o: _rows(o / "step-levers.json", _step_row)),
-    ]
-    return suite
+def tarball(work: Path) -> bytes:
+    """Logs and JSON/XML of the scratch folder, gzipped; no weights, no data. Logs are cut to
+    their tails when the whole would not come back."""
+    wanted = sorted(p for p in work.rglob("*") if p.is_file() and p.suffix in (".log", ".json", ".jsonl", ".xml")
+                    and "inductor-cache" not in p.parts)
+    for tail in (None, LOG_TAIL_BYTES, 32 * 2**10):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            for p in wanted:
+                data = p.read_bytes()
+                if tail is not None and p.suffix == ".log" and len(data) > tail:
+                    data = b"[... cut: the log's last bytes follow ...]\n" + data[-tail:]
+                info = tarfile.TarInfo(str(p.relative_to(work)))
+                info.size, info.mtime = len(data), int(p.stat().st_mtime)
+                tar.addfile(info, io.BytesIO(data))
+        if buffer.tell() <= TARBALL_MAX_BYTES:
+            return buffer.getvalue()
+    return buffer.getvalue()
 
 
-def _eval_bench_figures(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    report = json.loads(path.read_text())
-    rows = [f"clean {r['name']} ({r['precision']}): {r['images_per_s']:.0f} img/s" for r in report["clean"]]
-    rows += [f"{r['name']}: {r['images_per_s']:.1f} img/s" for r in report["attacks"]]
-    return rows + [f"skipped {name}: {why.split(':')[0]}" for name, why in report.get("skipped", {}).items()]
+def summary(suite: Suite) -> str:
+    env = suite.env
+    lines = [f"# GPU suite: {'smoke (CPU, tiny sizes)' if suite.smoke else 'full'}", "",
+             f"revision `{env.get('git_revision', '?')}`, {env.get('device', '?')}, torch {env.get('torch', '?')}, "
+             f"written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", ""]
+    lines += ["| step | status | seconds (estimate) | figures |", "|---|---|---:|---|"]
+    for o in suite.outcomes:
+        figures = "<br>".join(o.figures) if o.figures else "-"
+        lines.append(f"| {o.key}: {o.name} | {o.status} | {o.seconds:.0f} ({o.estimate:.0f}) | {figures} |")
+    running = [o.key for o in suite.outcomes if o.status == "running"]
+    if running:
+        lines += ["", f"Step `{running[0]}` is running (or the run was stopped there): figures above are what it "
+                      "had measured when this file was written."]
+    return "\n".join(lines) + "\n"
 
 
-def _pytest_figures(out: Path) -> list[str]:
-    xml = out / "pytest-gpu.xml"
-    if not xml.exists():
-        return []
-    import xml.etree.ElementTree as ET
+# -- running processes --------------------------------------------------------------------
 
-    suite = ET.parse(xml).getroot()
-    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-    keys = ("tests", "failures", "errors", "skipped")
-    return [", ".join(f"{k} {suite.get(k)}" for k in keys)]
-
-
-def _train_figures(run: Path) -> list[str]:
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [f"epoch {r['epoch']}: loss {r['loss']:.3f}, clean {r.get('clean_acc', 0):.3f}, "
-            f"robust {r.get('robust_acc', 0):.3f}, {r['images_per_s']:.0f} img/s" for r in records]
+def revision() -> str:
+    """$BIAMAT_REVISION, else the file `--pack` wrote (a copied tree has no .git), else git."""
+    if os.environ.get("BIAMAT_REVISION"):
+        return os.environ["BIAMAT_REVISION"]
+    if REVISION_FILE.is_file():
+        return REVISION_FILE.read_text().strip()
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
 
 
-def _eval_figures(run: Path) -> list[str]:
-    path = run / "eval.json"
-    if not path.exists():
-        return []
-    report = json.loads(path.read_text())
-    return [f"clean {report['clean_acc']:.3f}"] + [f"{k} {v['robust_acc']:.3f}" for k, v in report["attacks"].items()]
-
-
-def _train_interrupt_resume(argv: list[str], log, timeout_s: int) -> int:
-    """`train` until its first epoch is saved, Ctrl-C, then `train --resume` to the end: the
-    loss falls, the resume continues where the checkpoint stopped."""
-    run = Path(argv[argv.index("--out") + 1])
-    start = time.monotonic()
-    first = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_env())
-    while first.poll() is None and not (run / "last.pt").exists():
-        if time.monotonic() - start > timeout_s / 2:
-            first.kill()
-            return 124
-        time.sleep(0.1)
-    if first.poll() is not None:
-        log.write(f"\n--- the run ended (rc {first.returncode}) before it could be interrupted ---\n".encode())
-        return first.returncode or 1
-    first.send_signal(signal.SIGINT)
-    first.wait(timeout=120)
-    log.write(f"\n--- interrupted (rc {first.returncode}); resuming ---\n".encode())
-    log.flush()
-    resumed = subprocess.run([*argv, "--resume"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_env(),
-                             timeout=max(timeout_s - (time.monotonic() - start), 10))
-    return resumed.returncode
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    paths = [str(REPO)] + ([str(PYDEPS)] if PYDEPS.is_dir() else [])
+def child_env(suite: Suite, extra: dict | None = None) -> dict:
+    env = dict(os.environ, **(extra or {}))
+    paths = [str(REPO)] + ([str(PYDEPS)] if PYDEPS.is_dir() else []) + [str(REPO / "scripts")]
     env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["PYTHONUNBUFFERED"] = "1"
+    # compiled kernels are reused across the steps' processes (the step benches, train, tests)
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(suite.work / "inductor-cache"))
+    if suite.smoke:
+        env.setdefault("TRITON_INTERPRET", "1")
+    env["BIAMAT_REVISION"] = suite.env["git_revision"]
     return env
 
 
-def environment(smoke: bool) -> dict:
-    import torch
+def _default_sigint() -> None:
+    # A suite started from nohup, CI or any background job inherits SIGINT ignored, and an
+    # ignored signal stays ignored across exec: the Ctrl-C step would never interrupt anything.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    from benchmarks.common import git_revision
-    from benchmarks.step import peak_flops
 
-    cuda = torch.cuda.is_available()
-    name = torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine()
-    record = {
-        "mode": "smoke (CPU, tiny sizes)" if smoke else "full",
-        "git_revision": git_revision(), "python": platform.python_version(), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "device": name, "gpus": torch.cuda.device_count(),
-        "peak_bf16_flops": peak_flops(name) if cuda else None,
-        "peak_source": "vendor data sheets, dense bf16/fp16 tensor peak without sparsity "
-                       "(benchmarks/step.py PEAK_FLOPS)",
-    }
-    for package in ("triton", "numba", "safetensors", "tomli_w", "ffcv", "nvidia.dali", "pyautoattack"):
-        try:
-            module = __import__(package, fromlist=["__version__"])
-            record[package] = getattr(module, "__version__", "present")
-        except ImportError:
-            record[package] = None
+def start(suite: Suite, argv: list[str], log, extra_env: dict | None = None) -> subprocess.Popen:
+    # Its own process group, so that a step past its time is killed with everything it started.
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=child_env(suite, extra_env),
+                            start_new_session=True, preexec_fn=_default_sigint)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+DEADLINE, UNTIL = "deadline", "until"
+
+
+def watch(suite: Suite, proc: subprocess.Popen, deadline: float, outcome: Outcome, step: "Step",
+          until: Callable[[], bool] = lambda: False) -> int | str:
+    """Waits for `proc` (or for `until()`), republishing whenever the step's figures change.
+    Returns its exit code, DEADLINE (it was killed, with its group) or UNTIL (still running)."""
+    shown = outcome.figures
+    while proc.poll() is None:
+        if time.monotonic() >= deadline:
+            kill_group(proc)
+            return DEADLINE
+        if until():
+            return UNTIL
+        time.sleep(0.2)
+        if time.monotonic() - suite.published > 2.0:
+            fresh = step.read(suite, outcome)
+            if fresh != shown:
+                outcome.figures = shown = fresh
+                suite.publish()
+    return proc.returncode
+
+
+def call(suite: Suite, argv: list[str], log, deadline: float, outcome: Outcome, step: "Step",
+         extra_env: dict | None = None) -> str:
+    rc = watch(suite, start(suite, argv, log, extra_env), deadline, outcome, step)
+    return "timeout" if rc == DEADLINE else ("ok" if rc == 0 else f"failed (rc {rc})")
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cli.app", *args]
+
+
+# -- the steps ----------------------------------------------------------------------------
+
+@dataclass
+class Step:
+    key: str
+    name: str
+    estimate_s: float  # on an H100/H200, cold (nothing compiled yet); stated, replaced by --estimates
+    smoke_estimate_s: float
+    run: Callable[[Suite, Outcome, "Step", object, float], str]
+    read: Callable[[Suite, Outcome], list[str]] = lambda suite, outcome: outcome.figures
+    needs: tuple[str, ...] = ()
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # not written yet, or caught mid-write by a reader: the next look will see it
+
+
+# bench step -------------------------------------------------------------------------------
+
+def step_workload(suite: Suite) -> list[str]:
+    if suite.smoke:
+        return ["--model", "wrn-10-1", "--batch", "4", "--aux-batch", "4", "--aux-classes", "7", "--size", "8",
+                "--attack-steps", "1", "--steps", "1", "--warmup", "1", "--repeats", "2", "--threads", "1"]
+    return ["--model", "wrn-28-10", "--batch", "128", "--aux-batch", "128", "--aux-classes", "1000", "--size", "32",
+            "--attack-steps", "10", "--steps", "5", "--warmup", "2", "--repeats", "3"]
+
+
+def bench_step(key: str, method: str, engine: list[str], smoke_engine: list[str], baselines: bool) -> Callable:
+    def run(suite: Suite, outcome: Outcome, step: Step, log, deadline: float) -> str:
+        argv = cli("bench", "step", "--method", method, *step_workload(suite),
+                   *(smoke_engine if suite.smoke else engine), "--device", suite.device,
+                   "--baselines" if baselines else "--no-baselines", "--out", str(suite.work / f"{key}.json"))
+        if suite.env.get("matmul_flops_per_s") and not suite.smoke:
+            argv += ["--measured-peak", f"{suite.env['matmul_flops_per_s'] / 1e12:.3f}"]
+        if suite.stall == key:  # the rehearsal's step that never ends by itself (killed from outside)
+            argv[argv.index("--repeats") + 1] = "100000"
+        return call(suite, argv, log, deadline, outcome, step)
+    return run
+
+
+def read_bench_step(suite: Suite, outcome: Outcome) -> list[str]:
+    report = _load(suite.work / f"{outcome.key}.json")
+    if report is None:
+        return []
+    outcome.data = {"rows": report["rows"], "warmup": report["warmup"], "complete": report["complete"],
+                    "notes": report["notes"]}
+    reference = _reference_rates(suite)
+    lines = []
+    for w in report["warmup"]:
+        lines.append(f"{w['method']} {w['label']}: first step {w['first_step_seconds']:.1f} s, warm-up "
+                     f"{w['warmup_seconds']:.1f} s, {w['graphs']} graphs, {w['graph_breaks']} breaks, "
+                     f"{w['cudagraph_skips']} CUDA-graph skips")
+    for r in report["rows"]:
+        text = f"{r['method']} {r['label']}: {r['images_per_s']:.1f} img/s ({r['rounds']} rounds)"
+        if r.get("mfu") is not None:
+            text += f", MFU {100 * r['mfu']:.1f}% of the data sheet"
+        if r.get("mfu_measured_peak") is not None:
+            text += f", {100 * r['mfu_measured_peak']:.1f}% of the measured matmul rate"
+        if r.get("vs_reference") is not None:
+            text += f", {r['vs_reference']:.2f}x reference, {r['vs_naive']:.2f}x naive (paired)"
+        elif r["method"] in reference:
+            text += f", {r['images_per_s'] / reference[r['method']]:.2f}x the reference of an earlier step (unpaired)"
+        lines.append(text)
+    return lines + [f"note: {n}" for n in report["notes"]]
+
+
+def _reference_rates(suite: Suite) -> dict[str, float]:
+    rates = {}
+    for o in suite.outcomes:
+        for r in o.data.get("rows", []) if o.key.startswith("step-") else []:
+            if r.get("impl") == "reference":
+                rates[r["method"]] = r["images_per_s"]
+    return rates
+
+
+# environment --------------------------------------------------------------------------------
+
+def run_env(suite: Suite, outcome: Outcome, step: Step, log, deadline: float) -> str:
+    status = call(suite, [sys.executable, "-m", "benchmarks.device", "--device", suite.device,
+                          "--out", str(suite.work / "device.json")], log, deadline, outcome, step)
     if shutil.which("nvidia-smi"):
         done = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-                               "--format=csv,noheader"], capture_output=True, text=True)
-        record["nvidia_smi"] = done.stdout.strip()
-    return record
+                               "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+        suite.env["nvidia_smi"] = done.stdout.strip()
+    return status
 
 
-def write_summary(out: Path, env: dict, results: list[Result]) -> None:
-    lines = [f"# GPU suite: {env['mode']}", "",
-             f"revision `{env['git_revision']}`, {env['device']} ({env['gpus']} GPUs), torch {env['torch']} "
-             f"(CUDA {env['cuda']}), triton {env['triton']}, numba {env['numba']}, python {env['python']}", ""]
-    if env.get("nvidia_smi"):
-        lines += [f"nvidia-smi: {env['nvidia_smi']}", ""]
-    if env.get("peak_bf16_flops"):
-        lines += [f"MFU divides by {env['peak_bf16_flops'] / 1e12:.0f} TFLOP/s ({env['peak_source']}).", ""]
-    lines += ["| step | status | seconds | figures | log |", "|---|---|---:|---|---|"]
-    for r in results:
-        figures = "<br>".join(r.figures) if r.figures else "-"
-        lines.append(f"| {r.name} | {r.status} | {r.seconds:.0f} | {figures} | {r.log} |")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+def read_env(suite: Suite, outcome: Outcome) -> list[str]:
+    report = _load(suite.work / "device.json")
+    if report is None:
+        return []
+    suite.env.update({k: report.get(k) for k in ("device", "torch", "git_revision", "compute_capability")})
+    suite.env["matmul_flops_per_s"] = report["matmul"]["flops_per_s"]
+    suite.env["copy_bytes_per_s"] = report["copy"]["bytes_per_s"]
+    outcome.data = report
+    lines = [f"{report['device']}, torch {report['torch']}, versions: " +
+             ", ".join(f"{k} {v}" for k, v in suite.env.get("packages", {}).items())]
+    if report.get("compute_capability"):
+        lines.append(f"compute capability {report['compute_capability']}, {report['memory_bytes'] / 2**30:.0f} GiB")
+    if suite.env.get("nvidia_smi"):
+        lines.append(f"nvidia-smi: {suite.env['nvidia_smi']}")
+    lines.append(f"{report['matmul']['dtype']} matmul {report['matmul']['n']}^3: "
+                 f"{report['matmul']['flops_per_s'] / 1e12:.1f} TFLOP/s; device copy "
+                 f"{report['copy']['bytes_per_s'] / 1e9:.1f} GB/s")
+    return lines
+
+
+# pytest -------------------------------------------------------------------------------------
+
+def gpu_test_files(early: bool) -> list[str]:
+    files = sorted(p for p in (REPO / "tests").glob("test_*.py") if "mark.gpu" in p.read_text())
+    return [str(p.relative_to(REPO)) for p in files if (p.name in EARLY_TESTS) == early]
+
+
+def pytest_step(early: bool) -> Callable:
+    def run(suite: Suite, outcome: Outcome, step: Step, log, deadline: float) -> str:
+        jsonl = suite.work / f"{outcome.key}.jsonl"
+        argv = [sys.executable, "-m", "pytest", "-q", "-rA", "-m", "gpu", "-p", "no:cacheprovider",
+                "-p", "gpu_suite_pytest", f"--junitxml={suite.work / (outcome.key + '.xml')}",
+                *gpu_test_files(early)]
+        if _importable("pytest_timeout", suite):  # a plugin by its dist-info's entry point (pack copies it)
+            argv += ["--timeout", "60" if suite.smoke else "240"]
+        else:
+            outcome.data["note"] = "pytest-timeout missing: no per-test time limit (run --pack first)"
+        status = call(suite, argv, log, deadline, outcome, step, {"GPU_SUITE_TESTS_JSONL": str(jsonl)})
+        return "ok" if status == "failed (rc 5)" else status  # rc 5: no test collected (none marked gpu)
+    return run
+
+
+def _importable(module: str, suite: Suite) -> bool:
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], env=child_env(suite), capture_output=True)
+    return done.returncode == 0
+
+
+def read_pytest(suite: Suite, outcome: Outcome) -> list[str]:
+    path = suite.work / f"{outcome.key}.jsonl"
+    if not path.exists():
+        return []
+    tests = [json.loads(line) for line in path.read_text().splitlines() if line.strip().endswith("}")]
+    counts: dict[str, int] = {}
+    for t in tests:
+        counts[t["outcome"]] = counts.get(t["outcome"], 0) + 1
+    outcome.data = {"tests": tests}
+    lines = [", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no test finished yet"]
+    lines += [f"FAILED {t['nodeid']}: {t.get('detail', '').strip().splitlines()[-1:] or ''}"
+              for t in tests if t["outcome"] == "failed"]
+    lines += [f"{t['nodeid']} {t['seconds']:.1f} s" for t in tests if t["outcome"] == "passed" and t["seconds"] > 5]
+    return lines
+
+
+# a real run ---------------------------------------------------------------------------------
+
+def train_argv(suite: Suite) -> list[str]:
+    data = "?n=128&size=16" if suite.smoke else "?n=4000"
+    return cli("train", "--primary", f"shapes:primary{data}", "--aux", f"shapes:aux{data}",
+               "--test", f"shapes:primary{data}", "--model", "wrn-10-1" if suite.smoke else "wrn-16-4",
+               "--epochs", "3" if suite.smoke else "4", "--device", suite.device, "--out", str(suite.work / "run"),
+               "--set", "method.warmup_epochs=1", "--set", "eval.n=32" if suite.smoke else "eval.n=500",
+               "--set", "attack.steps=1" if suite.smoke else "attack.steps=10",
+               "--set", "eval.steps=2" if suite.smoke else "eval.steps=10", "--set", "runtime.compile=off")
+
+
+def run_train_resume(suite: Suite, outcome: Outcome, step: Step, log, deadline: float) -> str:
+    """`train` until its first checkpoint, Ctrl-C (SIGINT, as a terminal sends it), then
+    `train --resume` to the end. A run that ignores the interrupt is killed, with its group."""
+    argv = train_argv(suite)
+    run_dir = suite.work / "run"
+    first = start(suite, argv, log)
+    rc = watch(suite, first, deadline, outcome, step, until=lambda: (run_dir / "last.pt").exists())
+    if rc == DEADLINE:
+        return "timeout"
+    if rc != UNTIL:
+        log.write(f"\n--- the run ended (rc {rc}) before it could be interrupted ---\n".encode())
+        return f"failed (rc {rc}, before the interrupt)"
+    first.send_signal(signal.SIGINT)
+    try:
+        first.wait(timeout=min(60.0, max(deadline - time.monotonic(), 1.0)))
+    except subprocess.TimeoutExpired:
+        kill_group(first)
+        log.write(b"\n--- the interrupted run did not stop within 60 s: killed ---\n")
+        return "failed (Ctrl-C did not stop the run)"
+    log.write(f"\n--- interrupted (rc {first.returncode}); resuming ---\n".encode())
+    log.flush()
+    if first.returncode != 130:
+        return f"failed (Ctrl-C gave rc {first.returncode}, not 130)"
+    return call(suite, [*argv, "--resume"], log, deadline, outcome, step)
+
+
+def read_train(suite: Suite, outcome: Outcome) -> list[str]:
+    path = suite.work / "run" / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip().endswith("}")]
+    outcome.data = {"epochs": records}
+    return [f"epoch {r['epoch']}: loss {r['loss']:.3f}, clean {r.get('clean_acc') or 0:.3f}, "
+            f"robust {r.get('robust_acc') or 0:.3f}, {r['images_per_s']:.0f} img/s" for r in records]
+
+
+def run_eval(suite: Suite, outcome: Outcome, step: Step, log, deadline: float) -> str:
+    data = "?n=128&size=16" if suite.smoke else "?n=4000"
+    argv = cli("eval", str(suite.work / "run"), "--test", f"shapes:primary{data}", "--backend", "eager",
+               "--attacks", "clean,pgd5" if suite.smoke else "clean,pgd20,cw20", "--device", suite.device,
+               "--n", "32" if suite.smoke else "500", "--out", str(suite.work / "eval.json"))
+    return call(suite, argv, log, deadline, outcome, step)
+
+
+def read_eval(suite: Suite, outcome: Outcome) -> list[str]:
+    report = _load(suite.work / "eval.json")
+    if report is None:
+        return []
+    outcome.data = report
+    return ([f"clean {report['clean_acc']:.3f}"] +
+            [f"{k} {v['robust_acc']:.3f}" for k, v in report.get("attacks", {}).items()])
+
+
+# other benches ------------------------------------------------------------------------------
+
+def simple(key: str, args: Callable[[Suite], list[str]]) -> Callable:
+    def run(suite: Suite, outcome: Outcome, step: Step, log, deadline: float) -> str:
+        return call(suite, cli(*args(suite), "--out", str(suite.work / f"{key}.json")), log, deadline, outcome, step)
+    return run
+
+
+def read_rows(fmt: Callable[[dict], str]) -> Callable:
+    def read(suite: Suite, outcome: Outcome) -> list[str]:
+        report = _load(suite.work / f"{outcome.key}.json")
+        if report is None:
+            return []
+        outcome.data = {"rows": report["rows"]}
+        return [fmt(r) for r in report["rows"]]
+    return read
+
+
+def read_bench_eval(suite: Suite, outcome: Outcome) -> list[str]:
+    report = _load(suite.work / "bench-eval.json")
+    if report is None:
+        return []
+    outcome.data = report
+    rows = [f"clean {r['name']} ({r['precision']}): {r['images_per_s']:.0f} img/s" for r in report["clean"]]
+    rows += [f"{r['name']}: {r['images_per_s']:.1f} img/s, 10k images in {10000 / r['images_per_s'] / 60:.1f} min"
+             for r in report["attacks"]]
+    return rows + [f"skipped {name}: {why.split(':')[0]}" for name, why in report.get("skipped", {}).items()]
+
+
+def steps() -> list[Step]:
+    tiny = ["--compile", "off", "--precision", "fp32", "--kernels", "torch"]
+    return [
+        Step("env", "environment", 30, 15, run_env, read_env),
+        Step("step-eager", "bench step AT, bf16, eager, with baselines", 120, 30,
+             bench_step("step-eager", "at", ["--compile", "off", "--precision", "bf16", "--kernels", "triton"], tiny,
+                        baselines=True), read_bench_step),
+        Step("step-compiled", "bench step AT, bf16, compiled", 240, 30,
+             bench_step("step-compiled", "at", ["--compile", "on", "--precision", "bf16", "--kernels", "triton"],
+                        ["--compile", "on", "--precision", "fp32", "--kernels", "torch"], baselines=False),
+             read_bench_step),
+        Step("tests-kernels", "gpu tests: kernels, images, loaders", 90, 40, pytest_step(early=True), read_pytest),
+        Step("train-resume", "train, Ctrl-C, --resume", 150, 60, run_train_resume, read_train),
+        Step("eval-run", "eval the trained run (compile off)", 60, 25, run_eval, read_eval, needs=("train-resume",)),
+        Step("step-trades", "bench step TRADES, bf16, compiled, with baselines", 300, 30,
+             bench_step("step-trades", "trades", ["--compile", "on", "--precision", "bf16", "--kernels", "triton"],
+                        tiny, baselines=True), read_bench_step),
+        Step("step-fp16", "bench step AT, fp16 + GradScaler (V100 path), eager", 90, 30,
+             bench_step("step-fp16", "at", ["--compile", "off", "--precision", "fp16", "--kernels", "triton"], tiny,
+                        baselines=False), read_bench_step),
+        Step("bench-eval", "bench eval", 180, 30,
+             simple("bench-eval", lambda s: ["bench", "eval", "--device", s.device,
+                                             "--model", "wrn-10-1" if s.smoke else "wrn-28-10",
+                                             "--n", "8" if s.smoke else "256", "--batch-size", "8" if s.smoke else "256",
+                                             "--steps", "1" if s.smoke else "10", "--repeats", "1" if s.smoke else "3"]),
+             read_bench_eval),
+        Step("bench-kernels", "bench kernels", 90, 40,
+             simple("bench-kernels", lambda s: ["bench", "kernels", "--device", s.device,
+                                                "--repeats", "2" if s.smoke else "20",
+                                                *(["--no-compile"] if s.smoke else [])]),
+             read_rows(lambda r: f"{r['kernel']} {r['shape']} {r['impl']}: {r['mean_us']:.1f} us, "
+                                 f"{r['speedup']:.2f}x torch")),
+        Step("bench-loader", "bench loader (resident)", 60, 25,
+             simple("bench-loader", lambda s: ["bench", "loader", "--backends", "resident", "--device", s.device,
+                                               "--n", "256" if s.smoke else "10000",
+                                               "--repeats", "2" if s.smoke else "3"]),
+             read_rows(lambda r: f"{r['backend']}: {r['images_per_s_mean']:.0f} img/s "
+                                 f"(+- {r['images_per_s_std']:.0f})")),
+        Step("levers-graphs", "bench step AT levers: reduce-overhead, cuDNN autotune", 360, 30,
+             bench_step("levers-graphs", "at", ["--compile", "on,reduce-overhead", "--precision", "bf16",
+                                                "--kernels", "triton", "--cudnn-benchmark", "off,on"],
+                        [*tiny, "--cudnn-benchmark", "off,on"], baselines=False), read_bench_step),
+        Step("levers-autotune", "bench step AT lever: compile max-autotune", 540, 30,
+             bench_step("levers-autotune", "at", ["--compile", "max-autotune", "--precision", "bf16",
+                                                  "--kernels", "triton"], tiny, baselines=False), read_bench_step),
+        Step("tests-rest", "the remaining gpu tests", 400, 60, pytest_step(early=False), read_pytest),
+    ]
+
+
+# -- the driver -------------------------------------------------------------------------------
+
+def measured_estimates(path: Path) -> dict[str, float]:
+    """Seconds each finished step took in an earlier run's figures.json (ok steps only)."""
+    try:
+        report = json.loads(path.read_text())
+        return {s["key"]: float(s["seconds"]) for s in report["steps"] if s["status"] == "ok"}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"error: --estimates {path}: not a figures.json of this suite ({err})") from None
 
 
 def pack() -> None:
-    """Copies the pure-Python packages a bare GPU machine lacks into build/pydeps (carry it)."""
+    """Copies what a bare GPU machine lacks into build/pydeps, and the revision (it has no .git)."""
     PYDEPS.mkdir(parents=True, exist_ok=True)
     for name in PACKED:
-        module = __import__(name)
-        source = Path(module.__file__).parent
-        shutil.copytree(source, PYDEPS / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
-        print(f"packed {name} from {source} into {PYDEPS / name}")
+        try:
+            module = __import__(name)
+        except ImportError:
+            raise SystemExit(f"error: --pack needs {name} installed here: bash scripts/setup.sh") from None
+        source = Path(module.__file__)
+        if source.name == "__init__.py":
+            shutil.copytree(source.parent, PYDEPS / name, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns(*PACK_SKIP))
+        else:
+            shutil.copy2(source, PYDEPS / source.name)
+        # The dist-info travels too: pytest finds plugins (pytest-timeout) by its entry points.
+        for dist in importlib.metadata.packages_distributions().get(name, []):
+            info = Path(importlib.metadata.distribution(dist)._path)
+            shutil.copytree(info, PYDEPS / info.name, dirs_exist_ok=True)
+        print(f"packed {name} from {source.parent}")
+    from benchmarks.common import git_revision
+
+    revision = git_revision()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
+    REVISION_FILE.write_text(revision + ("+uncommitted" if dirty else "") + "\n")
+    size = sum(p.stat().st_size for p in PYDEPS.rglob("*") if p.is_file())
+    print(f"revision {REVISION_FILE.read_text().strip()}; {PYDEPS} holds {size / 2**20:.1f} MiB: carry build/pydeps")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    keys = [s.key for s in steps()]
+    parser = argparse.ArgumentParser(
+        description="Every GPU check and figure in one command, within a GPU visit's limits.",
+        epilog="steps, in order: " + ", ".join(keys),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=float, default=540.0,
+                        help="seconds for the whole suite; a step that cannot finish in what is left is skipped")
+    parser.add_argument("--only", default=None, help="comma-separated step keys to run (in the suite's order)")
+    parser.add_argument("--estimates", type=Path, default=None,
+                        help="an earlier run's figures.json: its measured step seconds replace the stated estimates")
+    parser.add_argument("--work", type=Path, default=REPO / "build" / "gpu-suite",
+                        help="scratch folder for logs, JSON and the trained run (default build/gpu-suite)")
+    parser.add_argument("--smoke", action="store_true", help="rehearse every step on the CPU with tiny sizes")
+    parser.add_argument("--stall", default=None, metavar="STEP",
+                        help="rehearsal only: make this bench-step step run until it is killed from outside")
+    parser.add_argument("--pack", action="store_true", help="fill build/pydeps for a bare GPU machine and stop")
+    args = parser.parse_args(argv)
+    if args.only:
+        unknown = [k for k in args.only.split(",") if k not in keys]
+        if unknown:
+            parser.error(f"--only: unknown step {', '.join(unknown)}; steps are {', '.join(keys)}")
+    if args.stall and not args.smoke:
+        parser.error("--stall is for the --smoke rehearsal only")
+    if not args.budget > 0:
+        parser.error("--budget must be a positive number of seconds")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Every GPU check and figure in one command.")
-    parser.add_argument("--smoke", action="store_true", help="the same steps on the CPU with tiny sizes")
-    parser.add_argument("--pack", action="store_true", help="fill build/pydeps for a bare GPU machine and stop")
-    args = parser.parse_args(argv)
+    args = parse(argv)
     if args.pack:
+        sys.path[:0] = [str(REPO)]
         pack()
         return 0
-    sys.path[:0] = [str(REPO)] + ([str(PYDEPS)] if PYDEPS.is_dir() else [])
-    out = Path(os.environ.get("OUT") or REPO / "build" / "gpu-suite").resolve()
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    env = environment(args.smoke)
-    (out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
-    if not args.smoke and not env["gpus"]:
-        print("no CUDA device: run with --smoke on a CPU", file=sys.stderr)
-        return 2
-    results = [Result("environment", "ok", 0.0, [f"{env['device']}, torch {env['torch']}"], "environment.json")]
-    write_summary(out, env, results)
-    for number, step in enumerate(steps(out, args.smoke), 1):
-        log_path = out / "logs" / f"{number:02d}-{re.sub(r'[^a-z0-9]+', '-', step.name.lower()).strip('-')}.log"
-        print(f"[{number}] {step.name} ...", flush=True)
-        start = time.monotonic()
-        with log_path.open("wb") as log:
+    began = time.monotonic()
+    out = Path(os.environ.get("OUT") or REPO / "build" / "gpu-suite-out").resolve()
+    work = args.work.resolve()
+    if work == out or out in work.parents:
+        raise SystemExit("error: --work must be outside $OUT: only the result files go there")
+    out.mkdir(parents=True, exist_ok=True)
+    if work.exists():
+        shutil.rmtree(work)  # the scratch of an earlier run; its results are in its own $OUT
+    (work / "logs").mkdir(parents=True)
+    if not args.smoke:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("no CUDA device: run with --smoke on a CPU", file=sys.stderr)
+            return 2
+    estimates = measured_estimates(args.estimates) if args.estimates else {}
+    chosen = [s for s in steps() if not args.only or s.key in args.only.split(",")]
+    suite = Suite(work=work, out=out, smoke=args.smoke,
+                  outcomes=[Outcome(s.key, s.name, estimate=estimates.get(s.key, s.smoke_estimate_s if args.smoke
+                                                                           else s.estimate_s)) for s in chosen])
+    suite.stall = args.stall
+    suite.env = {"git_revision": revision(), "packages": _versions()}
+    suite.publish()
+    for number, step in enumerate(chosen, 1):
+        outcome = suite.outcome(step.key)
+        left = args.budget - (time.monotonic() - began)
+        missing = [n for n in step.needs if n not in [o.key for o in suite.outcomes if o.status == "ok"]]
+        if missing:
+            outcome.status = f"skipped (needs {', '.join(missing)})"
+        elif outcome.estimate > left:
+            outcome.status = f"skipped (needs ~{outcome.estimate:.0f} s, {max(left, 0):.0f} s left)"
+        if outcome.status.startswith("skipped"):
+            print(f"[{step.key}] {outcome.status}", flush=True)
+            suite.publish()
+            continue
+        outcome.status, outcome.log = "running", f"logs/{number:02d}-{step.key}.log"
+        suite.publish()
+        print(f"[{step.key}] running (estimate {outcome.estimate:.0f} s, {left:.0f} s left) ...", flush=True)
+        started = time.monotonic()
+        # A step may overrun its estimate (a slow compile is still a figure) but never the budget.
+        deadline = started + min(left, max(2 * outcome.estimate, outcome.estimate + 60))
+        with (work / outcome.log).open("wb") as log:
             try:
-                if step.argv[0] == "__train_interrupt_resume__":
-                    rc = _train_interrupt_resume(step.argv[1:], log, step.timeout_s)
-                else:
-                    rc = subprocess.run(step.argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_env(),
-                                        timeout=step.timeout_s).returncode
-                status = "ok" if rc == 0 else ("timeout" if rc == 124 else f"failed (rc {rc})")
-            except subprocess.TimeoutExpired:
-                status = "timeout"
+                status = step.run(suite, outcome, step, log, deadline)
+            except (OSError, subprocess.SubprocessError) as err:
+                status = f"failed ({type(err).__name__}: {err})"
+        outcome.seconds = time.monotonic() - started
         try:
-            figures = step.figures(out)
-        except (OSError, ValueError, KeyError) as err:  # a figure that cannot be read is itself a finding
-            figures = [f"figures unreadable: {type(err).__name__}: {err}"]
-        results.append(Result(step.name, status, time.monotonic() - start, figures,
-                              str(log_path.relative_to(out))))
-        print(f"    {status} in {results[-1].seconds:.0f} s", flush=True)
-        write_summary(out, env, results)
-    failed = [r.name for r in results if r.status != "ok"]
-    print(f"summary: {out / 'summary.md'}" + (f"; failed: {', '.join(failed)}" if failed else "; all ok"))
+            outcome.figures = step.read(suite, outcome)
+        except (ValueError, KeyError, TypeError) as err:  # a figure that cannot be read is itself a finding
+            outcome.figures = [f"figures unreadable: {type(err).__name__}: {err}"]
+        outcome.status = status
+        print(f"[{step.key}] {status} in {outcome.seconds:.0f} s", flush=True)
+        suite.publish()
+    failed = [o.key for o in suite.outcomes if o.status not in ("ok",) and not o.status.startswith("skipped")]
+    print(f"summary: {out / 'summary.md'}" + (f"; not ok: {', '.join(failed)}" if failed else "; every step ran ok"))
     return 1 if failed else 0
+
+
+VERSIONS = """
+import importlib, json, sys
+found = {"python": sys.version.split()[0]}
+for name in ("torch", "triton", "numba", "numpy", "safetensors", "tomli_w", "pyautoattack", "pytest_timeout"):
+    try:
+        found[name] = getattr(importlib.import_module(name), "__version__", "present")
+    except Exception:  # absent or broken: either way not usable here
+        found[name] = None
+print(json.dumps(found))
+"""
+
+
+def _versions() -> dict:
+    # In a child: an import that hangs or crashes (a broken CUDA library) must not take the suite.
+    paths = os.pathsep.join([str(REPO), str(PYDEPS), os.environ.get("PYTHONPATH", "")])
+    try:
+        done = subprocess.run([sys.executable, "-c", VERSIONS], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": paths})
+        return json.loads(done.stdout)
+    except (subprocess.SubprocessError, ValueError) as err:
+        return {"error": f"{type(err).__name__}: {err}"}
 
 
 if __name__ == "__main__":
