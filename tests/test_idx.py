@@ -120,6 +120,17 @@ def test_a_bad_idx_file_exits_1_naming_it_and_writes_nothing(tmp_path, damage, m
     assert not out.exists() and not (tmp_path / "bad.beton.json").exists()
 
 
+def test_a_refused_prepare_leaves_an_existing_output_byte_identical(tmp_path):
+    images_path, labels_path, _, labels = fx.write_idx(tmp_path)
+    out = tmp_path / "kept.beton"
+    assert invoke("idx", images_path, labels_path, out).exit_code == 0
+    before = {p: p.read_bytes() for p in (out, tmp_path / "kept.beton.json")}
+    labels_path.write_bytes(fx.idx_bytes(labels[:5]))
+    result = invoke("idx", images_path, labels_path, out)
+    assert result.exit_code == 1 and "30 images but" in flat(result.output)
+    assert {p: p.read_bytes() for p in before} == before
+
+
 def test_fashion_mnist_says_which_file_is_missing(tmp_path):
     fx.write_idx(tmp_path, "train", n=10)
     (tmp_path / "train-labels-idx1-ubyte").unlink()
