@@ -22,28 +22,35 @@ EPILOG = (
     "(writes data/cifar-A.beton, -B, -C)\n\n"
     "  biamat-engine prepare cifar10 data/cifar data/cifar-C-noise.beton --parts 25000,12500,12500 --part C "
     "--uniform-noise 64\n\n"
-    "  biamat-engine prepare concat data/cifar-A.beton,data/cifar-B.beton data/cifar-AB.beton"
+    "  biamat-engine prepare concat data/cifar-A.beton,data/cifar-B.beton data/cifar-AB.beton\n\n"
+    "  biamat-engine prepare fashion-mnist data/fmnist-test.beton --split test   "
+    "(from /usr/share/datasets/fashion-mnist)\n\n"
+    "  biamat-engine prepare fashion-mnist data/fmnist-024.beton --classes 0,2,4 --n-per-class 500 --seed 1\n\n"
+    "  biamat-engine prepare idx train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz data/mnist-train.beton"
 )
 
 
 DATASET, READING, SHAPES, DERIVED = "Dataset", "Reading", "Shapes generator", "Parts and noise (Appendix B)"
+SUBSET = "Subset of classes and images"
 
 
 def prepare_command(
     format: Annotated[str, typer.Argument(help="Dataset format: cifar10, cifar100, svhn, imagenet32, imagenet64, "
-                                          "imgnet100, imgnet900, places365, imagefolder, shapes, "
-                                          "concat (prepared .beton files joined).")],
-    source: Annotated[str, typer.Argument(
-        help="Archive, file or folder as published (for shapes: primary or aux).")],
-    out: Annotated[Path, typer.Argument(help="The .beton to write; its manifest goes to OUT.json.")],
+                                          "imgnet100, imgnet900, places365, imagefolder, shapes, idx, "
+                                          "fashion-mnist, concat (prepared .beton files joined).")],
+    paths: Annotated[list[str], typer.Argument(
+        metavar="SOURCE... OUT.beton",
+        help="SOURCE: archive, file or folder as published (shapes: primary or aux; idx: the images file "
+             "and the labels file; fashion-mnist: the folder, default Debian's package folder). OUT: the "
+             ".beton to write; its manifest goes to OUT.json.")],
     split: Annotated[str, typer.Option(help="train or test (svhn also: extra).", rich_help_panel=DATASET)] = "train",
     size: Annotated[Optional[int], typer.Option(
         help="Image side, 32 or 64 where the format offers both.", rich_help_panel=DATASET)] = None,
     coarse: Annotated[bool, typer.Option(
         "--coarse", help="CIFAR-100: the 20 coarse labels instead of 100 fine.", rich_help_panel=DATASET)] = False,
     seed: Annotated[int, typer.Option(
-        help="imgnet100/imgnet900 class draw; shapes generator seed; the --parts and --uniform-noise draws "
-             "(independent streams of it).", rich_help_panel=DATASET)] = 0,
+        help="imgnet100/imgnet900 class draw; shapes generator seed; the --n-per-class, --parts and "
+             "--uniform-noise draws (independent streams of it).", rich_help_panel=DATASET)] = 0,
     download: Annotated[bool, typer.Option(
         "--download", help="Fetch CIFAR/SVHN into SOURCE and verify the MD5.", rich_help_panel=READING)] = False,
     skip_bad: Annotated[bool, typer.Option(
@@ -56,9 +63,12 @@ def prepare_command(
     difficulty: Annotated[Optional[int], typer.Option(
         min=0, max=3, help="shapes: 0 plain .. 3 clutter, noise and train-only colour/texture shortcuts.",
         rich_help_panel=SHAPES)] = None,
-    classes: Annotated[Optional[int], typer.Option(
-        min=2, max=16, help="shapes: primary shape classes (aux: as many related + 10 unrelated).",
-        rich_help_panel=SHAPES)] = None,
+    classes: Annotated[Optional[str], typer.Option(
+        help="Keep these classes, relabelled 0..k-1 in this order (e.g. 0,2,4; the source's ids and names "
+             "stay in the manifest). shapes: a single number is the generator's primary class count "
+             "(2-16; aux: as many related + 10 unrelated).", rich_help_panel=SUBSET)] = None,
+    n_per_class: Annotated[Optional[int], typer.Option(
+        min=1, help="Keep N images of each class, drawn with --seed.", rich_help_panel=SUBSET)] = None,
     groups: Annotated[Optional[str], typer.Option(
         help="shapes aux: all, related (the primary's shapes in another domain) or unrelated (textures) classes.",
         rich_help_panel=SHAPES)] = None,
@@ -78,19 +88,22 @@ def prepare_command(
     (classes, counts, checksums). Bad input exits 1 with a message naming the file; nothing
     half-written is ever left behind."""
     from loaders.sources import read_source
-    from loaders.sources.derive import derived_sets
+    from loaders.sources.derive import derived_sets, parse_class_ids
 
+    source, out = _source_and_out(format, paths)
     if out.suffix != ".beton":
         raise typer.BadParameter(f"{out}: the output must end in .beton", param_hint="OUT")
     if part is not None and parts is None:
         raise typer.BadParameter("--part picks one of the --parts: give --parts SIZES too", param_hint="--part")
-    knobs = {k: v for k, v in (("n", n), ("difficulty", difficulty), ("classes", classes), ("groups", groups))
-             if v is not None}
+    shape_classes = format == "shapes" and classes is not None and classes.strip().isdigit()
+    knobs = {k: v for k, v in (("n", n), ("difficulty", difficulty), ("classes", int(classes) if shape_classes else None),
+                               ("groups", groups)) if v is not None}
+    keep = parse_class_ids(classes) if classes is not None and not shape_classes else None
     sizes = _checked_options(parts, part, uniform_noise)
     data = read_source(format, source, split, size, download=download, coarse=coarse,
                        skip_bad=skip_bad, workers=workers, seed=seed, shapes=knobs)
-    for _, out_path, dataset in derived_sets(data, out, sizes, part, uniform_noise, seed):
-        manifest = _write(out_path, dataset, format, split, source)
+    for _, out_path, dataset in derived_sets(data, out, sizes, part, uniform_noise, seed, keep, n_per_class):
+        manifest = _write(out_path, dataset, format, split, source if isinstance(source, str) else ",".join(source))
         console.print(f"wrote {out_path}: {manifest['count']} images {manifest['image_size']}x"
                       f"{manifest['image_size']}, {manifest['num_classes']} classes ({manifest['name']})")
         skipped = manifest.get("meta", {}).get("skipped") or []
@@ -99,6 +112,24 @@ def prepare_command(
                               f"(listed in {out_path}.json):")
             for path in skipped[:20]:
                 err_console.print(f"  {path}")
+
+
+def _source_and_out(format: str, paths: list[str]) -> tuple[str | tuple[str, ...], Path]:
+    """SOURCE (one path, or a tuple for the formats that read several) and OUT from the
+    positional arguments; the format's default SOURCE where it has one and it is left out."""
+    from loaders.sources import SOURCES
+
+    spec = SOURCES.get(format)
+    if spec is None:  # read_source names the formats
+        return paths[0], Path(paths[-1])
+    sources = paths[:-1]
+    if not sources and spec.default_source is not None:
+        sources = [spec.default_source]
+    if len(sources) != spec.paths:
+        expected = " ".join(["SOURCE"] * spec.paths)
+        raise typer.BadParameter(f"{format} takes {expected} OUT.beton, got {len(paths)} path(s): "
+                                 f"{' '.join(paths)}", param_hint="SOURCE... OUT.beton")
+    return (sources[0] if spec.paths == 1 else tuple(sources)), Path(paths[-1])
 
 
 def _checked_options(parts: str | None, part: str | None, noise: float | None) -> list[int] | None:

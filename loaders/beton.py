@@ -342,7 +342,8 @@ class BetonIndex:
         if list(zip(names, types)) != list(FIELDS):
             raise ValueError(
                 f"{self.path}: fields {list(zip(names, types))}, expected {list(FIELDS)} "
-                f"(image RGBImageField, label IntField) as written by `biamat-engine prepare`"
+                f"(image RGBImageField, label IntField) as written by `biamat-engine prepare` or by FFCV's "
+                f"DatasetWriter with fields {{'image': RGBImageField(), 'label': IntField()}}"
             )
         self.num_samples = int(header["num_samples"])
         self.page_size = int(header["page_size"])
@@ -364,7 +365,7 @@ class BetonIndex:
 def _open(path: str | os.PathLike) -> tuple[BetonIndex, dict]:
     """The index and the manifest of a .beton, checked to describe the same samples."""
     index = BetonIndex(path)
-    manifest = read_manifest(path)
+    manifest = _manifest_of(index)
     if manifest["count"] != index.num_samples:
         raise ValueError(f"{path}: manifest says {manifest['count']} samples, the file holds "
                          f"{index.num_samples}; prepare it again")
@@ -418,11 +419,41 @@ def _gather(raw: np.ndarray, pointers: np.ndarray, size: int) -> np.ndarray:
     return images
 
 
+_UNNAMED_WARNED: set[Path] = set()
+
+
+def _manifest_of(index: BetonIndex) -> dict:
+    """The manifest beside the .beton; for a file without one (written by FFCV's own
+    `DatasetWriter`), what the file itself says: its count and image size, and as many classes
+    as its label range 0..max, named by their numbers since their real names are unknown."""
+    if manifest_path(index.path).exists():
+        return read_manifest(index.path)
+    labels = index.metadata["label"]
+    if index.num_samples == 0:
+        raise ValueError(f"{index.path}: holds no samples (and has no manifest beside it)")
+    if labels.min() < 0:
+        raise ValueError(f"{index.path}: labels must be class ids from 0, found {labels.min()}; "
+                         "write the file with labels 0..K-1 or prepare it with `biamat-engine prepare`")
+    num_classes = int(labels.max()) + 1
+    if index.path not in _UNNAMED_WARNED:  # once per file, not once per stream over it
+        _UNNAMED_WARNED.add(index.path)
+        log.warning("%s: no manifest beside it (%s); %d images %dx%d, %d classes from its labels 0..%d; "
+                    "class names unknown, called by their numbers", index.path, manifest_path(index.path).name,
+                    index.num_samples, index.image_size, index.image_size, num_classes, num_classes - 1)
+    return {
+        "manifest_version": MANIFEST_VERSION, "name": index.path.stem, "format": "ffcv", "split": None,
+        "count": index.num_samples, "image_size": index.image_size, "num_classes": num_classes,
+        "class_names": [str(c) for c in range(num_classes)],
+        "meta": {"class_names_known": False,
+                 "manifest": "none beside the file; count, size and classes read from the .beton itself"},
+    }
+
+
 def beton_info(index: BetonIndex, manifest: dict | None = None) -> DatasetInfo:
     """The name, classes, image size and meta of the .beton behind `index`, from its manifest
     (read here unless given): what a stream over the file reports as `info`, whichever backend
     reads it, and what `read_beton` names its in-memory copy with."""
-    manifest = read_manifest(index.path) if manifest is None else manifest
+    manifest = _manifest_of(index) if manifest is None else manifest
     meta = dict(manifest.get("meta", {}))
     meta.update(format=manifest.get("format"), split=manifest.get("split"), beton=str(index.path))
     if "related" in manifest:

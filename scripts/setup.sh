@@ -5,10 +5,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # FFCV compiles against libturbojpeg and OpenCV; apt only runs when a header is missing.
+if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
 if ! dpkg -s libturbojpeg0-dev libopencv-dev pkg-config >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q pkg-config libturbojpeg0-dev libopencv-dev
+fi
+# Fashion-MNIST (IDX files in /usr/share/datasets/fashion-mnist): real data without a download.
+# Optional: where the package is missing from the distribution, set-up goes on without it.
+# The package lists may predate it: one `apt-get update` before giving up.
+fmnist() { DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q dataset-fashion-mnist; }
+if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+    fmnist || { $SUDO apt-get update -q && fmnist; } \
+        || echo "note: dataset-fashion-mnist is not installable here; \`prepare fashion-mnist DIR\` reads the" \
+                "four IDX files from github.com/zalandoresearch/fashion-mnist instead" >&2
 fi
 
 PY=${PYTHON:-python3}

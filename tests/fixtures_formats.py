@@ -143,3 +143,30 @@ def tar_bytes(members: dict[str, bytes], path: Path) -> Path:
             info.size = len(blob)
             tar.addfile(info, io.BytesIO(blob))
     return path
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """A uint8 array as an IDX file: magic 0x0000 08 NDIM, big-endian uint32 dimensions, values."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + np.ascontiguousarray(array, np.uint8).tobytes()
+
+
+def write_idx(root: Path, prefix: str = "train", n: int = 30, size: int = 28, classes: int = 10,
+              gz: bool = False) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    """An MNIST-style images/labels pair under the standard names (`train-images-idx3-ubyte`,
+    `t10k-...`), gzipped or raw; returns both paths and the (N, H, W) images and (N,) labels.
+    Every class appears (labels cycle), so the class count is `classes`."""
+    import gzip
+
+    rng = _rng(803 + n)
+    images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+    labels = (np.arange(n) % classes).astype(np.uint8)
+    rng.shuffle(labels)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for stem, array in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+        blob = idx_bytes(array)
+        path = root / (f"{stem}.gz" if gz else stem)
+        path.write_bytes(gzip.compress(blob) if gz else blob)
+        paths.append(path)
+    return paths[0], paths[1], images, labels

@@ -184,7 +184,9 @@ def test_reader_errors_name_the_file(tmp_path):
     write_beton(tmp_path / "d.beton", random_dataset())
     (tmp_path / "d.beton.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"d\.beton\.json: manifest not found"):
-        read_beton(tmp_path / "d.beton")
+        read_manifest(tmp_path / "d.beton")
+    # The file itself still reads, its classes numbered (tests/test_beton_without_manifest.py).
+    assert read_beton(tmp_path / "d.beton").class_names == [str(c) for c in range(7)]
     (tmp_path / "t.beton").write_bytes(b"\x02\x00" * 10)
     with pytest.raises(ValueError, match=r"t\.beton: 20 bytes is too short"):
         read_beton(tmp_path / "t.beton")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from loaders.sources.base import ChunkedSource, SourceError
+from loaders.sources.idx import FASHION_MNIST_DIR
 from loaders.types import ArrayDataset
 
 
@@ -24,6 +25,10 @@ class SourceSpec:
     """What SOURCE is, and where to get it."""
     sizes: tuple[int, ...] = (32,)
     """Allowed --size values; the first is the default."""
+    paths: int = 1
+    """How many SOURCE paths the format takes (idx: the images file and the labels file)."""
+    default_source: str | None = None
+    """SOURCE where the command line leaves it out (a system package's folder), if any."""
 
 
 def _cifar(variant: str):
@@ -89,6 +94,19 @@ def _shapes(source, split, *, size=32, seed=0, shapes=None, **_):
         raise SourceError(str(e)) from None
 
 
+def _idx(source, split, **_):
+    from loaders.sources.idx import read_idx
+
+    images, labels = source
+    return read_idx(images, labels)
+
+
+def _fashion_mnist(source, split, **_):
+    from loaders.sources.idx import read_fashion_mnist
+
+    return read_fashion_mnist(source, split)
+
+
 def _concat(source, split, **_):
     from loaders.sources.concat import read_concat
 
@@ -114,6 +132,13 @@ SOURCES: dict[str, SourceSpec] = {
                               "folder with one sub-folder of JPEG/PNG images per class (or train/ and test/ trees)", (32, 64)),
     # Shapes at any of these sizes: the demo (and `study --scale demo`) draws 16x16, the tests 8x8.
     "shapes": SourceSpec(_shapes, "built-in synthetic shapes (no download)", "'primary' or 'aux'", (32, 64, 16, 8)),
+    "idx": SourceSpec(_idx, "an IDX images/labels pair (MNIST, KMNIST, EMNIST, ...), grey stored as RGB",
+                      "the images file and the labels file (raw or .gz), e.g. train-images-idx3-ubyte.gz "
+                      "train-labels-idx1-ubyte.gz", (28,), paths=2),
+    "fashion-mnist": SourceSpec(_fashion_mnist, "Fashion-MNIST (IDX), grey stored as RGB, 28x28",
+                                "folder with the four IDX files under their standard names (raw or .gz); "
+                                "default: Debian's dataset-fashion-mnist package folder",
+                                (28,), default_source=str(FASHION_MNIST_DIR)),
     "concat": SourceSpec(_concat, "prepared .beton files joined into one set (same classes and size)",
                          "two or more .beton files joined by commas, e.g. data/cifar-A.beton,data/cifar-B.beton"),
 }
@@ -121,16 +146,20 @@ DOWNLOADABLE = ("cifar10", "cifar100", "svhn")
 
 
 def read_source(
-    format: str, source: str | Path, split: str = "train", size: int | None = None, *,
+    format: str, source: str | Path | tuple[str | Path, ...], split: str = "train", size: int | None = None, *,
     download: bool = False, coarse: bool = False, skip_bad: bool = False, workers: int = 1, seed: int = 0,
     shapes: dict | None = None,
 ) -> ArrayDataset | ChunkedSource:
     """Reads SOURCE in FORMAT; raises SourceError naming the file and what was expected.
 
-    `shapes`: the shapes generator's own knobs (n, difficulty, classes), for that format only."""
+    `shapes`: the shapes generator's own knobs (n, difficulty, classes), for that format only.
+    `source` is a tuple of paths for the formats that read several files (idx: images, labels)."""
     if format not in SOURCES:
         raise SourceError(f"unknown format {format!r}; expected one of {', '.join(SOURCES)}")
     spec = SOURCES[format]
+    given = len(source) if isinstance(source, (tuple, list)) else 1
+    if given != spec.paths:
+        raise SourceError(f"{format}: SOURCE is {spec.paths} path(s), got {given}: {spec.source_help}")
     size = spec.sizes[0] if size is None else size
     if size not in spec.sizes:
         raise SourceError(f"{format}: --size must be one of {list(spec.sizes)}, got {size}")

@@ -1,10 +1,12 @@
-"""Datasets derived from what a source read, for `prepare --parts` and `--uniform-noise`: the
-seeded class-stratified split of one set into disjoint parts, and uniform pixel noise (the
-paper's Appendix B, Table 5: CIFAR-10's training set split into cifar-A, cifar-B and cifar-C of
-25000, 12500 and 12500 images, uniform noise added to cifar-C).
+"""Datasets derived from what a source read, for `prepare --classes`, `--n-per-class`,
+`--parts` and `--uniform-noise`: a subset of the classes (relabelled 0..k-1) and a seeded draw
+of N images per class; the seeded class-stratified split of one set into disjoint parts, and
+uniform pixel noise (the paper's Appendix B, Table 5: CIFAR-10's training set split into
+cifar-A, cifar-B and cifar-C of 25000, 12500 and 12500 images, uniform noise added to cifar-C).
 
-Both are deterministic functions of the data and a seed, and both say what they did in the
-dataset's `meta`, which `write_beton` copies into the manifest.
+All are deterministic functions of the data and a seed, and all say what they did in the
+dataset's `meta`, which `write_beton` copies into the manifest. The subset comes first, so
+the parts and the noise apply to it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from loaders.types import ArrayDataset
 
 # Independent random streams from one --seed: the split and the noise never share draws, and
 # neither shares the source's own (the imgnet100 class draw, the shapes generator).
-_SPLIT_STREAM, _NOISE_STREAM = 1, 2
+_SPLIT_STREAM, _NOISE_STREAM, _SUBSET_STREAM = 1, 2, 3
 PART_NAMES = string.ascii_uppercase
 
 
@@ -89,6 +91,57 @@ def split_parts(data: ArrayDataset, sizes: list[int], seed: int) -> list[ArrayDa
     return parts
 
 
+def parse_class_ids(text: str) -> list[int]:
+    """`0,2,4` -> [0, 2, 4] (the order given is the new labels' order); a SourceError names the
+    option otherwise."""
+    try:
+        ids = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        ids = []
+    if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
+        raise SourceError(f"--classes {text!r}: expected distinct class ids (labels, from 0) joined by commas, "
+                          "e.g. 0,2,4")
+    return ids
+
+
+def select_classes(data: ArrayDataset | ChunkedSource, classes: list[int] | None, n_per_class: int | None,
+                   seed: int) -> ArrayDataset | ChunkedSource:
+    """The images of `classes` (all classes when None) relabelled 0..k-1 in the order given,
+    `n_per_class` of each drawn with `seed` (all when None), in the source's order. The meta
+    keeps the source's class ids and all its class names, so a subset and its complement
+    (e.g. --classes 0,2,4 and --classes 1,3,5,6,7,8,9) can be told apart and joined again."""
+    if classes is None and n_per_class is None:
+        return data
+    if isinstance(data, ChunkedSource):
+        raise SourceError(f"{data.name}: --classes and --n-per-class need a dataset that fits in memory; "
+                          "this format streams its images in chunks")
+    ids = list(range(data.num_classes)) if classes is None else classes
+    if max(ids) >= data.num_classes:
+        raise SourceError(f"--classes {','.join(map(str, ids))}: {data.name} has classes 0..{data.num_classes - 1}")
+    rng = np.random.default_rng([seed, _SUBSET_STREAM])
+    picks = []
+    for new, old in enumerate(ids):
+        members = np.flatnonzero(data.labels == old)
+        if n_per_class is not None:
+            if len(members) < n_per_class:
+                raise SourceError(f"--n-per-class {n_per_class}: class {old} ({data.class_names[old]}) of "
+                                  f"{data.name} holds {len(members)} images")
+            members = rng.choice(members, n_per_class, replace=False)
+        picks.append(members)
+    index = np.sort(np.concatenate(picks))
+    relabel = np.full(data.num_classes, -1, np.int64)
+    relabel[ids] = np.arange(len(ids))
+    subset = data.subset(index)
+    subset.labels = relabel[subset.labels]
+    subset.class_names = [data.class_names[i] for i in ids]
+    record = {"classes": ids, "source_class_names": list(data.class_names), "n_per_class": n_per_class,
+              "seed": seed, "of": len(data)}
+    if n_per_class is not None:
+        record["index"] = index.tolist()  # the draw, to check two subsets are disjoint
+    subset.meta["subset"] = record
+    return subset
+
+
 def check_amplitude(amplitude: float) -> None:
     if not 0 < amplitude <= 255:
         raise SourceError(f"--uniform-noise {amplitude:g}: expected an amplitude in (0, 255] pixel levels")
@@ -125,10 +178,13 @@ def add_uniform_noise(data: ArrayDataset | ChunkedSource, amplitude: float, seed
 
 
 def derived_sets(data: ArrayDataset | ChunkedSource, out: Path, sizes: list[int] | None, part: str | None,
-                 noise: float | None, seed: int) -> list[tuple[int, Path, ArrayDataset | ChunkedSource]]:
+                 noise: float | None, seed: int, classes: list[int] | None = None,
+                 n_per_class: int | None = None) -> list[tuple[int, Path, ArrayDataset | ChunkedSource]]:
     """(part index, output path, dataset) for each file `prepare` writes: the whole set at OUT,
     every part at OUT-A.beton, OUT-B.beton, ..., or one `part` at OUT; with uniform noise added
-    (each part its own noise stream, so a part's noise is the same written alone or with the others)."""
+    (each part its own noise stream, so a part's noise is the same written alone or with the others);
+    all from the subset `classes` / `n_per_class` picks (see `select_classes`)."""
+    data = select_classes(data, classes, n_per_class, seed)
     if sizes is None:
         writes = [(0, out, data)]
     else:
