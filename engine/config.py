@@ -88,8 +88,9 @@ class ModelConfig:
     mean and std buffers from `primary` (the primary training data's own statistics, which
     `prepare` writes into its manifest), `cifar10` (CIFAR-10's constants whatever the data: what
     the engine did at first) or `none` (mean 0, std 1: the reference TRADES code feeds [0, 1]
-    images as they are); or `per-image` (each image minus its mean, over max(std, 1/sqrt(N)):
-    the reference AT code's tf.image.per_image_standardization)."""
+    images as they are); or `per-image` (each image minus its mean, over max(std, 1/sqrt(N)) in
+    0-255 pixel units: the reference AT code's tf.image.per_image_standardization of its 0-255
+    images)."""
 
     def __post_init__(self) -> None:
         from engine.arch import parse_arch
