@@ -84,16 +84,18 @@ class ModelConfig:
     dropout: float = 0.0
     """Dropout inside each residual block (WideResNets only)."""
     normalization: str = "primary"
-    """Per-channel mean and std the model normalises its [0, 1] inputs with (buffers inside it,
-    recorded in model.json): `primary` (the primary training data's own statistics, which
+    """What the model does to its [0, 1] inputs, inside it (recorded in model.json): per-channel
+    mean and std buffers from `primary` (the primary training data's own statistics, which
     `prepare` writes into its manifest), `cifar10` (CIFAR-10's constants whatever the data: what
     the engine did at first) or `none` (mean 0, std 1: the reference TRADES code feeds [0, 1]
-    images as they are; the reference AT code standardises each image on its own instead)."""
+    images as they are); or `per-image` (each image minus its mean, over max(std, 1/sqrt(N)) in
+    0-255 pixel units: the reference AT code's tf.image.per_image_standardization of its 0-255
+    images)."""
 
     def __post_init__(self) -> None:
         from engine.arch import parse_arch
 
-        _check_choice("model", "normalization", self.normalization, ("primary", "cifar10", "none"))
+        _check_choice("model", "normalization", self.normalization, ("primary", "cifar10", "none", "per-image"))
         try:
             arch = parse_arch(self.name)
         except ValueError as err:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from engine.config import ConfigError, DataConfig
-from engine.models.heads import CIFAR10_MEAN, CIFAR10_STD
+from engine.models.heads import CIFAR10_MEAN, CIFAR10_STD, PER_CHANNEL, PER_IMAGE
 from loaders.datasets import make_stream, open_dataset
 from loaders.images import to_device_images
 from loaders.options import LoaderOptions
@@ -23,12 +23,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Normalization:
-    """The per-channel mean and std a run's model normalises its [0, 1] inputs with."""
+    """The per-channel mean and std a run's model normalises its [0, 1] inputs with, or per-image
+    standardisation (mean 0 and std 1 then: the buffers do nothing)."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str
     """Where they come from, for model.json and the export card."""
+    kind: str = PER_CHANNEL
+    """`engine.models.build`'s normalization: per-channel or per-image."""
 
 
 def primary_normalization(mode: str, spec: str, info: DatasetInfo) -> Normalization:
@@ -39,6 +42,9 @@ def primary_normalization(mode: str, spec: str, info: DatasetInfo) -> Normalizat
         return Normalization(tuple(CIFAR10_MEAN), tuple(CIFAR10_STD), "cifar10 constants (model.normalization)")
     if mode == "none":
         return Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "none: inputs as they are (model.normalization)")
+    if mode == "per-image":
+        return Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "per-image standardisation (model.normalization)",
+                             PER_IMAGE)
     stats, source = info.channel_stats, f"per-channel statistics of the primary training data {info.name} ({spec})"
     if stats is None:
         log.warning("%s has no channel statistics in its manifest (written before they were): computing them "

@@ -4,9 +4,10 @@ RobustBench's `WideResNet(depth, widen_factor, num_classes)` has our key names (
 `block1.layer.N.{bn1, conv1, bn2, conv2, convShortcut}`, `bn1`, `fc`) but neither the
 `mu`/`sigma` normalisation buffers nor the auxiliary heads, so both are left out of the weights.
 RobustBench models take [0, 1] inputs, so the normalisation travels in the card (`normalization`
-mean and std) and is applied in front of the network: `net((x - mean) / std)`. It is not folded
-into `conv1`: that conv zero-pads the *normalised* image, i.e. pads with the mean colour, and a
-folded conv would pad raw pixels with black, changing every border output.
+kind, mean and std) and is applied in front of the network: `net((x - mean) / std)`, or, for a
+per-image model, each image standardised (`net(standardize(x))`, the README writes it out). It
+is not folded into `conv1`: that conv zero-pads the *normalised* image, i.e. pads with the mean
+colour, and a folded conv would pad raw pixels with black, changing every border output.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from engine.config import flatten
+from engine.models.heads import PER_CHANNEL, PER_IMAGE
 from engine.run_dir import RunDir, atomic_write, atomic_write_text, read_config, read_json, refuse_to_replace, write_json
 
 EXPORT_FORMATS = ("robustbench",)
@@ -67,6 +69,19 @@ def _percent(value) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+# TensorFlow's per_image_standardization as engine.models.heads computes it, for people without
+# biamat-engine (the README's code is executed by tests/test_export.py).
+_PER_IMAGE_CODE = [
+    "",
+    "def standardize(x):  # tf.image.per_image_standardization(255 * x), as the reference AT code",
+    "    mean = x.mean(dim=(1, 2, 3), keepdim=True)  # each image: minus its mean,",
+    "    var = (x - mean).square().mean(dim=(1, 2, 3), keepdim=True)  # over max(std, 1/(255 sqrt(C*H*W)))",
+    "    return (x - mean) / var.clamp_min(1.0 / (x[0].numel() * 255.0**2)).sqrt()",
+    "",
+    "model = lambda x: net(standardize(x))  # x: (B, 3, 32, 32) in [0, 1] -> logits",
+]
+
+
 def render_readme(card: dict) -> str:
     """The model card as markdown, with the loading code RobustBench users need."""
     arch = card["robustbench_architecture"]
@@ -87,9 +102,11 @@ def render_readme(card: dict) -> str:
         f"num_classes={arch['num_classes']})",
         'net.load_state_dict(load_file("model.safetensors"))',
         "net.eval()  # BatchNorm with its running statistics, as the model was evaluated",
-        f"mean = torch.tensor({norm['mean']}).view(1, 3, 1, 1)",
-        f"std = torch.tensor({norm['std']}).view(1, 3, 1, 1)",
-        "model = lambda x: net((x - mean) / std)  # x: (B, 3, 32, 32) in [0, 1] -> logits",
+        *(_PER_IMAGE_CODE if norm.get("kind") == PER_IMAGE else [
+            f"mean = torch.tensor({norm['mean']}).view(1, 3, 1, 1)",
+            f"std = torch.tensor({norm['std']}).view(1, 3, 1, 1)",
+            "model = lambda x: net((x - mean) / std)  # x: (B, 3, 32, 32) in [0, 1] -> logits",
+        ]),
         "```", "",
         "With biamat-engine: `engine.export.load_robustbench_export(DIR)` returns the same classifier.", "",
     ]
@@ -150,8 +167,9 @@ def export_robustbench(run: str | Path, out_dir: str | Path | None = None, *, ov
         "num_classes": model.num_classes,
         "threat_model": "Linf",
         "input": "float NCHW in [0, 1]",
-        "normalization": {"mean": model.mu.flatten().tolist(), "std": model.sigma.flatten().tolist(),
-                          "apply": "net((x - mean) / std)",
+        "normalization": {"kind": model.normalization,
+                          "mean": model.mu.flatten().tolist(), "std": model.sigma.flatten().tolist(),
+                          "apply": "net(standardize(x))" if model.normalization == PER_IMAGE else "net((x - mean) / std)",
                           "folded_into_conv1": False,
                           "source": model_json.get("normalization_source", "not recorded")},
         "source": str(run),
@@ -178,7 +196,8 @@ def load_robustbench_export(out_dir: str | Path) -> nn.Module:
     files = RunDir(out_dir)
     card = read_json(files.card)
     norm = card["normalization"]
-    model = build(card["architecture"], card["num_classes"], mean=norm["mean"], std=norm["std"])
+    model = build(card["architecture"], card["num_classes"], mean=norm["mean"], std=norm["std"],
+                  normalization=norm.get("kind", PER_CHANNEL))  # exports from before the kind: per-channel
     missing, unexpected = model.load_state_dict(load_file(str(files.weights)), strict=False)
     if sorted(missing) != sorted(_NORMALIZATION_KEYS) or unexpected:
         raise ValueError(f"{files.weights} does not match {card['architecture']}: "

@@ -9,8 +9,8 @@ checkpoint's epoch (optim.schedule_offset = "global-step", owned by engine/sched
 What a source hands over (`init.source`: a run directory, whose best.pt is read; a .pt
 checkpoint; or a model.safetensors with its model.json):
 - the trunk g, always: every convolution, every BatchNorm's weights and running statistics, and
-  the normalisation buffers (mu, sigma) the trunk was trained to see, as a resumed run keeps its
-  checkpoint's;
+  the normalisation the trunk was trained to see (the mu, sigma buffers, and per-image or
+  per-channel as its card says), as a resumed run keeps its checkpoint's;
 - the primary head f_pri with init.heads = keep, which needs the source's class count; `new`
   builds a fresh one (CIFAR-100's or ImageNet's 100 or 1000 classes never fit CIFAR-10's 10);
   `auto` keeps it exactly when the counts match;
@@ -34,6 +34,7 @@ import torch
 from engine.arch import parse_arch
 from engine.checkpoint import load_checkpoint
 from engine.config import ConfigError, InitConfig, TrainConfig
+from engine.models import card_normalization
 from engine.models.heads import MultiHeadNet
 from engine.run_dir import RunDir, read_json
 
@@ -168,12 +169,11 @@ def start_from_source(model: MultiHeadNet, cfg: TrainConfig) -> tuple[InitConfig
     _check_architecture(source, cfg.model.name)
     heads = resolve_heads(init.heads, int(source.card["num_classes"]), model.num_classes, source.file)
     state, kept_aux = _transferred(model, source, heads)
-    built = model.load_trained(state)
+    built = model.load_trained(state, card_normalization(source.card, source.file))
     normalization = f"{source.card.get('normalization_source', 'the source')}, through init.source {source.file}"
     if built is not None:
-        log.warning("init.source %s normalises with %s / %s, not the %s / %s this run's data gives; the trunk "
-                    "keeps the normalisation it was trained with", source.file, model.mu.flatten().tolist(),
-                    model.sigma.flatten().tolist(), *built)
+        log.warning("init.source %s normalises with %s, not the %s this run's config gives; the trunk "
+                    "keeps the normalisation it was trained with", source.file, model.describe_normalization(), built)
     log.info("started from %s (epoch %d, sha256 %s): trunk, %s primary head%s", source.file, source.epoch,
              source.sha256[:12], "its" if heads == "keep" else "a new", ", its auxiliary heads" if kept_aux else "")
     resolved = dataclasses.replace(init, source=str(source.file), heads=heads, source_epoch=source.epoch,

@@ -34,7 +34,7 @@ from engine.distributed import World, data_parallel, rank_device, rank_seed, syn
 from engine.evaluation import accuracy
 from engine.init_from import start_from_source
 from engine.methods import METHODS, MethodState, StepContext, StepStats
-from engine.models import build, model_card, primary_state_dict
+from engine.models import build, card_normalization, model_card, primary_state_dict
 from engine.run_dir import JsonLines, RunDir, atomic_write_text, refuse_to_replace
 from engine.runtime import Runtime, apply_backend_flags, resolve_runtime, rng_state, seed_everything, set_rng_state
 from engine.resume import changes_on_resume
@@ -215,7 +215,7 @@ class Trainer:
     def _build_model(self) -> nn.Module:
         norm = self.data.normalization
         model = build(self.cfg.model.name, self.data.num_classes, self.data.aux_classes, dropout=self.cfg.model.dropout,
-                      mean=norm.mean, std=norm.std)
+                      mean=norm.mean, std=norm.std, normalization=norm.kind)
         if self.cfg.runtime.sync_bn and self.world.size > 1:
             if self.rt.device.type != "cuda":
                 raise ConfigError(
@@ -426,13 +426,12 @@ class Trainer:
         path = self.files.last
         state = load_checkpoint(path)  # CPU tensors; load_state_dict moves them to the device
         changes = changes_on_resume(state["config"], self.cfg.to_dict(), str(self.out))
-        if self.model.load_trained(state["model"]) is not None:
+        if self.model.load_trained(state["model"], card_normalization(state["model_card"], path)) is not None:
             # The checkpoint's own normalisation wins: the weights were trained with it.
             self.normalization_source = state["model_card"].get(
                 "normalization_source", "the checkpoint's (from before the source was recorded)")
-            log.warning("%s normalises with %s / %s, not the %s this config gives; keeping the checkpoint's",
-                        path, self.model.mu.flatten().tolist(), self.model.sigma.flatten().tolist(),
-                        self.data.normalization.source)
+            log.warning("%s normalises with %s, not the %s this config gives; keeping the checkpoint's",
+                        path, self.model.describe_normalization(), self.data.normalization.source)
         saved_groups, groups = len(state["optimizer"]["param_groups"]), len(self.optimizer.param_groups)
         if saved_groups != groups:
             raise ValueError(

@@ -66,6 +66,7 @@ def test_an_empty_list_override_clears_the_list():
     ("model.name=resnet18", ["model.name", "wrn-DEPTH-WIDTH", "resnet-18"]),
     ("model.name=resnet-50", ["model.name", "[18, 34]"]),
     ("model.name=wrn-27-10", ["model.name", "6n+4"]),
+    ("model.normalization=per-pixel", ["model.normalization", "per-image", "primary"]),
     ("optim.epochs=ten", ["optim.epochs", "int"]),
     ("optim.lr=fast", ["optim.lr", "float"]),
     ("attack.eps=8/0", ["attack.eps", "float"]),
@@ -258,3 +259,16 @@ def test_config_toml_reads_back_exactly_what_fractions_gave():
 def test_non_finite_numbers_are_refused_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
         load_config("demo", overrides=[override])
+
+
+def test_per_image_normalisation_is_a_choice_and_a_config_toml_without_the_key_reads_as_before(tmp_path):
+    from engine.run_dir import read_config
+
+    assert load_config(overrides=["model.normalization=per-image"]).model.normalization == "per-image"
+    # A run directory written before the key existed (its config.toml has no model.normalization)
+    # resolves to what those runs used: the primary data's per-channel statistics.
+    old = load_config(preset="cifar10-at").to_dict()
+    del old["model"]["normalization"]
+    (tmp_path / "config.toml").write_text(to_toml(TrainConfig.from_dict(old)).replace('normalization = "primary"\n', ""))
+    assert "normalization" not in (tmp_path / "config.toml").read_text()
+    assert read_config(tmp_path).model.normalization == "primary"

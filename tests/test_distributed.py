@@ -2,8 +2,9 @@
 start them (RANK, WORLD_SIZE, MASTER_ADDR/PORT in the environment).
 
 - One DistributedDataParallel step equals one single-process step on the concatenated batch, for
-  AT and TRADES: weights, one omega on both ranks equal to the single-process omega of the global
-  batch (and its EMA update), and selection counts that sum to the single-process counts.
+  AT (per-channel and per-image normalisation) and TRADES: weights, one omega on both ranks equal
+  to the single-process omega of the global batch (and its EMA update), and selection counts
+  that sum to the single-process counts.
   BatchNorm is frozen in eval mode there (a shard's batch statistics are not the global batch's,
   and PyTorch's SyncBatchNorm runs on GPUs only: the sync_bn variant is the `gpu` test).
 - A training run on two ranks: identical replicas, disjoint shards, rank 0 alone writes, metrics
@@ -64,7 +65,11 @@ STEP_CASES = {
     "at": dict(name="at", aux_mode="biamat", pi=0.9, alpha=1.0),
     "trades-ema": dict(name="trades", aux_mode="biamat", pi=0.9, alpha=0.5, threshold="ema", ema_momentum=0.5),
     "standard": dict(name="standard", aux_mode="biamat", pi=0.9, alpha=1.0),
+    "at-per-image": dict(name="at", aux_mode="biamat", pi=0.9, alpha=1.0),
 }
+# Per-image standardisation takes each image's own statistics, so a shard's step still equals the
+# global batch's; the other cases normalise per channel.
+PER_IMAGE_CASES = ("at-per-image",)
 GLOBAL_BATCH = dict(n_pri=8, aux_sizes=(8,), aux_classes=(5,), size=8)
 
 
@@ -76,11 +81,11 @@ class _FrozenBatchNorm(nn.BatchNorm2d):
         return super().train(False)
 
 
-def _step_model() -> nn.Module:
+def _step_model(normalization: str = "per-channel") -> nn.Module:
     from engine.models import build
 
     torch.manual_seed(0)
-    model = build("wrn-10-1", 10, GLOBAL_BATCH["aux_classes"])
+    model = build("wrn-10-1", 10, GLOBAL_BATCH["aux_classes"], normalization=normalization)
     for m in model.modules():
         if type(m) is nn.BatchNorm2d:
             m.__class__ = _FrozenBatchNorm  # same parameters and buffers, eval-mode forward
@@ -104,7 +109,7 @@ def _run_steps(case: str, rank: int | None) -> dict:
     from engine.methods import METHODS, MethodState, StepContext
     from engine.step import TrainStep
 
-    model = _step_model()
+    model = _step_model("per-image" if case in PER_IMAGE_CASES else "per-channel")
     cfg = MethodConfig(**STEP_CASES[case])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     fp32 = torch.amp.GradScaler("cpu", enabled=False)

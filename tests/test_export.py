@@ -14,10 +14,12 @@ from engine.models import build, model_card, primary_state_dict
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
-@pytest.fixture()
-def run_dir(tmp_path):
+def make_run(tmp_path, normalization: str = "per-channel"):
     torch.manual_seed(0)
-    model = build("wrn-10-2", 10, aux_classes=(7,), mean=MEAN, std=STD)
+    if normalization == "per-image":
+        model = build("wrn-10-2", 10, aux_classes=(7,), normalization="per-image")
+    else:
+        model = build("wrn-10-2", 10, aux_classes=(7,), mean=MEAN, std=STD)
     for m in model.modules():  # non-trivial BatchNorm statistics, so every buffer matters
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
@@ -33,6 +35,16 @@ def run_dir(tmp_path):
         "attacks": {"pgd100": {"robust_acc": 0.5501}, "aa": {"robust_acc": 0.5123}},
         "autoattack_acc": 0.5123, "sanity_warnings": []}))
     return tmp_path, model
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    return make_run(tmp_path)
+
+
+@pytest.fixture(params=["per-channel", "per-image"])
+def any_run_dir(tmp_path, request):
+    return make_run(tmp_path, request.param)
 
 
 def test_exported_weights_reload_to_the_same_logits(run_dir):
@@ -89,7 +101,7 @@ def test_cli_export_and_its_errors(run_dir, tmp_path_factory):
     assert missing.exit_code == 1 and "no model.safetensors" in missing.output
 
 
-def test_the_readme_snippet_itself_gives_the_models_logits(run_dir, monkeypatch):
+def test_the_readme_snippet_itself_gives_the_models_logits(any_run_dir, monkeypatch):
     """The README's loading code, executed as a user would copy it, against RobustBench's
     WideResNet (here: ours without the normalisation buffers, i.e. RobustBench's modules and
     keys). In train mode its BatchNorm would use batch statistics and the logits would drift."""
@@ -107,7 +119,7 @@ def test_the_readme_snippet_itself_gives_the_models_logits(run_dir, monkeypatch)
                 del self._buffers[name]
             self.mu, self.sigma = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
 
-    path, _ = run_dir
+    path, _ = any_run_dir
     result = export_robustbench(path)
     code = re.search(r"```python\n(.*?)```", result.readme.read_text(), re.S).group(1)
     fake = types.ModuleType("robustbench.model_zoo.architectures.wide_resnet")
@@ -121,6 +133,22 @@ def test_the_readme_snippet_itself_gives_the_models_logits(run_dir, monkeypatch)
     x = torch.rand(16, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(namespace["model"](x), load(path)(x), atol=1e-5, rtol=1e-5)
+
+
+def test_a_per_image_run_exports_its_standardisation_and_reloads_to_the_same_logits(tmp_path):
+    path, model = make_run(tmp_path, "per-image")
+    result = export_robustbench(path)
+    norm = json.loads(result.card.read_text())["normalization"]
+    assert norm["kind"] == "per-image" and norm["apply"] == "net(standardize(x))"
+    weights = load_file(str(result.weights))
+    assert "mu" not in weights and "sigma" not in weights
+    readme = result.readme.read_text()
+    assert "def standardize(x)" in readme and "(x - mean) / std" not in readme
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        reloaded = load_robustbench_export(result.out_dir)
+        assert reloaded.normalization == "per-image"
+        assert torch.equal(reloaded(x), model(x))
 
 
 def test_export_never_writes_over_the_run_or_an_earlier_export(run_dir):

@@ -163,6 +163,22 @@ def test_keep_carries_auxiliary_heads_only_of_the_same_class_counts(tmp_path, ti
     assert init.heads == "new"
 
 
+def test_a_per_image_source_hands_over_its_standardisation_with_a_warning(tmp_path, tiny_train_config, caplog):
+    # A per-image pre-training (the AT presets') fine-tuned under a per-channel config: the trunk
+    # keeps the normalisation it was trained with, as it keeps its mean and std.
+    torch.manual_seed(7)
+    source = build("wrn-10-1", 10, (20,), normalization="per-image")
+    card = model_card(source, "wrn-10-1", aux_classes=[20], normalization_source="the test's")
+    save_checkpoint(tmp_path / "s.pt", {"model": source.state_dict(), "model_card": card, "epoch": 3})
+    cfg = tiny_train_config(f"init.source={tmp_path / 's.pt'}", "init.heads=keep")
+    model = build("wrn-10-1", 10, (20,), mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6))
+    start_from_source(model, cfg)
+    assert model.normalization == "per-image"
+    assert "normalises with per-image standardisation, not the mean [0.1" in caplog.text
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(model.eval()(x), source.eval()(x))
+
+
 def test_a_model_safetensors_hands_over_its_trunk_and_epoch(tmp_path, tiny_train_config):
     torch.manual_seed(5)
     model = build("wrn-10-1", 20)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from engine.checkpoint import clean_state_dict, export_model, save_checkpoint
 from engine.models import build, load, model_card, parse_arch, primary_state_dict
+from engine.models.heads import CIFAR10_STD, per_image_standardization
 from engine.models.wideresnet import CIFAR10_MEAN
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -322,3 +324,176 @@ def test_resnet_load_round_trip_through_the_model_card_and_a_checkpoint(tmp_path
     assert torch.allclose(loaded.mu, model.mu) and torch.equal(loaded(x), expected)
     from_checkpoint = load(tmp_path / "last.pt")
     assert from_checkpoint.aux_classes == (20,) and torch.equal(from_checkpoint(x), expected)
+
+
+# ---- per-image standardisation (model.normalization = per-image) ----------------------------
+
+def tf_per_image_standardization(image: np.ndarray) -> np.ndarray:
+    """tf.image.per_image_standardization (TensorFlow 1.x, image_ops_impl.py) line by line, on one
+    (H, W, C) image; in float64, so the port gives the formula's value and the engine's fp32 is
+    compared to it."""
+    num_pixels = np.prod(image.shape[-3:])
+    image = image.astype(np.float64)
+    image_mean = np.mean(image)
+    variance = np.mean(np.square(image)) - np.square(image_mean)
+    variance = np.maximum(variance, 0.0)  # gen_nn_ops.relu
+    stddev = np.sqrt(variance)
+    min_stddev = 1.0 / np.sqrt(num_pixels)  # math_ops.rsqrt
+    pixel_value_scale = np.maximum(stddev, min_stddev)
+    return (image - image_mean) / pixel_value_scale
+
+
+def reference_at_input(x: torch.Tensor, pixel_scale: float = 255.0) -> torch.Tensor:
+    """What the reference AT model's first conv sees for the [0, 1] images `x`: its
+    `tf.map_fn(per_image_standardization)` over NHWC images of 0-255 pixels, back in NCHW."""
+    nhwc = (pixel_scale * x.double()).permute(0, 2, 3, 1).numpy()
+    return torch.from_numpy(np.stack([tf_per_image_standardization(img) for img in nhwc])).permute(0, 3, 1, 2)
+
+
+def floor_applies(x: torch.Tensor, pixel_scale: float) -> list[bool]:
+    """Per image: whether TF's max(stddev, 1/sqrt(N)) takes the floor, in the port's units."""
+    scaled = pixel_scale * x.double()
+    return [bool(img.std(unbiased=False) < 1 / np.sqrt(img.numel())) for img in scaled]
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 1, 1), (5, 3, 8, 8), (3, 3, 7, 5), (2, 3, 32, 32), (1, 3, 64, 64)])
+@pytest.mark.parametrize("pixel_scale", [255.0, 1.0])
+def test_per_image_standardisation_is_tensorflows_formula_on_random_images(shape, pixel_scale):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.rand(shape, generator=g)
+    x[0] *= 0.02  # a dark, low-contrast image beside ordinary ones: pixel_scale 1 floors its std
+    out = per_image_standardization(x, pixel_scale)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    torch.testing.assert_close(out.double(), reference_at_input(x, pixel_scale), atol=2e-5, rtol=1e-5)
+
+
+def test_per_image_standardisation_floors_the_std_at_one_over_sqrt_n_as_tensorflow():
+    # A constant image (std 0) maps to zeros, with a finite gradient (the attack starts from it);
+    # low-contrast images have their std floored (checked on the port, so the floor is exercised).
+    g = torch.Generator().manual_seed(0)
+    constant = torch.full((1, 3, 16, 16), 0.3)
+    faint = 1e-4 * torch.rand((2, 3, 16, 16), generator=g)  # std 7e-3 in 0-255 units < 1/sqrt(768)
+    x = torch.cat([constant, faint, torch.rand((1, 3, 16, 16), generator=g)])
+    assert floor_applies(x, 255.0) == [True, True, True, False]
+    x.requires_grad_(True)
+    out = per_image_standardization(x)
+    torch.testing.assert_close(out.detach().double(), reference_at_input(x.detach()), atol=2e-5, rtol=1e-5)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    out.square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    # The floor is 1/sqrt(N) at the reference's 0-255 pixels, so the faint images keep their
+    # (small) values, 255 * (x - mean) * sqrt(N), rather than being blown up to unit std.
+    assert float(out[1].detach().std(unbiased=False)) == pytest.approx(float(255 * x[1].detach().std(unbiased=False) * 768**0.5), rel=1e-3)
+
+
+def test_per_image_standardisation_keeps_channels_last_and_takes_fp32_statistics_under_autocast():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand((4, 3, 16, 16), generator=g)
+    expected = per_image_standardization(x)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    out_cl = per_image_standardization(x_cl)
+    assert out_cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out_cl, expected, atol=1e-6, rtol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = per_image_standardization(x_cl)
+    assert under_autocast.dtype == torch.float32  # statistics and output as without autocast
+    torch.testing.assert_close(under_autocast, expected, atol=1e-6, rtol=1e-6)
+    # A low-precision input comes back in its dtype, standardised with fp32 statistics.
+    half = per_image_standardization(x.bfloat16())
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half, per_image_standardization(x.bfloat16().float()).bfloat16(), atol=0, rtol=0)
+
+
+def test_a_per_image_model_standardises_each_image_inside_and_keeps_identity_buffers():
+    torch.manual_seed(0)
+    model = build("wrn-10-1", 10, normalization="per-image").eval()
+    assert model.normalization == "per-image"
+    assert model.mu.flatten().tolist() == [0.0, 0.0, 0.0] and model.sigma.flatten().tolist() == [1.0, 1.0, 1.0]
+    x = torch.rand(3, 3, 16, 16)
+    # conv1 sees what the reference AT model's first conv sees.
+    torch.testing.assert_close(model.conv1(model.normalize(x)), model.conv1(reference_at_input(x).float()),
+                               atol=1e-4, rtol=1e-4)
+    # Each image on its own: a brighter, higher-contrast copy of an image gets the same logits,
+    # and an image's logits do not depend on the others in the batch (eval mode).
+    logits = model(x)
+    torch.testing.assert_close(model(0.5 * x + 0.25), logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model(x[1:2]), logits[1:2], atol=1e-5, rtol=1e-5)
+    model_cl = model.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(model_cl(x.contiguous(memory_format=torch.channels_last)), logits, atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(model(x).float(), logits, atol=0.1, rtol=0.05)
+    with pytest.raises(ValueError, match="per-image standardisation takes no per-channel mean and std"):
+        build("wrn-10-1", 10, mean=CIFAR10_MEAN, normalization="per-image")
+    with pytest.raises(ValueError, match="normalization 'per-pixel' is not one of per-channel, per-image"):
+        build("wrn-10-1", 10, normalization="per-pixel")
+
+
+def test_a_per_image_model_compiles_to_the_same_features_and_input_gradients():
+    # The trainer compiles model.features; aot_eager traces it as inductor would, without a C
+    # compiler. fullgraph: the standardisation must not break the graph.
+    torch.manual_seed(0)
+    model = build("wrn-10-1", 10, normalization="per-image").eval()
+    x = torch.rand(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    compiled = torch.compile(model.features, backend="aot_eager", fullgraph=True)
+    x_eager, x_comp = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    eager_out, comp_out = model.features(x_eager), compiled(x_comp)
+    torch.testing.assert_close(comp_out, eager_out, atol=1e-5, rtol=1e-5)
+    eager_out.sum().backward()
+    comp_out.sum().backward()
+    torch.testing.assert_close(x_comp.grad, x_eager.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["wrn-10-1", "resnet-18"])
+def test_a_per_image_model_loads_as_per_image_from_its_card_and_checkpoint(tmp_path, arch):
+    torch.manual_seed(0)
+    model = trained_like(build(arch, 10, aux_classes=(20,), normalization="per-image"))
+    card = model_card(model, arch, aux_classes=[20])
+    assert card["normalization"] == "per-image" and (card["mean"], card["std"]) == ([0.0] * 3, [1.0] * 3)
+    export_model(tmp_path, primary_state_dict(model), card)
+    save_checkpoint(tmp_path / "last.pt", {"model": clean_state_dict(model.state_dict()), "model_card": card})
+    x = torch.rand(3, 3, 8, 8)
+    expected = model.eval()(x)
+    for path in (tmp_path, tmp_path / "model.safetensors", tmp_path / "last.pt"):
+        loaded = load(path)
+        assert loaded.normalization == "per-image"
+        assert torch.equal(loaded(x), expected)
+
+
+@pytest.mark.parametrize("arch", ["wrn-10-1", "resnet-18"])
+def test_a_run_from_before_per_image_normalisation_loads_to_bit_identical_logits(tmp_path, arch):
+    # A model built the old way (no normalization argument: per-channel buffers), saved with the
+    # card of the time, which had mean and std but no `normalization` key.
+    torch.manual_seed(0)
+    model = trained_like(build(arch, 10, aux_classes=(20,), mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25)))
+    card = model_card(model, arch, aux_classes=[20])
+    del card["normalization"]
+    export_model(tmp_path, primary_state_dict(model), card)
+    save_checkpoint(tmp_path / "best.pt", {"model": clean_state_dict(model.state_dict()), "model_card": card})
+    x = torch.rand(3, 3, 8, 8)
+    expected = model.eval()(x)
+    for path in (tmp_path, tmp_path / "best.pt"):
+        loaded = load(path)
+        assert loaded.normalization == "per-channel"
+        assert torch.equal(loaded(x), expected)
+
+
+def test_load_trained_takes_the_normalisation_the_weights_were_trained_with():
+    torch.manual_seed(0)
+    per_image = trained_like(build("wrn-10-1", 10, normalization="per-image"))
+    x = torch.rand(2, 3, 8, 8)
+    expected = per_image.eval()(x)
+    fresh = build("wrn-10-1", 10)  # what a config asking for per-channel CIFAR-10 statistics builds
+    built = fresh.load_trained(per_image.state_dict(), "per-image")
+    assert built == f"mean {torch.tensor(CIFAR10_MEAN).tolist()} / std {torch.tensor(CIFAR10_STD).tolist()}"
+    assert fresh.normalization == "per-image" and torch.equal(fresh.eval()(x), expected)
+    assert fresh.load_trained(per_image.state_dict(), "per-image") is None  # nothing differs now
+    back = build("wrn-10-1", 10, normalization="per-image")
+    assert back.load_trained(build("wrn-10-1", 10).state_dict()) == "per-image standardisation"
+    assert back.normalization == "per-channel"
+
+
+def test_a_card_with_an_unknown_normalisation_is_named(tmp_path):
+    model = build("wrn-10-1", 10)
+    export_model(tmp_path, primary_state_dict(model), {**model_card(model, "wrn-10-1"), "normalization": "per-pixel"})
+    with pytest.raises(ValueError, match=r"model\.json: normalization = 'per-pixel' is not one of per-channel, per-image"):
+        load(tmp_path)

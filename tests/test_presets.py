@@ -41,6 +41,12 @@ PAPER_LR = {
     "at": ("epochs 1-60 at 0.1, 61-90 at 0.01, 91-100 at 0.001", [(60, 0.1), (90, 0.01), (100, 0.001)]),
     "trades": ("epochs 1-99 at 0.1, 100-104 at 0.01, 105-110 at 0.001", [(99, 0.1), (104, 0.01), (110, 0.001)]),
 }
+# Not in the paper, so taken from each method's reference code, which the paper's runs used: the AT
+# code (TensorFlow, after Madry et al.) standardises each image inside its graph
+# (tf.image.per_image_standardization); the TRADES code (PyTorch, Zhang et al.) feeds [0, 1] images
+# to the network as they are. Standard training has no reference code: the engine's default, the
+# primary data's per-channel statistics.
+REFERENCE_NORMALIZATION = {"at": "per-image", "trades": "none", "standard": "primary"}
 # Not in the paper, so pinned to the baselines' published training attacks: PGD-10 with 2/255
 # steps for AT at 8/255 (Rice et al., the paper's [31]); TRADES' 10 steps of 0.007 and beta 6.
 UNSTATED = {
@@ -93,6 +99,7 @@ def test_preset_matches_the_paper(name):
     assert cfg.data.primary == f"data/{primary}-train.beton" and cfg.data.test == f"data/{primary}-test.beton"
     assert cfg.model.name == MODEL[(primary, method)]
     assert cfg.method.name == method
+    assert cfg.model.normalization == REFERENCE_NORMALIZATION[cfg.method.name]
 
     schedule = SCHEDULE[method]
     assert cfg.optim.epochs == schedule["epochs"]
@@ -163,6 +170,25 @@ def test_presets_outside_table12_say_what_they_use_instead():
     assert (imgnet.alpha, imgnet.pi, imgnet.high_loss) == (1.0, 0.5, "ce")
     svhn = load_config(preset="cifar10-trades-biamat-svhn").method
     assert (svhn.alpha, svhn.pi) == TABLE12[("cifar10", "trades")]
+
+
+@pytest.mark.parametrize("name", [name for name in preset_names() if name != "demo"])
+def test_every_preset_normalises_its_inputs_as_its_methods_reference_code(name):
+    # Pre-training, fine-tuning and pseudo-label runs too: each trains with its method's code.
+    cfg = load_config(preset=name)
+    assert cfg.model.normalization == REFERENCE_NORMALIZATION[cfg.method.name], name
+
+
+def test_the_demo_keeps_the_settings_its_measurements_were_taken_with_and_says_why():
+    # The demo is AT but the base of every demo-scale study run, TRADES rows included, and the
+    # docs' demo-scale results were measured with these two settings.
+    from importlib import resources
+
+    cfg = load_config(preset="demo")
+    assert cfg.method.name == "at"
+    assert (cfg.model.normalization, cfg.optim.weight_decay_on) == ("primary", "all")
+    text = (resources.files("engine") / "presets" / "demo.toml").read_text()
+    assert 'not the AT presets\' "weights"' in text and "docs/demo-reproduction.md" in text
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -328,4 +354,5 @@ def test_robust_dataset_presets_train_a_wrn34_10_normally_on_their_robust_datase
 def test_the_pseudo_labelling_classifiers_train_normally_on_the_primary_data(data):
     cfg, at = load_config(preset=f"{data}-standard"), load_config(preset=f"{data}-at")
     assert cfg.method.name == "standard" and not cfg.uses_aux
-    assert flatten(cfg.to_dict()) == {**flatten(at.to_dict()), "method.name": "standard"}
+    assert flatten(cfg.to_dict()) == {**flatten(at.to_dict()), "method.name": "standard",
+                                      "model.normalization": REFERENCE_NORMALIZATION["standard"]}

@@ -78,12 +78,13 @@ def test_the_model_normalises_with_the_primary_datas_own_statistics(betons):
     assert "shapes-primary" in run.normalization.source and primary in run.normalization.source
 
 
-@pytest.mark.parametrize("mode, mean, std", [("cifar10", CIFAR10_MEAN, CIFAR10_STD),
-                                             ("none", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))])
-def test_fixed_normalisations_stay_available(mode, mean, std):
+@pytest.mark.parametrize("mode, mean, std, kind", [("cifar10", CIFAR10_MEAN, CIFAR10_STD, "per-channel"),
+                                                   ("none", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "per-channel"),
+                                                   ("per-image", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "per-image")])
+def test_fixed_normalisations_stay_available(mode, mean, std, kind):
     info = make_shapes("primary", "train", n=8, size=16).info
     norm = primary_normalization(mode, PRIMARY_SPEC, info)
-    assert (norm.mean, norm.std) == (tuple(mean), tuple(std)) and mode in norm.source
+    assert (norm.mean, norm.std, norm.kind) == (tuple(mean), tuple(std), kind) and mode in norm.source
 
 
 def test_a_manifest_from_before_the_statistics_were_recorded_has_them_computed(betons, tmp_path, caplog):

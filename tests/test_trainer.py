@@ -173,6 +173,17 @@ def test_a_resumed_run_keeps_the_normalisation_it_was_trained_with(tmp_path, tin
     assert "cifar10" in trainer.normalization_source and "keeping the checkpoint's" in caplog.text
 
 
+def test_a_per_image_run_records_it_in_its_card_and_resumes_with_it(tmp_path, tiny_train_config, caplog):
+    run = ("method.warmup_epochs=0", "eval.steps=0", "optim.milestones=2", "model.normalization=per-image")
+    train(tiny_train_config(*run, "optim.epochs=1"), tmp_path)
+    card = json.loads((tmp_path / "model.json").read_text())
+    assert card["normalization"] == "per-image" and (card["mean"], card["std"]) == ([0.0] * 3, [1.0] * 3)
+    assert "per-image" in card["normalization_source"]
+    assert load(tmp_path).normalization == "per-image"
+    trainer = Trainer(tiny_train_config(*run, "optim.epochs=2"), tmp_path, resume=True)
+    assert trainer.model.normalization == "per-image" and "keeping the checkpoint's" not in caplog.text
+
+
 class StopAt(Exception):
     pass
 

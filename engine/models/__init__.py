@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from engine.arch import parse_arch
-from engine.models.heads import CIFAR10_MEAN, CIFAR10_STD, MultiHeadNet
+from engine.models.heads import CIFAR10_MEAN, CIFAR10_STD, NORMALIZATIONS, PER_CHANNEL, PER_IMAGE, MultiHeadNet
 from engine.models.resnet import ResNet
 from engine.models.wideresnet import WideResNet
 from engine.run_dir import RunDir, read_json
@@ -24,19 +24,29 @@ def build(
     aux_classes: Sequence[int] = (),
     *,
     dropout: float = 0.0,
-    mean: Sequence[float] = CIFAR10_MEAN,
-    std: Sequence[float] = CIFAR10_STD,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    normalization: str = PER_CHANNEL,
 ) -> MultiHeadNet:
     """Builds an architecture by name (`wrn-28-10`, `wrn-34-10`, `wrn-16-10`, any `wrn-D-K`;
-    `resnet-18`, `resnet-34`)."""
+    `resnet-18`, `resnet-34`). `normalization`: per-channel with `mean` / `std` (default
+    CIFAR-10's), or per-image standardisation (no mean / std: its buffers are 0 and 1)."""
     arch = parse_arch(name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization {normalization!r} is not one of {', '.join(NORMALIZATIONS)}")
+    identity = normalization == PER_IMAGE
+    mean = mean if mean is not None else (0.0, 0.0, 0.0) if identity else CIFAR10_MEAN
+    std = std if std is not None else (1.0, 1.0, 1.0) if identity else CIFAR10_STD
     if arch.family == "resnet":
         if dropout:
             raise ValueError(f"model {name!r} has no dropout (got {dropout}): dropout applies to WideResNets only")
-        return ResNet(arch.depth, num_classes, aux_classes, mean, std)
-    return WideResNet(arch.depth, arch.width, num_classes, aux_classes, dropout, mean, std)
+        model: MultiHeadNet = ResNet(arch.depth, num_classes, aux_classes, mean, std)
+    else:
+        model = WideResNet(arch.depth, arch.width, num_classes, aux_classes, dropout, mean, std)
+    model.set_normalization(normalization)
+    return model
 
 
 def model_card(model: MultiHeadNet, name: str, class_names: Sequence[str] = (), **extra) -> dict:
@@ -48,6 +58,8 @@ def model_card(model: MultiHeadNet, name: str, class_names: Sequence[str] = (), 
         "dropout": model.drop_rate,
         "mean": model.mu.flatten().tolist(),
         "std": model.sigma.flatten().tolist(),
+        # per-channel: (x - mean) / std; per-image: each image standardised (mean 0, std 1 unused).
+        "normalization": model.normalization,
         "input": "float NCHW in [0, 1]; normalisation is inside the model",
         **extra,
     }
@@ -58,11 +70,22 @@ def primary_state_dict(model: MultiHeadNet) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.startswith("aux_fc.")}
 
 
-def _from_card(card: dict, aux_classes: Sequence[int] = ()) -> MultiHeadNet:
+def card_normalization(card: dict, where: str | Path = "model card") -> str:
+    """The normalisation a model card says its weights expect; cards from before the per-image
+    option record none and were per-channel."""
+    kind = card.get("normalization", PER_CHANNEL)
+    if kind not in NORMALIZATIONS:
+        raise ValueError(f"{where}: normalization = {kind!r} is not one of {', '.join(NORMALIZATIONS)} "
+                         "(a card from a newer biamat-engine?): update biamat-engine, or fix the card")
+    return kind
+
+
+def _from_card(card: dict, aux_classes: Sequence[int] = (), where: str | Path = "model card") -> MultiHeadNet:
     return build(
         card["architecture"], card["num_classes"], aux_classes,
         dropout=card.get("dropout", 0.0),
-        mean=card.get("mean", CIFAR10_MEAN), std=card.get("std", CIFAR10_STD),
+        mean=card.get("mean"), std=card.get("std"),  # absent: build's default for the kind
+        normalization=card_normalization(card, where),
     )
 
 
@@ -110,7 +133,7 @@ def load_with_card(path: str | Path, device: str | torch.device = "cpu") -> tupl
             raise FileNotFoundError(f"{path} needs its model card {card_path} (architecture, classes)")
         card = read_json(card_path)
         try:
-            model = _from_card(card)
+            model = _from_card(card, where=card_path)
         except (KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"{card_path}: not a biamat-engine model card ({type(err).__name__}: {err}); "
                              "it needs architecture and num_classes") from None
@@ -120,7 +143,7 @@ def load_with_card(path: str | Path, device: str | torch.device = "cpu") -> tupl
         if "model_card" not in ckpt or "model" not in ckpt:
             raise ValueError(f"{path} is not a biamat-engine checkpoint (no model_card/model entries)")
         card = ckpt["model_card"]
-        model = _from_card(card, card.get("aux_classes", ()))
+        model = _from_card(card, card.get("aux_classes", ()), where=path)
         model.load_state_dict(ckpt["model"])
     else:
         raise ValueError(f"cannot load {path}: expected a run directory, .safetensors or .pt")
