@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 
 from engine.arch import parse_arch
+from engine.models.aux_bn import has_aux_bn, is_aux_bn_key, separate_aux_bn
 from engine.models.heads import CIFAR10_MEAN, CIFAR10_STD, MultiHeadNet
 from engine.models.resnet import ResNet
 from engine.models.wideresnet import WideResNet
@@ -26,17 +27,23 @@ def build(
     dropout: float = 0.0,
     mean: Sequence[float] = CIFAR10_MEAN,
     std: Sequence[float] = CIFAR10_STD,
+    aux_bn: str = "shared",
 ) -> MultiHeadNet:
     """Builds an architecture by name (`wrn-28-10`, `wrn-34-10`, `wrn-16-10`, any `wrn-D-K`;
-    `resnet-18`, `resnet-34`)."""
+    `resnet-18`, `resnet-34`); `aux_bn = "separate"` gives the auxiliary images BatchNorms of
+    their own (`engine.models.aux_bn`)."""
     arch = parse_arch(name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if aux_bn not in ("shared", "separate"):
+        raise ValueError(f"aux_bn must be shared or separate, got {aux_bn!r}")
     if arch.family == "resnet":
         if dropout:
             raise ValueError(f"model {name!r} has no dropout (got {dropout}): dropout applies to WideResNets only")
-        return ResNet(arch.depth, num_classes, aux_classes, mean, std)
-    return WideResNet(arch.depth, arch.width, num_classes, aux_classes, dropout, mean, std)
+        model = ResNet(arch.depth, num_classes, aux_classes, mean, std)
+    else:
+        model = WideResNet(arch.depth, arch.width, num_classes, aux_classes, dropout, mean, std)
+    return separate_aux_bn(model) if aux_bn == "separate" else model
 
 
 def model_card(model: MultiHeadNet, name: str, class_names: Sequence[str] = (), **extra) -> dict:
@@ -49,20 +56,23 @@ def model_card(model: MultiHeadNet, name: str, class_names: Sequence[str] = (), 
         "mean": model.mu.flatten().tolist(),
         "std": model.sigma.flatten().tolist(),
         "input": "float NCHW in [0, 1]; normalisation is inside the model",
+        # Only a checkpoint holds the auxiliary BatchNorms; model.safetensors never does.
+        **({"aux_bn": "separate"} if has_aux_bn(model) else {}),
         **extra,
     }
 
 
 def primary_state_dict(model: MultiHeadNet) -> dict[str, torch.Tensor]:
-    """The weights of h_pri = f_pri . g: everything but the auxiliary heads."""
-    return {k: v for k, v in model.state_dict().items() if not k.startswith("aux_fc.")}
+    """The weights of h_pri = f_pri . g: everything but the auxiliary heads and the auxiliary
+    BatchNorms (model.aux_bn = separate), so it loads into the plain architecture."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("aux_fc.") and not is_aux_bn_key(k)}
 
 
-def _from_card(card: dict, aux_classes: Sequence[int] = ()) -> MultiHeadNet:
+def _from_card(card: dict, aux_classes: Sequence[int] = (), aux_bn: str = "shared") -> MultiHeadNet:
     return build(
         card["architecture"], card["num_classes"], aux_classes,
         dropout=card.get("dropout", 0.0),
-        mean=card.get("mean", CIFAR10_MEAN), std=card.get("std", CIFAR10_STD),
+        mean=card.get("mean", CIFAR10_MEAN), std=card.get("std", CIFAR10_STD), aux_bn=aux_bn,
     )
 
 
@@ -120,7 +130,7 @@ def load_with_card(path: str | Path, device: str | torch.device = "cpu") -> tupl
         if "model_card" not in ckpt or "model" not in ckpt:
             raise ValueError(f"{path} is not a biamat-engine checkpoint (no model_card/model entries)")
         card = ckpt["model_card"]
-        model = _from_card(card, card.get("aux_classes", ()))
+        model = _from_card(card, card.get("aux_classes", ()), card.get("aux_bn", "shared"))
         model.load_state_dict(ckpt["model"])
     else:
         raise ValueError(f"cannot load {path}: expected a run directory, .safetensors or .pt")
