@@ -125,6 +125,14 @@ def test_a_run_fixes_omega_after_the_scripted_epoch_and_records_it(tiny_train_co
     assert ckpt["method"]["warmup_ended"] == 2 and ckpt["method"]["omega"] == records[2]["omega"]
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[1])["omega_warmup_ended"] == 2
 
+    pytest.importorskip("matplotlib")
+    from engine.analysis.report import write_analysis
+
+    report = write_analysis([tmp_path]).report.read_text()
+    assert "### When omega was fixed" in report and "on 16 held-out primary training images reached 50.00%" in report
+    assert "| 1 | 18.75 |  |" in report and "| 2 | 68.75 | yes |" in report
+    assert f"Omega {records[2]['omega']:.4f}, first recorded at epoch 3." in report
+
 
 class StopAt(Exception):
     pass
