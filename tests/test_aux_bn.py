@@ -167,14 +167,27 @@ def test_separate_batchnorm_is_refused_where_it_has_nothing_to_do(tiny_train_con
         tiny_train_config("model.aux_bn=separate", *overrides)
 
 
-def test_a_tiny_run_with_separate_batchnorm_trains_and_exports_the_primary(tiny_train_config, tmp_path):
+@pytest.mark.parametrize("method", ["at", "trades"])
+def test_a_tiny_run_with_separate_batchnorm_trains_and_exports_the_primary(tiny_train_config, tmp_path, method):
     from safetensors.torch import load_file
 
     from engine.trainer import train
 
-    records = train(tiny_train_config("model.aux_bn=separate", "optim.epochs=2"), tmp_path)
+    records = train(tiny_train_config("model.aux_bn=separate", "optim.epochs=2", f"method.name={method}"), tmp_path)
     assert records[-1]["omega"] is not None and records[-1]["n_high_ratio"] is not None
     assert not any(".aux_bn." in k for k in load_file(str(tmp_path / "model.safetensors")))
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ckpt["model_card"]["aux_bn"] == "separate"
     assert any(".aux_bn." in k for k in ckpt["model"])
+
+
+def test_a_fine_tune_from_a_shared_source_starts_both_sets_from_its_batchnorm(tiny_train_config, tmp_path):
+    from engine.trainer import Trainer, train
+
+    train(tiny_train_config("data.aux=", "method.aux_mode=none", "optim.epochs=1"), tmp_path / "src")
+    source = torch.load(tmp_path / "src" / "best.pt", weights_only=True)["model"]
+    trainer = Trainer(tiny_train_config("model.aux_bn=separate", f"init.source={tmp_path / 'src'}"), tmp_path / "ft")
+    state = trainer.model.state_dict()
+    aux_keys = [k for k in state if ".aux_bn." in k]
+    assert aux_keys and all(torch.equal(state[k], source[k.replace(".aux_bn.", ".")]) for k in aux_keys)
+    assert all(torch.equal(state[k], v) for k, v in source.items() if not k.startswith(("fc.", "aux_fc.")))

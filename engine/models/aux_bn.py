@@ -67,6 +67,15 @@ def is_aux_bn_key(key: str) -> bool:
     return f".{AUX_BN}." in f".{key}"
 
 
+def with_aux_bn_from_primary(model_keys, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`weights` (of a model with shared BatchNorm, e.g. a pre-training) completed for a model
+    whose keys `model_keys` hold auxiliary BatchNorms: each missing auxiliary entry starts as a
+    copy of its primary BatchNorm's, as `separate_aux_bn` starts a fresh model."""
+    extra = {k: weights[k.replace(f".{AUX_BN}.", ".")] for k in model_keys
+             if is_aux_bn_key(k) and k not in weights and k.replace(f".{AUX_BN}.", ".") in weights}
+    return {**weights, **extra}
+
+
 @contextlib.contextmanager
 def aux_rows(model: nn.Module, n: int) -> Iterator[None]:
     """Within the block, the last `n` rows of each trunk input are auxiliary images and go
