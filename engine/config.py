@@ -172,7 +172,10 @@ class MethodConfig:
     pseudo-labels, each batch half primary and half pseudo-labelled when aux_batch_size equals
     batch_size; no auxiliary head, routing, omega or alpha; the auxiliary data must have the
     primary classes, as `biamat-engine pseudo-label` writes it, and metrics' loss_pri then
-    covers both halves)."""
+    covers both halves), oracle (beyond the paper, synthetic data only: biamat with the
+    confidence test replaced by the data's own record of which auxiliary classes are related to
+    the primary ones, related high and unrelated low, warm-up included; it bounds what any
+    confidence gate could gain; refused for data that records no such groups)."""
     alpha: float = 1.0
     """Weight of the auxiliary loss (paper Table 12)."""
     pi: float = 0.55
@@ -210,7 +213,8 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         _check_choice("method", "name", self.name, ("at", "trades", "standard"))
-        _check_choice("method", "aux_mode", self.aux_mode, ("biamat", "labels", "uniform", "none", "pseudo"))
+        _check_choice("method", "aux_mode", self.aux_mode,
+                      ("biamat", "labels", "uniform", "none", "pseudo", "oracle"))
         _check_choice("method", "threshold", self.threshold, ("frozen", "ema"))
         _check_choice("method", "high_loss", self.high_loss, ("trades", "ce"))
         _check_choice("method", "omega_when", self.omega_when, ("warmup", "accuracy"))
@@ -394,9 +398,9 @@ class TrainConfig:
 
     @property
     def selects(self) -> bool:
-        """Whether the confidence selection runs (biamat mode with auxiliary data): the only
-        case in which method.warmup_epochs means anything."""
-        return self.uses_aux and self.method.aux_mode == "biamat"
+        """Whether a selection runs (biamat mode, or its oracle, with auxiliary data): the only
+        case in which method.warmup_epochs and method.omega_when mean anything."""
+        return self.uses_aux and self.method.aux_mode in ("biamat", "oracle")
 
     @property
     def pseudo_labelled(self) -> bool:

@@ -34,6 +34,7 @@ from engine.distributed import World, data_parallel, rank_device, rank_seed, syn
 from engine.evaluation import accuracy
 from engine.init_from import start_from_source
 from engine.methods import METHODS, MethodState, StepContext, StepStats
+from engine.methods.oracle import related_masks
 from engine.models import build, model_card, primary_state_dict
 from engine.omega_gate import OmegaGate, heldout_counts
 from engine.run_dir import JsonLines, RunDir, atomic_write_text, refuse_to_replace
@@ -171,6 +172,8 @@ class Trainer:
             omega_holdout=self.cfg.method.omega_holdout if self.cfg.method.omega_when == "accuracy" else 0,
         )
         self.gate = OmegaGate(self.cfg.method)
+        self.aux_related = (related_masks(self.data.aux_names, self.data.aux_related, self.rt.device)
+                            if self.cfg.selects and self.cfg.method.aux_mode == "oracle" else ())
         self.normalization_source = self.data.normalization.source
         self.model = self._build_model()
         if cfg.init.source and not resume:  # a resumed fine-tune continues its own checkpoint, not the source
@@ -272,6 +275,7 @@ class Trainer:
             method=self.cfg.method, attack=self.cfg.attack,
             in_warmup=self.gate.in_warmup(self.epoch, self.method_state),
             trunk=self.trunk, autocast=self.rt.autocast(), kernel_impl=self.rt.kernels,
+            aux_related=self.aux_related,
         )
 
     def _omega_heldout_counts(self) -> tuple[int, int]:

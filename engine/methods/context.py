@@ -49,6 +49,9 @@ class StepContext:
     world: World = World()
     """The ranks that train together (set by `engine.step.TrainStep`): routing sums the mean
     confidence over them, so every rank holds one omega. One process by default."""
+    aux_related: Sequence[torch.Tensor] = ()
+    """aux_mode oracle: per auxiliary dataset, (classes,) bool on the device, True where its data
+    records the class as related to the primary classes (the shapes generator's groups)."""
     train_forward: Callable | None = None
     """Under torchrun, DistributedDataParallel around the loss pass (`engine.distributed.
     TrainForward`, set by `engine.step.TrainStep`); None in one process."""

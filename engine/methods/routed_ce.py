@@ -80,5 +80,6 @@ def routed_ce(model: nn.Module, batch: Batch, state: MethodState, ctx: StepConte
         # The auxiliary batch is scored as the loss pass normalises it (its own BatchNorms with
         # model.aux_bn = separate; the shared ones otherwise), as TRADES scores its clean pass.
         high, routed = route(state, ctx, lambda: clean_logits(batch.x_pri, []),
-                             lambda: clean_logits(batch.x_aux, sizes), len(batch.y_aux), batch.y_aux.device)
+                             lambda: clean_logits(batch.x_aux, sizes), len(batch.y_aux), batch.y_aux.device,
+                             batch.y_aux, sizes)
     return RoutedCE(batch, x_nat, sizes, use_aux, high, routed)
