@@ -273,6 +273,9 @@ register(Grid(
 
 # -- The amplification claim: what the auxiliary data adds to AT, used each way ---------------------
 
+_PLAIN_AT = Row("at", ("AT", "-"), paper="table2.cifar10-at")
+"""Plain AT, the baseline of the amplification grid and of the beyond grid."""
+
 register(Grid(
     name="amplification",
     title="AT alone and with one auxiliary dataset used three ways: labels, uniform, BiaMAT's selection",
@@ -283,7 +286,7 @@ register(Grid(
           "checked: related classes should be routed high more often than unrelated ones.",
     columns=("method", "auxiliary data used as"),
     rows=(
-        Row("at", ("AT", "-"), paper="table2.cifar10-at"),
+        _PLAIN_AT,
         Row("at-labels", ("AT", "labels (y~)"), aux=("imagenet",), aux_mode="labels", paper="table1.labels-imagenet"),
         Row("at-uniform", ("AT", "uniform (y_ER)"), aux=("imagenet",), aux_mode="uniform",
             paper="table1.uniform-imagenet"),
@@ -316,7 +319,7 @@ register(Grid(
           "data at demo scale holds related and unrelated classes, as the amplification study's.",
     columns=("method", "option"),
     rows=(
-        Row("at", ("AT", "-"), paper="table2.cifar10-at"),
+        _PLAIN_AT,
         Row("at-biamat", ("AT+BiaMAT", "none: the reference"), aux=("imagenet",),
             paper="table2.cifar10-at-biamat-imagenet"),
         Row("at-biamat-omega-acc", ("AT+BiaMAT", "omega fixed by held-out accuracy"), aux=("imagenet",),
