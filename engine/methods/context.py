@@ -39,9 +39,10 @@ class StepContext:
     method: MethodConfig
     attack: AttackConfig
     in_warmup: bool
-    """True while epochs < warmup_epochs: auxiliary losses are weighted 0. The trainer resolves
-    warmup_epochs to 0 outside biamat mode (`engine.config.resolve_warmup`), so only the
-    selection's warm-up ever sets it."""
+    """True during the selection's warm-up: auxiliary losses are weighted 0. The trainer's
+    `engine.omega_gate.OmegaGate` decides it (epochs < warmup_epochs, or, with omega_when =
+    accuracy, until the held-out check ends it); outside biamat and oracle mode warmup_epochs
+    resolves to 0 (`engine.config.resolve_warmup`), so only the selection's warm-up sets it."""
     trunk: Callable[[torch.Tensor], torch.Tensor]
     """The model's feature extractor, possibly torch.compile'd: (N, 3, H, W) -> (N, D)."""
     autocast: Callable[[], ContextManager] = contextlib.nullcontext
