@@ -73,7 +73,7 @@ def train_command(
     loader: Annotated[Optional[str], typer.Option(help="resident | ffcv | dali", rich_help_panel=DATA)] = None,
     method: Annotated[Optional[str], typer.Option(help="at | trades | standard", rich_help_panel=METHOD)] = None,
     aux_mode: Annotated[Optional[str], typer.Option(
-        help="biamat | labels | uniform | none | pseudo", rich_help_panel=METHOD)] = None,
+        help="biamat | labels | uniform | none | pseudo | oracle", rich_help_panel=METHOD)] = None,
     alpha: Annotated[Optional[float], typer.Option(help="Auxiliary loss weight.", rich_help_panel=METHOD)] = None,
     pi: Annotated[Optional[float], typer.Option(
         help="Threshold factor: omega = pi * mean confidence.", rich_help_panel=METHOD)] = None,

@@ -92,10 +92,18 @@ class ModelConfig:
     0-255 pixel units: the reference AT code's tf.image.per_image_standardization of its 0-255
     images)."""
 
+    aux_bn: str = "shared"
+    """BatchNorm of the auxiliary images (an engine option beyond the paper, docs/beyond-the-paper.md):
+    `shared` (the reference: one BatchNorm over [x_pri; x_aux], statistics mixed) or `separate`
+    (every BatchNorm keeps a second set of statistics and affine parameters, `*.aux_bn.*`, that
+    normalises the auxiliary rows of each combined batch, in the attack, the scoring and the loss
+    pass alike). Evaluation and export use the primary's; export drops the auxiliary set."""
+
     def __post_init__(self) -> None:
         from engine.arch import parse_arch
 
         _check_choice("model", "normalization", self.normalization, ("primary", "cifar10", "none", "per-image"))
+        _check_choice("model", "aux_bn", self.aux_bn, ("shared", "separate"))
         try:
             arch = parse_arch(self.name)
         except ValueError as err:
@@ -166,7 +174,10 @@ class MethodConfig:
     pseudo-labels, each batch half primary and half pseudo-labelled when aux_batch_size equals
     batch_size; no auxiliary head, routing, omega or alpha; the auxiliary data must have the
     primary classes, as `biamat-engine pseudo-label` writes it, and metrics' loss_pri then
-    covers both halves)."""
+    covers both halves), oracle (beyond the paper, synthetic data only: biamat with the
+    confidence test replaced by the data's own record of which auxiliary classes are related to
+    the primary ones, related high and unrelated low, warm-up included; it bounds what any
+    confidence gate could gain; refused for data that records no such groups)."""
     alpha: float = 1.0
     """Weight of the auxiliary loss (paper Table 12)."""
     pi: float = 0.55
@@ -184,15 +195,34 @@ class MethodConfig:
     step, an extension)."""
     ema_momentum: float = 0.99
     """For threshold = ema: omega <- m * omega + (1 - m) * pi * mean confidence of the step."""
+    omega_when: str = "warmup"
+    """biamat mode only (an engine option beyond the paper, docs/beyond-the-paper.md): when omega is
+    fixed. `warmup` (the paper): on the first step after warmup_epochs. `accuracy`: the warm-up
+    lasts at least warmup_epochs and until an epoch end where the primary head's clean accuracy
+    on a held-out slice of the primary *training* data (omega_holdout samples, carved out at start
+    and never trained on) reaches omega_accuracy, or until omega_latest_epoch at the latest;
+    omega is then computed the paper's way on the next step."""
+    omega_accuracy: float = 0.5
+    """For omega_when = accuracy: the held-out clean accuracy (0-1) that ends the warm-up."""
+    omega_latest_epoch: int = 10
+    """For omega_when = accuracy: the epoch after which the warm-up ends whatever the accuracy."""
+    omega_holdout: int = 1000
+    """For omega_when = accuracy: primary training samples held out (drawn from runtime.seed) to
+    measure that accuracy on; they are left out of the training batches."""
     high_loss: str = "trades"
     """TRADES only: loss on high-confidence auxiliary samples: `trades` (CE + beta*KL) or `ce`
     (plain adversarial CE, the paper's choice with a CIFAR-100 primary, Appendix E)."""
 
     def __post_init__(self) -> None:
         _check_choice("method", "name", self.name, ("at", "trades", "standard"))
-        _check_choice("method", "aux_mode", self.aux_mode, ("biamat", "labels", "uniform", "none", "pseudo"))
+        _check_choice("method", "aux_mode", self.aux_mode,
+                      ("biamat", "labels", "uniform", "none", "pseudo", "oracle"))
         _check_choice("method", "threshold", self.threshold, ("frozen", "ema"))
         _check_choice("method", "high_loss", self.high_loss, ("trades", "ce"))
+        _check_choice("method", "omega_when", self.omega_when, ("warmup", "accuracy"))
+        _check_range("method", "omega_accuracy", self.omega_accuracy, 0.0, 1.0)
+        _check_range("method", "omega_latest_epoch", self.omega_latest_epoch, 0)
+        _check_range("method", "omega_holdout", self.omega_holdout, 1)
         _check_range("method", "alpha", self.alpha, 0.0)
         _check_range("method", "pi", self.pi, 0.0)
         _check_range("method", "warmup_epochs", self.warmup_epochs, 0)
@@ -341,6 +371,23 @@ class TrainConfig:
                 f"method.warmup_epochs = {self.method.warmup_epochs} leaves no epoch after warm-up "
                 f"(optim.epochs = {self.optim.epochs}): the threshold would never be set"
             )
+        if self.method.omega_when == "accuracy" and self.selects:
+            m = self.method
+            if not m.warmup_epochs <= m.omega_latest_epoch < self.optim.epochs:
+                raise ConfigError(
+                    f"method.omega_latest_epoch = {m.omega_latest_epoch}: expected a value from "
+                    f"method.warmup_epochs ({m.warmup_epochs}) to optim.epochs - 1 ({self.optim.epochs - 1}), "
+                    "so the warm-up ends before the run does"
+                )
+        if self.model.aux_bn == "separate" and (not self.uses_aux or self.pseudo_labelled):
+            raise ConfigError(
+                'model.aux_bn = "separate" normalises routed auxiliary images, and this run has none '
+                f"(aux_mode {self.method.aux_mode}, {len(self.data.aux)} auxiliary datasets): "
+                'set model.aux_bn = "shared"'
+            )
+        if self.model.aux_bn == "separate" and self.runtime.sync_bn:
+            raise ConfigError('runtime.sync_bn converts BatchNorm to SyncBatchNorm, which has no auxiliary '
+                              'set: use model.aux_bn = "shared" with it, or drop runtime.sync_bn')
         if self.optim.schedule_offset == "global-step" and not self.init.source:
             raise ConfigError(
                 'optim.schedule_offset = "global-step" continues the schedule of init.source, which is empty: '
@@ -353,9 +400,9 @@ class TrainConfig:
 
     @property
     def selects(self) -> bool:
-        """Whether the confidence selection runs (biamat mode with auxiliary data): the only
-        case in which method.warmup_epochs means anything."""
-        return self.uses_aux and self.method.aux_mode == "biamat"
+        """Whether a selection runs (biamat mode, or its oracle, with auxiliary data): the only
+        case in which method.warmup_epochs and method.omega_when mean anything."""
+        return self.uses_aux and self.method.aux_mode in ("biamat", "oracle")
 
     @property
     def pseudo_labelled(self) -> bool:
@@ -384,11 +431,12 @@ def _check_finite(config: "TrainConfig") -> None:
 
 
 def resolve_warmup(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` with method.warmup_epochs = 0 where no selection runs (labels, uniform, pseudo, none,
-    or no auxiliary data), so the resolved config says what the run does; unchanged otherwise."""
-    if cfg.selects or cfg.method.warmup_epochs == 0:
+    """`cfg` with method.warmup_epochs = 0 and method.omega_when = "warmup" where no selection
+    runs (labels, uniform, pseudo, none, or no auxiliary data), so the resolved config says what
+    the run does; unchanged otherwise."""
+    if cfg.selects or (cfg.method.warmup_epochs == 0 and cfg.method.omega_when == "warmup"):
         return cfg
-    return dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, warmup_epochs=0))
+    return dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, warmup_epochs=0, omega_when="warmup"))
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:

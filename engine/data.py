@@ -73,6 +73,12 @@ class RunData:
     heldout_y: torch.Tensor
     normalization: Normalization
     """What the model normalises its inputs with (model.normalization)."""
+    omega_x: torch.Tensor | None = None
+    """method.omega_when = accuracy: (n, 3, H, W) the slice of the primary *training* data held
+    out of the training batches, on the device (`engine.omega_gate`); None otherwise."""
+    omega_y: torch.Tensor | None = None
+    omega_index: np.ndarray | None = None
+    """The slice's indices in the primary training data (sorted)."""
 
 
 def with_absolute_paths(data: DataConfig) -> DataConfig:
@@ -124,18 +130,28 @@ def check_pseudo_labelled(primary_spec: str, primary: DatasetInfo, aux_specs: li
 def build_run_data(
     data: DataConfig, *, use_aux: bool, device: torch.device, seed: int, eval_n: int,
     kernel_impl: str, rank: int = 0, world_size: int = 1, normalization: str = "primary",
-    pseudo_labelled: bool = False,
+    pseudo_labelled: bool = False, omega_holdout: int = 0,
 ) -> RunData:
     """The run's streams and held-out set. `pseudo_labelled` (aux_mode pseudo): the auxiliary data
     trains as primary data, so it must have the primary classes and gets no head of its own
-    (`aux_classes` is empty)."""
+    (`aux_classes` is empty). `omega_holdout` > 0 (method.omega_when = accuracy): that many primary
+    training samples, drawn from `seed`, are left out of the primary stream and kept as
+    `omega_x` / `omega_y`."""
     options = LoaderOptions(workers=data.num_workers, kernel_impl=kernel_impl)
 
-    def stream(spec: str, batch_size: int, stream_seed: int, drop_last: bool):
+    def stream(spec, batch_size: int, stream_seed: int, drop_last: bool):
         return make_stream(spec, backend=data.loader, batch_size=batch_size, device=device, train=True,
                            seed=stream_seed, drop_last=drop_last, rank=rank, world_size=world_size, options=options)
 
-    primary = stream(data.primary, data.batch_size, seed, data.drop_last)
+    omega = None
+    if omega_holdout:
+        omega, trained = _carve_primary(data, omega_holdout, seed)
+        primary = stream(trained, data.batch_size, seed, data.drop_last)
+        # The model normalises with the whole training set's statistics, as without the slice.
+        primary_info = omega[2]
+    else:
+        primary = stream(data.primary, data.batch_size, seed, data.drop_last)
+        primary_info = primary.info
     aux_specs = data.aux if use_aux else []
     # Auxiliary streams cycle forever, so dropping a ragged last batch loses nothing and keeps
     # every step's auxiliary batch the same size.
@@ -170,5 +186,28 @@ def build_run_data(
         aux_related=[i.related for i in aux_info],
         heldout_x=to_device_images(test.images[index], device),
         heldout_y=torch.from_numpy(test.labels[index]).to(device),
-        normalization=primary_normalization(normalization, data.primary, primary.info),
+        normalization=primary_normalization(normalization, data.primary, primary_info),
+        omega_x=None if omega is None else to_device_images(omega[0].images, device),
+        omega_y=None if omega is None else torch.from_numpy(omega[0].labels).to(device),
+        omega_index=None if omega is None else omega[1],
     )
+
+
+def _carve_primary(data: DataConfig, size: int, seed: int) -> tuple[tuple[ArrayDataset, np.ndarray, DatasetInfo],
+                                                                       ArrayDataset]:
+    """((held-out slice, its indices, the whole set's info), the rest to train on) of the primary
+    training data, split by `engine.omega_gate.carve_holdout`."""
+    from engine.omega_gate import carve_holdout
+
+    if data.loader == "ffcv":
+        raise ConfigError(
+            'method.omega_when = "accuracy" holds a slice of the primary training data out of the '
+            "training batches, which the ffcv backend reads straight from the .beton file: use "
+            "--loader resident or dali for this run"
+        )
+    full = open_dataset(data.primary, "train")
+    try:
+        train_index, held_index = carve_holdout(len(full), size, seed)
+    except ValueError as err:
+        raise ConfigError(f"{data.primary}: {err}") from None
+    return (full.subset(held_index), held_index, full.info), full.subset(train_index)

@@ -177,7 +177,14 @@ class TrainForward(nn.Module):
 
     def forward(self, xs: Sequence[torch.Tensor], aux_sizes: Sequence[int] = ()
                 ) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
-        return [self.model.heads(self.trunk(x), aux_sizes) for x in xs]
+        from engine.models.aux_bn import aux_rows  # model.aux_bn = separate: the auxiliary rows' BatchNorms
+
+        out = []
+        for x in xs:
+            with aux_rows(self.model, sum(aux_sizes)):
+                feats = self.trunk(x)
+            out.append(self.model.heads(feats, aux_sizes))
+        return out
 
 
 def data_parallel(model: nn.Module, trunk: Callable[[torch.Tensor], torch.Tensor],

@@ -35,6 +35,7 @@ from engine.arch import parse_arch
 from engine.checkpoint import load_checkpoint
 from engine.config import ConfigError, InitConfig, TrainConfig
 from engine.models import card_normalization
+from engine.models.aux_bn import with_aux_bn_from_primary
 from engine.models.heads import MultiHeadNet
 from engine.run_dir import RunDir, read_json
 
@@ -141,12 +142,13 @@ def _transferred(model: MultiHeadNet, source: Source, heads: str) -> tuple[dict[
     elif heads == "keep" and aux_keys:
         log.info("init.source %s has auxiliary heads of %s classes (this run: %s): the auxiliary heads start "
                  "fresh", source.file, source.card.get("aux_classes", []), list(model.aux_classes))
-    bad = [k for k in wanted if k not in source.weights or source.weights[k].shape != state[k].shape]
+    weights = with_aux_bn_from_primary(wanted, source.weights)  # model.aux_bn = separate from a shared source
+    bad = [k for k in wanted if k not in weights or weights[k].shape != state[k].shape]
     if bad:
         raise ValueError(f"init.source {source.file} lacks or has other shapes for {', '.join(bad[:3])}"
                          + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
                          + ": it does not hold this architecture's weights")
-    return {**state, **{k: source.weights[k] for k in wanted}}, keep_aux
+    return {**state, **{k: weights[k] for k in wanted}}, keep_aux
 
 
 def start_from_source(model: MultiHeadNet, cfg: TrainConfig) -> tuple[InitConfig, str]:

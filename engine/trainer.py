@@ -34,7 +34,9 @@ from engine.distributed import World, data_parallel, rank_device, rank_seed, syn
 from engine.evaluation import accuracy
 from engine.init_from import start_from_source
 from engine.methods import METHODS, MethodState, StepContext, StepStats
+from engine.methods.oracle import related_masks
 from engine.models import build, card_normalization, model_card, primary_state_dict
+from engine.omega_gate import OmegaGate, heldout_counts
 from engine.run_dir import JsonLines, RunDir, atomic_write_text, refuse_to_replace
 from engine.runtime import Runtime, apply_backend_flags, resolve_runtime, rng_state, seed_everything, set_rng_state
 from engine.resume import changes_on_resume
@@ -167,7 +169,11 @@ class Trainer:
             self.cfg.data, use_aux=cfg.uses_aux, device=self.rt.device, seed=cfg.runtime.seed,
             eval_n=cfg.eval.n, kernel_impl=self.rt.kernels, rank=self.rank, world_size=self.world_size,
             normalization=cfg.model.normalization, pseudo_labelled=cfg.pseudo_labelled,
+            omega_holdout=self.cfg.method.omega_holdout if self.cfg.method.omega_when == "accuracy" else 0,
         )
+        self.gate = OmegaGate(self.cfg.method)
+        self.aux_related = (related_masks(self.data.aux_names, self.data.aux_related, self.rt.device)
+                            if self.cfg.selects and self.cfg.method.aux_mode == "oracle" else ())
         self.normalization_source = self.data.normalization.source
         self.model = self._build_model()
         if cfg.init.source and not resume:  # a resumed fine-tune continues its own checkpoint, not the source
@@ -215,7 +221,7 @@ class Trainer:
     def _build_model(self) -> nn.Module:
         norm = self.data.normalization
         model = build(self.cfg.model.name, self.data.num_classes, self.data.aux_classes, dropout=self.cfg.model.dropout,
-                      mean=norm.mean, std=norm.std, normalization=norm.kind)
+                      mean=norm.mean, std=norm.std, normalization=norm.kind, aux_bn=self.cfg.model.aux_bn)
         if self.cfg.runtime.sync_bn and self.world.size > 1:
             if self.rt.device.type != "cuda":
                 raise ConfigError(
@@ -255,6 +261,7 @@ class Trainer:
         while self.epoch < total:
             record = self._train_epoch()
             self.epoch += 1
+            record.update(self.gate.after_epoch(self.epoch, self.method_state, self._omega_heldout_counts))
             if self.epoch % self.cfg.eval.every == 0 or self.epoch == total:
                 record.update(self._evaluate())
             self._log_and_save(record)
@@ -266,9 +273,14 @@ class Trainer:
     def _context(self) -> StepContext:
         return StepContext(
             method=self.cfg.method, attack=self.cfg.attack,
-            in_warmup=self.epoch < self.cfg.method.warmup_epochs,
+            in_warmup=self.gate.in_warmup(self.epoch, self.method_state),
             trunk=self.trunk, autocast=self.rt.autocast(), kernel_impl=self.rt.kernels,
+            aux_related=self.aux_related,
         )
+
+    def _omega_heldout_counts(self) -> tuple[int, int]:
+        return heldout_counts(self.classifier, self.data.omega_x, self.data.omega_y, self.world,
+                              self.cfg.eval.batch_size, self.rt.kernels)
 
     def _set_learning_rate(self, steps_per_epoch: int) -> float:
         lr = learning_rate(self.cfg.optim, self.step, steps_per_epoch, schedule_offset(self.cfg))

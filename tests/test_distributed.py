@@ -216,6 +216,45 @@ def _run_worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+GATED_RUN = RUN + ("method.omega_when=accuracy", "method.omega_holdout=18", "method.warmup_epochs=0",
+                   "method.omega_latest_epoch=1", "method.omega_accuracy=1.0", "model.aux_bn=separate")
+
+
+def _gated_worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from engine.distributed import World
+    from engine.omega_gate import heldout_counts
+
+    _join(rank, port)
+    try:
+        from engine.trainer import Trainer
+
+        trainer = Trainer(tiny_config(*GATED_RUN, "optim.epochs=2"), f"{out}/gated")
+        trainer.fit()
+        data = trainer.data
+        # Batches of 4: 5 batches of the 18 held-out images, split 2 / 3 over the ranks.
+        summed = heldout_counts(trainer.classifier, data.omega_x, data.omega_y, World.current(), 4, "torch")
+        alone = heldout_counts(trainer.classifier, data.omega_x, data.omega_y, World(), 4, "torch")
+        torch.save({"summed": summed, "alone": alone, "method": trainer.method_state.state_dict(),
+                    "index": data.omega_index}, f"{out}/gated-rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_held_out_check_counts_every_rank_and_every_rank_decides_alike(tmp_path):
+    """method.omega_when = accuracy with separate auxiliary BatchNorm on two ranks: both hold out
+    the same slice, its counts are summed to the one-process count, the decision is the same."""
+    _spawn(_gated_worker, str(tmp_path))
+    ranks = [torch.load(tmp_path / f"gated-rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    for r in ranks:
+        assert r["summed"] == r["alone"] and r["summed"][1] == 18
+    assert (ranks[0]["index"] == ranks[1]["index"]).all()
+    assert ranks[0]["method"] == ranks[1]["method"] and ranks[0]["method"]["warmup_ended"] == 1
+    records = _records(tmp_path / "gated" / "metrics.jsonl")
+    assert records[0]["omega_heldout_n"] == 18 and records[1]["omega"] == ranks[0]["method"]["omega"]
+
+
 def _eval_plan():
     from engine.evaluation.runner import EvalPlan
 

@@ -80,7 +80,7 @@ def test_every_row_of_the_paper_tables_has_its_published_numbers():
 
     for grid in GRIDS.values():
         for row in grid.rows:
-            if row.helper or grid.paper_key(row) in TABLE7_LOST:
+            if row.helper or row.beyond_paper or grid.paper_key(row) in TABLE7_LOST:
                 continue
             assert paper_row(grid.paper_key(row)), f"{grid.name}: no paper numbers under {grid.paper_key(row)}"
 
@@ -157,6 +157,26 @@ def test_dry_run_prints_the_runs_and_their_commands_and_writes_nothing(tmp_path)
     assert re.search(r"images: 49\.0k through the training step \(60 epochs\)", text)
     assert "labels-places365-s0: the same configuration as labels-cifar100-s0" in text
     assert not out.exists()
+
+
+def test_the_beyond_grid_lists_one_arm_per_option_beside_at_and_biamat(tmp_path):
+    cfgs = {r.row.name: r.config for r in make_plan(get_grid("beyond"), get_scale("demo"), tmp_path, seeds=(0,)).runs}
+    reference = cfgs["at-biamat"]
+    assert (reference.method.omega_when, reference.model.aux_bn, reference.method.aux_mode) == ("warmup", "shared", "biamat")
+    for name in ("at-biamat-omega-acc", "at-biamat-both"):
+        m = cfgs[name].method
+        assert (m.omega_when, m.warmup_epochs, m.omega_accuracy, m.omega_latest_epoch, m.omega_holdout) == (
+            "accuracy", 5, 0.3, 45, 50)
+    assert [cfgs[n].model.aux_bn for n in ("at-biamat-omega-acc", "at-biamat-aux-bn", "at-biamat-both")] == [
+        "shared", "separate", "separate"]
+    assert cfgs["at-oracle"].method.aux_mode == "oracle"
+    assert all("groups=all" in a for c in cfgs.values() for a in c.data.aux)  # related and unrelated classes
+    out = tmp_path / "dry"
+    result = study("beyond", "--scale", "demo", "--out", str(out), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "18 runs (18 to train)" in result.stdout and not out.exists()
+    for row in ("at", "at-biamat", "at-biamat-omega-acc", "at-biamat-aux-bn", "at-biamat-both", "at-oracle"):
+        assert re.search(rf"\n{row}-s0 \([^)]*\):\s+new", result.stdout), row  # the console may wrap the line
 
 
 def test_paper_scale_with_missing_data_exits_1_listing_each_file_and_its_prepare_command(tmp_path):

@@ -50,6 +50,24 @@ class Run:
         return epochs, values
 
 
+@dataclass
+class OmegaGateRow:
+    """One epoch of a method.omega_when = accuracy run while its warm-up lasted."""
+
+    epoch: int
+    heldout_acc: float
+    heldout_n: int
+    ended: bool
+    """Whether the warm-up ended at this epoch's end (omega fixed on the next step)."""
+
+
+def omega_gate_rows(run: Run) -> list[OmegaGateRow]:
+    """The held-out checks of the epochs before omega was fixed (empty for omega_when = warmup)."""
+    return [OmegaGateRow(r["epoch"], float(r["omega_heldout_acc"]), int(r.get("omega_heldout_n") or 0),
+                         r.get("omega_warmup_ended") == r["epoch"])
+            for r in run.metrics if r.get("omega_heldout_acc") is not None]
+
+
 def load_run(path: str | Path) -> Run:
     """Reads a run directory, failing with the folder's name and what is missing."""
     path = Path(path)

@@ -10,8 +10,8 @@ from typing import Optional
 
 from engine.analysis import figures
 from engine.analysis.confidence import ConfidenceRanking, Fig4Options, rank_run
-from engine.analysis.read import (ClassTable, Counts, Run, class_tables, comparison_rows, load_runs, percent,
-                                  read_groups, slug)
+from engine.analysis.read import (ClassTable, Counts, Run, class_tables, comparison_rows, load_runs, omega_gate_rows,
+                                  percent, read_groups, slug)
 from engine.run_dir import atomic_write_text
 
 REPORT_NAME = "analysis.md"
@@ -103,6 +103,27 @@ def _fig4_names(run: Run, rankings: list[ConfidenceRanking]) -> list[str]:
             + ".png" for r in rankings]
 
 
+def _options_section(run: Run) -> list[str]:
+    """The engine options beyond the paper that the run used (docs/beyond-the-paper.md)."""
+    cfg, lines = run.config, []
+    if cfg.model.aux_bn == "separate":
+        lines += ["Auxiliary images normalised by BatchNorms of their own (model.aux_bn = separate).", ""]
+    if not (cfg.selects and cfg.method.omega_when == "accuracy"):
+        return lines
+    m, rows = cfg.method, omega_gate_rows(run)
+    lines += ["### When omega was fixed", "",
+              f"The warm-up lasted at least {m.warmup_epochs} epochs and until the primary head's clean accuracy "
+              f"on {rows[0].heldout_n if rows else m.omega_holdout} held-out primary training images reached "
+              f"{percent(m.omega_accuracy)}%, at most until epoch {m.omega_latest_epoch}; omega was then fixed on "
+              "the next step.", ""]
+    lines += _table(("epoch", "held-out clean acc %", "warm-up ended"),
+                    [(r.epoch, percent(r.heldout_acc), "yes" if r.ended else "") for r in rows]) + [""]
+    fixed = next((r for r in run.metrics if r.get("omega") is not None), None)
+    if fixed is not None:
+        lines += [f"Omega {fixed['omega']:.4f}, first recorded at epoch {fixed['epoch']}.", ""]
+    return lines
+
+
 def _run_section(run: Run, curves: Path, routing: Optional[Path], tables: list[ClassTable]) -> list[str]:
     cfg, last = run.config, run.metrics[-1]
     best = max(run.metrics, key=lambda r: r.get("robust_acc") or 0.0)
@@ -114,6 +135,7 @@ def _run_section(run: Run, curves: Path, routing: Optional[Path], tables: list[C
              f"{percent(last.get('robust_acc'))}% on the held-out images (PGD-{cfg.eval.steps}, n = {cfg.eval.n}); "
              f"best robust_acc {percent(best.get('robust_acc'))}% at epoch {best['epoch']}.", "",
              f"![training curves of {run.name}]({curves.name})", ""]
+    lines += _options_section(run)
     if routing is None:
         lines += ["No routing: the run has no selection.jsonl (the confidence selection did not run: plain "
                   "training, aux mode labels/uniform/none, or still in warm-up), so Fig. 3 and Table 14 are "
@@ -123,8 +145,10 @@ def _run_section(run: Run, curves: Path, routing: Optional[Path], tables: list[C
     lines += ["### Fig. 3: auxiliary samples routed high, and omega", ""]
     if routed:
         first, end = routed[0], routed[-1]
+        # The oracle gate routes by the data's groups and sets no omega.
+        omega = f"omega {end['omega']:.4f}" if end.get("omega") is not None else "no omega (oracle gate)"
         lines += [f"Routed high: {first['n_high_ratio']:.3f} at epoch {first['epoch']}, {end['n_high_ratio']:.3f} "
-                  f"at epoch {end['epoch']}; omega {end['omega']:.4f} at epoch {end['epoch']}.", ""]
+                  f"at epoch {end['epoch']}; {omega} at epoch {end['epoch']}.", ""]
     lines += [f"![routing of {run.name}]({routing.name})", ""]
     for table in tables:
         lines += _class_section(table) + [""]

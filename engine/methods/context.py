@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from engine.config import AttackConfig, MethodConfig
 from engine.distributed import World
+from engine.models.aux_bn import aux_rows
 
 
 @dataclass
@@ -19,12 +20,16 @@ class MethodState:
 
     omega: float | None = None
     """Confidence threshold; None until the first step after warm-up."""
+    warmup_ended: int | None = None
+    """method.omega_when = accuracy: the epoch at whose end the held-out check ended the warm-up
+    (`engine.omega_gate`); None while it lasts, and always with omega_when = warmup."""
 
     def state_dict(self) -> dict:
-        return {"omega": self.omega}
+        return {"omega": self.omega, "warmup_ended": self.warmup_ended}
 
     def load_state_dict(self, state: dict) -> None:
         self.omega = state["omega"]
+        self.warmup_ended = state.get("warmup_ended")  # checkpoints from before the option lack it
 
 
 @dataclass
@@ -34,9 +39,10 @@ class StepContext:
     method: MethodConfig
     attack: AttackConfig
     in_warmup: bool
-    """True while epochs < warmup_epochs: auxiliary losses are weighted 0. The trainer resolves
-    warmup_epochs to 0 outside biamat mode (`engine.config.resolve_warmup`), so only the
-    selection's warm-up ever sets it."""
+    """True during the selection's warm-up: auxiliary losses are weighted 0. The trainer's
+    `engine.omega_gate.OmegaGate` decides it (epochs < warmup_epochs, or, with omega_when =
+    accuracy, until the held-out check ends it); outside biamat and oracle mode warmup_epochs
+    resolves to 0 (`engine.config.resolve_warmup`), so only the selection's warm-up sets it."""
     trunk: Callable[[torch.Tensor], torch.Tensor]
     """The model's feature extractor, possibly torch.compile'd: (N, 3, H, W) -> (N, D)."""
     autocast: Callable[[], ContextManager] = contextlib.nullcontext
@@ -44,6 +50,9 @@ class StepContext:
     world: World = World()
     """The ranks that train together (set by `engine.step.TrainStep`): routing sums the mean
     confidence over them, so every rank holds one omega. One process by default."""
+    aux_related: Sequence[torch.Tensor] = ()
+    """aux_mode oracle: per auxiliary dataset, (classes,) bool on the device, True where its data
+    records the class as related to the primary classes (the shapes generator's groups)."""
     train_forward: Callable | None = None
     """Under torchrun, DistributedDataParallel around the loss pass (`engine.distributed.
     TrainForward`, set by `engine.step.TrainStep`); None in one process."""
@@ -52,8 +61,11 @@ class StepContext:
                aux_sizes: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`model.heads` over the trunk: primary logits of every row and the auxiliary heads'
         logits of the trailing auxiliary chunks. The caller sets autocast and grad mode.
-        For the attack and the scoring passes: it never communicates across ranks."""
-        return model.heads(self.trunk(x), aux_sizes)
+        For the attack and the scoring passes: it never communicates across ranks. With
+        model.aux_bn = separate the auxiliary rows go through the auxiliary BatchNorms."""
+        with aux_rows(model, sum(aux_sizes)):
+            feats = self.trunk(x)  # (N, D)
+        return model.heads(feats, aux_sizes)
 
     def train_logits(self, model: nn.Module, xs: Sequence[torch.Tensor],
                      aux_sizes: Sequence[int] = ()) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:

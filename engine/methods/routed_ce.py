@@ -73,10 +73,13 @@ def routed_ce(model: nn.Module, batch: Batch, state: MethodState, ctx: StepConte
     use_aux, sizes, x_nat = combined_inputs(model, batch, ctx.method.aux_mode)
     high, routed = None, False
     if use_aux:
-        def clean_logits(x: torch.Tensor) -> torch.Tensor:
+        def clean_logits(x: torch.Tensor, aux_sizes: list[int]) -> torch.Tensor:
             with torch.no_grad(), bn_mode(model, "eval"), ctx.autocast():
-                return ctx.logits(model, x)[0]
+                return ctx.logits(model, x, aux_sizes)[0]
 
-        high, routed = route(state, ctx, lambda: clean_logits(batch.x_pri), lambda: clean_logits(batch.x_aux),
-                             len(batch.y_aux), batch.y_aux.device)
+        # The auxiliary batch is scored as the loss pass normalises it (its own BatchNorms with
+        # model.aux_bn = separate; the shared ones otherwise), as TRADES scores its clean pass.
+        high, routed = route(state, ctx, lambda: clean_logits(batch.x_pri, []),
+                             lambda: clean_logits(batch.x_aux, sizes), len(batch.y_aux), batch.y_aux.device,
+                             batch.y_aux, sizes)
     return RoutedCE(batch, x_nat, sizes, use_aux, high, routed)

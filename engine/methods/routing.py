@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from engine.distributed import World
 from engine.methods.context import MethodState, StepContext, StepStats
+from engine.methods.oracle import oracle_high
 from kernels.route import confidence_mask, routed_loss
 from loaders.types import Batch
 
@@ -73,6 +74,8 @@ def route(
     score_aux: "callable",
     n_aux: int,
     device: torch.device,
+    y_aux: torch.Tensor | None = None,
+    sizes: list[int] = (),
 ) -> tuple[torch.Tensor, bool]:
     """(high (Ba,) bool, routed) for this step under the configured aux mode.
 
@@ -83,11 +86,13 @@ def route(
     rank routes with the same omega; each rank scores its own auxiliary samples.
     """
     mode = ctx.method.aux_mode
-    if mode == "labels" or (mode == "biamat" and ctx.in_warmup):
+    if mode == "labels" or (mode in ("biamat", "oracle") and ctx.in_warmup):
         # During warm-up auxiliary samples are attacked as high samples with zero loss weight.
         return torch.ones(n_aux, dtype=torch.bool, device=device), False
     if mode == "uniform":
         return torch.zeros(n_aux, dtype=torch.bool, device=device), False
+    if mode == "oracle":  # the data's own groups in place of the confidence test (engine/methods/oracle.py)
+        return oracle_high(ctx.aux_related, y_aux, sizes), True
     if mode != "biamat":
         raise ValueError(f"aux_mode {mode!r} does not route auxiliary samples")
     m = ctx.method

@@ -47,7 +47,7 @@ def trades_step(model: nn.Module, batch: Batch, state: MethodState, ctx: StepCon
     high, routed = None, False
     if use_aux:
         high, routed = route(state, ctx, lambda: lp_clean[:n_pri], lambda: lp_clean[n_pri:],
-                             len(batch.y_aux), batch.y_aux.device)
+                             len(batch.y_aux), batch.y_aux.device, batch.y_aux, sizes)
 
     def attack_objective(x: torch.Tensor) -> torch.Tensor:
         with ctx.autocast():

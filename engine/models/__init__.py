@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 
 from engine.arch import parse_arch
+from engine.models.aux_bn import has_aux_bn, is_aux_bn_key, separate_aux_bn
 from engine.models.heads import CIFAR10_MEAN, CIFAR10_STD, NORMALIZATIONS, PER_CHANNEL, PER_IMAGE, MultiHeadNet
 from engine.models.resnet import ResNet
 from engine.models.wideresnet import WideResNet
@@ -27,15 +28,19 @@ def build(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     normalization: str = PER_CHANNEL,
+    aux_bn: str = "shared",
 ) -> MultiHeadNet:
     """Builds an architecture by name (`wrn-28-10`, `wrn-34-10`, `wrn-16-10`, any `wrn-D-K`;
     `resnet-18`, `resnet-34`). `normalization`: per-channel with `mean` / `std` (default
-    CIFAR-10's), or per-image standardisation (no mean / std: its buffers are 0 and 1)."""
+    CIFAR-10's), or per-image standardisation (no mean / std: its buffers are 0 and 1).
+    `aux_bn = "separate"` gives the auxiliary images BatchNorms of their own (`engine.models.aux_bn`)."""
     arch = parse_arch(name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization {normalization!r} is not one of {', '.join(NORMALIZATIONS)}")
+    if aux_bn not in ("shared", "separate"):
+        raise ValueError(f"aux_bn must be shared or separate, got {aux_bn!r}")
     identity = normalization == PER_IMAGE
     mean = mean if mean is not None else (0.0, 0.0, 0.0) if identity else CIFAR10_MEAN
     std = std if std is not None else (1.0, 1.0, 1.0) if identity else CIFAR10_STD
@@ -46,7 +51,7 @@ def build(
     else:
         model = WideResNet(arch.depth, arch.width, num_classes, aux_classes, dropout, mean, std)
     model.set_normalization(normalization)
-    return model
+    return separate_aux_bn(model) if aux_bn == "separate" else model
 
 
 def model_card(model: MultiHeadNet, name: str, class_names: Sequence[str] = (), **extra) -> dict:
@@ -61,13 +66,16 @@ def model_card(model: MultiHeadNet, name: str, class_names: Sequence[str] = (), 
         # per-channel: (x - mean) / std; per-image: each image standardised (mean 0, std 1 unused).
         "normalization": model.normalization,
         "input": "float NCHW in [0, 1]; normalisation is inside the model",
+        # Only a checkpoint holds the auxiliary BatchNorms; model.safetensors never does.
+        **({"aux_bn": "separate"} if has_aux_bn(model) else {}),
         **extra,
     }
 
 
 def primary_state_dict(model: MultiHeadNet) -> dict[str, torch.Tensor]:
-    """The weights of h_pri = f_pri . g: everything but the auxiliary heads."""
-    return {k: v for k, v in model.state_dict().items() if not k.startswith("aux_fc.")}
+    """The weights of h_pri = f_pri . g: everything but the auxiliary heads and the auxiliary
+    BatchNorms (model.aux_bn = separate), so it loads into the plain architecture."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("aux_fc.") and not is_aux_bn_key(k)}
 
 
 def card_normalization(card: dict, where: str | Path = "model card") -> str:
@@ -80,12 +88,13 @@ def card_normalization(card: dict, where: str | Path = "model card") -> str:
     return kind
 
 
-def _from_card(card: dict, aux_classes: Sequence[int] = (), where: str | Path = "model card") -> MultiHeadNet:
+def _from_card(card: dict, aux_classes: Sequence[int] = (), where: str | Path = "model card",
+               aux_bn: str = "shared") -> MultiHeadNet:
     return build(
         card["architecture"], card["num_classes"], aux_classes,
         dropout=card.get("dropout", 0.0),
         mean=card.get("mean"), std=card.get("std"),  # absent: build's default for the kind
-        normalization=card_normalization(card, where),
+        normalization=card_normalization(card, where), aux_bn=aux_bn,
     )
 
 
@@ -143,7 +152,7 @@ def load_with_card(path: str | Path, device: str | torch.device = "cpu") -> tupl
         if "model_card" not in ckpt or "model" not in ckpt:
             raise ValueError(f"{path} is not a biamat-engine checkpoint (no model_card/model entries)")
         card = ckpt["model_card"]
-        model = _from_card(card, card.get("aux_classes", ()), where=path)
+        model = _from_card(card, card.get("aux_classes", ()), where=path, aux_bn=card.get("aux_bn", "shared"))
         model.load_state_dict(ckpt["model"])
     else:
         raise ValueError(f"cannot load {path}: expected a run directory, .safetensors or .pt")
