@@ -178,3 +178,55 @@ def test_bench_step_rows_train_through_the_trainers_step(monkeypatch):
     assert all(isinstance(v.train_step, TrainStep) for v in variants)
     assert [v.impl for v in variants] == ["engine", "engine", "reference", "naive"]
     assert variants[0].train_step.objective is METHODS["at"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method, threshold", [("at", "frozen"), ("at", "ema"), ("trades", "ema")])
+def test_a_routed_training_step_never_waits_for_the_device(method, threshold):
+    """After the first step (Triton compiles, the optimiser makes its buffers, omega is fixed),
+    a BiaMAT step queues its work without one host sync: the trainer's every-N-steps non-finite
+    check is the only place a step waits."""
+    torch.manual_seed(0)
+    model = build("wrn-10-1", 10, aux_classes=(20,)).cuda().to(memory_format=torch.channels_last)
+    ctx = StepContext(method=MethodConfig(name=method, aux_mode="biamat", pi=0.5, threshold=threshold),
+                      attack=AttackConfig(steps=2), in_warmup=False, trunk=model.features)
+    step = TrainStep(model, METHODS[method], torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+                     torch.amp.GradScaler("cuda", enabled=False), MethodState())
+    batches = [make_batch(n_pri=6, aux_sizes=(5,), aux_classes=(20,), seed=s, device="cuda") for s in range(3)]
+    step(batches[0], ctx)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for batch in batches[1:]:
+            loss, stats = step(batch, ctx)
+            assert stats.routed
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss) and 0 < step.state.omega <= 0.5
+
+
+@pytest.mark.parametrize("method, threshold", [("at", "frozen"), ("at", "ema"), ("trades", "ema")])
+def test_a_routed_training_step_reads_no_tensor_back_as_a_number(method, threshold, monkeypatch):
+    """The CPU stand-in of the CUDA sync test above: after the first step, the step's Python never
+    turns a tensor into a number (each of which waits for the device on CUDA) nor calls bincount
+    (which reads its input's maximum back)."""
+    torch.manual_seed(0)
+    model = build("wrn-10-1", 10, aux_classes=(20,))
+    ctx = StepContext(method=MethodConfig(name=method, aux_mode="biamat", pi=0.5, threshold=threshold),
+                      attack=AttackConfig(steps=2), in_warmup=False, trunk=model.features, kernel_impl="torch")
+    step = TrainStep(model, METHODS[method], torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+                     torch.amp.GradScaler("cpu", enabled=False), MethodState())
+    batches = [make_batch(n_pri=6, aux_sizes=(5,), aux_classes=(20,), seed=s) for s in range(3)]
+    step(batches[0], ctx)
+
+    def sync(*args, **kwargs):
+        raise AssertionError("the training step read a tensor back to the host")
+
+    with monkeypatch.context() as patched:
+        for name in ("item", "tolist", "__float__", "__int__", "__bool__", "__index__"):
+            patched.setattr(torch.Tensor, name, sync)
+        patched.setattr(torch, "bincount", sync)
+        for batch in batches[1:]:
+            loss, stats = step(batch, ctx)
+    assert stats.routed and torch.isfinite(loss) and 0 < step.state.omega <= 0.5

@@ -13,18 +13,45 @@ from engine.config import AttackConfig, MethodConfig
 from engine.distributed import World
 
 
-@dataclass
 class MethodState:
-    """The method's state across steps; saved in every checkpoint."""
+    """The method's state across steps; saved in every checkpoint.
 
-    omega: float | None = None
-    """Confidence threshold; None until the first step after warm-up."""
+    omega lives on the training device as a 0-dim float64 tensor, so the step that routes by it,
+    or moves it (threshold `ema`), never waits for the device. `omega` reads it back as a number
+    (the checkpoint, metrics.jsonl, benchmarks: places that wait anyway); the step uses
+    `threshold` / `set_threshold`."""
+
+    def __init__(self, omega: float | None = None) -> None:
+        self.omega = omega
+
+    @property
+    def omega(self) -> float | None:
+        """Confidence threshold; None until the first step after warm-up. Reading it syncs."""
+        return None if self._omega is None else float(self._omega)
+
+    @omega.setter
+    def omega(self, value: float | torch.Tensor | None) -> None:
+        self._omega = None if value is None else torch.as_tensor(value, dtype=torch.float64).detach().reshape(())
+
+    def threshold(self, device: torch.device) -> torch.Tensor | None:
+        """omega as a 0-dim float64 tensor on `device` (None before it is set). A value set from
+        a number (a resumed checkpoint) crosses to the device once and stays there."""
+        if self._omega is not None and self._omega.device != device:
+            self._omega = self._omega.to(device)
+        return self._omega
+
+    def set_threshold(self, omega: torch.Tensor) -> None:
+        """Sets omega from a 0-dim device tensor without reading it back."""
+        self._omega = omega.detach().to(torch.float64).reshape(())
 
     def state_dict(self) -> dict:
         return {"omega": self.omega}
 
     def load_state_dict(self, state: dict) -> None:
         self.omega = state["omega"]
+
+    def __repr__(self) -> str:
+        return f"MethodState(omega={self.omega!r})"
 
 
 @dataclass
