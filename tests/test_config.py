@@ -258,3 +258,12 @@ def test_config_toml_reads_back_exactly_what_fractions_gave():
 def test_non_finite_numbers_are_refused_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
         load_config("demo", overrides=[override])
+
+
+def test_compile_dynamic_takes_auto_true_or_false_and_names_the_key_otherwise():
+    for value in ("auto", "true", "false"):
+        assert load_config(overrides=[f"runtime.compile_dynamic={value}"]).runtime.compile_dynamic == value
+    with pytest.raises(ConfigError, match=r"runtime\.compile_dynamic = 'maybe': expected one of auto, true, false"):
+        load_config(overrides=["runtime.compile_dynamic=maybe"])
+    with pytest.raises(ConfigError, match=r"runtime\.compile_dynamic = False: expected a str"):
+        TrainConfig.from_dict({"runtime": {"compile_dynamic": False}})  # TOML: write "false", quoted

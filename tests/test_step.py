@@ -121,7 +121,7 @@ def test_a_compile_mode_reaches_torch_compile_and_the_resolved_config(monkeypatc
         rt, resolved = resolve_runtime(RuntimeConfig(device="cpu", compile=choice))
         assert rt.compile and rt.compile_mode == mode and resolved.compile == choice
         compile_trunk(model, rt)
-        assert calls[-1] == {"mode": mode}
+        assert calls[-1] == {"mode": mode, "dynamic": None}  # compile_dynamic auto, no drop_last
     rt, resolved = resolve_runtime(RuntimeConfig(device="cpu", compile="off"))
     assert not rt.compile and rt.compile_mode is None and resolved.compile == "off"
 
@@ -230,3 +230,62 @@ def test_a_routed_training_step_reads_no_tensor_back_as_a_number(method, thresho
         for batch in batches[1:]:
             loss, stats = step(batch, ctx)
     assert stats.routed and torch.isfinite(loss) and 0 < step.state.omega <= 0.5
+
+
+@pytest.mark.parametrize("choice, compile_choice, drop_last, dynamic, recorded", [
+    ("auto", "on", True, False, "false"),  # drop_last: one training batch shape, so static
+    ("auto", "on", False, None, "auto"),  # a short last batch: torch's automatic choice
+    ("auto", "off", True, None, "auto"),  # nothing is compiled
+    ("false", "on", False, False, "false"),
+    ("true", "on", True, True, "true"),
+])
+def test_compile_dynamic_is_resolved_with_drop_last_and_recorded(choice, compile_choice, drop_last, dynamic, recorded):
+    rt, resolved = resolve_runtime(RuntimeConfig(device="cpu", compile=compile_choice, compile_dynamic=choice),
+                                   drop_last=drop_last)
+    assert rt.compile_dynamic is dynamic and resolved.compile_dynamic == recorded
+    again, _ = resolve_runtime(resolved, drop_last=drop_last)  # the recorded value means the same
+    assert again.compile_dynamic is dynamic
+
+
+@pytest.mark.parametrize("choice, dynamic", [("false", False), ("true", True), ("auto", None)])
+def test_compile_trunk_hands_the_resolved_dynamic_to_torch_compile(choice, dynamic, monkeypatch):
+    seen = {}
+
+    def fake_compile(fn, **kwargs):
+        seen.update(kwargs)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = build("wrn-10-1", 10)
+    rt, _ = resolve_runtime(RuntimeConfig(device="cpu", compile="reduce-overhead", compile_dynamic=choice))
+    assert compile_trunk(model, rt) == model.features
+    assert seen == {"mode": "reduce-overhead", "dynamic": dynamic}
+
+
+def test_the_trainer_resolves_compile_dynamic_with_its_data_drop_last(monkeypatch):
+    import engine.trainer as trainer_module
+    from engine.config import TrainConfig
+
+    seen = []
+    monkeypatch.setattr(trainer_module, "resolve_runtime",
+                        lambda cfg, drop_last=False: seen.append(drop_last) or resolve_runtime(cfg, drop_last))
+    trainer = object.__new__(trainer_module.Trainer)
+    trainer.world_size = 1
+    cfg = TrainConfig.from_dict({"data": {"drop_last": True}, "runtime": {"device": "cpu", "compile": "on"}})
+    resolved, rt = trainer._resolve(cfg)
+    assert seen == [True] and rt.compile_dynamic is False and resolved.runtime.compile_dynamic == "false"
+
+
+def test_heads_give_float32_logits_under_autocast():
+    model = build("wrn-10-1", 10, aux_classes=(7,)).eval()
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = model.features(x)
+        pri, (aux,) = model.heads(feats, [1])
+        out = model(x)
+        raw = model.fc(feats)
+    assert raw.dtype == torch.bfloat16  # what the heads returned before: autocast's dtype
+    assert pri.dtype == aux.dtype == out.dtype == torch.float32
+    assert torch.equal(pri, raw.float()) and aux.shape == (1, 7)
+    plain = model.heads(model.features(x))[0]
+    assert plain.dtype == torch.float32
