@@ -5,6 +5,11 @@ and 256 x 100 (CIFAR-100), auxiliary logits 256 x 1000 (ImageNet), images 256 x 
 256 x 3 x 64 x 64. Every row is timed side by side in one process on the same inputs: warm-up
 calls first (numba compilation, torch.compile, Triton autotuning), then `repeats` timings of a
 loop long enough to dwarf the timer, each synchronised with the device.
+
+Before a row is timed, its implementation's outputs (and, for backward rows, its gradients) are
+compared with the torch reference's on the same inputs: a fast wrong kernel is no speed-up. A
+row that disagrees, or raises, is not timed; the report records why in its `error` and lists it
+in `failed`, and `bench kernels` exits 1.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ OMEGA = 0.5
 EPS, STEP = 8 / 255, 2 / 255
 PAD = 4
 MIN_LOOP_SECONDS = 0.02  # each timing covers at least this long, so timer noise stays small
+# The fast kernels and torch.compile reduce in another order than the eager reference (float32
+# everywhere): the tolerance the kernel tests hold them to.
+RTOL = ATOL = 1e-5
 
 
 @dataclass
@@ -37,9 +45,10 @@ class Row:
     kernel: str
     shape: str
     impl: str  # torch | torch.compile | numba | triton
-    mean_us: float
-    std_us: float
-    speedup: float  # reference time / this time (the eager torch reference is 1.0)
+    mean_us: float | None  # None on a row with an error
+    std_us: float | None
+    speedup: float | None  # reference time / this time (the eager torch reference is 1.0)
+    error: str | None = None  # why the row was not timed: it disagrees with the reference, or raised
 
 
 def _time(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 3) -> tuple[float, float]:
@@ -64,6 +73,36 @@ def _bind(fn: Callable, case: Case) -> Callable[[], object]:
         return lambda: fn(*case.args)
     inputs = list(case.args[:2])
     return lambda: torch.autograd.grad(fn(*case.args).sum(), inputs)
+
+
+def _outputs(fn: Callable, case: Case) -> list[torch.Tensor]:
+    """What one call gives, as a flat list: its outputs, then for backward rows the gradients
+    with respect to args[0] and args[1]."""
+    out = fn(*case.args)
+    if case.backward:
+        return [out.detach(), *torch.autograd.grad(out.sum(), list(case.args[:2]))]
+    return [t.detach() for t in (out if isinstance(out, tuple) else (out,))]
+
+
+def disagreement(expected: list[torch.Tensor], got: list[torch.Tensor]) -> str | None:
+    """None when `got` matches the reference's `expected` (values, dtypes, shapes; bool and
+    integer outputs exactly), else one line saying where it does not."""
+    if len(got) != len(expected):
+        return f"returned {len(got)} outputs, the reference {len(expected)}"
+    for i, (e, g) in enumerate(zip(expected, got)):
+        try:
+            torch.testing.assert_close(g, e, rtol=RTOL, atol=ATOL, check_stride=False)
+        except AssertionError as err:
+            detail = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            return f"output {i} differs from the torch reference: {detail}"
+    return None
+
+
+def _checked(fn: Callable, case: Case, expected: list[torch.Tensor]) -> str | None:
+    try:
+        return disagreement(expected, _outputs(fn, case))
+    except Exception as err:  # a kernel that raises fails its row, not the whole benchmark
+        return f"raised {type(err).__name__}: {err}"
 
 
 def _cases(device: torch.device):
@@ -113,20 +152,32 @@ def run(device: str = "cpu", repeats: int = 20, compile_reference: bool = True, 
         notes.append("triton skipped on CPU: its interpreter runs kernels in Python, so its timings mean nothing")
     impls = _fast_impls(dev)
     rows: list[Row] = []
+
+    def timed(case: Case, impl: str, fn: Callable, error: str | None, ref_mean: float) -> Row:
+        if error is not None:
+            log.error("%s %s %s: %s", case.kernel, case.shape, impl, error)
+            return Row(case.kernel, case.shape, impl, None, None, None, error)
+        mean, std = _time(_bind(fn, case), dev, repeats)
+        return Row(case.kernel, case.shape, impl, mean, std, ref_mean / mean)
+
     for case in _cases(dev):
+        expected = _outputs(case.reference, case)
         ref_mean, ref_std = _time(_bind(case.reference, case), dev, repeats)
         rows.append(Row(case.kernel, case.shape, "torch", ref_mean, ref_std, 1.0))
         if compile_reference:
+            compiled = torch.compile(case.reference, dynamic=False)
             try:
-                mean, std = _time(_bind(torch.compile(case.reference, dynamic=False), case), dev, repeats)
-                rows.append(Row(case.kernel, case.shape, "torch.compile", mean, std, ref_mean / mean))
+                got = _outputs(compiled, case)  # compiles: a failure here is the machine's, not a wrong result
             except Exception as err:  # e.g. no C++ compiler for inductor on this machine
                 notes.append(f"torch.compile of the references failed ({type(err).__name__}: {err}); rows left out")
                 compile_reference = False
+            else:
+                rows.append(timed(case, "torch.compile", compiled, disagreement(expected, got), ref_mean))
         for impl in impls:
-            mean, std = _time(_bind(functools.partial(case.fast, impl=impl), case), dev, repeats)
-            rows.append(Row(case.kernel, case.shape, impl, mean, std, ref_mean / mean))
+            fast = functools.partial(case.fast, impl=impl)
+            rows.append(timed(case, impl, fast, _checked(fast, case, expected), ref_mean))
         log.info("%s %s done", case.kernel, case.shape)
+    failed = [f"{r.kernel} {r.shape} {r.impl}: {r.error}" for r in rows if r.error is not None]
     report = {
         "benchmark": "kernels",
         **environment(dev),
@@ -134,6 +185,7 @@ def run(device: str = "cpu", repeats: int = 20, compile_reference: bool = True, 
                    "aux_classes": AUX_CLASSES, "image_sizes": IMAGE_SIZES, "pad": PAD,
                    "compile_reference": compile_reference, "impls": ["torch"] + impls},
         "notes": notes,
+        "failed": failed,
         "rows": [asdict(r) for r in rows],
     }
     write_report(report, out)
@@ -144,6 +196,9 @@ def format_table(report: dict) -> str:
     """A markdown table of the report (also what docs/benchmarks.md shows)."""
     lines = ["| kernel | shape | impl | mean (us) | std (us) | speed-up vs torch |", "|---|---|---|---:|---:|---:|"]
     for r in report["rows"]:
+        if r.get("error"):
+            lines.append(f"| {r['kernel']} | {r['shape']} | {r['impl']} | - | - | wrong: {r['error']} |")
+            continue
         lines.append(f"| {r['kernel']} | {r['shape']} | {r['impl']} | {r['mean_us']:.1f} | {r['std_us']:.1f} "
                      f"| {r['speedup']:.2f}x |")
     return "\n".join(lines)

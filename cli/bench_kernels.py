@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from cli.bench_common import ENGINE, OUTPUT, TIMING, print_report
+from cli.errors import UserError
 from cli.options import devices, require_device
 
 EPILOG = (
@@ -23,6 +24,9 @@ def render_table(report: dict) -> Table:
                             ("std us", "right"), ("vs torch", "right")):
         table.add_column(column, justify=justify)
     for r in report["rows"]:
+        if r.get("error"):
+            table.add_row(r["kernel"], r["shape"], r["impl"], "-", "-", "[bold red]wrong[/]")
+            continue
         table.add_row(r["kernel"], r["shape"], r["impl"], f"{r['mean_us']:.1f}", f"{r['std_us']:.1f}",
                       f"{r['speedup']:.2f}x")
     return table
@@ -42,9 +46,16 @@ def bench_kernels(
     """Each kernel implementation against the plain-torch reference.
 
     Times confidence masking, routed loss (forward, forward+backward), the PGD step and crop+flip
-    at the BiaMAT workload's sizes, every implementation side by side with the torch reference."""
+    at the BiaMAT workload's sizes, every implementation side by side with the torch reference.
+    Each implementation is first checked against the reference on the same inputs: one that
+    disagrees is not timed, its row says why, and the command exits 1."""
     from benchmarks.kernels import run
 
     require_device(device)
     report = run(device=device, repeats=repeats, compile_reference=compile_reference, threads=threads, out=out)
     print_report(render_table(report), report["notes"], out)
+    if report["failed"]:
+        # After the table and the report: the rows that did run are kept, the wrong ones named.
+        raise UserError(f"{len(report['failed'])} kernel row(s) disagree with the torch reference and were not "
+                        f"timed: {report['failed'][0]}; force the reference with BIAMAT_KERNELS=torch until "
+                        "the kernel is fixed")

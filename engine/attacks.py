@@ -19,6 +19,17 @@ from kernels.pgd import pgd_step
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 
+# The attack loss is multiplied by this before its input gradient is taken. Under fp16 autocast
+# (the V100 path) the backward runs through fp16 activations, and a confidently classified
+# sample's gradient (softmax p - onehot ~ 1e-6 and below) underflows to 0 there: sign(0) = 0 and
+# PGD stops moving that sample. A power of two is exact in every float format, so in fp32 and
+# bf16 (fp32's exponent range) the gradient is the unscaled one times 2^10 bit for bit and its
+# sign, all PGD uses, is unchanged: applied always, no precision branch. 2^10 leaves fp16 a
+# factor 64 of headroom below its 65504 maximum for a per-sample loss whose logit gradient is at
+# most 1 (CE, KL, CW margin); GradScaler's first scale, 2^16 on a mean over 128 samples, is 2^9
+# per sample.
+ATTACK_LOSS_SCALE = 1024.0
+
 
 def check_unit_range(x: torch.Tensor, what: str = "inputs") -> None:
     """Attacks are defined on images in [0, 1]; anything else is a caller's mistake."""
@@ -102,7 +113,7 @@ def pgd_linf(
         x_adv = x_nat.clone()
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        loss = loss_fn(x_adv).sum()
+        loss = loss_fn(x_adv).sum() * ATTACK_LOSS_SCALE  # see ATTACK_LOSS_SCALE: fp16 underflow
         (grad,) = torch.autograd.grad(loss, [x_adv])
         x_adv = pgd_step(x_adv.detach(), grad, x_nat, step_size, eps, impl=kernel_impl)
     return x_adv.detach()

@@ -301,6 +301,13 @@ class RuntimeConfig:
     skips the capture for variants that update BatchNorm buffers) or `max-autotune` (also searches
     matmul/convolution configurations: minutes of compile). Off by default until `bench step`
     has measured them on the GPU (docs/benchmarks.md)."""
+    compile_dynamic: str = "auto"
+    """Batch shapes as the compiled trunk traces them (torch.compile's `dynamic`): `false` treats
+    each shape as a constant (the fastest kernels, one compile per shape: pair it with
+    data.drop_last = true, so every training batch has one shape); `true` traces a symbolic batch
+    size from the first call (one compile, more general kernels); `auto` is `false` when the trunk
+    is compiled and data.drop_last is true, else torch's automatic choice (static first, symbolic
+    once a shape changes), which the resolved config records as `auto`."""
     channels_last: bool = True
     """Keep activations in NHWC (channels_last), the layout tensor cores want."""
     cudnn_benchmark: bool = False
@@ -326,6 +333,7 @@ class RuntimeConfig:
             raise ConfigError(f"runtime.device = {self.device!r}: expected auto, cpu, cuda or cuda:N")
         _check_choice("runtime", "precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _check_choice("runtime", "compile", self.compile, ("auto", "on", "off") + COMPILE_MODES)
+        _check_choice("runtime", "compile_dynamic", self.compile_dynamic, ("auto", "true", "false"))
         _check_choice("runtime", "kernels", self.kernels, ("auto", "torch", "numba", "triton"))
 
 

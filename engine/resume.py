@@ -18,7 +18,7 @@ from engine.config import ConfigError, flatten
 SAFE_TO_CHANGE = frozenset({
     "optim.epochs", "data.loader", "data.num_workers", "eval.every", "eval.batch_size",
     "runtime.device", "runtime.precision", "runtime.compile", "runtime.channels_last", "runtime.kernels",
-    "runtime.cudnn_benchmark",
+    "runtime.cudnn_benchmark", "runtime.compile_dynamic",
     "runtime.deterministic", "runtime.tensorboard",
 })
 

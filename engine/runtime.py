@@ -32,6 +32,7 @@ class Runtime:
     kernels: str  # torch | numba | triton
     compile_mode: str | None = None  # torch.compile's mode when compile is on; None: its default
     cudnn_benchmark: bool = False
+    compile_dynamic: bool | None = None  # torch.compile's dynamic; None: its automatic choice
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -88,9 +89,19 @@ def _auto_kernels(device: torch.device) -> str:
     return resolve("auto", torch.empty(0, device=device))
 
 
-def resolve_runtime(cfg: RuntimeConfig) -> tuple[Runtime, RuntimeConfig]:
+def _compile_dynamic(choice: str, compile_on: bool, drop_last: bool) -> bool | None:
+    if choice != "auto":
+        return choice == "true"
+    # Static shapes only where they are known to be few: with drop_last every training batch has
+    # one shape; without it torch's automatic choice keeps a short last batch from compiling a
+    # new static graph each time a new size turns up.
+    return False if compile_on and drop_last else None
+
+
+def resolve_runtime(cfg: RuntimeConfig, drop_last: bool = False) -> tuple[Runtime, RuntimeConfig]:
     """The runtime for this machine, and the config with every `auto` replaced by its choice
-    (what config.toml records, so a run says exactly how it ran)."""
+    (what config.toml records, so a run says exactly how it ran). `drop_last`: the training
+    data's (data.drop_last), which `compile_dynamic = auto` follows."""
     device = resolve_device(cfg.device)
     precision = _auto_precision(device) if cfg.precision == "auto" else cfg.precision
     if precision == "bf16" and device.type == "cpu":
@@ -103,10 +114,16 @@ def resolve_runtime(cfg: RuntimeConfig) -> tuple[Runtime, RuntimeConfig]:
     if os.environ.get("BIAMAT_KERNELS"):
         kernels = os.environ["BIAMAT_KERNELS"]  # the global switch wins; record what really ran
     cudnn_benchmark = cfg.cudnn_benchmark and device.type == "cuda" and not cfg.deterministic
-    runtime = Runtime(device, precision, compile_on, cfg.channels_last, kernels, compile_mode, cudnn_benchmark)
+    dynamic = _compile_dynamic(cfg.compile_dynamic, compile_on, drop_last)
+    if compile_on and dynamic is False and not drop_last:
+        log.info("runtime.compile_dynamic = false without data.drop_last: the short last batch of an "
+                 "epoch compiles one more static variant of the trunk")
+    runtime = Runtime(device, precision, compile_on, cfg.channels_last, kernels, compile_mode, cudnn_benchmark,
+                      dynamic)
     resolved = dataclasses.replace(
         cfg, device=str(device), precision=precision, kernels=kernels,
         compile=compile_mode or ("on" if compile_on else "off"), cudnn_benchmark=cudnn_benchmark,
+        compile_dynamic={True: "true", False: "false", None: "auto"}[dynamic],
     )
     return runtime, resolved
 

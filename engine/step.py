@@ -40,7 +40,7 @@ def compile_trunk(model: nn.Module, runtime: Runtime) -> Callable[[torch.Tensor]
     for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
         if hasattr(dynamo_config, name):
             setattr(dynamo_config, name, max(getattr(dynamo_config, name), RECOMPILE_LIMIT))
-    return torch.compile(model.features, mode=runtime.compile_mode)
+    return torch.compile(model.features, mode=runtime.compile_mode, dynamic=runtime.compile_dynamic)
 
 
 @dataclass

@@ -215,7 +215,7 @@ class Trainer:
                      "does not use (aux_mode %s, %d auxiliary datasets): recorded as 0",
                      cfg.method.warmup_epochs, cfg.method.aux_mode, len(cfg.data.aux))
         cfg = unwarmed
-        runtime, resolved = resolve_runtime(cfg.runtime)
+        runtime, resolved = resolve_runtime(cfg.runtime, drop_last=cfg.data.drop_last)
         return dataclasses.replace(cfg, runtime=resolved, data=with_absolute_paths(cfg.data)), runtime
 
     def _build_model(self) -> nn.Module:

@@ -26,8 +26,10 @@ def _crop_flip_kernel(img_ptr, off_ptr, flip_ptr, out_ptr, n, H, W, pad,
     src_row = row + dy - pad
     inside = mask & (src_row >= 0) & (src_row < H) & (src_col >= 0) & (src_col < W)
     v = tl.load(img_ptr + b * s_b + src_row * s_h + src_col * s_w + ch * s_c, mask=inside, other=0)
-    # A true division (not a multiply by 1/255) gives the reference's float32 values exactly.
-    tl.store(out_ptr + idx, v.to(tl.float32) / 255.0, mask=mask)
+    # The correctly rounded division gives the reference's float32 values exactly; Triton
+    # compiles `/` to the approximate div.full.f32 (up to 2 ulp off), and 1/255 as a multiply
+    # is one ulp off for 126 of the 256 levels.
+    tl.store(out_ptr + idx, tl.math.div_rn(v.to(tl.float32), 255.0), mask=mask)
 
 
 def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int) -> torch.Tensor:

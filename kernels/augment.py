@@ -17,7 +17,9 @@ def crop_flip_torch(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Te
     # loaders.images.unit_images's conversion, restated: kernels may not import loaders, and
     # this reference spells out the math its fused twins share; tests/test_images.py holds the
     # identity crop of every implementation equal to unit_images.
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
+    # Divided by a device tensor: CUDA multiplies by the reciprocal of a host scalar, one ulp
+    # off the true quotient for 126 of the 256 levels (see unit_images).
+    x = images.permute(0, 3, 1, 2).float().div_(torch.full((), 255.0, device=images.device))  # (B, 3, H, W)
     x = F.pad(x, (pad, pad, pad, pad))
     rows = offsets[:, 0, None] + torch.arange(h, device=images.device)  # (B, H)
     cols = offsets[:, 1, None] + torch.arange(w, device=images.device)  # (B, W)

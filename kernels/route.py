@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from kernels.dispatch import resolve
 
 
-def confidence_mask_torch(logits_pri: torch.Tensor, omega: float) -> tuple[torch.Tensor, torch.Tensor]:
+def confidence_mask_torch(logits_pri: torch.Tensor, omega: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference: (high, conf) with conf = max softmax per row (float32), high = conf >= omega."""
     conf = torch.softmax(logits_pri.float(), dim=1).amax(dim=1)  # (B,)
     return conf >= omega, conf
@@ -43,13 +43,19 @@ def _check_logits(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} must be float logits of shape (B, classes) with classes >= 1, got {t.dtype} {tuple(t.shape)}")
 
 
-def confidence_mask(logits_pri: torch.Tensor, omega: float, impl: str = "auto"):
+def confidence_mask(logits_pri: torch.Tensor, omega: float | torch.Tensor, impl: str = "auto"):
     """(high, conf): conf (B,) float32 is the max softmax of each row of the primary logits
-    (B, c), high (B,) bool is conf >= omega. Any float dtype in, one pass over the logits."""
+    (B, c), high (B,) bool is conf >= omega (compared in float32). Any float dtype in, one pass
+    over the logits. omega may be a 0-dim tensor on the logits' device (the training step's)."""
     _check_logits("logits_pri", logits_pri)
     name = resolve(impl, logits_pri)
     if name == "torch":
         return confidence_mask_torch(logits_pri, omega)
+    if name == "triton" and isinstance(omega, torch.Tensor):
+        # The kernel takes omega as a number, and reading a device tensor back waits for the
+        # device: compare on the device instead (a float32 compare, as the kernel's).
+        _, conf = _backend(name).confidence_mask(logits_pri.detach(), 0.0)
+        return conf >= omega, conf
     return _backend(name).confidence_mask(logits_pri.detach(), omega)
 
 

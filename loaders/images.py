@@ -23,7 +23,12 @@ def unit_images(images: torch.Tensor) -> torch.Tensor:
     Always a new tensor: loaders that hand over a buffer they reuse (FFCV) rely on the copy."""
     if images.dim() != 4 or images.shape[3] != 3 or images.dtype != torch.uint8:
         raise ValueError(f"images must be a uint8 (N, H, W, 3) batch, got {images.dtype} {tuple(images.shape)}")
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W); .float() keeps the NHWC strides
+    x = images.permute(0, 3, 1, 2).float()  # (N, 3, H, W); .float() keeps the NHWC strides
+    # Divide by a 0-dim tensor on the images' device, not by the Python number: CUDA turns a
+    # division by a host scalar into a multiply by its reciprocal, which rounds 126 of the 256
+    # levels one ulp away from the true quotient the CPU, numpy and the fused kernels give.
+    # torch.full is a fill kernel on the device: no host-to-device copy, no sync.
+    x.div_(torch.full((), 255.0, device=x.device))
     return x.contiguous(memory_format=torch.channels_last)  # a no-op unless the input was strided
 
 

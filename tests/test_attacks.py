@@ -218,3 +218,53 @@ def test_input_gradients_only_freezes_weights_for_the_block_and_restores_them():
             assert not any(p.requires_grad for p in model.parameters())
             raise RuntimeError("boom")
     assert [p.requires_grad for p in model.parameters()] == [True, True, True, False]
+
+
+def confident_net(margin: float) -> nn.Module:
+    """small_net predicting class 3 for every input with a logit margin of about `margin`: the
+    softmax deficit p - onehot is ~exp(-margin), the regime of a well-trained model's easy samples."""
+    model = small_net()
+    with torch.no_grad():
+        model[-1].bias[3] += margin
+    return model
+
+
+@pytest.mark.parametrize("loss", ["ce", "cw"])
+def test_the_attack_loss_scale_leaves_fp32_results_bit_identical(loss, monkeypatch):
+    import engine.attacks as attacks
+
+    assert math.log2(attacks.ATTACK_LOSS_SCALE).is_integer()  # a power of two: exact in every format
+    model, x = small_net(), images()
+    y = torch.arange(len(x)) % 10
+    runs = []
+    for scale in (1.0, attacks.ATTACK_LOSS_SCALE):  # the tuple is built before the first setattr
+        monkeypatch.setattr(attacks, "ATTACK_LOSS_SCALE", scale)
+        torch.manual_seed(0)
+        runs.append(pgd(model, x, y, eps=EPS, step_size=2 / 255, steps=5, loss=loss))
+    assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_fp16_pgd_moves_confident_samples(device, monkeypatch):
+    # Under fp16 autocast (the V100 path) the unscaled input gradient of a confident sample
+    # underflows to 0 and sign(0) leaves it where it is; the scaled loss moves every sample.
+    import engine.attacks as attacks
+
+    scale = attacks.ATTACK_LOSS_SCALE
+    model = confident_net(16.0).to(device)
+    x = images(16).clamp(0.1, 0.9).to(device)  # inside the cube: a step never clamps back
+    y = torch.full((len(x),), 3, device=device)
+
+    def moved(scale: float) -> torch.Tensor:
+        monkeypatch.setattr(attacks, "ATTACK_LOSS_SCALE", scale)
+        with torch.autocast(device, dtype=torch.float16):
+            x_adv = pgd(model, x, y, eps=EPS, step_size=2 / 255, steps=1, random_start=False)
+        assert torch.isfinite(x_adv).all()
+        return (x_adv != x).flatten(1).any(1)  # (B,)
+
+    unscaled = moved(1.0)
+    if device == "cpu" and unscaled.all():
+        pytest.skip("this CPU's fp16 autocast keeps the tiny gradients; the CUDA variant tests the scale")
+    assert not unscaled.all(), "the test needs a model whose unscaled fp16 gradients underflow"
+    assert moved(scale).all()

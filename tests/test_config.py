@@ -272,3 +272,12 @@ def test_per_image_normalisation_is_a_choice_and_a_config_toml_without_the_key_r
     (tmp_path / "config.toml").write_text(to_toml(TrainConfig.from_dict(old)).replace('normalization = "primary"\n', ""))
     assert "normalization" not in (tmp_path / "config.toml").read_text()
     assert read_config(tmp_path).model.normalization == "primary"
+
+
+def test_compile_dynamic_takes_auto_true_or_false_and_names_the_key_otherwise():
+    for value in ("auto", "true", "false"):
+        assert load_config(overrides=[f"runtime.compile_dynamic={value}"]).runtime.compile_dynamic == value
+    with pytest.raises(ConfigError, match=r"runtime\.compile_dynamic = 'maybe': expected one of auto, true, false"):
+        load_config(overrides=["runtime.compile_dynamic=maybe"])
+    with pytest.raises(ConfigError, match=r"runtime\.compile_dynamic = False: expected a str"):
+        TrainConfig.from_dict({"runtime": {"compile_dynamic": False}})  # TOML: write "false", quoted

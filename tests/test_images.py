@@ -90,6 +90,40 @@ def test_crop_flip_without_padding_shift_or_flip_is_the_plain_conversion(impl):
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+def all_levels() -> np.ndarray:
+    """Every uint8 value once per channel: (1, 16, 16, 3), each channel 0..255 in its own order."""
+    levels = np.arange(256, dtype=np.uint8)
+    return np.stack([levels, levels[::-1], np.roll(levels, 85)], axis=-1).reshape(1, 16, 16, 3)
+
+
+def identity_crop(images: torch.Tensor, impl: str) -> torch.Tensor:
+    b = images.shape[0]
+    return augment.crop_flip(images, torch.zeros(b, 2, dtype=torch.int64, device=images.device),
+                             torch.zeros(b, dtype=torch.bool, device=images.device), pad=0, impl=impl)
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("numba", marks=NEEDS_NUMBA),
+                                  pytest.param("triton", marks=TRITON_ON_CPU)])
+def test_every_level_is_the_correctly_rounded_quotient(impl):
+    images = all_levels()
+    expected = numpy_unit(images)
+    np.testing.assert_array_equal(unit_images(torch.from_numpy(images)).numpy(), expected)
+    np.testing.assert_array_equal(identity_crop(torch.from_numpy(images), impl).numpy(), expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_cuda_levels_are_bit_exact(impl):
+    # CUDA rewrites `x / host_scalar` as `x * (1 / scalar)` (126 of the 256 levels one ulp off)
+    # and Triton's `/` is the approximate div.full.f32: both conversions must avoid them.
+    images = all_levels()
+    expected = numpy_unit(images)
+    on_gpu = torch.from_numpy(images).cuda()
+    np.testing.assert_array_equal(unit_images(on_gpu).cpu().numpy(), expected)
+    np.testing.assert_array_equal(identity_crop(on_gpu, impl).cpu().numpy(), expected)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_conversion_matches_the_cpu_one():

@@ -60,6 +60,20 @@ def test_confidence_mask_all_high_and_all_low(impl, omega, expect_high):
     assert bool(((conf > 0.1 - 1e-6) & (conf <= 1.0 + 1e-6)).all())  # max softmax over 10 classes
 
 
+@pytest.mark.parametrize("impl", ["torch"] + FAST_IMPLS)
+def test_confidence_mask_takes_omega_as_a_device_tensor(impl):
+    # The training step keeps omega on the device (a 0-dim float64 tensor): every implementation
+    # must give what the number gives (a float32 compare), at omega exactly on a confidence too.
+    torch.manual_seed(0)
+    logits = _logits(33, 10, torch.float32)
+    _, conf = route.confidence_mask_torch(logits, 0.0)
+    for omega in (0.3, float(conf[5]), float(conf.max()) + 1e-3):
+        expected, _ = route.confidence_mask(logits, omega, impl=impl)  # the number, same implementation
+        high, got_conf = route.confidence_mask(logits, torch.tensor(omega, dtype=torch.float64), impl=impl)
+        assert torch.equal(high, expected) and torch.equal(got_conf.to(conf.dtype), got_conf)
+        torch.testing.assert_close(got_conf, conf, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_confidence_mask_large_and_non_contiguous_logits(impl, dtype):

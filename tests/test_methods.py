@@ -409,3 +409,52 @@ def test_trades_updates_the_statistics_twice_per_step_as_the_reference(bn_stats,
     # Attack in eval mode; the clean and the adversarial training forwards each update once.
     model, batch = tiny_model(), batch_factory(aux_sizes=(5, 3), aux_classes=(20, 7))
     assert momentum_updates(model, batch, "trades", aux_mode="biamat", pi=1.0, bn_stats=bn_stats) == {2}
+
+
+@pytest.mark.parametrize("n, classes", [(0, 5), (1, 1), (7, 3), (129, 17), (1000, 1000)])
+def test_count_per_class_is_bincount_without_the_host_sync(n, classes):
+    from engine.methods.routing import count_per_class
+
+    g = torch.Generator().manual_seed(n + classes)
+    y = torch.randint(0, classes, (n,), generator=g)
+    for mask in (torch.rand(n, generator=g) < 0.5, torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)):
+        counts = count_per_class(y, classes, mask)
+        assert counts.dtype == torch.int64 and counts.shape == (classes,)
+        assert torch.equal(counts, torch.bincount(y, weights=mask.float(), minlength=classes).long())
+    seen = count_per_class(y, classes)
+    assert torch.equal(seen, torch.bincount(y, minlength=classes)) and int(seen.sum()) == n
+
+
+def test_omega_is_a_device_tensor_in_the_step_and_a_number_outside():
+    state = MethodState()
+    assert state.omega is None and state.threshold(torch.device("cpu")) is None
+    state.set_threshold(torch.tensor(0.25, dtype=torch.float32) * 2)
+    kept = state.threshold(torch.device("cpu"))
+    assert isinstance(kept, torch.Tensor) and kept.dtype == torch.float64 and kept.dim() == 0
+    assert state.threshold(torch.device("cpu")) is kept  # no copy while it stays on its device
+    assert state.omega == 0.5 and isinstance(state.omega, float)
+    assert state.state_dict() == {"omega": 0.5, "warmup_ended": None}  # plain numbers in checkpoints
+    resumed = MethodState()
+    resumed.load_state_dict(state.state_dict())
+    assert resumed.omega == 0.5 and isinstance(resumed.threshold(torch.device("cpu")), torch.Tensor)
+    resumed.load_state_dict({"omega": None})
+    assert resumed.omega is None
+
+
+@pytest.mark.parametrize("threshold", ["frozen", "ema"])
+def test_routing_never_reads_omega_back_as_a_number(threshold, batch_factory, monkeypatch):
+    # Reading `omega` waits for the device on CUDA; the step must use the tensor only.
+    model = tiny_model()
+    state = MethodState()
+    number = MethodState.omega
+
+    def refuse(self):
+        raise AssertionError("the step read omega back as a number (a host sync on CUDA)")
+
+    monkeypatch.setattr(MethodState, "omega", property(refuse, number.fset))
+    for seed in (1, 2):
+        _, stats, _ = step("at", model, batch_factory(seed=seed, aux_sizes=(5, 3), aux_classes=(20, 7)),
+                           state=state, aux_mode="biamat", pi=0.5, threshold=threshold, ema_momentum=0.5)
+        assert stats.routed and isinstance(state.threshold(torch.device("cpu")), torch.Tensor)
+    monkeypatch.setattr(MethodState, "omega", number)
+    assert 0 < state.omega <= 0.5

@@ -121,7 +121,7 @@ def test_a_compile_mode_reaches_torch_compile_and_the_resolved_config(monkeypatc
         rt, resolved = resolve_runtime(RuntimeConfig(device="cpu", compile=choice))
         assert rt.compile and rt.compile_mode == mode and resolved.compile == choice
         compile_trunk(model, rt)
-        assert calls[-1] == {"mode": mode}
+        assert calls[-1] == {"mode": mode, "dynamic": None}  # compile_dynamic auto, no drop_last
     rt, resolved = resolve_runtime(RuntimeConfig(device="cpu", compile="off"))
     assert not rt.compile and rt.compile_mode is None and resolved.compile == "off"
 
@@ -178,3 +178,114 @@ def test_bench_step_rows_train_through_the_trainers_step(monkeypatch):
     assert all(isinstance(v.train_step, TrainStep) for v in variants)
     assert [v.impl for v in variants] == ["engine", "engine", "reference", "naive"]
     assert variants[0].train_step.objective is METHODS["at"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method, threshold", [("at", "frozen"), ("at", "ema"), ("trades", "ema")])
+def test_a_routed_training_step_never_waits_for_the_device(method, threshold):
+    """After the first step (Triton compiles, the optimiser makes its buffers, omega is fixed),
+    a BiaMAT step queues its work without one host sync: the trainer's every-N-steps non-finite
+    check is the only place a step waits."""
+    torch.manual_seed(0)
+    model = build("wrn-10-1", 10, aux_classes=(20,)).cuda().to(memory_format=torch.channels_last)
+    ctx = StepContext(method=MethodConfig(name=method, aux_mode="biamat", pi=0.5, threshold=threshold),
+                      attack=AttackConfig(steps=2), in_warmup=False, trunk=model.features)
+    step = TrainStep(model, METHODS[method], torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+                     torch.amp.GradScaler("cuda", enabled=False), MethodState())
+    batches = [make_batch(n_pri=6, aux_sizes=(5,), aux_classes=(20,), seed=s, device="cuda") for s in range(3)]
+    step(batches[0], ctx)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for batch in batches[1:]:
+            loss, stats = step(batch, ctx)
+            assert stats.routed
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss) and 0 < step.state.omega <= 0.5
+
+
+@pytest.mark.parametrize("method, threshold", [("at", "frozen"), ("at", "ema"), ("trades", "ema")])
+def test_a_routed_training_step_reads_no_tensor_back_as_a_number(method, threshold, monkeypatch):
+    """The CPU stand-in of the CUDA sync test above: after the first step, the step's Python never
+    turns a tensor into a number (each of which waits for the device on CUDA) nor calls bincount
+    (which reads its input's maximum back)."""
+    torch.manual_seed(0)
+    model = build("wrn-10-1", 10, aux_classes=(20,))
+    ctx = StepContext(method=MethodConfig(name=method, aux_mode="biamat", pi=0.5, threshold=threshold),
+                      attack=AttackConfig(steps=2), in_warmup=False, trunk=model.features, kernel_impl="torch")
+    step = TrainStep(model, METHODS[method], torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+                     torch.amp.GradScaler("cpu", enabled=False), MethodState())
+    batches = [make_batch(n_pri=6, aux_sizes=(5,), aux_classes=(20,), seed=s) for s in range(3)]
+    step(batches[0], ctx)
+
+    def sync(*args, **kwargs):
+        raise AssertionError("the training step read a tensor back to the host")
+
+    with monkeypatch.context() as patched:
+        for name in ("item", "tolist", "__float__", "__int__", "__bool__", "__index__"):
+            patched.setattr(torch.Tensor, name, sync)
+        patched.setattr(torch, "bincount", sync)
+        for batch in batches[1:]:
+            loss, stats = step(batch, ctx)
+    assert stats.routed and torch.isfinite(loss) and 0 < step.state.omega <= 0.5
+
+
+@pytest.mark.parametrize("choice, compile_choice, drop_last, dynamic, recorded", [
+    ("auto", "on", True, False, "false"),  # drop_last: one training batch shape, so static
+    ("auto", "on", False, None, "auto"),  # a short last batch: torch's automatic choice
+    ("auto", "off", True, None, "auto"),  # nothing is compiled
+    ("false", "on", False, False, "false"),
+    ("true", "on", True, True, "true"),
+])
+def test_compile_dynamic_is_resolved_with_drop_last_and_recorded(choice, compile_choice, drop_last, dynamic, recorded):
+    rt, resolved = resolve_runtime(RuntimeConfig(device="cpu", compile=compile_choice, compile_dynamic=choice),
+                                   drop_last=drop_last)
+    assert rt.compile_dynamic is dynamic and resolved.compile_dynamic == recorded
+    again, _ = resolve_runtime(resolved, drop_last=drop_last)  # the recorded value means the same
+    assert again.compile_dynamic is dynamic
+
+
+@pytest.mark.parametrize("choice, dynamic", [("false", False), ("true", True), ("auto", None)])
+def test_compile_trunk_hands_the_resolved_dynamic_to_torch_compile(choice, dynamic, monkeypatch):
+    seen = {}
+
+    def fake_compile(fn, **kwargs):
+        seen.update(kwargs)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = build("wrn-10-1", 10)
+    rt, _ = resolve_runtime(RuntimeConfig(device="cpu", compile="reduce-overhead", compile_dynamic=choice))
+    assert compile_trunk(model, rt) == model.features
+    assert seen == {"mode": "reduce-overhead", "dynamic": dynamic}
+
+
+def test_the_trainer_resolves_compile_dynamic_with_its_data_drop_last(monkeypatch):
+    import engine.trainer as trainer_module
+    from engine.config import TrainConfig
+
+    seen = []
+    monkeypatch.setattr(trainer_module, "resolve_runtime",
+                        lambda cfg, drop_last=False: seen.append(drop_last) or resolve_runtime(cfg, drop_last))
+    trainer = object.__new__(trainer_module.Trainer)
+    trainer.world_size = 1
+    cfg = TrainConfig.from_dict({"data": {"drop_last": True}, "runtime": {"device": "cpu", "compile": "on"}})
+    resolved, rt = trainer._resolve(cfg)
+    assert seen == [True] and rt.compile_dynamic is False and resolved.runtime.compile_dynamic == "false"
+
+
+def test_heads_give_float32_logits_under_autocast():
+    model = build("wrn-10-1", 10, aux_classes=(7,)).eval()
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = model.features(x)
+        pri, (aux,) = model.heads(feats, [1])
+        out = model(x)
+        raw = model.fc(feats)
+    assert raw.dtype == torch.bfloat16  # what the heads returned before: autocast's dtype
+    assert pri.dtype == aux.dtype == out.dtype == torch.float32
+    assert torch.equal(pri, raw.float()) and aux.shape == (1, 7)
+    plain = model.heads(model.features(x))[0]
+    assert plain.dtype == torch.float32

@@ -14,15 +14,39 @@ from engine.distributed import World
 from engine.models.aux_bn import aux_rows
 
 
-@dataclass
 class MethodState:
-    """The method's state across steps; saved in every checkpoint."""
+    """The method's state across steps; saved in every checkpoint.
 
-    omega: float | None = None
-    """Confidence threshold; None until the first step after warm-up."""
-    warmup_ended: int | None = None
-    """method.omega_when = accuracy: the epoch at whose end the held-out check ended the warm-up
-    (`engine.omega_gate`); None while it lasts, and always with omega_when = warmup."""
+    omega lives on the training device as a 0-dim float64 tensor, so the step that routes by it,
+    or moves it (threshold `ema`), never waits for the device. `omega` reads it back as a number
+    (the checkpoint, metrics.jsonl, benchmarks: places that wait anyway); the step uses
+    `threshold` / `set_threshold`."""
+
+    def __init__(self, omega: float | None = None, warmup_ended: int | None = None) -> None:
+        self.omega = omega
+        self.warmup_ended = warmup_ended
+        """method.omega_when = accuracy: the epoch at whose end the held-out check ended the warm-up
+        (`engine.omega_gate`); None while it lasts, and always with omega_when = warmup."""
+
+    @property
+    def omega(self) -> float | None:
+        """Confidence threshold; None until the first step after warm-up. Reading it syncs."""
+        return None if self._omega is None else float(self._omega)
+
+    @omega.setter
+    def omega(self, value: float | torch.Tensor | None) -> None:
+        self._omega = None if value is None else torch.as_tensor(value, dtype=torch.float64).detach().reshape(())
+
+    def threshold(self, device: torch.device) -> torch.Tensor | None:
+        """omega as a 0-dim float64 tensor on `device` (None before it is set). A value set from
+        a number (a resumed checkpoint) crosses to the device once and stays there."""
+        if self._omega is not None and self._omega.device != device:
+            self._omega = self._omega.to(device)
+        return self._omega
+
+    def set_threshold(self, omega: torch.Tensor) -> None:
+        """Sets omega from a 0-dim device tensor without reading it back."""
+        self._omega = omega.detach().to(torch.float64).reshape(())
 
     def state_dict(self) -> dict:
         return {"omega": self.omega, "warmup_ended": self.warmup_ended}
@@ -30,6 +54,9 @@ class MethodState:
     def load_state_dict(self, state: dict) -> None:
         self.omega = state["omega"]
         self.warmup_ended = state.get("warmup_ended")  # checkpoints from before the option lack it
+
+    def __repr__(self) -> str:
+        return f"MethodState(omega={self.omega!r}, warmup_ended={self.warmup_ended!r})"
 
 
 @dataclass

@@ -55,16 +55,18 @@ def routed_aux_losses(
     return torch.cat(parts) if parts else logits_pri_aux.new_zeros((0,), dtype=torch.float32)
 
 
-def mean_confidence(logits_pri: torch.Tensor, kernel_impl: str, world: World = World()) -> float:
-    """Mean max-softmax of the primary logits over the global batch: under torchrun the sums and
-    counts of every rank's shard are all-reduced (a mean of the ranks' means would weigh a short
-    shard like a full one), so every rank gets the number one process would get on the
-    concatenated batch."""
+def mean_confidence(logits_pri: torch.Tensor, kernel_impl: str, world: World = World()) -> torch.Tensor:
+    """Mean max-softmax of the primary logits over the global batch, a 0-dim float64 tensor on
+    the logits' device (the step never waits for it): under torchrun the sums and counts of every
+    rank's shard are all-reduced (a mean of the ranks' means would weigh a short shard like a full
+    one), so every rank gets the number one process would get on the concatenated batch."""
     _, conf = confidence_mask(logits_pri, 0.0, impl=kernel_impl)  # (B,) float32
     if world.size == 1:
-        return float(conf.mean())
-    total, count = world.sum(torch.stack([conf.double().sum(), conf.new_tensor(len(conf), dtype=torch.float64)]))
-    return float(total / count)
+        return conf.mean().double()  # the float32 mean, widened as float() widened it
+    # The count made on the device (torch.full), not copied from the host: no sync there either.
+    count = torch.full((), len(conf), dtype=torch.float64, device=conf.device)
+    total, count = world.sum(torch.stack([conf.double().sum(), count]))
+    return total / count
 
 
 def route(
@@ -96,21 +98,34 @@ def route(
     if mode != "biamat":
         raise ValueError(f"aux_mode {mode!r} does not route auxiliary samples")
     m = ctx.method
-    if state.omega is None:
-        state.omega = m.pi * mean_confidence(score_pri(), ctx.kernel_impl, ctx.world)
+    # omega stays a device tensor from here to the comparison: no host sync in the step.
+    omega = state.threshold(device)
+    if omega is None:
+        omega = m.pi * mean_confidence(score_pri(), ctx.kernel_impl, ctx.world)
     elif m.threshold == "ema":
         fresh = m.pi * mean_confidence(score_pri(), ctx.kernel_impl, ctx.world)
-        state.omega = m.ema_momentum * state.omega + (1.0 - m.ema_momentum) * fresh
-    high, _ = confidence_mask(score_aux(), state.omega, impl=ctx.kernel_impl)
+        omega = m.ema_momentum * omega + (1.0 - m.ema_momentum) * fresh
+    state.set_threshold(omega)
+    high, _ = confidence_mask(score_aux(), omega, impl=ctx.kernel_impl)
     return high, True
+
+
+def count_per_class(y: torch.Tensor, classes: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(classes,) int64: how many of the labels y (N,) are each class (each counted `weights`
+    times, an integer or bool (N,) tensor, when given). torch.bincount on CUDA reads the labels'
+    min and max back to the host to size its output; a scatter into a zeroed (classes,) tensor
+    has its size already and never waits for the device. Labels must lie in [0, classes)."""
+    counts = torch.zeros(classes, dtype=torch.int64, device=y.device)
+    ones = torch.ones_like(y, dtype=torch.int64) if weights is None else weights.to(torch.int64)
+    return counts.index_add_(0, y, ones)
 
 
 def class_counts(y_aux: torch.Tensor, high: torch.Tensor, sizes: list[int], classes: tuple[int, ...]):
     """Per auxiliary dataset: (seen, high) counts per class for selection.jsonl."""
     seen, chosen = [], []
     for y, h, c in zip(y_aux.split(sizes), high.split(sizes), classes):
-        seen.append(torch.bincount(y, minlength=c))
-        chosen.append(torch.bincount(y, weights=h.float(), minlength=c).long())
+        seen.append(count_per_class(y, c))
+        chosen.append(count_per_class(y, c, h))
     return seen, chosen
 
 

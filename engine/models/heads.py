@@ -130,11 +130,14 @@ class MultiHeadNet(nn.Module):
         """Features (N, D) -> primary logits (N, c) of every row, and, per auxiliary dataset, the
         logits of its chunk of the last sum(aux_sizes) rows through its own head (the combined
         batch is [x_pri; x_aux], auxiliary datasets in order)."""
-        logits_pri = self.fc(feats)
+        # Logits are float32 whatever the autocast: every loss, softmax and attack objective reads
+        # them in float32 anyway, .float() is a no-op outside autocast, and under it a cast of
+        # (N, classes) values, nothing next to the trunk.
+        logits_pri = self.fc(feats).float()
         if not aux_sizes:
             return logits_pri, []
         feats_aux = feats[len(feats) - sum(aux_sizes):]  # (Ba, D)
-        return logits_pri, [head(f) for head, f in zip(self.aux_fc, feats_aux.split(list(aux_sizes)))]
+        return logits_pri, [head(f).float() for head, f in zip(self.aux_fc, feats_aux.split(list(aux_sizes)))]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
+        return self.fc(self.features(x)).float()  # float32 logits, as `heads`
