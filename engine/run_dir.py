@@ -204,6 +204,9 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}): was it cut short? Write it again") from None
+    except UnicodeDecodeError:  # a binary file where JSON belongs: the codec's byte position helps nobody
+        raise ValueError(f"{path} is not a JSON text file (it holds binary data): is it the right file? "
+                         "Write it again") from None
 
 
 class JsonLines:
@@ -238,7 +241,11 @@ def read_json_lines(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a JSON-lines text file (it holds binary data): is it the right "
+                         "file? Remove or replace it") from None
     lines = text.split("\n")
     records = []
     for number, line in enumerate(lines, 1):
@@ -251,4 +258,7 @@ def read_json_lines(path: str | Path) -> list[dict]:
                 break  # torn by a crash mid-write
             raise ValueError(f"{path}, line {number}, is not valid JSON ({err}): the file was edited or "
                              "damaged; fix or remove that line") from None
+        if not isinstance(records[-1], dict):
+            raise ValueError(f"{path}, line {number}, is a JSON {type(records[-1]).__name__}, expected an object "
+                             "(one record per line): the file was edited or damaged; fix or remove that line")
     return records

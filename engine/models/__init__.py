@@ -58,14 +58,6 @@ def primary_state_dict(model: MultiHeadNet) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.startswith("aux_fc.")}
 
 
-def _from_card(card: dict, aux_classes: Sequence[int] = ()) -> MultiHeadNet:
-    return build(
-        card["architecture"], card["num_classes"], aux_classes,
-        dropout=card.get("dropout", 0.0),
-        mean=card.get("mean", CIFAR10_MEAN), std=card.get("std", CIFAR10_STD),
-    )
-
-
 def model_file(path: str | Path) -> Path:
     """The weights file `load` reads for `path`: a run directory's model.safetensors, else the
     path itself (a model.safetensors or a checkpoint)."""
@@ -100,7 +92,12 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> MultiHeadNet:
 
 
 def load_with_card(path: str | Path, device: str | torch.device = "cpu") -> tuple[MultiHeadNet, dict]:
-    """`load`, plus the model card it was rebuilt from (architecture, classes, image_size, ...)."""
+    """`load`, plus the model card it was rebuilt from (architecture, classes, image_size, ...).
+    Every file is checked before it is trusted (engine/models/files.py): a damaged or crafted one
+    is a ValueError naming it and the fix."""
+    from engine.models.files import (build_from_card, check_shapes, load_guarded, read_torch_file,
+                                     safetensors_shapes, tensor_dict)
+
     path = model_file(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -109,19 +106,18 @@ def load_with_card(path: str | Path, device: str | torch.device = "cpu") -> tupl
         if not card_path.exists():
             raise FileNotFoundError(f"{path} needs its model card {card_path} (architecture, classes)")
         card = read_json(card_path)
-        try:
-            model = _from_card(card)
-        except (KeyError, TypeError, AttributeError) as err:
-            raise ValueError(f"{card_path}: not a biamat-engine model card ({type(err).__name__}: {err}); "
-                             "it needs architecture and num_classes") from None
-        model.load_state_dict(load_file(str(path)))
+        model = build_from_card(card, card_path)
+        check_shapes(safetensors_shapes(path), model, path, card_path)
+        model.load_state_dict(load_guarded(lambda: load_file(str(path)), path))
     elif path.suffix == ".pt":
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = read_torch_file(path)
         if "model_card" not in ckpt or "model" not in ckpt:
             raise ValueError(f"{path} is not a biamat-engine checkpoint (no model_card/model entries)")
         card = ckpt["model_card"]
-        model = _from_card(card, card.get("aux_classes", ()))
-        model.load_state_dict(ckpt["model"])
+        model = build_from_card(card, f"{path} (its model_card)", aux=True)
+        weights = tensor_dict(ckpt["model"], "model", path)
+        check_shapes({k: tuple(v.shape) for k, v in weights.items()}, model, path, f"{path} (its model_card)")
+        model.load_state_dict(weights)
     else:
         raise ValueError(f"cannot load {path}: expected a run directory, .safetensors or .pt")
     return model.to(device).eval(), card
