@@ -5,6 +5,7 @@ its JSON and JSON-lines writers, and its configuration read back through the con
     RUN_DIR/metrics.jsonl      one JSON object per epoch
     RUN_DIR/selection.jsonl    per epoch and auxiliary dataset: per-class seen and high counts
     RUN_DIR/resumes.jsonl      each resume that changed a setting (which, from what to what)
+    RUN_DIR/data.json          the fingerprint of the data files the run started on (checked by --resume)
     RUN_DIR/last.pt, best.pt   full training state (torch.load(weights_only=True))
     RUN_DIR/model.safetensors  the best primary classifier, and model.json, its card
     RUN_DIR/eval.json          the report of `biamat-engine eval`
@@ -82,6 +83,11 @@ class RunDir:
         return self.root / "eval.json"
 
     @property
+    def data_fingerprint(self) -> Path:
+        """The data the run started on, fingerprinted (engine/data_fingerprint.py); read by --resume."""
+        return self.root / "data.json"
+
+    @property
     def tensorboard(self) -> Path:
         """A folder: TensorBoard's event files, written when runtime.tensorboard is on."""
         return self.root / "tensorboard"
@@ -90,7 +96,7 @@ class RunDir:
         """The files one training run writes or is evaluated into: what a replaced run clears
         (config.toml is excluded: the new run writes its own before anything else)."""
         return [self.metrics, self.selection, self.resumes, self.last, self.best, self.weights, self.card,
-                self.eval_report]
+                self.eval_report, self.data_fingerprint]
 
     def holds_run(self) -> bool:
         return self.last.exists()
