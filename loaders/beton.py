@@ -340,8 +340,8 @@ def _check_manifest(manifest: dict, mpath: Path) -> None:
         values = manifest.get(key, [0.5] * 3)
         if (not isinstance(values, list) or len(values) != 3
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values)
-                or (key == "channel_std" and min(values) <= 0)):
-            raise bad(key, "3 finite numbers, one per RGB channel" + (", each above 0" if key == "channel_std" else ""))
+                or (key == "channel_std" and min(values) < 0)):
+            raise bad(key, "3 finite numbers, one per RGB channel" + (", none negative" if key == "channel_std" else ""))
 
 
 class BetonIndex:

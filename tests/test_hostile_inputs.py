@@ -351,3 +351,60 @@ def test_analyze_keeps_runs_whose_names_slug_alike_apart(trained_copy):
     assert result.exit_code == 0, result.output
     curves = sorted(p.name for p in (trained_copy / "analysis").glob("curves-x-y*.png"))
     assert curves == ["curves-x-y-2.png", "curves-x-y.png"]
+
+
+# -- Part 4: other inputs that would be trained on or acted on -----------------------------------
+
+def test_a_tar_member_that_would_stand_in_for_another_is_refused(tmp_path):
+    import io
+    import tarfile
+
+    from tests.fixtures_formats import write_cifar10
+
+    archive, _ = write_cifar10(tmp_path / "src")
+    crafted = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive) as good, tarfile.open(crafted, "w:gz") as tar:
+        for member in good.getmembers():
+            tar.addfile(member, good.extractfile(member) if member.isfile() else None)
+        blob = pickle.dumps({b"data": np.zeros((6, 3072), np.uint8), b"labels": [0] * 6}, protocol=2)
+        info = tarfile.TarInfo("cifar-10-batches-py/../data_batch_1")  # would replace the real batch 1
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+    result = invoke("prepare", "cifar10", crafted, tmp_path / "c.beton")
+    assert_refused(result, str(crafted), "'cifar-10-batches-py/../data_batch_1'", "outside the archive")
+    assert not (tmp_path / "c.beton").exists() and not (tmp_path / "c.beton.json").exists()
+
+
+def test_a_preset_base_outside_the_presets_folder_is_refused(tmp_path):
+    (tmp_path / "evil.toml").write_text('[optim]\nepochs = 1\n')
+    config = tmp_path / "run.toml"
+    config.write_text(f'base = "../../../../../../../../..{tmp_path / "evil"}"\n')
+    result = invoke("train", "--config", config, "--out", tmp_path / "run", "--device", "cpu")
+    assert_refused(result, str(config), "is not a preset")
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_heads_without_init_from_is_a_usage_error(tmp_path):
+    result = invoke("train", "--init-heads", "new", "--out", tmp_path / "run", "--device", "cpu")
+    assert_refused(result, "--init-heads", "--init-from", code=2)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--robust-weight", "nan"], ["--robust-weight", "finite"]),
+    (["--lr", "1e308"], ["diverged", "lower --lr"]),
+    (["--lr", "inf"], ["lr must be positive and finite"]),
+])
+def test_theory_refuses_non_finite_settings_and_a_diverging_step(tmp_path, args, names):
+    result = invoke("theory", "gaussian", "--samples", "200", "--steps", "5", "--train-aux", "20", *args,
+                    "--out", tmp_path / "theory")
+    assert_refused(result, *names)
+    assert not (tmp_path / "theory").exists()
+
+
+def test_robustify_refuses_an_infinite_step_size(case):
+    before = snapshot(case)
+    result = invoke("robustify", case / "model.safetensors", case / "test.beton", case / "r.beton",
+                    "--step-size", "inf")
+    assert_refused(result, "--step-size", "finite", code=2)
+    assert snapshot(case) == before
