@@ -189,9 +189,12 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
         # mkstemp's 0600 (kept by writers that recreate the file) would make the result private.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None and err.errno is not None:
+            # A write that fails mid-file (a full disk) names no file: name the one being written.
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from None
         raise
 
 

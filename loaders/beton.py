@@ -190,6 +190,11 @@ def write_beton(
         tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
         _publish([(tmp, path), (tmp_manifest, manifest_path(path))])
         return manifest
+    except OSError as err:
+        if err.filename is not None or err.errno is None:
+            raise
+        # A write that fails mid-file (a full disk) names no file: name the one being written.
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     finally:
         for leftover in (tmp, tmp_manifest, spool):
             if leftover is not None and leftover.exists():

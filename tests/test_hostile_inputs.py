@@ -408,3 +408,61 @@ def test_robustify_refuses_an_infinite_step_size(case):
                     "--step-size", "inf")
     assert_refused(result, "--step-size", "finite", code=2)
     assert snapshot(case) == before
+
+
+# -- Part 5: messages that name the thing and the fix --------------------------------------------
+
+def _full_disk(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")  # as a failing write() raises it: no file name
+
+
+def test_a_full_disk_while_preparing_names_the_beton(tmp_path, monkeypatch):
+    import loaders.beton
+
+    monkeypatch.setattr(loaders.beton, "_write_index", _full_disk)
+    result = invoke("prepare", "shapes", "primary", tmp_path / "p.beton", "--n", "8", "--size", "8")
+    assert_refused(result, str(tmp_path / "p.beton"), "No space left on device", "free some space")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_writing_a_report_names_it(case, monkeypatch):
+    import engine.run_dir
+
+    real = engine.run_dir.atomic_write
+    monkeypatch.setattr(engine.run_dir, "atomic_write", lambda path, write: real(path, _full_disk))
+    before = snapshot(case)
+    result = invoke("eval", case / "model.safetensors", "--test", case / "test.npz", "--attacks", "clean",
+                    "--device", "cpu", "--out", case / "report.json")
+    assert_refused(result, str(case / "report.json"), "free some space")
+    assert snapshot(case) == before
+
+
+def _few_class_model(folder: Path, classes: int) -> None:
+    torch.manual_seed(0)
+    model = build("wrn-10-1", classes).eval()
+    save_file(primary_state_dict(model), str(folder / "few.safetensors"))
+    (folder / "few.json").write_text(json.dumps(model_card(model, "wrn-10-1", image_size=SIZE)))
+    images = np.random.default_rng(1).integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
+    np.savez(folder / "few.npz", images=images, labels=np.arange(4) % classes,
+             class_names=[str(i) for i in range(classes)])
+
+
+def test_autoattack_on_a_model_with_fewer_than_10_classes_targets_the_classes_it_has(tmp_path):
+    pytest.importorskip("pyautoattack")
+    _few_class_model(tmp_path, 5)
+    result = invoke("eval", tmp_path / "few.safetensors", "--test", tmp_path / "few.npz", "--attacks", "clean,aa",
+                    "--aa-attacks", "apgd-t,fab-t", "--aa-iterations", "2", "--device", "cpu",
+                    "--out", tmp_path / "eval.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert 0 <= report["attacks"]["aa"]["robust_acc"] <= report["clean_acc"]
+
+
+def test_autoattack_dlr_on_three_classes_is_refused_with_the_alternative(tmp_path):
+    pytest.importorskip("pyautoattack")
+    _few_class_model(tmp_path, 3)
+    result = invoke("eval", tmp_path / "few.safetensors", "--test", tmp_path / "few.npz", "--attacks", "clean,aa",
+                    "--aa-attacks", "apgd-t", "--aa-iterations", "2", "--device", "cpu")
+    assert_refused(result, "apgd-t", "at least 4 classes", "--aa-attacks apgd-ce,fab-t,square")
