@@ -466,3 +466,34 @@ def test_autoattack_dlr_on_three_classes_is_refused_with_the_alternative(tmp_pat
     result = invoke("eval", tmp_path / "few.safetensors", "--test", tmp_path / "few.npz", "--attacks", "clean,aa",
                     "--aa-attacks", "apgd-t", "--aa-iterations", "2", "--device", "cpu")
     assert_refused(result, "apgd-t", "at least 4 classes", "--aa-attacks apgd-ce,fab-t,square")
+
+
+@pytest.mark.parametrize("affinity, quota, local_ranks, expected", [
+    (range(4), None, "1", 4),          # a 4-core cpuset on a big host
+    (range(16), "200000 100000", "1", 2),  # docker --cpus 2
+    (range(16), "max 100000", "4", 4),  # 4 torchrun ranks share the cores
+    (range(2), None, "8", 1),          # never 0 workers
+])
+def test_the_ffcv_default_worker_count_fits_the_cores_this_process_may_use(monkeypatch, tmp_path, affinity,
+                                                                           quota, local_ranks, expected):
+    import loaders.options
+
+    monkeypatch.setattr(loaders.options.os, "sched_getaffinity", lambda pid: set(affinity), raising=False)
+    monkeypatch.setattr(loaders.options.os, "cpu_count", lambda: 128)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", local_ranks)
+    cpu_max = tmp_path / "cpu.max"
+    if quota:
+        cpu_max.write_text(quota + "\n")
+    real_path = loaders.options.Path
+    monkeypatch.setattr(loaders.options, "Path", lambda p: cpu_max if p == "/sys/fs/cgroup/cpu.max" else real_path(p))
+    assert loaders.options.available_cores() == expected
+
+
+@pytest.mark.parametrize("args", [
+    ["eval", "--n", "0"], ["eval", "--batch-size", "-1"], ["eval", "--steps", "0"], ["eval", "--repeats", "0"],
+    ["loader", "--size", "0"], ["step", "--aux-classes", "10000000000"],
+])
+def test_bench_refuses_integers_out_of_range_before_any_work(args, tmp_path):
+    result = invoke("bench", *args, "--out", tmp_path / "bench.json")
+    assert_refused(result, "--" + args[1].lstrip("-"), code=2)
+    assert not (tmp_path / "bench.json").exists()
