@@ -72,12 +72,13 @@ def case(good, tmp_path) -> Path:
     return tmp_path
 
 
-def eval_refused(folder: Path, model: str, test: str, *names: str) -> None:
+def eval_refused(folder: Path, model: str, test: str, *names: str):
     before = snapshot(folder)
     result = invoke("eval", folder / model, "--test", folder / test, "--attacks", "clean", "--device", "cpu",
                     "--out", folder / "report.json")
     assert_refused(result, *names)
     assert snapshot(folder) == before  # no report, nothing replaced
+    return result
 
 
 def test_the_untouched_files_evaluate(case):
@@ -158,7 +159,8 @@ def test_a_crafted_checkpoint_runs_nothing_and_advises_nothing_unsafe(case):
 
 def test_an_empty_checkpoint_says_more_than_aborted(case):
     (case / "last.pt").write_bytes(b"")
-    eval_refused(case, "last.pt", "test.npz", str(case / "last.pt"), "empty (0 bytes)")
+    result = eval_refused(case, "last.pt", "test.npz", str(case / "last.pt"), "empty (0 bytes)")
+    assert "Aborted" not in result.output
 
 
 @pytest.mark.parametrize("state, names", [
