@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from engine.config import flatten
+from engine.evaluation.report import read_eval_report
 from engine.run_dir import RunDir, atomic_write, atomic_write_text, read_config, read_json, refuse_to_replace, write_json
 
 EXPORT_FORMATS = ("robustbench",)
@@ -139,7 +140,7 @@ def export_robustbench(run: str | Path, out_dir: str | Path | None = None, *, ov
     # Everything is read and checked before the first file is written.
     weights = robustbench_state_dict(model)
     config = read_config(run_dir).to_dict() if files.config.exists() else {}
-    eval_report = read_json(files.eval_report) if files.eval_report.exists() else None
+    eval_report = read_eval_report(files.eval_report) if files.eval_report.exists() else None
     model_json = read_json(files.card) if files.card.exists() else {}
     card = {
         "name": f"biamat-{run_dir.resolve().name}",

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from engine.evaluation.report import read_eval_report
 from engine.run_dir import RunDir, read_json, read_json_lines
 
 if TYPE_CHECKING:
@@ -67,8 +68,7 @@ def load_run(path: str | Path) -> Run:
     metrics = _checked(read_json_lines(run_dir.metrics), run_dir.metrics, _METRICS_FIELDS)
     if not metrics:
         raise ValueError(f"{run_dir.metrics} holds no epoch yet: analyse the run after its first epoch")
-    eval_report = _checked_report(read_json(run_dir.eval_report), run_dir.eval_report) \
-        if run_dir.eval_report.is_file() else None
+    eval_report = read_eval_report(run_dir.eval_report) if run_dir.eval_report.is_file() else None
     selection = _checked(read_json_lines(run_dir.selection), run_dir.selection, _SELECTION_FIELDS)
     for number, record in enumerate(selection, 1):
         if not len(record["class_names"]) == len(record["seen"]) == len(record["high"]):
@@ -111,20 +111,6 @@ def _checked(records: list[dict], path: Path, fields: dict) -> list[dict]:
                 raise ValueError(f"{path}, record {number}: {key!r} is {found}, expected {expected}; the file was "
                                  "edited or damaged: fix or remove that line")
     return records
-
-
-def _checked_report(report, path: Path) -> dict:
-    if not isinstance(report, dict):
-        raise ValueError(f"{path} holds a JSON {type(report).__name__}, expected the object `biamat-engine eval` "
-                         "writes; evaluate the run again")
-    attacks = report.get("attacks", {})
-    bad = None if isinstance(attacks, dict) else "attacks"
-    bad = bad or next((k for k in ("clean_acc", "robust_acc") if not _number_or_null(report.get(k))), None)
-    bad = bad or next((f"attacks.{n}" for n, a in attacks.items()
-                       if not isinstance(a, dict) or not _number_or_null(a.get("robust_acc"))), None)
-    if bad:
-        raise ValueError(f"{path}: {bad!r} has the wrong type for an eval report; evaluate the run again")
-    return report
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
