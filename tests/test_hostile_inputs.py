@@ -499,3 +499,12 @@ def test_bench_refuses_integers_out_of_range_before_any_work(args, tmp_path):
     result = invoke("bench", *args, "--out", tmp_path / "bench.json")
     assert_refused(result, "--" + args[1].lstrip("-"), code=2)
     assert not (tmp_path / "bench.json").exists()
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_eval_refuses_a_non_finite_step_size(case, value):
+    before = snapshot(case)
+    result = invoke("eval", case / "model.safetensors", "--test", case / "test.npz", "--step-size", value,
+                    "--device", "cpu", "--out", case / "report.json")
+    assert_refused(result, "--step-size", code=2)
+    assert snapshot(case) == before

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from engine.evaluation.report import read_eval_report
+from engine.evaluation.report import number_or_null, read_eval_report
 from engine.run_dir import RunDir, read_json, read_json_lines
 
 if TYPE_CHECKING:
@@ -84,16 +84,12 @@ def _int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _number_or_null(v) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-
-
 def _ints(v) -> bool:
     return isinstance(v, list) and all(_int(x) and x >= 0 for x in v)
 
 
 _METRICS_FIELDS = {"epoch": (_int, "a whole number"),
-                   **{k: (_number_or_null, "a number or null") for k in ("lr", "omega", *LOSS_TERMS, *ACCURACIES)}}
+                   **{k: (number_or_null, "a number or null") for k in ("lr", "omega", *LOSS_TERMS, *ACCURACIES)}}
 _SELECTION_FIELDS = {"epoch": (_int, "a whole number"), "aux": (_int, "a whole number"),
                      "class_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
                                      "a list of names"),

@@ -42,7 +42,8 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def _number_or_null(value) -> bool:
+def number_or_null(value) -> bool:
+    """A JSON number (not a boolean) or null: how a record holds a measurement that may be absent."""
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
@@ -55,9 +56,9 @@ def read_eval_report(path) -> dict:
                          "writes; evaluate the run again")
     attacks = report.get("attacks", {})
     bad = None if isinstance(attacks, dict) else "attacks"
-    bad = bad or next((k for k in ("clean_acc", "robust_acc", "seconds") if not _number_or_null(report.get(k))), None)
+    bad = bad or next((k for k in ("clean_acc", "robust_acc", "seconds") if not number_or_null(report.get(k))), None)
     bad = bad or next((f"attacks.{name}" for name, entry in attacks.items()
-                       if not isinstance(entry, dict) or not _number_or_null(entry.get("robust_acc"))), None)
+                       if not isinstance(entry, dict) or not number_or_null(entry.get("robust_acc"))), None)
     if bad:
         raise ValueError(f"{path}: {bad!r} has the wrong type for an eval report; evaluate the run again")
     return report
