@@ -192,10 +192,16 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
     except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(err, OSError) and err.filename is None and err.errno is not None:
-            # A write that fails mid-file (a full disk) names no file: name the one being written.
-            raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+        if isinstance(err, OSError):
+            raise_naming(err, path)
         raise
+
+
+def raise_naming(err: OSError, path: str | Path) -> None:
+    """Re-raises `err` naming `path` when it names no file (a write that fails mid-file, as on a
+    full disk, says only "No space left on device"); returns when it names one already."""
+    if err.filename is None and err.errno is not None:
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -228,9 +234,13 @@ class JsonLines:
 
     def write(self, record: dict) -> None:
         if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
+            try:
+                with self.path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                    f.flush()
+            except OSError as err:
+                raise_naming(err, self.path)
+                raise
 
     def truncate_after(self, epoch: int) -> None:
         if not (self.enabled and self.path.exists()):

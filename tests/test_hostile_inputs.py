@@ -508,3 +508,22 @@ def test_eval_refuses_a_non_finite_step_size(case, value):
                     "--device", "cpu", "--out", case / "report.json")
     assert_refused(result, "--step-size", code=2)
     assert snapshot(case) == before
+
+
+def test_a_full_disk_while_appending_a_record_names_the_file(tmp_path, monkeypatch):
+    from engine.run_dir import JsonLines
+
+    class FullDisk:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        write = flush = staticmethod(_full_disk)
+
+    path = tmp_path / "metrics.jsonl"
+    monkeypatch.setattr(Path, "open", lambda self, mode="r", *a, **k: FullDisk())
+    with pytest.raises(OSError) as err:
+        JsonLines(path).write({"epoch": 1})
+    assert err.value.filename == str(path) and err.value.errno == 28
