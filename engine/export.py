@@ -174,13 +174,22 @@ def load_robustbench_export(out_dir: str | Path) -> nn.Module:
     normalisation in its buffers, every other weight from model.safetensors."""
     from safetensors.torch import load_file
 
-    from engine.models import build
+    from engine.models.files import build_from_card, check_shapes, load_guarded, safetensors_shapes
 
     files = RunDir(out_dir)
     card = read_json(files.card)
-    norm = card["normalization"]
-    model = build(card["architecture"], card["num_classes"], mean=norm["mean"], std=norm["std"])
-    missing, unexpected = model.load_state_dict(load_file(str(files.weights)), strict=False)
+    norm = card.get("normalization") if isinstance(card, dict) else None
+    if not isinstance(norm, dict):
+        raise ValueError(f"{files.card}: not the card of a RobustBench export (no normalization object); "
+                         "export the run again")
+    # Checked like any model card and file (engine/models/files.py) before a tensor is read.
+    model = build_from_card({"architecture": card.get("architecture"), "num_classes": card.get("num_classes"),
+                             "mean": norm.get("mean"), "std": norm.get("std")}, files.card)
+    state = model.state_dict()
+    shapes = {**safetensors_shapes(files.weights), **{k: tuple(state[k].shape) for k in _NORMALIZATION_KEYS}}
+    check_shapes(shapes, model, files.weights, files.card)
+    missing, unexpected = model.load_state_dict(load_guarded(lambda: load_file(str(files.weights)), files.weights),
+                                                strict=False)
     if sorted(missing) != sorted(_NORMALIZATION_KEYS) or unexpected:
         raise ValueError(f"{files.weights} does not match {card['architecture']}: "
                          f"missing {missing}, unexpected {unexpected}")

@@ -527,3 +527,22 @@ def test_a_full_disk_while_appending_a_record_names_the_file(tmp_path, monkeypat
     with pytest.raises(OSError) as err:
         JsonLines(path).write({"epoch": 1})
     assert err.value.filename == str(path) and err.value.errno == 28
+
+
+def test_a_robustbench_export_with_a_damaged_card_or_file_is_named(case):
+    from engine.export import export_robustbench, load_robustbench_export
+
+    run = case / "run"
+    run.mkdir()
+    for name in ("model.safetensors", "model.json"):
+        (run / name).write_bytes((case / name).read_bytes())
+    out = export_robustbench(run, case / "export").out_dir
+    assert load_robustbench_export(out) is not None
+    card = json.loads((out / "model.json").read_text())
+    (out / "model.json").write_text(json.dumps({**card, "num_classes": 10**10}))
+    with pytest.raises(ValueError, match="'num_classes'"):
+        load_robustbench_export(out)
+    (out / "model.json").write_text(json.dumps(card))
+    (out / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load_robustbench_export(out)
