@@ -546,3 +546,8 @@ def test_a_robustbench_export_with_a_damaged_card_or_file_is_named(case):
     (out / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes()[:100])
     with pytest.raises(ValueError, match="model.safetensors"):
         load_robustbench_export(out)
+
+
+def test_a_truncated_checkpoint_is_named(case):
+    (case / "last.pt").write_bytes((case / "last.pt").read_bytes()[:2000])
+    eval_refused(case, "last.pt", "test.npz", str(case / "last.pt"), "not a readable checkpoint")
