@@ -174,7 +174,7 @@ def load_robustbench_export(out_dir: str | Path) -> nn.Module:
     normalisation in its buffers, every other weight from model.safetensors."""
     from safetensors.torch import load_file
 
-    from engine.models.files import build_from_card, check_shapes, load_guarded, safetensors_shapes
+    from engine.models.files import build_from_card, load_guarded, safetensors_shapes
 
     files = RunDir(out_dir)
     card = read_json(files.card)
@@ -183,11 +183,10 @@ def load_robustbench_export(out_dir: str | Path) -> nn.Module:
         raise ValueError(f"{files.card}: not the card of a RobustBench export (no normalization object); "
                          "export the run again")
     # Checked like any model card and file (engine/models/files.py) before a tensor is read.
+    shapes = {**safetensors_shapes(files.weights), **{k: (1, 3, 1, 1) for k in _NORMALIZATION_KEYS}}  # (1, C, 1, 1) buffers
     model = build_from_card({"architecture": card.get("architecture"), "num_classes": card.get("num_classes"),
-                             "mean": norm.get("mean"), "std": norm.get("std")}, files.card)
-    state = model.state_dict()
-    shapes = {**safetensors_shapes(files.weights), **{k: tuple(state[k].shape) for k in _NORMALIZATION_KEYS}}
-    check_shapes(shapes, model, files.weights, files.card)
+                             "mean": norm.get("mean"), "std": norm.get("std")}, files.card,
+                            weights=(shapes, files.weights))
     missing, unexpected = model.load_state_dict(load_guarded(lambda: load_file(str(files.weights)), files.weights),
                                                 strict=False)
     if sorted(missing) != sorted(_NORMALIZATION_KEYS) or unexpected:

@@ -551,3 +551,20 @@ def test_a_robustbench_export_with_a_damaged_card_or_file_is_named(case):
 def test_a_truncated_checkpoint_is_named(case):
     (case / "last.pt").write_bytes((case / "last.pt").read_bytes()[:2000])
     eval_refused(case, "last.pt", "test.npz", str(case / "last.pt"), "not a readable checkpoint")
+
+
+def test_a_card_of_other_shapes_than_the_weights_is_refused_before_the_model_is_allocated(case, monkeypatch):
+    import engine.models
+
+    real, built = engine.models.build, []
+
+    def recording_build(*args, **kwargs):
+        model = real(*args, **kwargs)
+        built.append(next(model.parameters()).device.type)
+        return model
+
+    monkeypatch.setattr(engine.models, "build", recording_build)
+    card = json.loads((case / "model.json").read_text())
+    (case / "model.json").write_text(json.dumps({**card, "num_classes": 500_000, "class_names": []}))
+    eval_refused(case, "model.safetensors", "test.npz", "fc.weight")
+    assert built == ["meta"]  # sized and compared on the meta device only: nothing allocated

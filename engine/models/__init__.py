@@ -95,8 +95,8 @@ def load_with_card(path: str | Path, device: str | torch.device = "cpu") -> tupl
     """`load`, plus the model card it was rebuilt from (architecture, classes, image_size, ...).
     Every file is checked before it is trusted (engine/models/files.py): a damaged or crafted one
     is a ValueError naming it and the fix."""
-    from engine.models.files import (build_from_card, check_shapes, load_guarded, read_torch_file,
-                                     safetensors_shapes, tensor_dict)
+    from engine.models.files import (build_from_card, check_card, load_guarded, read_torch_file, safetensors_shapes,
+                                     tensor_dict)
 
     path = model_file(path)
     if path.suffix == ".safetensors":
@@ -106,17 +106,16 @@ def load_with_card(path: str | Path, device: str | torch.device = "cpu") -> tupl
         if not card_path.exists():
             raise FileNotFoundError(f"{path} needs its model card {card_path} (architecture, classes)")
         card = read_json(card_path)
-        model = build_from_card(card, card_path)
-        check_shapes(safetensors_shapes(path), model, path, card_path)
+        model = build_from_card(card, card_path, weights=(safetensors_shapes(path), path))
         model.load_state_dict(load_guarded(lambda: load_file(str(path)), path))
     elif path.suffix == ".pt":
         ckpt = read_torch_file(path)
         if "model_card" not in ckpt or "model" not in ckpt:
             raise ValueError(f"{path} is not a biamat-engine checkpoint (no model_card/model entries)")
-        card = ckpt["model_card"]
-        model = build_from_card(card, f"{path} (its model_card)", aux=True)
+        card = check_card(ckpt["model_card"], f"{path} (its model_card)")
         weights = tensor_dict(ckpt["model"], "model", path)
-        check_shapes({k: tuple(v.shape) for k, v in weights.items()}, model, path, f"{path} (its model_card)")
+        model = build_from_card(card, f"{path} (its model_card)", aux=True,
+                                weights=({k: tuple(v.shape) for k, v in weights.items()}, path))
         model.load_state_dict(weights)
     else:
         raise ValueError(f"cannot load {path}: expected a run directory, .safetensors or .pt")

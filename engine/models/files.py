@@ -95,10 +95,12 @@ def check_card(card, where: str | Path) -> dict:
     return card
 
 
-def build_from_card(card: dict, where: str | Path, aux: bool = False):
-    """The model `card` describes (checked by `check_card`), with its auxiliary heads when `aux`;
-    built on the meta device first, so a card describing an implausibly large model is refused
-    before a byte is allocated."""
+def build_from_card(card: dict, where: str | Path, aux: bool = False,
+                    weights: tuple[Mapping[str, tuple[int, ...]], str | Path] | None = None):
+    """The model `card` describes (checked by `check_card`), with its auxiliary heads when `aux`.
+    It is built on the meta device first (no memory), so a card describing an implausibly large
+    model, or `weights` = (the {name: shape} of a weights file, that file) of other shapes, is
+    refused before a byte is allocated."""
     from engine.models import build
     from engine.models.heads import CIFAR10_MEAN, CIFAR10_STD
 
@@ -115,6 +117,8 @@ def build_from_card(card: dict, where: str | Path, aux: bool = False):
     if count > MAX_PARAMETERS:
         raise ValueError(f"{where}: the card describes a {card['architecture']} with {card['num_classes']:,} classes, "
                          f"{count:,} parameters (more than {MAX_PARAMETERS:,}); is the card right? ({_RETRAIN})")
+    if weights is not None:
+        check_shapes(weights[0], shapes, weights[1], where)
     return make()
 
 
