@@ -15,8 +15,8 @@ WORKLOAD, ENGINE, TIMING, OUTPUT = "Workload", "Device and engine", "Timing", "O
 
 # The training-step workload options `bench step` and `bench ddp` share, declared once.
 AuxClasses = Annotated[int, typer.Option(
-    min=1, help="Classes of the auxiliary head (ImageNet: 1000).", rich_help_panel=WORKLOAD)]
-ImageSize = Annotated[int, typer.Option(min=8, help="Image side in pixels.", rich_help_panel=WORKLOAD)]
+    min=1, max=1_000_000, help="Classes of the auxiliary head (ImageNet: 1000).", rich_help_panel=WORKLOAD)]
+ImageSize = Annotated[int, typer.Option(min=8, max=4096, help="Image side in pixels.", rich_help_panel=WORKLOAD)]
 AttackSteps = Annotated[int, typer.Option(min=0, help="PGD steps of the training attack.", rich_help_panel=WORKLOAD)]
 AuxMode = Annotated[str, typer.Option(help="biamat, labels, uniform or none.", rich_help_panel=WORKLOAD)]
 StepsPerRepeat = Annotated[int, typer.Option(min=1, help="Training steps per timed repeat.", rich_help_panel=TIMING)]

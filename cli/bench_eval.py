@@ -17,12 +17,12 @@ EPILOG = "Example: biamat-engine bench eval --model wrn-16-4 --n 256 --device cu
 def bench_eval(
     model: Annotated[str, typer.Option(
         help="Architecture, randomly initialised (wrn-D-K).", rich_help_panel=WORKLOAD)] = "wrn-16-4",
-    n: Annotated[int, typer.Option(help="Images per timed run.", rich_help_panel=WORKLOAD)] = 256,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.", rich_help_panel=WORKLOAD)] = 256,
-    steps: Annotated[int, typer.Option(help="Iterations of PGD, CW and APGD-CE.", rich_help_panel=WORKLOAD)] = 10,
+    n: Annotated[int, typer.Option(min=1, help="Images per timed run.", rich_help_panel=WORKLOAD)] = 256,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.", rich_help_panel=WORKLOAD)] = 256,
+    steps: Annotated[int, typer.Option(min=1, help="Iterations of PGD, CW and APGD-CE.", rich_help_panel=WORKLOAD)] = 10,
     device: Annotated[str, typer.Option(
         callback=devices("cpu", "cuda"), help="cpu or cuda.", rich_help_panel=ENGINE)] = "cpu",
-    repeats: Annotated[int, typer.Option(help="Timed runs per row (after warm-up).", rich_help_panel=TIMING)] = 3,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per row (after warm-up).", rich_help_panel=TIMING)] = 3,
     out: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.", rich_help_panel=OUTPUT)] = None,
 ) -> None:
     """Images/s of the clean pass per backend and of each attack.

@@ -29,7 +29,7 @@ def render_table(report: dict) -> Table:
 def bench_loader(
     n: Annotated[int, typer.Option(
         min=256, help="Images per dataset (primary and auxiliary each).", rich_help_panel=WORKLOAD)] = 10_000,
-    size: Annotated[int, typer.Option(help="Image side in pixels.", rich_help_panel=WORKLOAD)] = 32,
+    size: Annotated[int, typer.Option(min=8, max=4096, help="Image side in pixels.", rich_help_panel=WORKLOAD)] = 32,
     backends: Annotated[str, typer.Option(
         help="Comma-separated rows to run.", rich_help_panel=WORKLOAD)] = "ffcv,resident,dataloader,dali",
     device: Annotated[str, typer.Option(callback=devices("cpu", "cuda"), rich_help_panel=ENGINE,

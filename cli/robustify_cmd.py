@@ -25,8 +25,8 @@ OPTIMISATION, RUN = "Optimisation", "Run"
 
 
 def _positive(value: float) -> float:
-    if not value > 0:
-        raise typer.BadParameter(f"{value} must be > 0: an L2 step length")
+    if not 0 < value < float("inf"):
+        raise typer.BadParameter(f"{value} must be > 0 and finite: an L2 step length")
     return value
 
 

@@ -105,6 +105,9 @@ def train_command(
     if resume and (init_from or init_heads):
         raise UsageError("--resume continues the run's own checkpoint (config.toml records its source): "
                          "drop --init-from/--init-heads")
+    if init_heads and not init_from and not resume:
+        raise UsageError("--init-heads says which head to take from --init-from's source: give --init-from too "
+                         "(a --config that names init.source takes --set init.heads=... instead)")
     if resume and overwrite:
         raise UsageError("continue the run in RUN_DIR (--resume) or replace it (--overwrite), not both")
     setup_logging(verbose)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from engine.models.files import read_torch_file
 from engine.run_dir import RunDir, atomic_write, write_json
 
 FORMAT_VERSION = 1
@@ -41,14 +42,12 @@ def _torch_save(state: dict, tmp: str, path: Path) -> None:
                       f"torch: {str(err).splitlines()[0]})", str(path)) from None
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: str | Path) -> dict:
+    """The training state in `path`, on the CPU; a damaged or foreign file is a ValueError naming it."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+    state = read_torch_file(path)
     version = state.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(f"{path} has checkpoint format {version}, this engine reads format {FORMAT_VERSION}")

@@ -572,7 +572,8 @@ def read_toml(path: str | Path) -> dict:
 
 def _read_preset(name: str, wanted_by: str | None = None) -> dict:
     path = resources.files("engine") / "presets" / f"{name}.toml"
-    if not path.is_file():
+    # By name only: `base = "../../x"` would read any TOML file on the machine as a preset.
+    if name not in preset_names() or not path.is_file():
         where = f"{wanted_by}: base = {name!r} is not a preset" if wanted_by else f"unknown preset {name!r}"
         raise ConfigError(f"{where}; available: {', '.join(preset_names())}")
     try:

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from engine.config import flatten
+from engine.evaluation.report import read_eval_report
 from engine.models.heads import PER_CHANNEL, PER_IMAGE
 from engine.run_dir import RunDir, atomic_write, atomic_write_text, read_config, read_json, refuse_to_replace, write_json
 
@@ -156,7 +157,7 @@ def export_robustbench(run: str | Path, out_dir: str | Path | None = None, *, ov
     # Everything is read and checked before the first file is written.
     weights = robustbench_state_dict(model)
     config = read_config(run_dir).to_dict() if files.config.exists() else {}
-    eval_report = read_json(files.eval_report) if files.eval_report.exists() else None
+    eval_report = read_eval_report(files.eval_report) if files.eval_report.exists() else None
     model_json = read_json(files.card) if files.card.exists() else {}
     card = {
         "name": f"biamat-{run_dir.resolve().name}",
@@ -191,14 +192,23 @@ def load_robustbench_export(out_dir: str | Path) -> nn.Module:
     normalisation in its buffers, every other weight from model.safetensors."""
     from safetensors.torch import load_file
 
-    from engine.models import build
+    from engine.models.files import build_from_card, load_guarded, safetensors_shapes
 
     files = RunDir(out_dir)
     card = read_json(files.card)
-    norm = card["normalization"]
-    model = build(card["architecture"], card["num_classes"], mean=norm["mean"], std=norm["std"],
-                  normalization=norm.get("kind", PER_CHANNEL))  # exports from before the kind: per-channel
-    missing, unexpected = model.load_state_dict(load_file(str(files.weights)), strict=False)
+    norm = card.get("normalization") if isinstance(card, dict) else None
+    if not isinstance(norm, dict):
+        raise ValueError(f"{files.card}: not the card of a RobustBench export (no normalization object); "
+                         "export the run again")
+    # Checked like any model card and file (engine/models/files.py) before a tensor is read.
+    shapes = {**safetensors_shapes(files.weights), **{k: (1, 3, 1, 1) for k in _NORMALIZATION_KEYS}}  # (1, C, 1, 1) buffers
+    model = build_from_card({"architecture": card.get("architecture"), "num_classes": card.get("num_classes"),
+                             "mean": norm.get("mean"), "std": norm.get("std"),
+                             # exports from before the kind were per-channel
+                             "normalization": norm.get("kind", PER_CHANNEL)}, files.card,
+                            weights=(shapes, files.weights))
+    missing, unexpected = model.load_state_dict(load_guarded(lambda: load_file(str(files.weights)), files.weights),
+                                                strict=False)
     if sorted(missing) != sorted(_NORMALIZATION_KEYS) or unexpected:
         raise ValueError(f"{files.weights} does not match {card['architecture']}: "
                          f"missing {missing}, unexpected {unexpected}")

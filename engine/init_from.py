@@ -36,6 +36,7 @@ from engine.checkpoint import load_checkpoint
 from engine.config import ConfigError, InitConfig, TrainConfig
 from engine.models import card_normalization
 from engine.models.aux_bn import with_aux_bn_from_primary
+from engine.models.files import check_card, load_guarded, safetensors_shapes, tensor_dict
 from engine.models.heads import MultiHeadNet
 from engine.run_dir import RunDir, read_json
 
@@ -84,23 +85,26 @@ def source_file(path: str | Path) -> Path:
 
 
 def read_source(path: str | Path) -> Source:
+    """The weights and card of `init.source`, each file checked before it is trusted
+    (engine/models/files.py); the shapes are checked against this run's model in `_transferred`."""
     file = source_file(path)
     if file.suffix == ".pt":
         state = load_checkpoint(file)
         if "model" not in state or "model_card" not in state:
             raise ValueError(f"init.source {file} is not a biamat-engine checkpoint (no model/model_card entries)")
-        weights, card, epoch = state["model"], state["model_card"], int(state.get("epoch", -1))
+        card = check_card(state["model_card"], f"init.source {file} (its model_card)")
+        weights, epoch = tensor_dict(state["model"], "model", file), state.get("epoch", -1)
     else:
         from safetensors.torch import load_file
 
         card_path = file.with_suffix(".json")
         if not card_path.exists():
             raise FileNotFoundError(f"init.source {file} needs its model card {card_path} (architecture, classes)")
-        card = read_json(card_path)
-        weights, epoch = load_file(str(file)), int(card.get("epoch", -1))
-    for key in ("architecture", "num_classes"):
-        if key not in card:
-            raise ValueError(f"init.source {file}: its model card has no {key!r}; is it a biamat-engine model?")
+        card = check_card(read_json(card_path), card_path)
+        safetensors_shapes(file)  # a bad header is named before safetensors reads it
+        weights, epoch = load_guarded(lambda: load_file(str(file)), file), card.get("epoch", -1)
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        raise ValueError(f"init.source {file}: its epoch is {epoch!r}, expected a whole number; is it a biamat-engine model?")
     return Source(file=file.resolve(), weights=weights, card=card, epoch=epoch, sha256=sha256_of(file))
 
 

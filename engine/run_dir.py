@@ -5,6 +5,7 @@ its JSON and JSON-lines writers, and its configuration read back through the con
     RUN_DIR/metrics.jsonl      one JSON object per epoch
     RUN_DIR/selection.jsonl    per epoch and auxiliary dataset: per-class seen and high counts
     RUN_DIR/resumes.jsonl      each resume that changed a setting (which, from what to what)
+    RUN_DIR/data.json          the fingerprint of the data files the run started on (checked by --resume)
     RUN_DIR/last.pt, best.pt   full training state (torch.load(weights_only=True))
     RUN_DIR/model.safetensors  the best primary classifier, and model.json, its card
     RUN_DIR/eval.json          the report of `biamat-engine eval`
@@ -82,6 +83,11 @@ class RunDir:
         return self.root / "eval.json"
 
     @property
+    def data_fingerprint(self) -> Path:
+        """The data the run started on, fingerprinted (engine/data_fingerprint.py); read by --resume."""
+        return self.root / "data.json"
+
+    @property
     def tensorboard(self) -> Path:
         """A folder: TensorBoard's event files, written when runtime.tensorboard is on."""
         return self.root / "tensorboard"
@@ -90,7 +96,7 @@ class RunDir:
         """The files one training run writes or is evaluated into: what a replaced run clears
         (config.toml is excluded: the new run writes its own before anything else)."""
         return [self.metrics, self.selection, self.resumes, self.last, self.best, self.weights, self.card,
-                self.eval_report]
+                self.eval_report, self.data_fingerprint]
 
     def holds_run(self) -> bool:
         return self.last.exists()
@@ -183,10 +189,19 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
         # mkstemp's 0600 (kept by writers that recreate the file) would make the result private.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise_naming(err, path)
         raise
+
+
+def raise_naming(err: OSError, path: str | Path) -> None:
+    """Re-raises `err` naming `path` when it names no file (a write that fails mid-file, as on a
+    full disk, says only "No space left on device"); returns when it names one already."""
+    if err.filename is None and err.errno is not None:
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -204,6 +219,9 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}): was it cut short? Write it again") from None
+    except UnicodeDecodeError:  # a binary file where JSON belongs: the codec's byte position helps nobody
+        raise ValueError(f"{path} is not a JSON text file (it holds binary data): is it the right file? "
+                         "Write it again") from None
 
 
 class JsonLines:
@@ -216,9 +234,13 @@ class JsonLines:
 
     def write(self, record: dict) -> None:
         if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
+            try:
+                with self.path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                    f.flush()
+            except OSError as err:
+                raise_naming(err, self.path)
+                raise
 
     def truncate_after(self, epoch: int) -> None:
         if not (self.enabled and self.path.exists()):
@@ -238,7 +260,11 @@ def read_json_lines(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a JSON-lines text file (it holds binary data): is it the right "
+                         "file? Remove or replace it") from None
     lines = text.split("\n")
     records = []
     for number, line in enumerate(lines, 1):
@@ -251,4 +277,7 @@ def read_json_lines(path: str | Path) -> list[dict]:
                 break  # torn by a crash mid-write
             raise ValueError(f"{path}, line {number}, is not valid JSON ({err}): the file was edited or "
                              "damaged; fix or remove that line") from None
+        if not isinstance(records[-1], dict):
+            raise ValueError(f"{path}, line {number}, is a JSON {type(records[-1]).__name__}, expected an object "
+                             "(one record per line): the file was edited or damaged; fix or remove that line")
     return records

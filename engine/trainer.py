@@ -30,6 +30,7 @@ import torch.nn as nn
 from engine.checkpoint import clean_state_dict, export_model, load_checkpoint, save_checkpoint
 from engine.config import ConfigError, TrainConfig, resolve_warmup, to_toml
 from engine.data import RunData, build_run_data, with_absolute_paths
+from engine.data_fingerprint import check_fingerprint, record_fingerprint
 from engine.distributed import World, data_parallel, rank_device, rank_seed, sync_batchnorm
 from engine.evaluation import accuracy
 from engine.init_from import start_from_source
@@ -193,9 +194,11 @@ class Trainer:
         self.metrics = JsonLines(self.files.metrics, self.is_main)
         self.selection = JsonLines(self.files.selection, self.is_main)
         if resume:
+            check_fingerprint(self.files, self.cfg)  # before anything of the checkpoint is loaded
             self._resume()
         elif self.is_main:
             self._clear_run_dir()
+            record_fingerprint(self.files, self.cfg)
         # A finished run resumed without more epochs trains nothing: its config.toml stays the
         # one its checkpoint was written under.
         if self.is_main and (not resume or self.epoch < self.cfg.optim.epochs):

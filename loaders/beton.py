@@ -190,6 +190,11 @@ def write_beton(
         tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
         _publish([(tmp, path), (tmp_manifest, manifest_path(path))])
         return manifest
+    except OSError as err:
+        if err.filename is not None or err.errno is None:
+            raise
+        # A write that fails mid-file (a full disk) names no file: name the one being written.
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     finally:
         for leftover in (tmp, tmp_manifest, spool):
             if leftover is not None and leftover.exists():
@@ -319,7 +324,29 @@ def read_manifest(path: str | os.PathLike) -> dict:
             f"{mpath}: manifest version {manifest.get('manifest_version')}, this engine reads "
             f"{MANIFEST_VERSION}; prepare the dataset again"
         )
+    _check_manifest(manifest, mpath)
     return manifest
+
+
+def _check_manifest(manifest: dict, mpath: Path) -> None:
+    """A ValueError naming `mpath` and the key unless the fields the loaders read have their types."""
+    def bad(key: str, expected: str) -> ValueError:
+        found = repr(manifest[key])[:40] if key in manifest else "missing"
+        return ValueError(f"{mpath}: manifest key {key!r} is {found}, expected {expected}; "
+                          "the manifest was edited or damaged: prepare the dataset again")
+
+    count = manifest.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise bad("count", "the number of samples")
+    names = manifest.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise bad("class_names", "a list of class names")
+    for key in CHANNEL_STATS_KEYS:
+        values = manifest.get(key, [0.5] * 3)
+        if (not isinstance(values, list) or len(values) != 3
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values)
+                or (key == "channel_std" and min(values) < 0)):
+            raise bad(key, "3 finite numbers, one per RGB channel" + (", none negative" if key == "channel_std" else ""))
 
 
 class BetonIndex:
@@ -333,6 +360,11 @@ class BetonIndex:
         header_bytes = HEADER.itemsize + len(FIELDS) * FIELD_DESC.itemsize
         if file_size < header_bytes:
             raise ValueError(f"{self.path}: {file_size} bytes is too short for a .beton file")
+        with self.path.open("rb") as f:
+            magic = f.read(4)
+        if magic == b"PK\x03\x04":  # numpy's .npz is a zip archive; its "version" would read as 19280
+            raise ValueError(f"{self.path}: a zip archive (an .npz?), not a .beton written by `biamat-engine prepare`; "
+                             "name an .npz file *.npz, or prepare a .beton from it")
         header = np.fromfile(self.path, dtype=HEADER, count=1)[0]
         if header["version"] != FFCV_FILE_VERSION:
             raise ValueError(f"{self.path}: FFCV file version {header['version']}, expected {FFCV_FILE_VERSION}")
@@ -347,6 +379,13 @@ class BetonIndex:
             )
         self.num_samples = int(header["num_samples"])
         self.page_size = int(header["page_size"])
+        # Checked before anything is read by them: a damaged header asks for 2^64 records.
+        if self.page_size <= 0:
+            raise ValueError(f"{self.path}: page size {self.page_size} in its header; the file is damaged: prepare it again")
+        data_start = header_bytes + self.num_samples * SAMPLE_META.itemsize
+        if data_start > file_size:
+            raise ValueError(f"{self.path}: its header claims {self.num_samples:,} samples, more than its {file_size:,} "
+                             "bytes can hold: truncated or damaged; prepare it again")
         self.metadata = np.fromfile(self.path, dtype=SAMPLE_META, count=self.num_samples, offset=header_bytes)
         if len(self.metadata) != self.num_samples:
             raise ValueError(f"{self.path}: truncated: {len(self.metadata)} of {self.num_samples} metadata records")
@@ -357,7 +396,13 @@ class BetonIndex:
         if len(sizes) > 1 or any(h != w for h, w in sizes):
             raise ValueError(f"{self.path}: images must share one square size, found {sorted(sizes)[:4]}")
         self.image_size = int(image["height"][0]) if self.num_samples else 0
-        end = image["data_ptr"].astype(np.int64) + 3 * self.image_size**2
+        if self.num_samples and self.image_size == 0:
+            raise ValueError(f"{self.path}: its images are 0x0 pixels; the file is damaged: prepare it again")
+        start = image["data_ptr"].astype(np.uint64)
+        end = start + np.uint64(3 * self.image_size**2)
+        if self.num_samples and (start.min() < data_start or (end < start).any()):
+            raise ValueError(f"{self.path}: an image's data pointer points into the header (before byte "
+                             f"{data_start:,}): the file is damaged: prepare it again")
         if self.num_samples and end.max() > file_size:
             raise ValueError(f"{self.path}: truncated: image data runs past the end of the file")
 

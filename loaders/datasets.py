@@ -89,17 +89,54 @@ def shapes_spec(kind: str, options: dict[str, int | str]) -> str:
     return f"shapes:{kind}" + (f"?{query}" if query else "")
 
 
+_NPZ_FORM = "a .npz dataset is numpy.savez(images=(N, H, H, 3) uint8, labels=(N,) integers, class_names=[...])"
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of the .npz at `path`; a file numpy cannot read (truncated, not a zip, pickled
+    objects) is a ValueError naming it, without numpy's advice to allow pickles."""
+    import zipfile
+
+    try:
+        data = np.load(path, allow_pickle=False)
+        arrays = None
+        if isinstance(data, np.lib.npyio.NpzFile):
+            with data:
+                arrays = {k: data[k] for k in data.files if k in ("images", "labels", "class_names")}
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as err:
+        if isinstance(err, OSError) and err.filename is not None:
+            raise  # missing or unreadable: the OS error names the path
+        raise ValueError(f"dataset {str(path)!r}: not a readable .npz archive (truncated, damaged, or holding "
+                         f"Python objects; {type(err).__name__}); {_NPZ_FORM}") from None
+    if arrays is None:
+        raise ValueError(f"dataset {str(path)!r}: a single .npy array, not a .npz archive; {_NPZ_FORM}")
+    missing = [k for k in ("images", "labels") if k not in arrays]
+    if missing:
+        raise ValueError(f"dataset {str(path)!r}: missing array(s) {missing}; a .npz dataset "
+                         f"needs images (N, H, W, 3) uint8 and labels (N,)")
+    return arrays
+
+
 def _open_npz(path: Path, split: str) -> ArrayDataset:
-    with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in ("images", "labels") if k not in data.files]
-        if missing:
-            raise ValueError(f"dataset {str(path)!r}: missing array(s) {missing}; a .npz dataset "
-                             f"needs images (N, H, W, 3) uint8 and labels (N,)")
-        images, labels = data["images"], data["labels"]
-        if "class_names" in data.files:
-            names = [str(c) for c in data["class_names"]]
-        else:
-            names = [str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0)]
+    data = _read_npz(path)
+    images, labels = data["images"], data["labels"]
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"dataset {str(path)!r}: labels are {labels.dtype} of shape {labels.shape}, expected "
+                         f"(N,) integers (class indices); {_NPZ_FORM}")
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"dataset {str(path)!r}: images are {images.dtype} of shape {images.shape}, expected "
+                         f"(N, H, W, 3) uint8 RGB; {_NPZ_FORM}")
+    if images.shape[1] != images.shape[2]:
+        raise ValueError(f"dataset {str(path)!r}: images are {images.shape[1]}x{images.shape[2]}, the engine "
+                         f"trains on square images; crop or resize them; {_NPZ_FORM}")
+    if "class_names" in data:
+        class_names = data["class_names"]
+        if class_names.ndim != 1 or class_names.dtype.kind not in "US":
+            raise ValueError(f"dataset {str(path)!r}: class_names is {class_names.dtype} of shape "
+                             f"{class_names.shape}, expected a list of names (one per class); {_NPZ_FORM}")
+        names = [str(c) for c in class_names]
+    else:
+        names = [str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0)]
     return ArrayDataset(images, labels, names, name=path.stem,
                         meta={"source": str(path), "split": split})
 

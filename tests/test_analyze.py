@@ -269,3 +269,13 @@ def test_without_matplotlib_the_error_says_how_to_install_it(runs, tmp_path, mon
 def test_no_run_directory_is_a_usage_error():
     result = invoke()
     assert result.exit_code == 2 and "Usage:" in result.stderr
+
+
+def test_fig4_refuses_auxiliary_data_of_another_class_set(runs, tmp_path):
+    # The primary shapes have other classes than the auxiliary set the run was routed on.
+    before = {p.name: p.read_bytes() for p in runs["biamat"].iterdir() if p.is_file()}
+    result = invoke(runs["biamat"], "--out", tmp_path / "out", "--aux-data", "shapes:primary?n=16&size=16",
+                    "--device", "cpu")
+    assert_fails(result, "shapes:primary?n=16&size=16", "auxiliary dataset 0", "the run was trained on")
+    assert not (tmp_path / "out").exists()
+    assert {p.name: p.read_bytes() for p in runs["biamat"].iterdir() if p.is_file()} == before

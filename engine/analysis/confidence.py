@@ -145,6 +145,23 @@ def _aux_specs(run: Run, options: Fig4Options) -> list[str]:
     return specs
 
 
+def _check_class_set(run: Run, card: dict, aux: int, spec: str, names: list[str]) -> None:
+    """A ValueError unless `spec` has the classes the run's auxiliary dataset `aux` had (the names
+    selection.jsonl recorded, else the class count of the model card): the figure ranks the
+    data the routing saw, and groups by those classes."""
+    recorded = next((r["class_names"] for r in reversed(run.selection) if r["aux"] == aux), None)
+    counts = card.get("aux_classes") or []
+    if recorded is not None and recorded != names:
+        expected = f"{len(recorded)} classes ({', '.join(recorded[:4])}{', ...' if len(recorded) > 4 else ''})"
+    elif recorded is None and aux < len(counts) and counts[aux] != len(names):
+        expected = f"{counts[aux]} classes"
+    else:
+        return
+    raise ValueError(f"{spec} has {len(names)} classes ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}), "
+                     f"but {run.root} trained auxiliary dataset {aux} on {expected}: give --aux-data the auxiliary "
+                     "data the run was trained on")
+
+
 def _missing(spec: str) -> bool:
     return not spec.startswith("shapes:") and not Path(spec).is_file()
 
@@ -167,7 +184,7 @@ def rank_run(run: Run, options: Fig4Options, groups: Optional[dict[str, str]] = 
                         "pass --aux-data FILE (one per auxiliary dataset) to draw it."]
 
     from engine.config import ConfigError
-    from engine.models import load
+    from engine.models import load_with_card
     from engine.runtime import resolve_device
     from loaders.datasets import open_dataset
 
@@ -175,11 +192,12 @@ def rank_run(run: Run, options: Fig4Options, groups: Optional[dict[str, str]] = 
         device = resolve_device(options.device)
     except ConfigError:  # its message names runtime.device, a training setting
         raise ValueError(f"--device {options.device}: this machine has no CUDA device; use --device cpu") from None
-    model = load(model_path, device)
+    model, card = load_with_card(model_path, device)
     omega = next((r["omega"] for r in reversed(run.metrics) if r.get("omega") is not None), None)
     rankings, notes = [], []
     for aux, spec in enumerate(specs):
         data = open_dataset(spec, "train")
+        _check_class_set(run, card, aux, spec, list(data.class_names))
         index = np.arange(len(data))
         if options.only_class is not None:
             if options.only_class not in data.class_names:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from engine.evaluation.report import number_or_null, read_eval_report
 from engine.run_dir import RunDir, read_json, read_json_lines
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ class Run:
     metrics: list[dict]
     selection: list[dict]
     eval_report: Optional[dict]
+    slug: str = ""
+    """The run's name as a part of file names, distinct among the runs analysed together (`load_runs`)."""
 
     @property
     def routed(self) -> bool:
@@ -80,21 +83,66 @@ def load_run(path: str | Path) -> Run:
     if missing:
         raise ValueError(f"{path} is not a run directory of biamat-engine: it holds no {' and no '.join(missing)} "
                          "(pass the folder `train --out` wrote)")
-    metrics = read_json_lines(run_dir.metrics)
+    metrics = _checked(read_json_lines(run_dir.metrics), run_dir.metrics, _METRICS_FIELDS)
     if not metrics:
         raise ValueError(f"{run_dir.metrics} holds no epoch yet: analyse the run after its first epoch")
-    eval_report = read_json(run_dir.eval_report) if run_dir.eval_report.is_file() else None
+    eval_report = read_eval_report(run_dir.eval_report) if run_dir.eval_report.is_file() else None
+    selection = _checked(read_json_lines(run_dir.selection), run_dir.selection, _SELECTION_FIELDS)
+    for number, record in enumerate(selection, 1):
+        if not len(record["class_names"]) == len(record["seen"]) == len(record["high"]):
+            raise ValueError(f"{run_dir.selection}, record {number}: class_names, seen and high differ in length; "
+                             "the file was edited or damaged: fix or remove that line")
     return Run(root=path, name=path.resolve().name, config=run_dir.read_config(), metrics=metrics,
-               selection=read_json_lines(run_dir.selection), eval_report=eval_report)
+               selection=selection, eval_report=eval_report)
+
+
+# What the analysis reads of each record, by type: a record an edit or another tool damaged is
+# named here, by file, record and key, instead of failing deep inside a figure.
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _ints(v) -> bool:
+    return isinstance(v, list) and all(_int(x) and x >= 0 for x in v)
+
+
+_METRICS_FIELDS = {"epoch": (_int, "a whole number"),
+                   **{k: (number_or_null, "a number or null") for k in ("lr", "omega", *LOSS_TERMS, *ACCURACIES)}}
+_SELECTION_FIELDS = {"epoch": (_int, "a whole number"), "aux": (_int, "a whole number"),
+                     "class_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                                     "a list of names"),
+                     "seen": (_ints, "a list of counts"), "high": (_ints, "a list of counts")}
+_REQUIRED = {"epoch", "aux", "class_names", "seen", "high"}
+
+
+def _checked(records: list[dict], path: Path, fields: dict) -> list[dict]:
+    for number, record in enumerate(records, 1):
+        for key, (ok, expected) in fields.items():
+            if key not in record and key not in _REQUIRED:
+                continue
+            if key not in record or not ok(record[key]):
+                found = repr(record.get(key))[:40] if key in record else "missing"
+                raise ValueError(f"{path}, record {number}: {key!r} is {found}, expected {expected}; the file was "
+                                 "edited or damaged: fix or remove that line")
+    return records
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
-    """Every run, named by its folder; runs whose folders share a name are named by their path."""
+    """Every run, named by its folder; runs whose folders share a name are named by their path.
+    Each gets a distinct `slug` for its file names: `x y` and `x-y` slug alike, so the later one
+    takes a number."""
     runs = [load_run(p) for p in paths]
     names = [r.name for r in runs]
     for run in runs:
         if names.count(run.name) > 1:
             run.name = str(run.root)
+    taken: set[str] = set()
+    for run in runs:
+        base = run.slug = slug(run.name)
+        number = 2
+        while run.slug in taken:
+            run.slug, number = f"{base}-{number}", number + 1
+        taken.add(run.slug)
     return runs
 
 

@@ -99,7 +99,7 @@ def _fig4_section(ranking: ConfidenceRanking, grid: Path) -> list[str]:
 def _fig4_names(run: Run, rankings: list[ConfidenceRanking]) -> list[str]:
     """fig4-RUN-AUX.png per auxiliary dataset; two datasets of one name get their index too."""
     names = [r.aux_name for r in rankings]
-    return [f"fig4-{slug(run.name)}-{slug(r.aux_name)}" + (f"-{r.aux}" if names.count(r.aux_name) > 1 else "")
+    return [f"fig4-{(run.slug or slug(run.name))}-{slug(r.aux_name)}" + (f"-{r.aux}" if names.count(r.aux_name) > 1 else "")
             + ".png" for r in rankings]
 
 
@@ -175,7 +175,7 @@ def write_analysis(paths: list[Path], out: Optional[Path] = None, groups: Option
     written: list[Path] = []
     sections: list[str] = []
     for run in runs:
-        name = slug(run.name)
+        name = run.slug or slug(run.name)
         curves = figures.curves([run], out / f"curves-{name}.png")
         routing = figures.routing(run, out / f"routing-{name}.png") if run.routed else None
         written += [curves] + ([routing] if routing else [])

@@ -91,6 +91,23 @@ def make_adversary(
     return adversary
 
 
+def fit_targets(adversary, num_classes: int) -> None:
+    """AutoAttack's targeted attacks (APGD-T, FAB-T) target the 9 most likely other classes, as
+    for CIFAR-10; a model with fewer classes has `num_classes - 1` to target (with 9 the attack
+    reads past the logits: an IndexError). The DLR losses read the 3rd (APGD-DLR) and 4th
+    (APGD-T) largest logit, so those attacks are refused below 3 and 4 classes."""
+    dlr = [a for a in adversary.attacks_to_run if a in ("apgd-dlr", "apgd-t")]
+    need = 4 if "apgd-t" in dlr else 3
+    if dlr and num_classes < need:
+        raise ValueError(f"AutoAttack's {', '.join(dlr)} need at least {need} classes (their DLR losses read the "
+                         f"third and, for APGD-T, the fourth largest logit); this model has {num_classes}: run "
+                         "--aa-attacks apgd-ce,fab-t,square instead")
+    for name in ("apgd_targeted", "fab"):
+        attack = getattr(adversary, name, None)
+        if attack is not None and hasattr(attack, "n_target_classes"):
+            attack.n_target_classes = min(attack.n_target_classes, num_classes - 1)
+
+
 # What an attack derives from its iteration count when it is built: APGD sizes its step-size
 # schedule (checkpoints every n_iter_2, shrinking by size_decr down to n_iter_min) from it.
 _SCHEDULE = ("n_iter", "n_iter_orig", "n_iter_2", "n_iter_min", "size_decr")
@@ -208,6 +225,9 @@ def run_autoattack(
     x = x.contiguous()  # the package views inputs as flat rows: NCHW, whatever layout the caller has
     adversary = make_adversary(NCHWModel(model), eps=eps, version=version, attacks=attacks, device=device,
                                seed=seed, iterations=iterations, restarts=restarts)
+    if len(x):
+        with torch.no_grad():
+            fit_targets(adversary, int(model(x[:1]).shape[1]))
     attack_list = list(adversary.attacks_to_run)
     _, package, package_version = import_autoattack()
     result = AAResult(package, package_version, version, attack_list)

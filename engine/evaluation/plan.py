@@ -76,7 +76,9 @@ def _from_run(model_path: str | Path, section: str, key: str, card_key: str) -> 
         return getattr(getattr(files.read_config(), section), key), f"{files.config} [{section}] {key}"
     card = files.card if path.is_dir() else path.with_suffix(".json")
     if card.exists():
-        value = read_json(card).get(card_key)
+        from engine.models.files import check_card  # a damaged card is named before a field of it is read
+
+        value = check_card(read_json(card), card).get(card_key)
         if value is not None:
             return parse_eps(value), f"{card} {card_key}"
     return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from engine.config import parse_number
+from engine.run_dir import read_json
 
 
 def parse_eps(text: str | float) -> float:
@@ -39,3 +40,25 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
             rows.append((f"  after {sub}", f"{100 * count / max(n, 1):.2f}%", f"{count}/{n}",
                          f"{entry['attack_seconds'][sub]:.1f}"))
     return rows
+
+
+def number_or_null(value) -> bool:
+    """A JSON number (not a boolean) or null: how a record holds a measurement that may be absent."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def read_eval_report(path) -> dict:
+    """An eval.json as `biamat-engine eval` writes it, its fields that others read checked by type
+    (a report edited or written by another tool is named here, not deep in a table)."""
+    report = read_json(path)
+    if not isinstance(report, dict):
+        raise ValueError(f"{path} holds a JSON {type(report).__name__}, expected the object `biamat-engine eval` "
+                         "writes; evaluate the run again")
+    attacks = report.get("attacks", {})
+    bad = None if isinstance(attacks, dict) else "attacks"
+    bad = bad or next((k for k in ("clean_acc", "robust_acc", "seconds") if not number_or_null(report.get(k))), None)
+    bad = bad or next((f"attacks.{name}" for name, entry in attacks.items()
+                       if not isinstance(entry, dict) or not number_or_null(entry.get("robust_acc"))), None)
+    if bad:
+        raise ValueError(f"{path}: {bad!r} has the wrong type for an eval report; evaluate the run again")
+    return report

@@ -249,16 +249,33 @@ class LoadedEval:
     notes: list[str] = field(default_factory=list)
 
 
+def _refuse_non_finite(model: nn.Module, file: Path) -> None:
+    """A ValueError naming `file` and the tensor when a weight or statistic is NaN or inf: such a
+    model scores at chance or worse, which a report would show as a result."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{file}: {name} holds NaN or inf values, so the model cannot be evaluated; "
+                             "evaluate an earlier checkpoint (best.pt) or train again")
+
+
 def load_for_eval(model_path: str | Path, test_spec: str, config: EvalPlan) -> LoadedEval:
     """The model (eval mode, on config.device) and the first config.n test images as tensors."""
-    from engine.models import load
+    from engine.models import check_image_size, load_with_card, model_file
     from loaders.datasets import open_dataset
 
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but torch has no CUDA device; use --device cpu")
-    model = load(model_path, device=device)
+    model, card = load_with_card(model_path, device=device)
+    _refuse_non_finite(model, model_file(model_path))
     dataset = open_dataset(test_spec, split="test")
+    # The WideResNet pools adaptively and would score images of any size: a model is refused
+    # data of a size or channel count it was not trained on, instead of reporting chance.
+    check_image_size(card, dataset.image_size, model_file(model_path), test_spec)
+    channels = dataset.images.shape[-1]
+    if channels != model.mu.shape[1]:
+        raise ValueError(f"{model_file(model_path)} takes {model.mu.shape[1]}-channel images, the test set "
+                         f"{test_spec} holds {channels}-channel ones: is it the right test set?")
     count = len(dataset) if config.n is None else min(config.n, len(dataset))
     if getattr(model, "num_classes", dataset.num_classes) != dataset.num_classes:
         raise ValueError(f"the model has {model.num_classes} classes but the test set {test_spec} has "

@@ -88,16 +88,6 @@ def card_normalization(card: dict, where: str | Path = "model card") -> str:
     return kind
 
 
-def _from_card(card: dict, aux_classes: Sequence[int] = (), where: str | Path = "model card",
-               aux_bn: str = "shared") -> MultiHeadNet:
-    return build(
-        card["architecture"], card["num_classes"], aux_classes,
-        dropout=card.get("dropout", 0.0),
-        mean=card.get("mean"), std=card.get("std"),  # absent: build's default for the kind
-        normalization=card_normalization(card, where), aux_bn=aux_bn,
-    )
-
-
 def model_file(path: str | Path) -> Path:
     """The weights file `load` reads for `path`: a run directory's model.safetensors, else the
     path itself (a model.safetensors or a checkpoint)."""
@@ -132,7 +122,12 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> MultiHeadNet:
 
 
 def load_with_card(path: str | Path, device: str | torch.device = "cpu") -> tuple[MultiHeadNet, dict]:
-    """`load`, plus the model card it was rebuilt from (architecture, classes, image_size, ...)."""
+    """`load`, plus the model card it was rebuilt from (architecture, classes, image_size, ...).
+    Every file is checked before it is trusted (engine/models/files.py): a damaged or crafted one
+    is a ValueError naming it and the fix."""
+    from engine.models.files import (build_from_card, check_card, load_guarded, read_torch_file, safetensors_shapes,
+                                     tensor_dict)
+
     path = model_file(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -141,19 +136,17 @@ def load_with_card(path: str | Path, device: str | torch.device = "cpu") -> tupl
         if not card_path.exists():
             raise FileNotFoundError(f"{path} needs its model card {card_path} (architecture, classes)")
         card = read_json(card_path)
-        try:
-            model = _from_card(card, where=card_path)
-        except (KeyError, TypeError, AttributeError) as err:
-            raise ValueError(f"{card_path}: not a biamat-engine model card ({type(err).__name__}: {err}); "
-                             "it needs architecture and num_classes") from None
-        model.load_state_dict(load_file(str(path)))
+        model = build_from_card(card, card_path, weights=(safetensors_shapes(path), path))
+        model.load_state_dict(load_guarded(lambda: load_file(str(path)), path))
     elif path.suffix == ".pt":
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = read_torch_file(path)
         if "model_card" not in ckpt or "model" not in ckpt:
             raise ValueError(f"{path} is not a biamat-engine checkpoint (no model_card/model entries)")
-        card = ckpt["model_card"]
-        model = _from_card(card, card.get("aux_classes", ()), where=path, aux_bn=card.get("aux_bn", "shared"))
-        model.load_state_dict(ckpt["model"])
+        card = check_card(ckpt["model_card"], f"{path} (its model_card)")
+        weights = tensor_dict(ckpt["model"], "model", path)
+        model = build_from_card(card, f"{path} (its model_card)", aux=True,
+                                weights=({k: tuple(v.shape) for k, v in weights.items()}, path))
+        model.load_state_dict(weights)
     else:
         raise ValueError(f"cannot load {path}: expected a run directory, .safetensors or .pt")
     return model.to(device).eval(), card

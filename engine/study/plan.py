@@ -348,7 +348,7 @@ def dataset_size(spec: str) -> int | None:
     if manifest.is_file():
         try:
             return int(json.loads(manifest.read_text())["count"])
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, TypeError):
             pass
     return published_images(spec)
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Callable
 
 from engine.config import ConfigError, TrainConfig, resolve_warmup
+from engine.evaluation.report import read_eval_report
 from engine.resume import changes_on_resume
-from engine.run_dir import RunDir, read_json, read_json_lines, refuse_to_replace
+from engine.run_dir import RunDir, read_json_lines, refuse_to_replace
 from engine.study.data_steps import DataStep
 from engine.study.plan import RunPlan, StudyPlan
 
@@ -89,7 +90,7 @@ def finished(run: RunPlan) -> bool:
     if not (files.eval_report.is_file() and files.metrics.is_file()):
         return False
     metrics = read_json_lines(files.metrics)
-    report = read_json(files.eval_report)
+    report = read_eval_report(files.eval_report)
     evaluated = set(report.get("attacks", {})) | {"clean"}
     return (bool(metrics) and metrics[-1]["epoch"] >= run.config.optim.epochs and report.get("complete") is True
             and set(run.attacks) <= evaluated and (report.get("test") or {}).get("spec") == run.test)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from engine.run_dir import RunDir, atomic_write_text, read_json, read_json_lines
+from engine.evaluation.report import read_eval_report
+from engine.run_dir import RunDir, atomic_write_text, read_json_lines
 from engine.study.grids import DATASET_NAMES, Row
 from engine.study.plan import RunPlan, StudyPlan
 
@@ -76,7 +77,7 @@ def read_result(run: RunPlan) -> RunResult:
     if epochs:
         result.train_seconds = sum(e.get("seconds", 0.0) + e.get("eval_seconds", 0.0) for e in epochs)
     if files.eval_report.is_file():
-        report = read_json(files.eval_report)
+        report = read_eval_report(files.eval_report)
         result.eval_seconds = report.get("seconds")
         if report.get("complete"):
             result.accuracy = {"clean": report["clean_acc"],

@@ -4,8 +4,11 @@ report, and its files: gaussian.json, gaussian.md and gaussian.png (all written 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from engine.analysis.figures import _figure, _save
 from engine.run_dir import atomic_write_text, write_json
@@ -61,11 +64,19 @@ class GaussianReport:
 def run_gaussian(model: GaussianModel, samples: int, seed: int, robust_weight: float,
                  training: TrainingSettings) -> GaussianReport:
     """Checks every statement on `samples` draws and trains under each auxiliary mode."""
+    if not math.isfinite(robust_weight):
+        raise ValueError(f"--robust-weight must be a finite number; got {robust_weight}")
     rows = statements(model, samples, seed, robust_weight)
     t = training
-    sampled = {mode: train_sampled(model, mode, t.n_primary, t.n_aux, t.steps, t.lr, t.alpha, seed + 1)
-               for mode in MODES}
-    expected = {mode: train_expected(model, mode, t.steps, t.lr, t.alpha) for mode in MODES}
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below, once
+        sampled = {mode: train_sampled(model, mode, t.n_primary, t.n_aux, t.steps, t.lr, t.alpha, seed + 1)
+                   for mode in MODES}
+        expected = {mode: train_expected(model, mode, t.steps, t.lr, t.alpha) for mode in MODES}
+    # A step size that overflows the weights (--lr 1e308) would print a table of NaN as a result.
+    for mode, trajectory in [*sampled.items(), *expected.items()]:
+        if not all(math.isfinite(w) for w in trajectory.w_robust + trajectory.w_nonrobust):
+            raise ValueError(f"the training under {mode!r} diverged (a weight became NaN or inf) with --lr {t.lr}: "
+                             "lower --lr (default 0.005)")
     return GaussianReport(model, samples, seed, robust_weight, training, rows, sampled, expected)
 
 

@@ -13,6 +13,8 @@ Training starts from the paper's accurate but non-robust w = [0, 1/d, ..., 1/d] 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,10 +62,10 @@ def _aux_task(model: GaussianModel, mode: str) -> tuple[float, float | None]:
 def check_schedule(steps: int, lr: float, alpha: float) -> None:
     if steps < 0:
         raise ValueError(f"steps must be >= 0; got {steps}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive; got {lr}")
-    if not alpha >= 0:
-        raise ValueError(f"alpha (the auxiliary loss weight of Eq. 1) must be >= 0; got {alpha}")
+    if not 0 < lr < math.inf:
+        raise ValueError(f"lr must be positive and finite; got {lr}")
+    if not 0 <= alpha < math.inf:
+        raise ValueError(f"alpha (the auxiliary loss weight of Eq. 1) must be finite and >= 0; got {alpha}")
 
 
 def _check(mode: str, steps: int, lr: float, alpha: float) -> None:

@@ -25,7 +25,7 @@ from loaders.backends._stream_state import ShardedStream
 from loaders.backends.resident import derive_seed
 from loaders.beton import BetonIndex, beton_info
 from loaders.images import unit_images
-from loaders.options import LoaderOptions
+from loaders.options import LoaderOptions, available_cores
 
 _INSTALL_HINT = "the ffcv backend needs ffcv: pip install --no-build-isolation 'biamat-engine[ffcv]' (see scripts/setup.sh)"
 _ORDER_STREAM, _AUGMENT_STREAM = 0, 1
@@ -127,8 +127,8 @@ class _ExplicitOrder:
 class FfcvStream(ShardedStream):
     """One .beton through FFCV, yielding (x, y) batches on `device` (see loaders.stream).
 
-    Of the `LoaderOptions` it uses `pad` and `workers` (FFCV's worker threads, one per core when
-    None); it ignores `kernel_impl` (the crop and flip are compiled into FFCV's pipeline).
+    Of the `LoaderOptions` it uses `pad` and `workers` (FFCV's worker threads, one per core this
+    process may use when None: `available_cores`); it ignores `kernel_impl` (the crop and flip are compiled into FFCV's pipeline).
     `os_cache`, `order`, `batches_ahead` and `indices` (a subset of the file) are FFCV's own."""
 
     def __init__(
@@ -156,7 +156,7 @@ class FfcvStream(ShardedStream):
         # Which page each sample's pixels sit on, for the page-local quasi-random order.
         self._pages = index.metadata["image"]["data_ptr"] // np.uint64(index.page_size)
         self._key = np.zeros(1, dtype=np.uint64)  # read by the compiled crop/flip at run time
-        self._loader = self._build_loader(options.workers or os.cpu_count() or 1, os_cache, batches_ahead)
+        self._loader = self._build_loader(options.workers or available_cores(), os_cache, batches_ahead)
 
     def _build_loader(self, num_workers: int, os_cache: bool, batches_ahead: int):
         from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder

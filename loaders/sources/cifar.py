@@ -61,13 +61,19 @@ class _Files:
         if source.is_file():
             try:
                 self.tar = tarfile.open(source, "r:*")
-                names = {Path(m.name).name: m for m in self.tar.getmembers() if m.isfile()}
+                members = [m for m in self.tar.getmembers() if m.isfile()]
             except (tarfile.TarError, EOFError, OSError) as err:
                 raise SourceError(
                     f"{source}: not a readable tar archive ({err}); expected {layout['archive']}, "
                     f"the CIFAR python version"
                 ) from None
-            self.members = names
+            # Members are found by file name: one named ../data_batch_1 (or /abs/...) would stand in
+            # for the real batch. Refused, as the Places365 reader refuses such list entries.
+            escaping = [m.name for m in members if Path(m.name).is_absolute() or ".." in Path(m.name).parts]
+            if escaping:
+                raise SourceError(f"{source}: archive member {escaping[0]!r} points outside the archive's folder; "
+                                  f"not an archive as published: download {layout['archive']} again")
+            self.members = {Path(m.name).name: m for m in members}
         else:
             folder = source / layout["folder"] if (source / layout["folder"]).is_dir() else source
             if not folder.is_dir():
