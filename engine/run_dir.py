@@ -13,6 +13,10 @@ its JSON and JSON-lines writers, and its configuration read back through the con
 A model folder (model.safetensors + model.json) has the same two names wherever it is written:
 in a run directory or in an export. Nothing else in the engine spells these names.
 
+Bookkeeping of engine/outputs.py, in any output folder: `.biamat.lock` (the lock of the one
+process writing it), `.biamat.json` (the record of a folder output), `.NAME.biamat.json` (the
+record of the file output NAME beside it).
+
 `biamat-engine demo --out DIR` writes a demo folder (`DemoDir`): DIR/demo.json (settings and
 results; written first, so it marks the folder as the demo's own), DIR/data/ (the generated
 .beton files) and one run directory per arm (DIR/at/, DIR/biamat/).
@@ -29,6 +33,18 @@ from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from engine.config import TrainConfig
+
+
+LOCK_NAME = ".biamat.lock"
+FOLDER_RECORD = ".biamat.json"
+BOOKKEEPING = frozenset({LOCK_NAME, FOLDER_RECORD})
+"""Names that never make a folder someone's data: an empty folder holding only these is empty."""
+
+
+def output_record(path: str | Path) -> Path:
+    """The record beside a file output: which command wrote it and its sha256 (engine/outputs.py)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.biamat.json")
 
 
 @dataclass(frozen=True)
@@ -90,7 +106,7 @@ class RunDir:
         """The files one training run writes or is evaluated into: what a replaced run clears
         (config.toml is excluded: the new run writes its own before anything else)."""
         return [self.metrics, self.selection, self.resumes, self.last, self.best, self.weights, self.card,
-                self.eval_report]
+                self.eval_report, output_record(self.eval_report)]
 
     def holds_run(self) -> bool:
         return self.last.exists()
@@ -148,7 +164,7 @@ def refuse_to_replace(folder: str | Path, fix: str) -> None:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder} is a file, not a folder: {fix}")
-    entries = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    entries = sorted(p.name for p in folder.iterdir() if p.name not in BOOKKEEPING) if folder.is_dir() else []
     if entries:
         shown = ", ".join(entries[:6]) + (f" and {len(entries) - 6} more" if len(entries) > 6 else "")
         raise FileExistsError(f"{folder} already holds {shown}: {fix}")
