@@ -78,7 +78,8 @@ def prepare_command(
     (classes, counts, checksums). Bad input exits 1 with a message naming the file; nothing
     half-written is ever left behind."""
     from loaders.sources import read_source
-    from loaders.sources.derive import derived_sets
+    from engine.outputs import claim_beton
+    from loaders.sources.derive import derived_sets, part_path
 
     if out.suffix != ".beton":
         raise typer.BadParameter(f"{out}: the output must end in .beton", param_hint="OUT")
@@ -87,6 +88,9 @@ def prepare_command(
     knobs = {k: v for k, v in (("n", n), ("difficulty", difficulty), ("classes", classes), ("groups", groups))
              if v is not None}
     sizes = _checked_options(parts, part, uniform_noise)
+    targets = [out] if sizes is None or part is not None else [part_path(out, i) for i in range(len(sizes))]
+    for target in targets:  # before any data is read: a refused output costs nothing
+        claim_beton(target, "prepare", overwrite=overwrite, inputs=source.split(","))
     data = read_source(format, source, split, size, download=download, coarse=coarse,
                        skip_bad=skip_bad, workers=workers, seed=seed, shapes=knobs)
     for _, out_path, dataset in derived_sets(data, out, sizes, part, uniform_noise, seed):
@@ -116,6 +120,14 @@ def _checked_options(parts: str | None, part: str | None, noise: float | None) -
 
 
 def _write(out: Path, data, format: str, split: str, source: str) -> dict:
+    from engine.outputs import record_beton
+
+    manifest = _write_beton(out, data, format, split, source)
+    record_beton(out, "prepare")
+    return manifest
+
+
+def _write_beton(out: Path, data, format: str, split: str, source: str) -> dict:
     from loaders.beton import write_beton
     from loaders.sources import ChunkedSource
 

@@ -130,7 +130,7 @@ def test_export_never_writes_over_the_run_or_an_earlier_export(run_dir):
         export_robustbench(path, path)
     assert (path / "model.safetensors").read_bytes() == before
     export_robustbench(path)
-    with pytest.raises(FileExistsError, match="already holds README.md, model.json, model.safetensors"):
+    with pytest.raises(FileExistsError, match="earlier output of `biamat-engine export`: pass --overwrite"):
         export_robustbench(path)
     export_robustbench(path, overwrite=True)
     refused = CliRunner().invoke(app, ["export", str(path), "--out", str(path)])
