@@ -71,6 +71,9 @@ def prepare_command(
     uniform_noise: Annotated[Optional[float], typer.Option(
         help="Add noise uniform in [-AMP, AMP] pixel levels (0-255 images) to every pixel, rounded and "
              "clipped; drawn with --seed.", metavar="AMP", rich_help_panel=DERIVED)] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace prepare's own earlier OUT (never a file prepare did not write, never an input).",
+        rich_help_panel=READING)] = False,
 ) -> None:
     """Convert one split of a published dataset into a .beton file and its manifest.
 

@@ -27,7 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from engine.run_dir import BOOKKEEPING, FOLDER_RECORD, LOCK_NAME, atomic_write, atomic_write_text, output_record
+from engine.run_dir import (BOOKKEEPING, FOLDER_RECORD, LOCK_NAME, DemoDir, atomic_write, atomic_write_text,
+                            output_record)
 
 T = TypeVar("T")
 
@@ -301,8 +302,8 @@ class FolderLock:
     def __enter__(self) -> "FolderLock":
         return self.acquire()
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, kind: object, *exc: object) -> None:
+        self.release(discard=kind is not None)  # a command that failed leaves no lock file it made
 
     def __del__(self) -> None:
         self.release()
@@ -314,6 +315,28 @@ def _open_lock_file(path: Path) -> tuple[int, bool]:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
     except FileExistsError:
         return os.open(path, os.O_RDWR), False
+
+
+# -- the demo's folder -------------------------------------------------------------------------
+
+def claim_demo(demo: DemoDir, arms: tuple[str, ...]) -> None:
+    """The demo writes into a folder that is new, empty, or its own: demo.json recorded as the
+    demo's (not merely a file of that name) and nothing in it but what a demo writes."""
+    root = demo.root
+    if root.exists() and not root.is_dir():
+        raise OutputRefused(f"{root} is a file; pick another --out for the demo")
+    entries = _entries(root) if root.is_dir() else []
+    if not entries:
+        return
+    fix = "pick another --out (the demo replaces only its own earlier results)"
+    if not demo.summary.is_file():
+        raise OutputRefused(f"{root} is not empty and holds no {demo.summary.name}, so it is not a demo's output; {fix}")
+    problem = _owner_problem(output_record(demo.summary), "demo", [demo.summary])
+    strangers = [name for name in entries if name not in demo.names(arms)]
+    if problem is None and strangers:
+        problem = f"{', '.join(strangers[:6])} in it {'is' if len(strangers) == 1 else 'are'} not a demo's"
+    if problem:
+        raise OutputRefused(f"{demo.summary} is there but {problem}; {fix}")
 
 
 # -- .beton outputs (prepare, robustify, pseudo-label) -----------------------------------------

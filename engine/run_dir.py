@@ -18,7 +18,7 @@ process writing it), `.biamat.json` (the record of a folder output), `.NAME.biam
 record of the file output NAME beside it).
 
 `biamat-engine demo --out DIR` writes a demo folder (`DemoDir`): DIR/demo.json (settings and
-results; written first, so it marks the folder as the demo's own), DIR/data/ (the generated
+results; written first, with its record, so it marks the folder as the demo's own), DIR/data/ (the generated
 .beton files) and one run directory per arm (DIR/at/, DIR/biamat/).
 """
 
@@ -135,15 +135,9 @@ class DemoDir:
     def arm(self, name: str) -> RunDir:
         return RunDir(self.root / name)
 
-    def claim(self) -> None:
-        """Makes sure the demo may write here: the folder is new, empty, or a demo's own (it
-        holds demo.json). Anything else is someone's data, and a demo never replaces it."""
-        if self.summary.is_file() or not self.root.exists() or not any(self.root.iterdir()):
-            return
-        if not self.root.is_dir():
-            raise ValueError(f"{self.root} is a file; pick another --out for the demo")
-        raise ValueError(f"{self.root} is not empty and holds no {self.summary.name}, so it is not a demo's "
-                         f"output; pick another --out (the demo replaces only its own earlier results)")
+    def names(self, arms: tuple[str, ...]) -> set[str]:
+        """Everything a demo writes in its folder (engine.outputs.claim_demo checks against it)."""
+        return {self.summary.name, output_record(self.summary).name, self.data.name, *arms, *BOOKKEEPING}
 
 
 def check_writable(path: str | Path) -> None:
