@@ -80,7 +80,8 @@ def test_cli_export_and_its_errors(run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
     result = CliRunner().invoke(app, ["export", str(path), "--format", "robustbench", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "model.json", "README.md"}
+    # .biamat.json: the record that makes the folder export's own (engine/outputs.py)
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "model.json", "README.md", ".biamat.json"}
 
     bad = CliRunner().invoke(app, ["export", str(path), "--format", "onnx"])
     assert bad.exit_code == 2 and "unknown export format 'onnx'" in bad.output
