@@ -96,6 +96,9 @@ def test_a_quick_eval_never_silently_replaces_a_fuller_one(world, tmp_path):
     again = invoke("eval", run, "--test", test, "--attacks", "clean,pgd1", "--n", "16", "--device", "cpu",
                    "--out", report)
     assert again.exit_code == 0, again.output
+    robust_only = invoke("eval", run, "--test", test, "--attacks", "pgd1", "--n", "16", "--device", "cpu",
+                         "--out", report)  # clean accuracy comes with every evaluation
+    assert robust_only.exit_code == 0, robust_only.output
     forced = invoke("eval", run, "--test", test, "--attacks", "clean", "--n", "8", "--device", "cpu",
                     "--out", report, "--overwrite")
     assert forced.exit_code == 0, forced.output

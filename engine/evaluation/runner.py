@@ -273,7 +273,7 @@ def load_for_eval(model_path: str | Path, test_spec: str, config: EvalPlan) -> L
 def _covers(config: EvalPlan, test_spec: str, earlier: dict) -> bool:
     """Whether this evaluation measures at least what the earlier report holds: every attack it
     ran, on as many images, on the same test set."""
-    done = set(earlier.get("attacks") or {}) | {"clean"}
+    done = set(earlier.get("attacks") or {})  # clean accuracy is measured by every evaluation
     more_images = config.n is None or (isinstance(earlier.get("n"), int) and config.n >= earlier["n"])
     return done <= set(config.attacks) and more_images and (earlier.get("test") or {}).get("spec") == str(test_spec)
 
@@ -290,7 +290,7 @@ def claim_report(out: str | Path, model_path: str | Path, test_spec: str, config
         earlier = read_json(out)
         if not _covers(config, test_spec, earlier):
             raise OutputRefused(
-                f"{out} holds a fuller evaluation ({', '.join(sorted(set(earlier.get('attacks') or {}) | {'clean'}))} "
+                f"{out} holds a fuller evaluation ({', '.join(['clean', *sorted(earlier.get('attacks') or {})])} "
                 f"on {earlier.get('n')} images of {(earlier.get('test') or {}).get('spec')}) than this one "
                 f"({', '.join(config.attacks)} on {config.n or 'all'} images of {test_spec}): write this one "
                 "elsewhere with --out, or pass --overwrite to replace it")
