@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from benchmarks.common import environment, sync, time_calls, write_report
+from benchmarks.common import environment, time_calls, write_report
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,9 @@ def analyze_command(
     runs: Annotated[list[Path], typer.Argument(
         metavar="RUN_DIR", help="One or more run directories (`train --out`).", show_default=False)],
     out: Annotated[Optional[Path], typer.Option(
-        help="Folder for analysis.md and the PNGs (default: RUN_DIR/analysis for one run, ./analysis for several).",
+        help="Folder for analysis.md and the PNGs (default: RUN_DIR/analysis for one run, ./analysis for several): "
+             "new, empty or analyze's own earlier output, which is replaced whole; never a folder holding "
+             "anything else.",
         rich_help_panel=OUTPUT)] = None,
     groups: Annotated[Optional[Path], typer.Option(
         help="JSON {class_name: group} grouping the auxiliary classes in Table 14 (default: the records' "

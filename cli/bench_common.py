@@ -20,7 +20,21 @@ ImageSize = Annotated[int, typer.Option(min=8, max=4096, help="Image side in pix
 AttackSteps = Annotated[int, typer.Option(min=0, help="PGD steps of the training attack.", rich_help_panel=WORKLOAD)]
 AuxMode = Annotated[str, typer.Option(help="biamat, labels, uniform or none.", rich_help_panel=WORKLOAD)]
 StepsPerRepeat = Annotated[int, typer.Option(min=1, help="Training steps per timed repeat.", rich_help_panel=TIMING)]
-ReportPath = Annotated[Optional[Path], typer.Option(help="Write the JSON report here.", rich_help_panel=OUTPUT)]
+
+
+def _claimed(out: Optional[Path]) -> Optional[Path]:
+    """Checked before anything is timed: the report may replace only an earlier bench report."""
+    if out is not None:
+        from engine.outputs import claim_files
+
+        claim_files([out], "bench", overwrite=True)
+    return out
+
+
+ReportPath = Annotated[Optional[Path], typer.Option(
+    callback=_claimed, rich_help_panel=OUTPUT,
+    help="Write the JSON report here: a new file, or an earlier bench report, which is replaced; never any "
+         "other file.")]
 
 
 def print_report(table: RenderableType, notes: list[str], out: Optional[Path]) -> None:

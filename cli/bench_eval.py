@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.text import Text
 
-from cli.bench_common import ENGINE, OUTPUT, TIMING, WORKLOAD, print_report
+from cli.bench_common import ENGINE, TIMING, WORKLOAD, print_report, ReportPath
 from cli.options import devices, require_device
 
 EPILOG = "Example: biamat-engine bench eval --model wrn-16-4 --n 256 --device cuda --out bench-eval.json"
@@ -23,7 +22,7 @@ def bench_eval(
     device: Annotated[str, typer.Option(
         callback=devices("cpu", "cuda"), help="cpu or cuda.", rich_help_panel=ENGINE)] = "cpu",
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs per row (after warm-up).", rich_help_panel=TIMING)] = 3,
-    out: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.", rich_help_panel=OUTPUT)] = None,
+    out: ReportPath = None,
 ) -> None:
     """Images/s of the clean pass per backend and of each attack.
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from cli.bench_common import ENGINE, OUTPUT, TIMING, print_report
+from cli.bench_common import ENGINE, TIMING, ReportPath, print_report
 from cli.errors import UserError
 from cli.options import devices, require_device
 
@@ -41,7 +40,7 @@ def bench_kernels(
         "--compile/--no-compile", help="Also time the torch.compile'd reference.", rich_help_panel=ENGINE)] = True,
     repeats: Annotated[int, typer.Option(
         min=2, help="Timed repeats per row (after warm-up).", rich_help_panel=TIMING)] = 20,
-    out: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.", rich_help_panel=OUTPUT)] = None,
+    out: ReportPath = None,
 ) -> None:
     """Each kernel implementation against the plain-torch reference.
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from cli.bench_common import ENGINE, OUTPUT, TIMING, WORKLOAD, print_report
+from cli.bench_common import ENGINE, TIMING, WORKLOAD, print_report, ReportPath
 from cli.options import devices, require_device
 
 EPILOG = "Example: biamat-engine bench loader --n 10000 --size 32 --device cpu --out runs/bench/loader.json"
@@ -38,7 +37,7 @@ def bench_loader(
         min=1, help="Loader threads/processes (default: all cores).", rich_help_panel=ENGINE)] = None,
     repeats: Annotated[int, typer.Option(
         min=2, help="Timed epochs per backend (after a warm-up epoch).", rich_help_panel=TIMING)] = 3,
-    out: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.", rich_help_panel=OUTPUT)] = None,
+    out: ReportPath = None,
 ) -> None:
     """FFCV, resident (and DALI) loaders against a plain torch DataLoader.
 

@@ -139,16 +139,17 @@ def demo_command(
     """Train plain AT and AT+BiaMAT on built-in shapes with one budget, evaluate both, print the table."""
     setup_logging(verbose)
     from engine.config import load_preset
-    from engine.run_dir import DemoDir, write_json
+    from engine.outputs import claim_demo, write_json_output
+    from engine.run_dir import DemoDir
 
     started = time.perf_counter()
     demo = DemoDir(out)
-    demo.claim()
+    claim_demo(demo, tuple(ARMS))
     preset = load_preset("demo")
     knobs = _data_knobs(preset, seed, n=n, aux=aux_size, test=test_size, difficulty=difficulty, classes=classes)
     arms = [only] if only else list(ARMS)
     summary = {"status": "running", "arms": arms, "seed": seed, "data": knobs, "results": {}}
-    write_json(demo.summary, summary)  # first: it marks the folder as this demo's
+    write_json_output(demo.summary, "demo", summary)  # first: its record marks the folder as this demo's
 
     steps = 1 + 2 * len(arms)
     err_console.print(f"[bold]1/{steps}[/] writing the built-in shapes datasets as .beton files into {demo.data}")
@@ -160,17 +161,17 @@ def demo_command(
         err_console.print(f"[bold]{2 + i}/{steps}[/] training {ARMS[arm]}: {cfg.model.name}, {cfg.optim.epochs} "
                           f"epochs{warm}, into {demo.arm(arm).root}")
         summary["results"][arm] = _train_arm(cfg, demo.arm(arm).root)
-        write_json(demo.summary, summary)
+        write_json_output(demo.summary, "demo", summary)
     for i, arm in enumerate(arms):
         err_console.print(f"[bold]{2 + len(arms) + i}/{steps}[/] evaluating {ARMS[arm]}'s best model on the "
                           f"held-out shapes (clean, PGD-20)")
         summary["results"][arm].update(_evaluate_arm(configs[arm], demo.arm(arm).root, paths["test"], device))
-        write_json(demo.summary, summary)
+        write_json_output(demo.summary, "demo", summary)
 
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["verdict"] = verdict(summary["results"])
     summary["status"] = "done"
-    write_json(demo.summary, summary)
+    write_json_output(demo.summary, "demo", summary)
     _print_results(summary, demo)
 
 
@@ -226,7 +227,7 @@ def _train_arm(cfg, run_dir: Path) -> dict:
 
     started = time.perf_counter()
     with TrainProgress(cfg.optim.epochs) as bar:
-        # The folder is the demo's own (DemoDir.claim), so its earlier run may be replaced.
+        # The folder is the demo's own (engine.outputs.claim_demo), so its earlier run may be replaced.
         records = train(cfg, run_dir, overwrite=True, on_step=_EpochLines(bar, cfg.optim.epochs))
     print_epoch_table(records)
     return {"train_seconds": round(time.perf_counter() - started, 1), "epochs": cfg.optim.epochs,
@@ -235,13 +236,13 @@ def _train_arm(cfg, run_dir: Path) -> dict:
 
 def _evaluate_arm(cfg, run_dir: Path, test: Path, device: str) -> dict:
     from engine.evaluation.runner import EvalPlan, run_evaluation
-    from engine.run_dir import RunDir, write_json
+    from engine.run_dir import RunDir
     from engine.runtime import resolve_device
 
     plan = EvalPlan(attacks=("clean", "pgd20"), eps=cfg.attack.eps,  # step: the run's eval.step_size
                     device=str(resolve_device(device)))
-    report = run_evaluation(run_dir, str(test), plan)
-    write_json(RunDir(run_dir).eval_report, report)
+    # The arm was just trained into the demo's own folder: its earlier report is the demo's to replace.
+    report = run_evaluation(run_dir, str(test), plan, out=RunDir(run_dir).eval_report, overwrite=True)
     return {"n": report["n"], "eps": report["eps"], "clean_acc": report["clean_acc"],
             "robust_acc": report["attacks"]["pgd20"]["robust_acc"],
             "selection": [list(row) for row in selection_summary(run_dir)]}

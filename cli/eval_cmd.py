@@ -93,7 +93,12 @@ def eval_command(
         help="Clean-pass backend: eager, compile or tensorrt.", rich_help_panel=RUN)] = "eager",
     device: RunDevice = "auto",
     out: Annotated[Optional[Path], typer.Option(
-        help="Report path (default: eval.json in the run directory).", rich_help_panel=RUN)] = None,
+        help="Report path (default: eval.json in the run directory). Never a file eval did not write; "
+             "eval's own earlier report only when this evaluation covers it (its attacks or more, on as many "
+             "images or more), else refused.", rich_help_panel=RUN)] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace eval's own earlier report at OUT even when it holds more.",
+        rich_help_panel=RUN)] = False,
 ) -> None:
     """Evaluate a classifier: clean accuracy, PGD-K, CW-K and AutoAttack at L-inf eps."""
     from engine.distributed import World, init_from_env
@@ -112,7 +117,8 @@ def eval_command(
     # Under torchrun every rank evaluates its part and holds the whole report; rank 0 writes it.
     with err_console.status("evaluating") if main else contextlib.nullcontext() as status:
         report = run_evaluation(model, test, plan, progress=status.update if main else None,
-                                out=out if main else None, extra={"eps_source": eps_source})
+                                out=out if main else None, extra={"eps_source": eps_source},
+                                overwrite=overwrite)
     if not main:
         return
     console.print(render_table(report))

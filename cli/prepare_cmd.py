@@ -81,6 +81,9 @@ def prepare_command(
     uniform_noise: Annotated[Optional[float], typer.Option(
         help="Add noise uniform in [-AMP, AMP] pixel levels (0-255 images) to every pixel, rounded and "
              "clipped; drawn with --seed.", metavar="AMP", rich_help_panel=DERIVED)] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace prepare's own earlier OUT (never a file prepare did not write, never an input).",
+        rich_help_panel=READING)] = False,
 ) -> None:
     """Convert one split of a published dataset into a .beton file and its manifest.
 
@@ -88,7 +91,8 @@ def prepare_command(
     (classes, counts, checksums). Bad input exits 1 with a message naming the file; nothing
     half-written is ever left behind."""
     from loaders.sources import read_source
-    from loaders.sources.derive import derived_sets, parse_class_ids
+    from engine.outputs import claim_beton
+    from loaders.sources.derive import derived_sets, parse_class_ids, part_path
 
     source, out = _source_and_out(format, paths)
     if out.suffix != ".beton":
@@ -100,6 +104,10 @@ def prepare_command(
                                ("groups", groups)) if v is not None}
     keep = parse_class_ids(classes) if classes is not None and not shape_classes else None
     sizes = _checked_options(parts, part, uniform_noise)
+    targets = [out] if sizes is None or part is not None else [part_path(out, i) for i in range(len(sizes))]
+    for target in targets:  # before any data is read: a refused output costs nothing
+        claim_beton(target, "prepare", overwrite=overwrite,
+                    inputs=source.split(",") if isinstance(source, str) else source)
     data = read_source(format, source, split, size, download=download, coarse=coarse,
                        skip_bad=skip_bad, workers=workers, seed=seed, shapes=knobs)
     for _, out_path, dataset in derived_sets(data, out, sizes, part, uniform_noise, seed, keep, n_per_class):
@@ -147,6 +155,14 @@ def _checked_options(parts: str | None, part: str | None, noise: float | None) -
 
 
 def _write(out: Path, data, format: str, split: str, source: str) -> dict:
+    from engine.outputs import record_beton
+
+    manifest = _write_beton(out, data, format, split, source)
+    record_beton(out, "prepare")
+    return manifest
+
+
+def _write_beton(out: Path, data, format: str, split: str, source: str) -> dict:
     from loaders.beton import write_beton
     from loaders.sources import ChunkedSource
 

@@ -93,6 +93,7 @@ def study_command(
     from cli.common import setup_logging
     from engine.study.grids import get_grid
     from engine.study.plan import get_scale, make_plan, missing_data_message
+    from engine.study.table import StudyTable
 
     setup_logging(verbose)
     plan = make_plan(get_grid(name), get_scale(scale), out, seeds=_ints(seeds), data_dir=data_dir,
@@ -102,13 +103,32 @@ def study_command(
         return
     if plan.missing:
         raise UserError(missing_data_message(plan))
-    if jobs > 1 and len(plan.unique_runs()) > 1:
-        _run_in_processes(plan, jobs, data_dir, set_, verbose)
-    else:
-        _run_here(plan)
-    if no_report:
-        return
-    _write_report(plan)
+    with _study_lock(plan.out):
+        if not no_report:
+            StudyTable.claim(plan)  # a user's study.md in --out stops the study before its first run
+        if jobs > 1 and len(plan.unique_runs()) > 1:
+            _run_in_processes(plan, jobs, data_dir, set_, verbose)
+        else:
+            _run_here(plan)
+        if no_report:
+            return
+        _write_report(plan)
+
+
+# Set by a study for the processes it launches (--jobs): they write the folder it holds locked.
+_LOCK_HELD = "BIAMAT_ENGINE_STUDY_LOCK_HELD"
+
+
+def _study_lock(out: Path):
+    """One study process writes a study folder at a time (each run directory is locked by its
+    own training too); the processes a study launches itself work under its lock."""
+    import contextlib
+
+    from engine.outputs import FolderLock
+
+    if os.environ.get(_LOCK_HELD) == str(Path(out).resolve()):
+        return contextlib.nullcontext()
+    return FolderLock(out, "study folder")
 
 
 def _print_plan(plan) -> None:
@@ -200,7 +220,8 @@ def _run_in_processes(plan, jobs: int, data_dir: Path, sets: list[str], verbose:
         check_run_dir(run)  # every mismatch before any work, as in one process
     logs = plan.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs)),
+           _LOCK_HELD: str(plan.out.resolve())}
 
     def launch(run) -> tuple[str, int]:
         command = [sys.executable, "-m", "cli.app", "study", plan.grid.name, "--scale", plan.scale,

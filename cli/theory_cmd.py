@@ -73,7 +73,9 @@ def gaussian_command(
     train_aux: Annotated[int, typer.Option(min=1, help="Auxiliary training samples.",
                                            rich_help_panel=SIMULATION)] = 1000,
     out: Annotated[Optional[Path], typer.Option(
-        help="Folder for gaussian.md, gaussian.json and gaussian.png (needs matplotlib, the analyze extra).",
+        help="Folder for gaussian.md, gaussian.json and gaussian.png (needs matplotlib, the analyze extra): new, "
+             "empty or this command's own earlier output, which is replaced whole; never a folder holding "
+             "anything else.",
         rich_help_panel=OUTPUT)] = None,
 ) -> None:
     """Simulate the binary Gaussian model of the paper's Section 2.2 and Appendix A.

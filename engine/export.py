@@ -21,7 +21,8 @@ import torch.nn as nn
 from engine.config import flatten
 from engine.evaluation.report import read_eval_report
 from engine.models.heads import PER_CHANNEL, PER_IMAGE
-from engine.run_dir import RunDir, atomic_write, atomic_write_text, read_config, read_json, refuse_to_replace, write_json
+from engine.outputs import claim_folder, publish_folder
+from engine.run_dir import RunDir, read_config, read_json, write_json
 
 EXPORT_FORMATS = ("robustbench",)
 _NORMALIZATION_KEYS = ("mu", "sigma")
@@ -132,8 +133,8 @@ def render_readme(card: dict) -> str:
 
 def export_robustbench(run: str | Path, out_dir: str | Path | None = None, *, overwrite: bool = False) -> ExportResult:
     """Writes model.safetensors, model.json and README.md for RobustBench into `out_dir`
-    (default RUN_DIR/robustbench), which must be empty or absent unless `overwrite`, and never
-    the run directory itself (the export's files would replace the run's own model).
+    (default RUN_DIR/robustbench), which must be absent, empty, or an earlier export with
+    `overwrite` (engine/outputs.py), and never the run directory itself (the export's files would replace the run's own model).
     `run` is a run directory or anything `engine.models.load` takes."""
     from safetensors.torch import save_file
 
@@ -147,8 +148,8 @@ def export_robustbench(run: str | Path, out_dir: str | Path | None = None, *, ov
         raise ValueError(f"export --out {out_dir} is the run directory it reads: RobustBench's model.safetensors "
                          "and model.json would replace the run's own; choose another folder "
                          f"(the default is {run_dir / 'robustbench'})")
-    if not overwrite:
-        refuse_to_replace(out_dir, "choose another --out, or pass --overwrite to replace the export")
+    # Only export's own earlier export is replaced, and only with --overwrite: never another run's model.
+    claim_folder(out_dir, "export", overwrite=overwrite, inputs=[run])
     model = load(run)
     if not isinstance(model, WideResNet):
         raise ValueError(f"{run}: only WideResNet classifiers can be exported for RobustBench "
@@ -178,13 +179,15 @@ def export_robustbench(run: str | Path, out_dir: str | Path | None = None, *, ov
         "training_config": config,
         "evaluation": _eval_summary(eval_report) if eval_report else None,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
+    def fill(folder: Path) -> None:  # three files that appear together or not at all
+        exported = RunDir(folder)
+        save_file(weights, str(exported.weights), metadata={"format": "robustbench-wideresnet"})
+        write_json(exported.card, card)
+        (folder / "README.md").write_text(render_readme(card))
+
+    publish_folder(out_dir, "export", fill)
     exported = RunDir(out_dir)
-    result = ExportResult(out_dir, exported.weights, exported.card, out_dir / "README.md")
-    atomic_write(result.weights, lambda p: save_file(weights, p, metadata={"format": "robustbench-wideresnet"}))
-    write_json(result.card, card)
-    atomic_write_text(result.readme, render_readme(card))
-    return result
+    return ExportResult(out_dir, exported.weights, exported.card, out_dir / "README.md")
 
 
 def load_robustbench_export(out_dir: str | Path) -> nn.Module:

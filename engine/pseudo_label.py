@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from engine.models import check_image_size, load_with_card, model_file
+from engine.outputs import claim_beton, record_beton
 from engine.runtime import resolve_device
 from engine.scoring import Scores, score_batches
 from loaders.beton import BetonIndex, iter_beton, read_manifest, write_beton
@@ -87,10 +88,7 @@ def pseudo_label(model_path: str | Path, aux_path: str | Path, out_path: str | P
         raise ValueError(f"{out}: the output must end in .beton")
     index = BetonIndex(aux)  # FileNotFoundError naming the file
     aux_manifest = read_manifest(aux)
-    if out.exists() and out.resolve() == aux.resolve():
-        raise ValueError(f"{out} is the auxiliary data it would be written from: choose another output path")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists: pass --overwrite to replace it, or choose another path")
+    claim_beton(out, "pseudo-label", overwrite=overwrite, inputs=[aux, model_path])
     weights = model_file(model_path)
     torch_device = resolve_device(device)
     model, card = load_with_card(weights, torch_device)
@@ -139,6 +137,7 @@ def pseudo_label(model_path: str | Path, aux_path: str | Path, out_path: str | P
         },
     }
     manifest = _write(out, aux, scores, kept, class_names, index.image_size, aux_manifest, meta, top_k, progress)
+    record_beton(out, "pseudo-label")
     return PseudoLabelResult(out, manifest, int(n), [int(c) for c in kept_per_class], short)
 
 

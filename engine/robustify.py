@@ -24,6 +24,7 @@ import torch
 
 from engine.feature_matching import feature_distance, match_features
 from engine.models import check_image_size, load_with_card, model_file
+from engine.outputs import claim_beton, record_beton
 from engine.run_dir import atomic_write, check_writable, read_json, write_json
 from engine.runtime import resolve_device
 from loaders.beton import read_beton, read_manifest, write_beton
@@ -146,8 +147,8 @@ def robustify(
     if batch_size < 1 or chunk_size < 1 or (limit is not None and limit < 1):
         raise ValueError("batch size, chunk size and limit must be >= 1")
     out, data = Path(out), Path(data)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it, or choose another OUT")
+    # Its own OUT.parts/ is how an interrupted run continues; a finished OUT is replaced only with --overwrite.
+    claim_beton(out, "robustify", overwrite=overwrite, inputs=[data, model])
     check_writable(out)
     source = read_beton(data)
     net, card = load_with_card(model, resolve_device(device))
@@ -241,5 +242,6 @@ def _publish(out: Path, parts: Parts, plan: RobustifyPlan, source: ArrayDataset,
                            meta={"source_sha256": plan.data_sha256, "robustify": facts}),
         format=FORMAT, split="train", source=str(data),
     )
+    record_beton(out, "robustify")
     parts.remove()
     return manifest

@@ -14,8 +14,12 @@ its JSON and JSON-lines writers, and its configuration read back through the con
 A model folder (model.safetensors + model.json) has the same two names wherever it is written:
 in a run directory or in an export. Nothing else in the engine spells these names.
 
+Bookkeeping of engine/outputs.py, in any output folder: `.biamat.lock` (the lock of the one
+process writing it), `.biamat.json` (the record of a folder output), `.NAME.biamat.json` (the
+record of the file output NAME beside it).
+
 `biamat-engine demo --out DIR` writes a demo folder (`DemoDir`): DIR/demo.json (settings and
-results; written first, so it marks the folder as the demo's own), DIR/data/ (the generated
+results; written first, with its record, so it marks the folder as the demo's own), DIR/data/ (the generated
 .beton files) and one run directory per arm (DIR/at/, DIR/biamat/).
 """
 
@@ -30,6 +34,18 @@ from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from engine.config import TrainConfig
+
+
+LOCK_NAME = ".biamat.lock"
+FOLDER_RECORD = ".biamat.json"
+BOOKKEEPING = frozenset({LOCK_NAME, FOLDER_RECORD})
+"""Names that never make a folder someone's data: an empty folder holding only these is empty."""
+
+
+def output_record(path: str | Path) -> Path:
+    """The record beside a file output: which command wrote it and its sha256 (engine/outputs.py)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.biamat.json")
 
 
 @dataclass(frozen=True)
@@ -96,7 +112,7 @@ class RunDir:
         """The files one training run writes or is evaluated into: what a replaced run clears
         (config.toml is excluded: the new run writes its own before anything else)."""
         return [self.metrics, self.selection, self.resumes, self.last, self.best, self.weights, self.card,
-                self.eval_report, self.data_fingerprint]
+                self.eval_report, output_record(self.eval_report), self.data_fingerprint]
 
     def holds_run(self) -> bool:
         return self.last.exists()
@@ -125,15 +141,9 @@ class DemoDir:
     def arm(self, name: str) -> RunDir:
         return RunDir(self.root / name)
 
-    def claim(self) -> None:
-        """Makes sure the demo may write here: the folder is new, empty, or a demo's own (it
-        holds demo.json). Anything else is someone's data, and a demo never replaces it."""
-        if self.summary.is_file() or not self.root.exists() or not any(self.root.iterdir()):
-            return
-        if not self.root.is_dir():
-            raise ValueError(f"{self.root} is a file; pick another --out for the demo")
-        raise ValueError(f"{self.root} is not empty and holds no {self.summary.name}, so it is not a demo's "
-                         f"output; pick another --out (the demo replaces only its own earlier results)")
+    def names(self, arms: tuple[str, ...]) -> set[str]:
+        """Everything a demo writes in its folder (engine.outputs.claim_demo checks against it)."""
+        return {self.summary.name, output_record(self.summary).name, self.data.name, *arms, *BOOKKEEPING}
 
 
 def check_writable(path: str | Path) -> None:
@@ -154,7 +164,7 @@ def refuse_to_replace(folder: str | Path, fix: str) -> None:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder} is a file, not a folder: {fix}")
-    entries = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    entries = sorted(p.name for p in folder.iterdir() if p.name not in BOOKKEEPING) if folder.is_dir() else []
     if entries:
         shown = ", ".join(entries[:6]) + (f" and {len(entries) - 6} more" if len(entries) > 6 else "")
         raise FileExistsError(f"{folder} already holds {shown}: {fix}")

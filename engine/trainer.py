@@ -18,6 +18,7 @@ streams and the shards then differ from an uninterrupted run).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -38,6 +39,7 @@ from engine.methods import METHODS, MethodState, StepContext, StepStats
 from engine.methods.oracle import related_masks
 from engine.models import build, card_normalization, model_card, primary_state_dict
 from engine.omega_gate import OmegaGate, heldout_counts
+from engine.outputs import FolderLock
 from engine.run_dir import JsonLines, RunDir, atomic_write_text, refuse_to_replace
 from engine.runtime import Runtime, apply_backend_flags, resolve_runtime, rng_state, seed_everything, set_rng_state
 from engine.resume import changes_on_resume
@@ -148,6 +150,21 @@ class Trainer:
                  on_step: StepHook | None = None) -> None:
         self.files = RunDir(out_dir)
         self.out = self.files.root
+        self.world = World.current()
+        self.rank, self.world_size, self.is_main = self.world.rank, self.world.size, self.world.is_main
+        # One process writes a run directory (rank 0 under torchrun: the only rank that writes);
+        # taken before anything is checked or cleared, so a second train, resume or study on
+        # this folder stops at once, naming the holder.
+        self._made_folder = not self.out.exists()
+        self._started = False  # True once this process has cleared or written a run file here
+        self.lock = FolderLock(self.out, "run directory").acquire() if self.is_main else None
+        try:
+            self._set_up(cfg, resume, overwrite, on_step)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _set_up(self, cfg: TrainConfig, resume: bool, overwrite: bool, on_step: StepHook | None) -> None:
         if not resume and not overwrite:
             if self.files.holds_run():
                 raise FileExistsError(
@@ -156,8 +173,6 @@ class Trainer:
                 )
             # Results without a last.pt (a copied best model, an eval report) are not ours to delete.
             refuse_to_replace(self.out, "pick another --out, or pass --overwrite to replace the run files in it")
-        self.world = World.current()
-        self.rank, self.world_size, self.is_main = self.world.rank, self.world.size, self.world.is_main
         self.on_step = on_step if self.is_main else None
         self.cfg, self.rt = self._resolve(cfg)
         apply_backend_flags(self.rt)
@@ -197,6 +212,7 @@ class Trainer:
             check_fingerprint(self.files, self.cfg)  # before anything of the checkpoint is loaded
             self._resume()
         elif self.is_main:
+            self._started = True
             self._clear_run_dir()
             record_fingerprint(self.files, self.cfg)
         # A finished run resumed without more epochs trains nothing: its config.toml stays the
@@ -239,6 +255,30 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         return model
 
+    def _abandon(self) -> None:
+        """After a failure: a run stopped before its first checkpoint leaves nothing that would
+        make the same command refuse to start again (its config.toml, logs, or the folder it
+        made); then the lock goes."""
+        if self.lock is None:
+            return
+        if self._started and not self.files.holds_run():
+            for path in [self.files.config, *self.files.run_files()]:
+                path.unlink(missing_ok=True)
+            clear_event_files(self.files.tensorboard)
+            with contextlib.suppress(OSError):
+                self.files.tensorboard.rmdir()  # only when empty
+        no_run = not self.files.holds_run()
+        self.lock.release(discard=no_run)
+        self.lock = None
+        if no_run and self._made_folder and self.out.is_dir() and not any(self.out.iterdir()):
+            self.out.rmdir()
+
+    def release(self) -> None:
+        """Lets another process write the run directory (fit() does it when it ends)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     def _clear_run_dir(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         # A replaced run leaves nothing of its own behind to be mistaken for this one's.
@@ -261,16 +301,23 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------------
     def fit(self) -> list[dict]:
         total = self.cfg.optim.epochs
-        while self.epoch < total:
-            record = self._train_epoch()
-            self.epoch += 1
-            record.update(self.gate.after_epoch(self.epoch, self.method_state, self._omega_heldout_counts))
-            if self.epoch % self.cfg.eval.every == 0 or self.epoch == total:
-                record.update(self._evaluate())
-            self._log_and_save(record)
+        try:
+            while self.epoch < total:
+                record = self._train_epoch()
+                self.epoch += 1
+                record.update(self.gate.after_epoch(self.epoch, self.method_state, self._omega_heldout_counts))
+                if self.epoch % self.cfg.eval.every == 0 or self.epoch == total:
+                    record.update(self._evaluate())
+                self._log_and_save(record)
+        except BaseException:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+            self._abandon()
+            raise
         if self.tensorboard is not None:
             self.tensorboard.close()
         self.world.barrier()  # rank 0's last line is written before any rank reads the file
+        self.release()
         return self.metrics.read()
 
     def _context(self) -> StepContext:
@@ -346,8 +393,8 @@ class Trainer:
             kept = (f"the run stopped without saving, so {self.files.last} still holds the last good "
                     f"state. {fix}, then resume with --resume.")
         else:
-            kept = (f"the run stopped before its first checkpoint, so there is nothing to resume. {fix}, and "
-                    "start again with --overwrite.")
+            kept = (f"the run stopped before its first checkpoint, so there is nothing to resume (and nothing of it "
+                    f"is left in {self.out}). {fix}, and start again.")
         raise NonFiniteLossError(f"{what} became NaN or inf {where}; {kept}")
 
     def _check_finite_state(self) -> None:

@@ -92,7 +92,8 @@ def test_cli_export_and_its_errors(run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
     result = CliRunner().invoke(app, ["export", str(path), "--format", "robustbench", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "model.json", "README.md"}
+    # .biamat.json: the record that makes the folder export's own (engine/outputs.py)
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "model.json", "README.md", ".biamat.json"}
 
     bad = CliRunner().invoke(app, ["export", str(path), "--format", "onnx"])
     assert bad.exit_code == 2 and "unknown export format 'onnx'" in bad.output
@@ -158,7 +159,7 @@ def test_export_never_writes_over_the_run_or_an_earlier_export(run_dir):
         export_robustbench(path, path)
     assert (path / "model.safetensors").read_bytes() == before
     export_robustbench(path)
-    with pytest.raises(FileExistsError, match="already holds README.md, model.json, model.safetensors"):
+    with pytest.raises(FileExistsError, match="earlier output of `biamat-engine export`: pass --overwrite"):
         export_robustbench(path)
     export_robustbench(path, overwrite=True)
     refused = CliRunner().invoke(app, ["export", str(path), "--out", str(path)])

@@ -432,8 +432,13 @@ def test_a_full_disk_while_preparing_names_the_beton(tmp_path, monkeypatch):
 def test_a_full_disk_while_writing_a_report_names_it(case, monkeypatch):
     import engine.run_dir
 
+    import engine.outputs
+
     real = engine.run_dir.atomic_write
-    monkeypatch.setattr(engine.run_dir, "atomic_write", lambda path, write: real(path, _full_disk))
+    # Every module that writes through atomic_write (eval's report goes through engine/outputs.py,
+    # which writes the report first, then its record) sees the full disk.
+    for module in (engine.run_dir, engine.outputs):
+        monkeypatch.setattr(module, "atomic_write", lambda path, write: real(path, _full_disk))
     before = snapshot(case)
     result = invoke("eval", case / "model.safetensors", "--test", case / "test.npz", "--attacks", "clean",
                     "--device", "cpu", "--out", case / "report.json")

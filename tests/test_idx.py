@@ -126,7 +126,7 @@ def test_a_refused_prepare_leaves_an_existing_output_byte_identical(tmp_path):
     assert invoke("idx", images_path, labels_path, out).exit_code == 0
     before = {p: p.read_bytes() for p in (out, tmp_path / "kept.beton.json")}
     labels_path.write_bytes(fx.idx_bytes(labels[:5]))
-    result = invoke("idx", images_path, labels_path, out)
+    result = invoke("idx", images_path, labels_path, out, "--overwrite")  # allowed, but the input is bad
     assert result.exit_code == 1 and "30 images but" in flat(result.output)
     assert {p: p.read_bytes() for p in before} == before
 

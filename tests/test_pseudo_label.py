@@ -166,14 +166,20 @@ def test_errors_name_the_file_and_the_fix_and_leave_nothing_behind(files, tmp_pa
     write_aux(tmp / "big.beton", n=8, size=32)
     with pytest.raises(ValueError, match=r"trained on 16x16 images, .*big.beton holds 32x32.*--size 16"):
         pseudo_label(model_dir, tmp / "big.beton", out, top_k=1, device="cpu")
-    with pytest.raises(ValueError, match="auxiliary data it would be written from"):
+    with pytest.raises(FileExistsError, match="is an input of this command"):
         pseudo_label(model_dir, aux_path, aux_path, top_k=1, device="cpu", overwrite=True)
     assert not out.exists()
 
-    out.write_bytes(b"earlier")
+    out.write_bytes(b"a file pseudo-label did not write")
+    with pytest.raises(FileExistsError, match="did not write"):
+        pseudo_label(model_dir, aux_path, out, top_k=1, device="cpu", overwrite=True)
+    assert out.read_bytes() == b"a file pseudo-label did not write"
+    out.unlink()
+    pseudo_label(model_dir, aux_path, out, top_k=1, device="cpu")
+    earlier = out.read_bytes()
     with pytest.raises(FileExistsError, match="--overwrite"):
         pseudo_label(model_dir, aux_path, out, top_k=1, device="cpu")
-    assert out.read_bytes() == b"earlier"
+    assert out.read_bytes() == earlier
 
     def interrupt(phase, done, total):
         if phase == "write":
@@ -181,8 +187,8 @@ def test_errors_name_the_file_and_the_fix_and_leave_nothing_behind(files, tmp_pa
 
     with pytest.raises(KeyboardInterrupt):
         pseudo_label(model_dir, aux_path, out, top_k=5, device="cpu", overwrite=True, progress=interrupt)
-    assert out.read_bytes() == b"earlier"  # the earlier file stands; no temporary is left
-    assert sorted(p.name for p in tmp.iterdir() if p.name.startswith(".")) == []
+    assert out.read_bytes() == earlier  # the earlier file stands; no temporary is left
+    assert sorted(p.name for p in tmp.iterdir() if p.name.startswith(".")) == [".pseudo.beton.biamat.json"]
     pseudo_label(model_dir, aux_path, out, top_k=5, device="cpu", overwrite=True)
     assert len(read_beton(out)) == sum(read_manifest(out)["class_counts"])
 

@@ -206,7 +206,13 @@ def test_bad_requests_are_refused_before_any_work(tmp_path, model_file, data_fil
     with pytest.raises(ValueError, match=r"trained on 8x8 images, .*big.beton holds 16x16"):
         robustify(model_file, big, out, **SETTINGS)
     assert not out.exists() and not parts_dir(out).exists()
-    out.write_bytes(b"earlier")
+    out.write_bytes(b"a file robustify did not write")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="did not write"):
+            robustify(model_file, data_file, out, **SETTINGS, overwrite=overwrite)
+    assert out.read_bytes() == b"a file robustify did not write"
+    out.unlink()
+    robustify(model_file, data_file, out, **SETTINGS, limit=2)
     with pytest.raises(FileExistsError, match="--overwrite"):
         robustify(model_file, data_file, out, **SETTINGS)
     robustify(model_file, data_file, out, **SETTINGS, overwrite=True, limit=3)

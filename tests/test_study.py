@@ -416,6 +416,9 @@ def test_a_data_step_writes_what_its_prepare_command_writes(tmp_path):
     step.make()
     expected = make_shapes("aux", "train", n=40, size=8, seed=3, groups="related")
     np.testing.assert_array_equal(read_beton(step.out).images, expected.images)
+    from engine.outputs import claim_beton
+
+    assert claim_beton(step.out, "prepare", overwrite=True)  # recorded as prepare's: `prepare --overwrite` may redo it
     part = DataStep("prepare", ("shapes", "primary"), tmp_path / "c.beton",
                     (("n", 40), ("size", 8), ("parts", "20,10,10"), ("part", "C"), ("uniform-noise", 64)))
     part.make()

@@ -12,7 +12,7 @@ from engine.analysis import figures
 from engine.analysis.confidence import ConfidenceRanking, Fig4Options, rank_run
 from engine.analysis.read import (ClassTable, Counts, Run, class_tables, comparison_rows, load_runs, omega_gate_rows,
                                   percent, read_groups, slug)
-from engine.run_dir import atomic_write_text
+from engine.outputs import claim_folder, publish_folder
 
 REPORT_NAME = "analysis.md"
 
@@ -169,9 +169,15 @@ def write_analysis(paths: list[Path], out: Optional[Path] = None, groups: Option
     ranked = {id(run): rank_run(run, fig4, group_map, f"groups file {groups}") if fig4 else ([], [])
               for run in runs}
     out = Path(out) if out is not None else default_out(paths)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} is a file, not a folder: choose another --out")
+    # An analysis is redrawn from its runs, so analyze replaces its own earlier folder; never a
+    # folder holding anything else (a run directory, a user's notes), never an input.
+    claim_folder(out, "analyze", overwrite=True, inputs=[*paths, *([groups] if groups else [])])
+    names = publish_folder(out, "analyze", lambda folder: _write_report(folder, runs, tables, ranked))
+    return Analysis(out=out, report=out / names[0], figures=[out / name for name in names[1:]])
 
+
+def _write_report(out: Path, runs: list[Run], tables: dict, ranked: dict) -> list[str]:
+    """Figures and analysis.md into `out` (a fresh folder); the names of the report, then the figures."""
     written: list[Path] = []
     sections: list[str] = []
     for run in runs:
@@ -197,5 +203,5 @@ def write_analysis(paths: list[Path], out: Optional[Path] = None, groups: Option
         lines += [f"![training curves of every run]({overlaid.name})", ""]
     lines += sections
     report = out / REPORT_NAME
-    atomic_write_text(report, "\n".join(lines).rstrip() + "\n")
-    return Analysis(out=out, report=report, figures=written)
+    report.write_text("\n".join(lines).rstrip() + "\n")
+    return [report.name] + [path.name for path in written]

@@ -23,7 +23,8 @@ from engine.evaluation.report import format_eps
 from engine.evaluation.robust import parse_attack, robust_mask
 from engine.distributed import World, batch_shard_sizes, rank_device
 from engine.evaluation.sanity import SanityWarning, run_checks
-from engine.run_dir import check_writable, write_json
+from engine.outputs import OutputRefused, claim_files, write_json_output
+from engine.run_dir import check_writable, read_json
 from engine.runtime import device_name
 from loaders.images import to_device_images
 
@@ -286,15 +287,43 @@ def load_for_eval(model_path: str | Path, test_spec: str, config: EvalPlan) -> L
     return LoadedEval(model, images, labels, getattr(dataset, "name", str(test_spec)), notes)
 
 
+def _covers(config: EvalPlan, test_spec: str, earlier: dict) -> bool:
+    """Whether this evaluation measures at least what the earlier report holds: every attack it
+    ran, on as many images, on the same test set."""
+    done = set(earlier.get("attacks") or {})  # clean accuracy is measured by every evaluation
+    more_images = config.n is None or (isinstance(earlier.get("n"), int) and config.n >= earlier["n"])
+    return done <= set(config.attacks) and more_images and (earlier.get("test") or {}).get("spec") == str(test_spec)
+
+
+def claim_report(out: str | Path, model_path: str | Path, test_spec: str, config: EvalPlan, *,
+                 overwrite: bool = False) -> None:
+    """`eval`'s rule for its report: never a file eval did not write, never an input (the model,
+    the test set, the AutoAttack state); its own earlier report is replaced when this evaluation
+    covers it (the same attacks or more, on as many images or more, same test set) or with
+    --overwrite: a quick look never silently replaces a costlier measurement."""
+    out = Path(out)
+    inputs = [p for p in (model_path, test_spec, config.aa_state) if p is not None and Path(p).exists()]
+    if claim_files([out], "eval", overwrite=True, inputs=inputs) and not overwrite:
+        earlier = read_json(out)
+        if not _covers(config, test_spec, earlier):
+            raise OutputRefused(
+                f"{out} holds a fuller evaluation ({', '.join(['clean', *sorted(earlier.get('attacks') or {})])} "
+                f"on {earlier.get('n')} images of {(earlier.get('test') or {}).get('spec')}) than this one "
+                f"({', '.join(config.attacks)} on {config.n or 'all'} images of {test_spec}): write this one "
+                "elsewhere with --out, or pass --overwrite to replace it")
+    check_writable(out)
+
+
 def run_evaluation(model_path: str | Path, test_spec: str, config: EvalPlan,
                    progress: Callable[[str], None] | None = None, *, out: str | Path | None = None,
-                   extra: dict | None = None) -> dict:
+                   extra: dict | None = None, overwrite: bool = False) -> dict:
     """Loads model and test set, evaluates, and returns the report (with the test set named and
     the `extra` fields). With `out`, the report is written there after each attack as well as at
-    the end; that the place is writable is checked before anything is loaded. Under torchrun each
-    rank evaluates its part of the test set on its own GPU (see `evaluate`); give `out` on rank 0 only."""
+    the end; whether it may be written (claim_report) is checked before anything is loaded. Under
+    torchrun each rank evaluates its part of the test set on its own GPU (see `evaluate`); give
+    `out` on rank 0 only."""
     if out is not None:
-        check_writable(out)
+        claim_report(out, model_path, test_spec, config, overwrite=overwrite)
     world = World.current()
     if world.size > 1:
         config = dataclasses.replace(config, device=rank_device(config.device))
@@ -308,7 +337,7 @@ def run_evaluation(model_path: str | Path, test_spec: str, config: EvalPlan,
         report.update(test={"spec": str(test_spec), "name": loaded.test_name}, notes=loaded.notes,
                       step_size_source=step_source, **(extra or {}))
         if out is not None:
-            write_json(out, report)
+            write_json_output(out, "eval", report)
         return report
 
     report = evaluate(loaded.model, loaded.images, loaded.labels, config, model_path=str(model_path),

@@ -190,7 +190,7 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> dict:
     """`torch.load(path, weights_only=True)` on the CPU, as a dict; any failure is a ValueError
     naming the file and the fix (and never advising weights_only=False)."""
     path = Path(path)
-    fix = (f"give a last.pt / best.pt written by `biamat-engine train`, or the run directory; a file cut short "
+    fix = ("give a last.pt / best.pt written by `biamat-engine train`, or the run directory; a file cut short "
            "by a full disk or an interrupted copy needs copying again")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: the {what} is empty (0 bytes); {fix}")

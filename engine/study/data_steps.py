@@ -53,6 +53,8 @@ class DataStep:
 
 
 def _prepare(step: DataStep, options: dict) -> None:
+    """What `prepare` does (command_line), recorded as prepare's output like the command's own."""
+    from engine.outputs import claim_beton, record_beton
     from loaders.beton import write_beton
     from loaders.sources import read_source
     from loaders.sources.derive import derived_sets, parse_sizes
@@ -64,7 +66,9 @@ def _prepare(step: DataStep, options: dict) -> None:
     sizes = parse_sizes(options["parts"]) if "parts" in options else None
     noise = options.get("uniform-noise")
     for _, out, dataset in derived_sets(data, step.out, sizes, options.get("part"), noise, seed):
+        claim_beton(out, "prepare", overwrite=False, inputs=str(source).split(","))
         write_beton(out, dataset, format=format, split=split, source=str(source))
+        record_beton(out, "prepare")
 
 
 def _pseudo_label(step: DataStep, options: dict) -> None:

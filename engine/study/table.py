@@ -19,7 +19,8 @@ from importlib import resources
 from pathlib import Path
 
 from engine.evaluation.report import read_eval_report
-from engine.run_dir import RunDir, atomic_write_text, read_json_lines
+from engine.outputs import claim_files, publish_file
+from engine.run_dir import RunDir, read_json_lines
 from engine.study.grids import DATASET_NAMES, Row
 from engine.study.plan import RunPlan, StudyPlan
 
@@ -228,10 +229,22 @@ class StudyTable:
                              *(_plain(published.get(m)) for m in paper)])
         return buffer.getvalue()
 
+    @staticmethod
+    def paths(plan: StudyPlan) -> tuple[Path, Path]:
+        return plan.out / "study.md", plan.out / "study.csv"
+
+    @staticmethod
+    def claim(plan: StudyPlan) -> None:
+        """The study rewrites its own study.md and study.csv on every pass (its resume rule), but
+        never files of those names that it did not write (engine/outputs.py): checked before any run."""
+        for path in StudyTable.paths(plan):
+            claim_files([path], "study", overwrite=True, option="--out folder (or move the file away)")
+
     def write(self, facts: dict[str, str] | None = None) -> tuple[Path, Path]:
-        md, table_csv = self.plan.out / "study.md", self.plan.out / "study.csv"
-        atomic_write_text(md, self.markdown(facts))
-        atomic_write_text(table_csv, self.csv())
+        md, table_csv = self.paths(self.plan)
+        self.claim(self.plan)
+        publish_file(md, "study", lambda tmp: Path(tmp).write_text(self.markdown(facts)))
+        publish_file(table_csv, "study", lambda tmp: Path(tmp).write_text(self.csv()))
         return md, table_csv
 
 

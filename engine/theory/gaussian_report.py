@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.analysis.figures import _figure, _save
-from engine.run_dir import atomic_write_text, write_json
+from engine.outputs import claim_folder, publish_folder
+from engine.run_dir import write_json
 from engine.theory.gaussian import GaussianModel
 from engine.theory.gaussian_statements import Z, Statement, statements
 from engine.theory.gaussian_training import MODES, Trajectory, check_schedule, train_expected, train_sampled
@@ -154,10 +155,17 @@ def figure(report: GaussianReport, path: Path) -> Path:
 
 
 def write_gaussian(report: GaussianReport, out: Path, environment: dict) -> list[Path]:
-    """gaussian.json, gaussian.md and gaussian.png in `out`. The figure is drawn first: without
-    matplotlib nothing is written."""
+    """gaussian.json, gaussian.md and gaussian.png in `out`, which appear together (engine/outputs.py).
+    The simulation is recomputed from its settings, so `theory gaussian` replaces its own earlier
+    folder; never a folder holding anything else. The figure is drawn first: without matplotlib
+    nothing is written."""
     out = Path(out)
-    png = figure(report, out / FIGURE_NAME)
-    write_json(out / JSON_NAME, report.to_dict(environment))
-    atomic_write_text(out / MD_NAME, markdown(report, environment))
-    return [out / JSON_NAME, out / MD_NAME, png]
+    claim_folder(out, "theory gaussian", overwrite=True)
+
+    def fill(folder: Path) -> None:
+        figure(report, folder / FIGURE_NAME)
+        write_json(folder / JSON_NAME, report.to_dict(environment))
+        (folder / MD_NAME).write_text(markdown(report, environment))
+
+    publish_folder(out, "theory gaussian", fill)
+    return [out / JSON_NAME, out / MD_NAME, out / FIGURE_NAME]

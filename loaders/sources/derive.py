@@ -177,6 +177,11 @@ def add_uniform_noise(data: ArrayDataset | ChunkedSource, amplitude: float, seed
     return out
 
 
+def part_path(out: Path, index: int) -> Path:
+    """Where `prepare --parts` writes part `index` of OUT: OUT-A.beton, OUT-B.beton, ..."""
+    return out.with_name(f"{out.stem}-{PART_NAMES[index]}{out.suffix}")
+
+
 def derived_sets(data: ArrayDataset | ChunkedSource, out: Path, sizes: list[int] | None, part: str | None,
                  noise: float | None, seed: int, classes: list[int] | None = None,
                  n_per_class: int | None = None) -> list[tuple[int, Path, ArrayDataset | ChunkedSource]]:
@@ -193,7 +198,7 @@ def derived_sets(data: ArrayDataset | ChunkedSource, out: Path, sizes: list[int]
             i = part_index(part, len(sizes))
             writes = [(i, out, pieces[i])]
         else:
-            writes = [(i, out.with_name(f"{out.stem}-{PART_NAMES[i]}{out.suffix}"), p) for i, p in enumerate(pieces)]
+            writes = [(i, part_path(out, i), p) for i, p in enumerate(pieces)]
     if noise is not None:
         writes = [(i, path, add_uniform_noise(d, noise, seed, stream=i)) for i, path, d in writes]
     return writes
