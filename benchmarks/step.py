@@ -193,31 +193,38 @@ def _on_off(value: str) -> list[bool]:
 def build_variants(method: str, base: nn.Module, *, device: str, n_pri: int, n_aux: int, size: int,
                    aux_classes: int, aux_mode: str, attack_steps: int, compile: str, precision: str,
                    kernels: str, seed: int, bn_stats: str = "step", cudnn_benchmark: str = "off",
-                   baselines: bool = True) -> list[Variant]:
-    """The engine rows (every combination of the comma-separated compile, kernels, cudnn_benchmark
-    (off, on) and, for AT, attack.bn_stats choices), then the reference and the naive rows (with the first bn_stats
+                   baselines: bool = True, compile_dynamic: str = "auto") -> list[Variant]:
+    """The engine rows (every combination of the comma-separated compile, compile_dynamic (auto,
+    true, false), kernels, cudnn_benchmark (off, on) and, for AT, attack.bn_stats choices), then the reference and the naive rows (with the first bn_stats
     choice), for one method. TRADES attacks in eval mode whatever bn_stats says: one choice."""
     method_kw, attack_kw = METHOD_DEFAULTS[method]
     mcfg = MethodConfig(name=method, aux_mode=aux_mode, **method_kw)
     bn_choices = _split(bn_stats) if method == "at" else _split(bn_stats)[:1]
     acfg = AttackConfig(steps=attack_steps, bn_stats=bn_choices[0], **attack_kw)
     variants = []
-    for compile_choice, kernel_choice, cudnn_choice, bn_choice in itertools.product(
-            _split(compile), _split(kernels), _on_off(cudnn_benchmark), bn_choices):
+    dynamic_choices = _split(compile_dynamic)
+    for compile_choice, dynamic_choice, kernel_choice, cudnn_choice, bn_choice in itertools.product(
+            _split(compile), dynamic_choices, _split(kernels), _on_off(cudnn_benchmark), bn_choices):
+        # One batch shape per row, as training with data.drop_last has (drop_last=True), so
+        # compile_dynamic = auto resolves as it would there.
         rt, resolved = resolve_runtime(RuntimeConfig(device=device, precision=precision, compile=compile_choice,
-                                                     kernels=kernel_choice, cudnn_benchmark=cudnn_choice))
+                                                     compile_dynamic=dynamic_choice, kernels=kernel_choice,
+                                                     cudnn_benchmark=cudnn_choice), drop_last=True)
         model = copy.deepcopy(base).to(rt.device)
         if rt.channels_last:
             model = model.to(memory_format=torch.channels_last)
         row_attack = dataclasses.replace(acfg, bn_stats=bn_choice)
         ctx = StepContext(method=mcfg, attack=row_attack, in_warmup=False, trunk=compile_trunk(model, rt),
                           autocast=rt.autocast(), kernel_impl=rt.kernels)
-        settings = {"precision": rt.precision, "compile": resolved.compile, "kernels": rt.kernels,
+        settings = {"precision": rt.precision, "compile": resolved.compile,
+                    "compile_dynamic": resolved.compile_dynamic, "kernels": rt.kernels,
                     "channels_last": rt.channels_last, "cudnn_benchmark": rt.cudnn_benchmark,
                     "bn_stats": bn_choice if method == "at" else None}
         bn_label = f", bn {bn_choice}" if len(bn_choices) > 1 else ""
         cudnn_label = ", cudnn autotune" if rt.cudnn_benchmark else ""
-        label = f"engine ({rt.precision}, compile {resolved.compile}, kernels {rt.kernels}{cudnn_label}{bn_label})"
+        dynamic_label = f", dynamic {resolved.compile_dynamic}" if len(dynamic_choices) > 1 else ""
+        label = (f"engine ({rt.precision}, compile {resolved.compile}{dynamic_label}, kernels {rt.kernels}"
+                 f"{cudnn_label}{bn_label})")
         batch = make_batch(n_pri, n_aux, size, aux_classes, rt.device, rt.channels_last, seed)
         variants.append(Variant(method, "engine", label, _train_step(METHODS[method], model, rt.grad_scaler()),
                                 batch, ctx, settings, rt))
@@ -264,7 +271,7 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
         aux_classes: int = 1000, size: int = 32, steps: int = 2, warmup: int = 2, repeats: int = 3,
         attack_steps: int = 10, aux_mode: str = "biamat", device: str = "auto", compile: str = "auto",
         precision: str = "auto", kernels: str = "auto", threads: int | None = None, seed: int = 0,
-        bn_stats: str = "step", cudnn_benchmark: str = "off", baselines: bool = True,
+        bn_stats: str = "step", cudnn_benchmark: str = "off", compile_dynamic: str = "auto", baselines: bool = True,
         measured_peak: float | None = None, out: str | Path | None = None) -> dict:
     """Times the engine, reference and naive steps side by side; returns (and optionally writes)
     the JSON report. `compile`, `kernels`, `cudnn_benchmark` and `bn_stats` (attack.bn_stats, AT
@@ -294,7 +301,8 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
     variants = [v for m in methods for v in build_variants(
         m, base, device=device, n_pri=batch, n_aux=aux_batch, size=size, aux_classes=aux_classes,
         aux_mode=aux_mode, attack_steps=attack_steps, compile=compile, precision=precision, kernels=kernels,
-        seed=seed, bn_stats=bn_stats, cudnn_benchmark=cudnn_benchmark, baselines=baselines)]
+        seed=seed, bn_stats=bn_stats, cudnn_benchmark=cudnn_benchmark, baselines=baselines,
+        compile_dynamic=compile_dynamic)]
     dev = variants[0].batch.x_pri.device
     timing = Timing(variants, steps, warmup, repeats, os.getloadavg())
     report = {
@@ -306,7 +314,7 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
             "aux_classes": aux_classes, "size": size, "attack_steps": attack_steps, "aux_mode": aux_mode,
             "steps_per_repeat": steps, "warmup": warmup, "repeats": repeats, "device": dev.type,
             "compile": compile, "precision": precision, "kernels": kernels, "bn_stats": bn_stats,
-            "cudnn_benchmark": cudnn_benchmark, "baselines": baselines, "cpu_threads": torch.get_num_threads(),
+            "cudnn_benchmark": cudnn_benchmark, "compile_dynamic": compile_dynamic, "baselines": baselines, "cpu_threads": torch.get_num_threads(),
             "seed": seed, "data": "random images in [0, 1], random labels, one fixed batch",
             "biamat_kernels_env": os.environ.get("BIAMAT_KERNELS"),
             "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},

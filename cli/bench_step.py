@@ -58,6 +58,10 @@ def bench_step(
     compile: Annotated[str, typer.Option(
         help="Engine torch.compile: auto, on, off, reduce-overhead (CUDA graphs), max-autotune, or a list such "
              "as off,on,reduce-overhead.", rich_help_panel=ENGINE)] = "auto",
+    compile_dynamic: Annotated[str, typer.Option(
+        help="Engine torch.compile dynamic shapes (runtime.compile_dynamic): auto (static here: one batch shape, "
+             "as training with data.drop_last), true, false, or a list such as auto,true.",
+        rich_help_panel=ENGINE)] = "auto",
     cudnn_benchmark: Annotated[str, typer.Option(
         help="Engine cuDNN autotuning (runtime.cudnn_benchmark, CUDA only): off, on, or off,on for both rows.",
         rich_help_panel=ENGINE)] = "off",
@@ -92,6 +96,9 @@ def bench_step(
         raise typer.BadParameter(f"expected at, trades or both, got {method!r}", param_hint="--method")
     if aux_mode not in ("biamat", "labels", "uniform", "none"):
         raise typer.BadParameter(f"expected biamat, labels, uniform or none, got {aux_mode!r}", param_hint="--aux-mode")
+    if not compile_dynamic or set(compile_dynamic.split(",")) - {"auto", "true", "false"}:
+        raise typer.BadParameter(f"expected auto, true, false or a list of them, got {compile_dynamic!r}",
+                                 param_hint="--compile-dynamic")
     if not cudnn_benchmark or set(cudnn_benchmark.split(",")) - {"off", "on"}:
         raise typer.BadParameter(f"expected off, on or off,on, got {cudnn_benchmark!r}", param_hint="--cudnn-benchmark")
     from benchmarks.step import run
@@ -100,6 +107,6 @@ def bench_step(
     report = run(method=method, model_name=model, batch=batch, aux_batch=aux_batch, aux_classes=aux_classes,
                  size=size, steps=steps, warmup=warmup, repeats=repeats, attack_steps=attack_steps,
                  aux_mode=aux_mode, device=device, compile=compile, precision=precision, kernels=kernels,
-                 threads=threads, cudnn_benchmark=cudnn_benchmark, baselines=baselines,
+                 threads=threads, cudnn_benchmark=cudnn_benchmark, compile_dynamic=compile_dynamic, baselines=baselines,
                  measured_peak=measured_peak * 1e12 if measured_peak else None, out=out)
     print_report(render_table(report), report["notes"], out)

@@ -16,6 +16,7 @@ Steps, most decisive first (`--only` takes these keys):
   bench-kernels    route, PGD update, augmentation kernels against torch
   bench-loader     the resident loader
   levers-graphs    compile reduce-overhead (CUDA graphs) and cuDNN autotuning, off and on
+  levers-dynamic   compile for a static batch shape (dynamic=False) against a symbolic one
   levers-autotune  compile max-autotune
   tests-rest       the remaining `gpu` tests (compiled training, DDP, pseudo-label, robustify)
 
@@ -521,8 +522,9 @@ def steps() -> list[Step]:
              simple("bench-kernels", lambda s: ["bench", "kernels", "--device", s.device,
                                                 "--repeats", "2" if s.smoke else "20",
                                                 *(["--no-compile"] if s.smoke else [])]),
-             read_rows(lambda r: f"{r['kernel']} {r['shape']} {r['impl']}: {r['mean_us']:.1f} us, "
-                                 f"{r['speedup']:.2f}x torch")),
+             read_rows(lambda r: f"{r['kernel']} {r['shape']} {r['impl']}: " + (
+                 f"WRONG, not timed: {r['error']}" if r.get("error") else
+                 f"{r['mean_us']:.1f} us, {r['speedup']:.2f}x torch"))),
         Step("bench-loader", "bench loader (resident)", 60, 25,
              simple("bench-loader", lambda s: ["bench", "loader", "--backends", "resident", "--device", s.device,
                                                "--n", "256" if s.smoke else "10000",
@@ -533,6 +535,11 @@ def steps() -> list[Step]:
              bench_step("levers-graphs", "at", ["--compile", "on,reduce-overhead", "--precision", "bf16",
                                                 "--kernels", "triton", "--cudnn-benchmark", "off,on"],
                         [*tiny, "--cudnn-benchmark", "off,on"], baselines=False), read_bench_step),
+        Step("levers-dynamic", "bench step AT lever: compile with a static batch or a symbolic one", 300, 30,
+             bench_step("levers-dynamic", "at", ["--compile", "on", "--compile-dynamic", "false,true",
+                                                 "--precision", "bf16", "--kernels", "triton"],
+                        # on a CPU each compile costs half a minute: the rehearsal runs the command eager
+                        [*tiny, "--compile-dynamic", "false,true"], baselines=False), read_bench_step),
         Step("levers-autotune", "bench step AT lever: compile max-autotune", 540, 30,
              bench_step("levers-autotune", "at", ["--compile", "max-autotune", "--precision", "bf16",
                                                   "--kernels", "triton"], tiny, baselines=False), read_bench_step),

@@ -180,3 +180,20 @@ def test_bench_step_reports_mfu_against_a_measured_peak(monkeypatch):
     assert row["mfu_measured_peak"] == pytest.approx(row["model_flops_per_step"] / row["step_seconds"] / 1e12)
     with pytest.raises(ValueError, match="measured peak"):
         run(method="at", model_name="wrn-10-1", device="cpu", measured_peak=float("nan"))
+
+
+def test_bench_step_rows_compile_for_a_static_or_a_symbolic_batch_as_asked():
+    """`--compile-dynamic false,true`: two engine rows whose compiled trunks were asked for what
+    their settings say (torch.compile compiles lazily: building the rows compiles nothing)."""
+    import benchmarks.step as bench
+
+    base = build("wrn-10-1", 10, (7,))
+    rows = bench.build_variants("at", base, device="cpu", n_pri=2, n_aux=2, size=8, aux_classes=7, aux_mode="biamat",
+                                attack_steps=1, compile="on", precision="fp32", kernels="torch", seed=0,
+                                compile_dynamic="auto,false,true", baselines=False)
+    assert [r.settings["compile_dynamic"] for r in rows] == ["false", "false", "true"]  # one batch shape: auto is static
+    assert [r.runtime.compile_dynamic for r in rows] == [False, False, True]
+    assert "dynamic true" in rows[2].label
+    off = bench.build_variants("at", base, device="cpu", n_pri=2, n_aux=2, size=8, aux_classes=7, aux_mode="biamat",
+                               attack_steps=1, compile="off", precision="fp32", kernels="torch", seed=0, baselines=False)
+    assert off[0].settings["compile_dynamic"] == "auto"  # nothing compiled: nothing to choose

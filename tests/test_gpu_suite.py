@@ -21,7 +21,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu-suite.sh"
 STEPS = ["env", "step-eager", "step-compiled", "tests-kernels", "train-resume", "eval-run", "step-trades",
-         "step-fp16", "bench-eval", "bench-kernels", "bench-loader", "levers-graphs", "levers-autotune", "tests-rest"]
+         "step-fp16", "bench-eval", "bench-kernels", "bench-loader", "levers-graphs", "levers-dynamic", "levers-autotune",
+         "tests-rest"]
 
 
 def _suite_module():
@@ -85,8 +86,9 @@ def test_a_run_killed_mid_step_keeps_every_finished_figure_and_shows_where_it_st
     assert all(figures[k]["status"] == "ok" for k in before), {k: figures[k]["status"] for k in before}
     assert figures["levers-autotune"]["status"] == "running" and figures["tests-rest"]["status"] == "pending"
     # Every finished step left its figures: bench rows, the trained run's epochs, test counts.
-    for key in ("step-eager", "step-compiled", "step-trades", "step-fp16", "levers-graphs"):
+    for key in ("step-eager", "step-compiled", "step-trades", "step-fp16", "levers-graphs", "levers-dynamic"):
         assert any("img/s" in line for line in figures[key]["figures"]), figures[key]
+    assert len(figures["levers-dynamic"]["data"]["rows"]) == 2
     assert {r["impl"] for r in figures["step-eager"]["data"]["rows"]} == {"engine", "reference", "naive"}
     assert {r["impl"] for r in figures["step-compiled"]["data"]["rows"]} == {"engine"}  # baselines timed once
     assert figures["step-compiled"]["data"]["warmup"][0]["first_step_seconds"] > 0  # the compile time
