@@ -91,8 +91,8 @@ def study_command(
     paper scale needs the paper's data as .beton files: a missing file stops the study with the
     `prepare` command that writes it."""
     from cli.common import setup_logging
-    from engine.study.grids import get_grid
-    from engine.study.plan import get_scale, make_plan, missing_data_message
+    from studies.grids import get_grid
+    from studies.plan import get_scale, make_plan, missing_data_message
 
     setup_logging(verbose)
     plan = make_plan(get_grid(name), get_scale(scale), out, seeds=_ints(seeds), data_dir=data_dir,
@@ -112,7 +112,7 @@ def study_command(
 
 
 def _print_plan(plan) -> None:
-    from engine.study.runner import finished
+    from studies.runner import finished
     from engine.run_dir import RunDir
 
     console.print(f"[bold]study {plan.grid.name}[/] at {plan.scale} scale: {len(plan.runs)} runs "
@@ -153,7 +153,7 @@ def _print_plan(plan) -> None:
 
 def _run_here(plan) -> None:
     """Every run in this process, one after the other (the default: one run already uses every core)."""
-    from engine.study.runner import run_study
+    from studies.runner import run_study
 
     status = err_console.status("") if sys.stderr.isatty() else None
     total = len(plan.runs)
@@ -193,7 +193,7 @@ def _run_in_processes(plan, jobs: int, data_dir: Path, sets: list[str], verbose:
     run wait for it."""
     import subprocess
 
-    from engine.study.runner import check_run_dir
+    from studies.runner import check_run_dir
 
     runs = plan.unique_runs()
     for run in runs:
@@ -241,7 +241,7 @@ def _waves(runs) -> list[list]:
 def _write_report(plan) -> None:
     from benchmarks.common import git_revision
     from engine.runtime import device_name, resolve_device
-    from engine.study.table import StudyTable
+    from studies.table import StudyTable
 
     device = resolve_device(plan.runs[0].config.runtime.device)
     facts = {"revision": git_revision(), "device": device_name(device, threads=True)}

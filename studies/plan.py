@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from engine.config import load_config, load_preset
 from engine.run_dir import RunDir
-from engine.study.data_steps import DataStep
-from engine.study.grids import RUN_REF, Derived, Grid, Row
-from engine.study.paper_data import prepare_command, published_images
+from studies.data_steps import DataStep
+from studies.grids import RUN_REF, Derived, Grid, Row
+from studies.paper_data import prepare_command, published_images
 
 if TYPE_CHECKING:
     from engine.config import TrainConfig

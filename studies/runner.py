@@ -22,8 +22,8 @@ from typing import Callable
 from engine.config import ConfigError, TrainConfig, resolve_warmup
 from engine.resume import changes_on_resume
 from engine.run_dir import RunDir, read_json, read_json_lines, refuse_to_replace
-from engine.study.data_steps import DataStep
-from engine.study.plan import RunPlan, StudyPlan
+from studies.data_steps import DataStep
+from studies.plan import RunPlan, StudyPlan
 
 log = logging.getLogger(__name__)
 

@@ -117,7 +117,7 @@ INTERRUPTED = {
              "engine.evaluation.runner.run_evaluation"),
     "export": (["export", "run"], "engine.export.export_robustbench"),
     "pseudo-label": (["pseudo-label", "run", "a.beton", "o.beton", "--all"], "engine.pseudo_label.pseudo_label"),
-    "analyze": (["analyze", "run"], "engine.analysis.report.write_analysis"),
+    "analyze": (["analyze", "run"], "studies.analysis.report.write_analysis"),
     "demo": (["demo", "--out", "demo", "--device", "cpu"], "cli.demo_cmd.prepare_shapes"),
     "info": (["info"], "cli.info_cmd.probe"),
     "bench step": (["bench", "step", "--device", "cpu"], "benchmarks.step.run"),

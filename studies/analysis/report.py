@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from engine.analysis import figures
-from engine.analysis.confidence import ConfidenceRanking, Fig4Options, rank_run
-from engine.analysis.read import (ClassTable, Counts, Run, class_tables, comparison_rows, load_runs, percent,
+from studies.analysis import figures
+from studies.analysis.confidence import ConfidenceRanking, Fig4Options, rank_run
+from studies.analysis.read import (ClassTable, Counts, Run, class_tables, comparison_rows, load_runs, percent,
                                   read_groups, slug)
 from engine.run_dir import atomic_write_text
 

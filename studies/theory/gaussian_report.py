@@ -7,11 +7,11 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.analysis.figures import _figure, _save
+from studies.analysis.figures import _figure, _save
 from engine.run_dir import atomic_write_text, write_json
-from engine.theory.gaussian import GaussianModel
-from engine.theory.gaussian_statements import Z, Statement, statements
-from engine.theory.gaussian_training import MODES, Trajectory, check_schedule, train_expected, train_sampled
+from studies.theory.gaussian import GaussianModel
+from studies.theory.gaussian_statements import Z, Statement, statements
+from studies.theory.gaussian_training import MODES, Trajectory, check_schedule, train_expected, train_sampled
 
 JSON_NAME, MD_NAME, FIGURE_NAME = "gaussian.json", "gaussian.md", "gaussian.png"
 FIGURE_SIZE = (15.0, 4.0)  # inches: robust weight | non-robust weight | accuracy
@@ -22,7 +22,7 @@ class TrainingSettings:
     steps: int = 1000
     """Gradient steps (full batch)."""
     lr: float = 0.005
-    """First step size; decays linearly to 0 (engine.theory.gaussian_training.lr_at)."""
+    """First step size; decays linearly to 0 (studies.theory.gaussian_training.lr_at)."""
     alpha: float = 1.0
     """Weight of the auxiliary loss (Eq. 1)."""
     n_primary: int = 100
