@@ -75,6 +75,9 @@ class RunPlan:
     """The run (folder name) whose config this one repeats: its results stand for both."""
     steps: tuple[DataStep, ...] = ()
     """The data files the study makes for this run, in the order they are made."""
+    needs: tuple[str, ...] = ()
+    """The runs (folder names) trained before this one: those its settings name ({run:ROW})
+    and those whose model makes its data."""
 
     @property
     def name(self) -> str:
@@ -410,10 +413,12 @@ def make_plan(grid: Grid, scale: Scale, out: str | Path, *, seeds: tuple[int, ..
                 both = tuple(dict.fromkeys(run_attacks + runs[first].attacks))
                 runs[first] = dataclasses.replace(runs[first], attacks=both,
                                                   eval_images=estimate_images(runs[first].config, both)[1])
+            needs = tuple(dict.fromkeys((helpers[r].dir if r in helpers else run_dir(out, r, seed)).name
+                                        for r in row.refs()))
             runs.append(RunPlan(row=row, seed=seed, dir=run_dir(out, row.name, seed), preset=preset,
                                 overrides=tuple(overrides), config=cfg, attacks=run_attacks, train_images=train,
                                 eval_images=evaluated, same_as=None if first is None else runs[first].name,
-                                steps=tuple(steps)))
+                                steps=tuple(steps), needs=needs))
             seen.setdefault(key, len(runs) - 1)
             if row.helper:
                 helpers[row.name] = runs[-1]

@@ -13,23 +13,8 @@ from cli.app import app
 from engine.config import ConfigError, load_config
 from engine.run_config import continue_run, resolve_config
 from studies.grids import Grid, Row, get_grid
-from studies.plan import SCALES, ShapesScale, make_plan
-
-# The tiny scale of tests/test_study.py: a run takes about a second.
-TINY = ShapesScale(
-    name="tiny", default_seeds=(0,),
-    data={"primary": {"n": 24, "size": 8}, "test": {"n": 16, "size": 8}, "aux": {"n": 48, "size": 8}},
-    settings=("model.name=wrn-10-1", "optim.epochs=2", "method.warmup_epochs=1", "data.batch_size=8",
-              "data.aux_batch_size=8", "runtime.kernels=torch", "runtime.device=cpu", "eval.n=16",
-              "eval.steps=1", "attack.steps=1"),
-    eval_attacks=("clean", "pgd2"),
-)
-
-
-@pytest.fixture
-def tiny(monkeypatch):
-    monkeypatch.setitem(SCALES, "tiny", TINY)
-    return TINY
+from studies.plan import make_plan
+from tests.fixtures_study import tiny  # noqa: F401 (a fixture)
 
 
 def _study_check(plan) -> str | None:

@@ -14,26 +14,10 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from studies.grids import GRIDS, get_grid
-from studies.plan import SCALES, STAND_INS, ShapesScale, get_scale, make_plan
+from studies.plan import STAND_INS, get_scale, make_plan
+from tests.fixtures_study import tiny  # noqa: F401 (a fixture)
 
 runner = CliRunner()
-
-# A test-only scale: the demo's grid on 8x8 shapes, a few dozen images, two epochs of the
-# smallest WideResNet; a run takes well under a second.
-TINY = ShapesScale(
-    name="tiny", default_seeds=(0,),
-    data={"primary": {"n": 24, "size": 8}, "test": {"n": 16, "size": 8}, "aux": {"n": 48, "size": 8}},
-    settings=("model.name=wrn-10-1", "optim.epochs=2", "method.warmup_epochs=1", "data.batch_size=8",
-              "data.aux_batch_size=8", "runtime.kernels=torch", "runtime.device=cpu", "eval.n=16",
-              "eval.steps=1", "attack.steps=1"),
-    eval_attacks=("clean", "pgd2"),
-)
-
-
-@pytest.fixture
-def tiny(monkeypatch):
-    monkeypatch.setitem(SCALES, "tiny", TINY)
-    return TINY
 
 
 def study(*args: str):
@@ -284,7 +268,7 @@ def test_a_folder_that_is_not_a_run_stops_the_study_before_any_work(tiny, tmp_pa
 
 
 def test_a_row_that_starts_from_another_rows_run_is_planned_and_run_after_it(tmp_path):
-    from cli.study_cmd import _waves
+    from studies.scheduler import waves
     from studies.grids import Grid, Row
 
     # {run:ROW} puts that row's run folder of the same seed into a setting (Table 3's
@@ -294,7 +278,7 @@ def test_a_row_that_starts_from_another_rows_run_is_planned_and_run_after_it(tmp
     plan = make_plan(grid, get_scale("demo"), tmp_path, seeds=(0, 1), only=("fine",))
     assert [r.name for r in plan.runs] == ["pre-s0", "fine-s0", "pre-s1", "fine-s1"]
     assert plan.runs[3].config.data.test == str(tmp_path.resolve() / "pre-s1")
-    assert [[r.name for r in wave] for wave in _waves(plan.runs)] == [["pre-s0", "pre-s1"], ["fine-s0", "fine-s1"]]
+    assert [[r.name for r in wave] for wave in waves(plan.runs)] == [["pre-s0", "pre-s1"], ["fine-s0", "fine-s1"]]
     with pytest.raises(ValueError, match="refers to {run:gone}, which is not a row"):
         make_plan(Grid(name="bad", title="t", about="a", columns=("c",),
                        rows=(Row("x", ("x",), settings=("data.test={run:gone}",)),)), get_scale("demo"), tmp_path)
