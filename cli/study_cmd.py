@@ -87,12 +87,13 @@ def study_command(
     paper scale needs the paper's data as .beton files: a missing file stops the study with the
     `prepare` command that writes it."""
     from cli.common import setup_logging
+    from engine.config import parse_overrides
     from studies.grids import get_grid
     from studies.plan import get_scale, make_plan, missing_data_message
 
     setup_logging(verbose)
     plan = make_plan(get_grid(name), get_scale(scale), out, seeds=_ints(seeds), data_dir=data_dir,
-                     only=_names(only), extra=tuple(set_))
+                     only=_names(only), extra=parse_overrides(set_))
     if dry_run:
         _print_plan(plan)
         return

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Iterable, Mapping, get_args, get_origin, get_type_hints
 
 
 class ConfigError(ValueError):
@@ -479,20 +479,39 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Applies `section.key=value` strings to a nested dict (values parsed when the tree is built)."""
-    data = json.loads(json.dumps(data))  # deep copy of plain data
-    for item in overrides:
+Overrides = Mapping[str, Any]
+"""{"section.key": value}: a typed value (a float, a list of paths), or text parsed as the
+field's type when the tree is built, as `--set` gives it."""
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    """`section.key=value` strings (`--set`, a study grid's settings) as Overrides; a later
+    string for the same key wins, as on a command line."""
+    parsed = {}
+    for item in items:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set method.pi=0.5")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        if len(parts) != 2:
+        if len(key.strip().split(".")) != 2:
             raise ConfigError(f"--set {item!r}: keys have the form section.key, e.g. optim.lr")
+        parsed[key.strip()] = value
+    return parsed
+
+
+def apply_overrides(data: dict, overrides: Overrides | Iterable[str]) -> dict:
+    """`data` (a nested dict) with each override set (values parsed when the tree is built);
+    `section.key=value` strings are read by `parse_overrides` first."""
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"override {key!r}: keys have the form section.key, e.g. optim.lr")
         data.setdefault(parts[0], {})
         if not isinstance(data[parts[0]], dict):
-            raise ConfigError(f"--set {item!r}: {parts[0]} is not a section")
-        data[parts[0]][parts[1]] = value
+            raise ConfigError(f"--set {f'{key}={value}'!r}: {parts[0]} is not a section")
+        data[parts[0]][parts[1]] = list(value) if isinstance(value, tuple) else value
     return data
 
 
@@ -555,7 +574,7 @@ def load_preset(name: str) -> dict:
 def load_config(
     preset: str | None = None,
     file: str | Path | None = None,
-    overrides: list[str] = (),
+    overrides: Overrides | Iterable[str] = (),
     aux: list[str] | None = None,
 ) -> TrainConfig:
     """Preset or file (not both; a file may name a preset as its `base`), then overrides, then
@@ -563,7 +582,7 @@ def load_config(
     if preset and file:
         raise ConfigError("give --preset or --config, not both")
     data = load_preset(preset) if preset else resolve_base(read_toml(file), str(file)) if file else {}
-    data = apply_overrides(data, list(overrides))
+    data = apply_overrides(data, overrides)
     if aux is not None:
         data.setdefault("data", {})["aux"] = list(aux)
     return TrainConfig.from_dict(data)

@@ -52,7 +52,7 @@ def test_a_studys_check_and_train_resume_agree_on_a_run_changed_by_one_key(tiny,
         assert str(getattr(getattr(saved, section), name)).lower() != value  # a real change
         out = tmp_path / f"case{i}"
         shutil.copytree(made, out)
-        plan = make_plan(grid, tiny, out, only=("at-biamat",), extra=(f"{key}={value}",))
+        plan = make_plan(grid, tiny, out, only=("at-biamat",), extra={key: value})
         refusal = _study_check(plan)
         code, stderr = _train_resume(out / "at-biamat-s0", key, value)
         assert (refusal is None) == (code == 0) == allowed, (key, refusal, stderr)
