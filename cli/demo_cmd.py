@@ -164,7 +164,7 @@ def demo_command(
     for i, arm in enumerate(arms):
         err_console.print(f"[bold]{2 + len(arms) + i}/{steps}[/] evaluating {ARMS[arm]}'s best model on the "
                           f"held-out shapes (clean, PGD-20)")
-        summary["results"][arm].update(_evaluate_arm(configs[arm], demo.arm(arm).root, paths["test"], device))
+        summary["results"][arm].update(_evaluate_arm(demo.arm(arm).root, paths["test"], device))
         write_json(demo.summary, summary)
 
     summary["seconds"] = round(time.perf_counter() - started, 1)
@@ -233,13 +233,12 @@ def _train_arm(cfg, run_dir: Path) -> dict:
             "model": cfg.model.name, "aux_mode": cfg.method.aux_mode}
 
 
-def _evaluate_arm(cfg, run_dir: Path, test: Path, device: str) -> dict:
+def _evaluate_arm(run_dir: Path, test: Path, device: str) -> dict:
     from engine.evaluation.runner import EvalPlan, run_evaluation
     from engine.run_dir import RunDir, write_json
     from engine.runtime import resolve_device
 
-    plan = EvalPlan(attacks=("clean", "pgd20"), eps=cfg.attack.eps,  # step: the run's eval.step_size
-                    device=str(resolve_device(device)))
+    plan = EvalPlan(attacks=("clean", "pgd20"), device=str(resolve_device(device)))  # eps and step: the run's
     report = run_evaluation(run_dir, str(test), plan)
     write_json(RunDir(run_dir).eval_report, report)
     return {"n": report["n"], "eps": report["eps"], "clean_acc": report["clean_acc"],

@@ -69,13 +69,11 @@ def finished(run: RunPlan) -> bool:
 def evaluate(run: RunPlan, progress: Callable[[str], None] | None = None) -> dict:
     """`biamat-engine eval RUN --test TEST --attacks ...` in this process: the run's best model,
     at the eps and step its config gives, written to its eval.json."""
-    from engine.evaluation.runner import EvalPlan, resolve_eps, run_evaluation
+    from engine.evaluation.runner import EvalPlan, run_evaluation
     from engine.runtime import resolve_device
 
-    eps, source = resolve_eps(run.dir, None)
-    plan = EvalPlan(attacks=run.attacks, eps=eps, device=str(resolve_device(run.config.runtime.device)))
-    return run_evaluation(run.dir, run.test, plan, progress, out=RunDir(run.dir).eval_report,
-                          extra={"eps_source": source})
+    plan = EvalPlan(attacks=run.attacks, device=str(resolve_device(run.config.runtime.device)))
+    return run_evaluation(run.dir, run.test, plan, progress, out=RunDir(run.dir).eval_report)
 
 
 def execute(run: RunPlan, on_step: Callable[[int, int, int, float], None] | None = None,
