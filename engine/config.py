@@ -46,6 +46,12 @@ def _check_range(section: str, name: str, value: float, lo: float | None = None,
         raise ConfigError(f"{section}.{name} = {value!r}: expected a value in {bounds}")
 
 
+def resumable(default: Any) -> Any:
+    """A field `--resume` may change: it says how or how long a run goes, not what it trains (the
+    reasons per field in engine/resume.py). Every other field is fixed once a run has started."""
+    return field(default=default, metadata={"resumable": True})
+
+
 @dataclass(kw_only=True)
 class DataConfig:
     primary: str = "shapes:primary"
@@ -54,7 +60,7 @@ class DataConfig:
     """Auxiliary datasets (one head each); empty means plain AT/TRADES."""
     test: str = ""
     """Held-out data for the per-epoch robust accuracy; empty uses the primary spec's test split."""
-    loader: str = "resident"
+    loader: str = resumable("resident")
     """Loader backend: resident (device memory), ffcv or dali."""
     batch_size: int = 128
     """Primary samples per step."""
@@ -62,7 +68,7 @@ class DataConfig:
     """Auxiliary samples per step, split evenly between the auxiliary datasets."""
     drop_last: bool = False
     """Drop the last incomplete primary batch of each epoch."""
-    num_workers: int = 4
+    num_workers: int = resumable(4)
     """Worker threads/processes for the ffcv and dali backends."""
 
     def __post_init__(self) -> None:
@@ -200,7 +206,7 @@ class MethodConfig:
 
 @dataclass(kw_only=True)
 class OptimConfig:
-    epochs: int = 100
+    epochs: int = resumable(100)
     """Training epochs; one epoch is one pass over the primary data."""
     lr: float = 0.1
     """Peak learning rate of SGD."""
@@ -258,33 +264,33 @@ COMPILE_MODES = ("reduce-overhead", "max-autotune")
 
 @dataclass(kw_only=True)
 class RuntimeConfig:
-    device: str = "auto"
+    device: str = resumable("auto")
     """`auto` (cuda when there is one), `cpu`, `cuda` or `cuda:N`."""
-    precision: str = "auto"
+    precision: str = resumable("auto")
     """`auto` (bf16 on GPUs that have it, fp16 + GradScaler on V100, fp32 on CPU), fp32, bf16, fp16."""
-    compile: str = "auto"
+    compile: str = resumable("auto")
     """torch.compile the model trunk: `auto` (on CUDA), `on`, `off`, or `on` with one of
     torch.compile's modes: `reduce-overhead` (CUDA graphs: each compiled variant of the trunk is
     captured once and replayed, which removes the per-kernel launch cost of small batches; torch
     skips the capture for variants that update BatchNorm buffers) or `max-autotune` (also searches
     matmul/convolution configurations: minutes of compile). Off by default until `bench step`
     has measured them on the GPU (docs/benchmarks.md)."""
-    channels_last: bool = True
+    channels_last: bool = resumable(True)
     """Keep activations in NHWC (channels_last), the layout tensor cores want."""
-    cudnn_benchmark: bool = False
+    cudnn_benchmark: bool = resumable(False)
     """CUDA only: let cuDNN time its convolution algorithms on the first batch of each shape and
     keep the fastest (`torch.backends.cudnn.benchmark`). Off by default until `bench step` has
     measured it; ignored under `deterministic`, which needs cuDNN's deterministic choice."""
-    kernels: str = "auto"
+    kernels: str = resumable("auto")
     """Kernel implementation for routing and the PGD update: auto, torch, numba, triton."""
     seed: int = 0
     """Seeds the model initialisation, the data order, the augmentation and the attacks."""
-    deterministic: bool = False
+    deterministic: bool = resumable(False)
     """Ask torch for deterministic algorithms (slower on GPUs)."""
     sync_bn: bool = False
     """Under torchrun, BatchNorm as SyncBatchNorm: statistics over the global batch instead of each
     GPU's shard (GPUs only; off by default, as the paper's single-GPU runs have nothing to sync)."""
-    tensorboard: bool = False
+    tensorboard: bool = resumable(False)
     """Also write each epoch's metrics.jsonl scalars (losses, held-out accuracies, lr, omega, share
     routed high, times) as TensorBoard event files in RUN_DIR/tensorboard/ (rank 0; needs the
     tensorboard package: pip install tensorboard)."""
@@ -299,7 +305,7 @@ class RuntimeConfig:
 
 @dataclass(kw_only=True)
 class EvalConfig:
-    every: int = 1
+    every: int = resumable(1)
     """Evaluate every this many epochs (and always after the last one)."""
     n: int = 1000
     """Size of the fixed held-out subset for the per-epoch clean and robust accuracy."""
@@ -309,7 +315,7 @@ class EvalConfig:
     """Step of this run's evaluation attacks (at eps = attack.eps): the per-epoch PGD and the
     default of `biamat-engine eval`'s PGD-K and CW-K (its --step-size overrides it). 2/255 for
     AT, as the reference AT evaluation; 0.003 for TRADES, as the reference TRADES evaluation."""
-    batch_size: int = 256
+    batch_size: int = resumable(256)
     """Batch size of the per-epoch evaluation."""
 
     def __post_init__(self) -> None:
@@ -387,6 +393,13 @@ def resolve_warmup(cfg: TrainConfig) -> TrainConfig:
     if cfg.selects or cfg.method.warmup_epochs == 0:
         return cfg
     return dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, warmup_epochs=0))
+
+
+def resumable_keys() -> frozenset[str]:
+    """"section.key" of every field marked `resumable`: what `--resume` may change."""
+    sections = get_type_hints(TrainConfig)
+    return frozenset(f"{name}.{f.name}" for name, kind in sections.items() if dataclasses.is_dataclass(kind)
+                     for f in fields(kind) if f.metadata.get("resumable"))
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
