@@ -82,7 +82,7 @@ def with_absolute_paths(data: DataConfig) -> DataConfig:
 
 def held_out_spec(data: DataConfig) -> str:
     """The held-out set of per-epoch model selection: data.test, else a built-in set's own test split.
-    (Named so that pytest, which collects `test_*` names, never mistakes it for a test.)"""
+    (Not `test_...`: imported into a test module, pytest would collect it as a test.)"""
     if data.test:
         return data.test
     if data.primary.startswith("shapes:"):
