@@ -386,7 +386,7 @@ def estimate_images(cfg: "TrainConfig", attacks: tuple[str, ...]) -> tuple[int |
 
 
 def make_plan(grid: Grid, scale: Scale, out: str | Path, *, seeds: tuple[int, ...] | None = None,
-              data_dir: str | Path = "data", only: tuple[str, ...] = (), extra: Overrides = {},
+              data_dir: str | Path = "data", only: tuple[str, ...] = (), extra: Overrides | None = None,
               helper_seed: int | None = None) -> StudyPlan:
     """Every run of `grid` at `scale` for each seed (every row at the first seed, then the next),
     with their configs built and checked now, and the data steps they need. `extra` overrides go
@@ -413,7 +413,7 @@ def make_plan(grid: Grid, scale: Scale, out: str | Path, *, seeds: tuple[int, ..
                 return str(helpers[m.group(1)].dir if m.group(1) in helpers else run_dir(out, m.group(1), seed))
 
             configured = {k: RUN_REF.sub(folder, v) if isinstance(v, str) else v for k, v in configured.items()}
-            overrides = {**configured, **extra}
+            overrides = {**configured, **(extra or {})}
             cfg = load_config(preset, overrides=overrides)
             if row.derived and row.name not in derived:
                 derived[row.name] = scale.derive(row.derived, cfg, helpers.get(row.derived.run), out, data_dir)
@@ -421,7 +421,7 @@ def make_plan(grid: Grid, scale: Scale, out: str | Path, *, seeds: tuple[int, ..
             if steps:  # the made file in place of the row's own data (`extra` still applies last)
                 made = str(steps[-1].out)
                 role = row.derived.role
-                overrides = {**configured, f"data.{role}": [made] if role == "aux" else made, **extra}
+                overrides = {**configured, f"data.{role}": [made] if role == "aux" else made, **(extra or {})}
                 cfg = load_config(preset, overrides=overrides)
             run_attacks = HELPER_ATTACKS if row.helper else attacks
             key = json.dumps(cfg.to_dict(), sort_keys=True)
