@@ -100,3 +100,22 @@ def test_resolution_is_idempotent_and_leaves_runtime_to_the_trainer(tmp_path, mo
     assert once.runtime.device == "auto"
     assert resolve_config(once) == once
     assert resolve_config(once, once.to_dict()) == once
+
+
+def test_what_a_field_says_of_itself_is_what_train_and_resume_do():
+    import inspect
+
+    from cli.train_cmd import flag_overrides, train_command
+    from engine.config import flag_keys
+    from engine.resume import SAFE_TO_CHANGE
+
+    options = set(inspect.signature(train_command).parameters)
+    keys = flag_keys()
+    assert {"--epochs", "--aux-mode", "--init-from"} <= set(keys)
+    for flag, key in keys.items():
+        assert flag[2:].replace("-", "_") in options, flag  # the option exists ...
+    # ... and sets its field: --epochs 7 --aux-mode labels --alpha 0.25 as the run's config
+    cfg = load_config("demo", overrides=flag_overrides(epochs=7, aux_mode="labels", alpha=0.25, pi=None))
+    assert (cfg.optim.epochs, cfg.method.aux_mode, cfg.method.alpha) == (7, "labels", 0.25)
+    # a resume may lengthen a run but never change what it trains
+    assert "optim.epochs" in SAFE_TO_CHANGE and not {"method.alpha", "runtime.seed", "data.primary"} & SAFE_TO_CHANGE
