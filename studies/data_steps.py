@@ -59,7 +59,8 @@ def _prepare(step: DataStep, options: dict) -> None:
     format, source = step.args
     shapes = {k: options[k] for k in ("n", "difficulty", "classes", "groups") if k in options}
     prepare(format, source, step.out, split=options.get("split", "train"), size=options.get("size"),
-            seed=int(options.get("seed", 0)), shapes=shapes,
+            seed=int(options.get("seed", 0)), shapes=shapes, download=bool(options.get("download", False)),
+            workers=int(options.get("workers", 1)),
             parts=parse_sizes(options["parts"]) if "parts" in options else None, part=options.get("part"),
             uniform_noise=options.get("uniform-noise"))
 
