@@ -148,7 +148,7 @@ class AttackConfig:
     reference code): the attack normalises with batch statistics but leaves the running
     statistics alone, so they move once per training step, from the training forward on the
     adversarial batch. `every_forward`: the attack runs in plain train mode and every attack
-    forward updates them too (PGD-10: 11 updates per step; what the engine did at first).
+    forward updates them too (PGD-10: 11 updates per step instead of 1).
     The eval-mode model (omega, routing, evaluation, the exported model) sees these statistics.
     TRADES attacks in eval mode whatever this says (2 updates per step, clean and adversarial)."""
 
