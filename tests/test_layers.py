@@ -78,3 +78,12 @@ def test_no_import_circle():
         if module not in state:
             visit(module, [])
     assert cycles == []
+
+
+def test_an_import_error_inside_any_layer_is_a_bug_not_a_missing_extra():
+    from cli.errors import OWN_PACKAGES, is_user_error
+
+    assert set(OWN_PACKAGES) == set(LAYERS)
+    for layer in LAYERS:
+        assert not is_user_error(ImportError("cannot import name 'x'", name=f"{layer}.module"))
+    assert is_user_error(ImportError("No module named 'ffcv'", name="ffcv"))
