@@ -47,3 +47,23 @@ def test_runs_in_processes_train_after_what_they_need_and_a_failure_is_named_wit
     log = (tmp_path / "logs" / "alone-s0.log").read_text()
     assert "alone-s0 failed" in log and "gone.beton" in log
     assert not (tmp_path / "alone-s0" / "eval.json").exists()
+
+
+def test_study_jobs_2_trains_side_by_side_and_writes_the_table_once(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    out = tmp_path / "amp"
+    args = ["study", "amplification", "--scale", "tiny", "--out", str(out), "--only", "at,at-biamat", "--jobs", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "started at-s0" in result.stderr and "finished at-biamat-s0" in result.stderr
+    assert {p.name for p in (out / "logs").iterdir()} == {"at-s0.log", "at-biamat-s0.log"}
+    md = (out / "study.md").read_text()
+    for name, row in (("at-s0", "| AT | - |"), ("at-biamat-s0", "| AT+BiaMAT | selected by confidence |")):
+        report = json.loads((out / name / "eval.json").read_text())
+        line = next(line for line in md.splitlines() if line.startswith(row))
+        assert f"| {100 * report['clean_acc']:.2f} |" in line
+    again = CliRunner().invoke(app, args)  # both finished: nothing trains, the logs say so
+    assert again.exit_code == 0 and "finished before" in (out / "logs" / "at-s0.log").read_text()
