@@ -76,9 +76,8 @@ def _execute_logged(run: RunPlan, log_file: str, threads: int) -> None:
 
     torch.set_num_threads(threads)
     with open(log_file, "w") as log:
-        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 1)  # what the run prints (and a crash's own output) goes to its log too
         os.dup2(log.fileno(), 2)
-        sys.stdout = sys.stderr = os.fdopen(os.dup(2), "w", buffering=1)
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                             format="%(asctime)s %(name)s: %(message)s")
         try:
