@@ -57,8 +57,8 @@ def analyze_command(
     curves overlaid. Fig. 4: the auxiliary images the final model (model.safetensors, else best.pt)
     is most and least confident on (max softmax of the primary head, the selection's score), with
     their classes and the share of each class group. Needs matplotlib (the `analyze` extra)."""
-    from engine.analysis.confidence import Fig4Options
-    from engine.analysis.report import write_analysis
+    from studies.analysis.confidence import Fig4Options
+    from studies.analysis.report import write_analysis
 
     options = Fig4Options(k=fig4_k, limit=fig4_limit, only_class=fig4_class,
                           aux_data=tuple(aux_data or ()), device=device) if fig4 else None

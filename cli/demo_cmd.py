@@ -1,11 +1,6 @@
-"""`biamat-engine demo`: plain AT and AT+BiaMAT side by side on built-in data, in minutes on a CPU.
-
-shapes -> .beton files -> two runs of one small WideResNet with the same seed, primary data and
-epochs (plain AT: method.aux_mode=none, no auxiliary data; AT+BiaMAT: the auxiliary set added)
--> clean and PGD-20 accuracy of each on held-out shapes, their difference, and how the
-confidence selection treated related and unrelated auxiliary classes. The demo reports what it
-measured, whichever arm wins.
-"""
+"""`biamat-engine demo`: plain AT and AT+BiaMAT side by side on built-in data, in minutes on a
+CPU. What it runs is studies/demo.py; this command parses the options, shows progress and
+prints the table."""
 
 from __future__ import annotations
 
@@ -19,6 +14,7 @@ import typer
 from cli.common import TrainProgress, print_epoch_table, setup_logging
 from cli.console import console, err_console
 from cli.options import devices
+from studies.demo import ARMS  # light: the heavy imports wait inside the functions
 
 EPILOG = """[bold]Examples[/]
 
@@ -28,79 +24,6 @@ EPILOG = """[bold]Examples[/]
 
   biamat-engine demo --difficulty 3 --classes 16 --n 640 --seed 1
 """
-
-ARMS = {"at": "plain AT", "biamat": "AT+BiaMAT"}
-# Where the longer comparison (several seeds and settings, both arms) is recorded.
-STUDY = ("docs/demo-study.md (scripts/demo_sweep.py) and docs/demo-reproduction.md (`study amplification "
-         "--scale demo`: five seeds, with the labels and uniform arms)")
-
-
-def shapes_file(data_dir: Path, kind: str, split: str, knobs: dict) -> Path:
-    """The .beton of one generated split, named by every knob and the seed, so files of
-    different settings (or seeds) never stand in for each other."""
-    k = knobs
-    return data_dir / (f"shapes-{kind}-{split}-n{k['n']}-d{k['difficulty']}-c{k['classes']}"
-                       f"-s{k['size']}-seed{k['seed']}.beton")
-
-
-def prepare_shapes(data_dir: Path, knobs: dict[str, dict]) -> dict[str, Path]:
-    """Writes the built-in shapes splits as .beton files (skipped when already there).
-
-    knobs: role (primary, aux, test; aux may be left out) -> make_shapes keywords (n, size,
-    seed, difficulty, classes)."""
-    from loaders.beton import write_beton
-    from loaders.sources.shapes import make_shapes
-
-    roles = {"primary": ("primary", "train"), "aux": ("aux", "train"), "test": ("primary", "test")}
-    paths = {}
-    for role, (kind, split) in roles.items():
-        if role not in knobs:
-            continue
-        path = shapes_file(data_dir, kind, split, knobs[role])
-        if not path.exists():
-            write_beton(path, make_shapes(kind, split, **knobs[role]), format="shapes", split=split,
-                        source=f"shapes:{kind}")
-        paths[role] = path
-    return paths
-
-
-def selection_summary(run_dir: Path) -> list[tuple[str, int, int]]:
-    """(group, seen, high) over the last routed epoch: related vs unrelated auxiliary classes."""
-    from engine.run_dir import RunDir, read_json_lines
-
-    if not RunDir(run_dir).selection.exists():
-        return []
-    lines = read_json_lines(RunDir(run_dir).selection)
-    if not lines:
-        return []
-    last_epoch = lines[-1]["epoch"]
-    groups = {"related to the primary classes": [0, 0], "unrelated (textures, noise)": [0, 0]}
-    for rec in (r for r in lines if r["epoch"] == last_epoch and r.get("related")):
-        for related, seen, high in zip(rec["related"], rec["seen"], rec["high"]):
-            g = groups["related to the primary classes" if related else "unrelated (textures, noise)"]
-            g[0] += seen
-            g[1] += high
-    return [(name, seen, high) for name, (seen, high) in groups.items()]
-
-
-def verdict(results: dict) -> str:
-    """One line on what the side-by-side shows; robust accuracy decides, as in the paper."""
-    if set(results) != set(ARMS):
-        return ""
-    at, bia = results["at"]["robust_acc"], results["biamat"]["robust_acc"]
-    n = results["at"]["n"]
-    diff = 100 * (bia - at)
-    # Two standard errors of a difference of two accuracies on n images, roughly (one seed
-    # adds training noise on top, which only the study measures).
-    se = 200 * ((at * (1 - at) + bia * (1 - bia)) / max(n, 1)) ** 0.5
-    if diff > se:
-        return f"AT+BiaMAT is {diff:.1f} points more robust than plain AT here (one seed; noise about {se:.1f})."
-    if diff < -se:
-        return (f"AT+BiaMAT is {-diff:.1f} points LESS robust than plain AT at this budget (one seed; noise "
-                f"about {se:.1f}); see {STUDY} for the seeds and settings measured.")
-    return (f"No robust difference beyond noise (about {se:.1f} points) at this budget; see {STUDY} for the "
-            f"seeds and settings measured.")
-
 
 DATA, RUN = "Data", "Run"
 
@@ -141,20 +64,21 @@ def demo_command(
     from engine.config import load_preset
     from engine.outputs import claim_demo, write_json_output
     from engine.run_dir import DemoDir
+    from studies.demo import arm_config, data_knobs, evaluate_arm, prepare_data, verdict
 
     started = time.perf_counter()
     demo = DemoDir(out)
     claim_demo(demo, tuple(ARMS))
     preset = load_preset("demo")
-    knobs = _data_knobs(preset, seed, n=n, aux=aux_size, test=test_size, difficulty=difficulty, classes=classes)
+    knobs = data_knobs(preset, seed, n=n, aux=aux_size, test=test_size, difficulty=difficulty, classes=classes)
     arms = [only] if only else list(ARMS)
     summary = {"status": "running", "arms": arms, "seed": seed, "data": knobs, "results": {}}
     write_json_output(demo.summary, "demo", summary)  # first: its record marks the folder as this demo's
 
     steps = 1 + 2 * len(arms)
     err_console.print(f"[bold]1/{steps}[/] writing the built-in shapes datasets as .beton files into {demo.data}")
-    paths = prepare_shapes(demo.data, {role: k for role, k in knobs.items() if role != "aux" or "biamat" in arms})
-    configs = {arm: _arm_config(arm, paths, device, seed, epochs, preset) for arm in arms}
+    paths = prepare_data(demo.data, {role: k for role, k in knobs.items() if role != "aux" or "biamat" in arms})
+    configs = {arm: arm_config(arm, paths, device, seed, epochs, preset) for arm in arms}
     for i, arm in enumerate(arms):
         cfg = configs[arm]
         warm = f", warm-up {cfg.method.warmup_epochs}" if arm == "biamat" else ""
@@ -165,7 +89,7 @@ def demo_command(
     for i, arm in enumerate(arms):
         err_console.print(f"[bold]{2 + len(arms) + i}/{steps}[/] evaluating {ARMS[arm]}'s best model on the "
                           f"held-out shapes (clean, PGD-20)")
-        summary["results"][arm].update(_evaluate_arm(configs[arm], demo.arm(arm).root, paths["test"], device))
+        summary["results"][arm].update(evaluate_arm(demo.arm(arm).root, paths["test"], device))
         write_json_output(demo.summary, "demo", summary)
 
     summary["seconds"] = round(time.perf_counter() - started, 1)
@@ -173,41 +97,6 @@ def demo_command(
     summary["status"] = "done"
     write_json_output(demo.summary, "demo", summary)
     _print_results(summary, demo)
-
-
-def _data_knobs(preset: dict, seed: int, **given) -> dict[str, dict]:
-    """make_shapes keywords per role: the preset's shapes specs, overridden by the options."""
-    from loaders.datasets import parse_shapes_spec
-    from loaders.sources.shapes import DEFAULT_CLASSES
-
-    specs = {"primary": preset["data"]["primary"], "aux": preset["data"]["aux"][0], "test": preset["data"]["test"]}
-    knobs = {}
-    for role, spec in specs.items():
-        _, opts = parse_shapes_spec(spec)
-        k = {"n": opts.get("n", 1000), "size": opts.get("size", 32), "difficulty": opts.get("difficulty", 0),
-             "classes": opts.get("classes", DEFAULT_CLASSES), "seed": seed}
-        own = {"primary": "n", "aux": "aux", "test": "test"}[role]
-        if given[own] is not None:
-            k["n"] = given[own]
-        for shared in ("difficulty", "classes"):
-            if given[shared] is not None:
-                k[shared] = given[shared]
-        knobs[role] = k
-    return knobs
-
-
-def _arm_config(arm: str, paths: dict, device: str, seed: int, epochs: Optional[int], preset: dict):
-    from engine.config import load_config
-
-    overrides = [f"data.primary={paths['primary']}", f"data.test={paths['test']}",
-                 f"runtime.device={device}", f"runtime.seed={seed}"]
-    if epochs is not None:
-        # Keep the preset's share of warm-up epochs, so routing still runs at the end.
-        warmup = preset["method"]["warmup_epochs"] * epochs // preset["optim"]["epochs"]
-        overrides += [f"optim.epochs={epochs}", f"method.warmup_epochs={max(0, min(warmup, epochs - 1))}"]
-    if arm == "at":
-        return load_config("demo", overrides=overrides + ["method.aux_mode=none"], aux=[])
-    return load_config("demo", overrides=overrides, aux=[str(paths["aux"])])
 
 
 class _EpochLines:
@@ -223,29 +112,13 @@ class _EpochLines:
 
 
 def _train_arm(cfg, run_dir: Path) -> dict:
-    from engine.trainer import train
+    from studies.demo import train_arm
 
-    started = time.perf_counter()
     with TrainProgress(cfg.optim.epochs) as bar:
         # The folder is the demo's own (engine.outputs.claim_demo), so its earlier run may be replaced.
-        records = train(cfg, run_dir, overwrite=True, on_step=_EpochLines(bar, cfg.optim.epochs))
+        records, facts = train_arm(cfg, run_dir, on_step=_EpochLines(bar, cfg.optim.epochs))
     print_epoch_table(records)
-    return {"train_seconds": round(time.perf_counter() - started, 1), "epochs": cfg.optim.epochs,
-            "model": cfg.model.name, "aux_mode": cfg.method.aux_mode}
-
-
-def _evaluate_arm(cfg, run_dir: Path, test: Path, device: str) -> dict:
-    from engine.evaluation.runner import EvalPlan, run_evaluation
-    from engine.run_dir import RunDir
-    from engine.runtime import resolve_device
-
-    plan = EvalPlan(attacks=("clean", "pgd20"), eps=cfg.attack.eps,  # step: the run's eval.step_size
-                    device=str(resolve_device(device)))
-    # The arm was just trained into the demo's own folder: its earlier report is the demo's to replace.
-    report = run_evaluation(run_dir, str(test), plan, out=RunDir(run_dir).eval_report, overwrite=True)
-    return {"n": report["n"], "eps": report["eps"], "clean_acc": report["clean_acc"],
-            "robust_acc": report["attacks"]["pgd20"]["robust_acc"],
-            "selection": [list(row) for row in selection_summary(run_dir)]}
+    return facts
 
 
 def _print_results(summary: dict, demo) -> None:

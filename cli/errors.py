@@ -38,7 +38,7 @@ ENGINE_ERRORS = (
 
 # ImportErrors from these packages are bugs in this repository (a renamed function), not a
 # missing optional extra.
-OWN_PACKAGES = ("engine", "loaders", "kernels", "cli", "benchmarks")
+OWN_PACKAGES = ("engine", "loaders", "kernels", "cli", "benchmarks", "studies")
 
 # What to do about the OS errors a user meets, by errno.
 _OS_FIXES = {

@@ -102,14 +102,13 @@ def eval_command(
 ) -> None:
     """Evaluate a classifier: clean accuracy, PGD-K, CW-K and AutoAttack at L-inf eps."""
     from engine.distributed import World, init_from_env
-    from engine.evaluation.runner import resolve_eps, run_evaluation
+    from engine.evaluation.runner import run_evaluation
     from engine.runtime import resolve_device
 
     init_from_env(device)  # a no-op unless launched by torchrun: then each rank takes a part of the test set
     main = World.current().is_main
-    eps_value, eps_source = resolve_eps(model, eps)  # --eps, else the run's config.toml or model card
     plan = _plan(attacks=_split(attacks), aa_attacks=_split(aa_attacks or ""), aa_version=aa_version,
-                 aa_iterations=aa_iterations, aa_state=str(aa_state) if aa_state else None, eps=eps_value,
+                 aa_iterations=aa_iterations, aa_state=str(aa_state) if aa_state else None, eps=eps,
                  step_size=step_size, restarts=restarts, n=n, batch_size=batch_size, seed=seed, backend=backend,
                  device=str(resolve_device(device)))
     out = out or _default_out(model)
@@ -117,8 +116,7 @@ def eval_command(
     # Under torchrun every rank evaluates its part and holds the whole report; rank 0 writes it.
     with err_console.status("evaluating") if main else contextlib.nullcontext() as status:
         report = run_evaluation(model, test, plan, progress=status.update if main else None,
-                                out=out if main else None, extra={"eps_source": eps_source},
-                                overwrite=overwrite)
+                                out=out if main else None, overwrite=overwrite)  # eps and step left out: the run's
     if not main:
         return
     console.print(render_table(report))

@@ -90,9 +90,9 @@ def prepare_command(
     The dataset as its publishers ship it becomes an FFCV .beton file and a JSON manifest
     (classes, counts, checksums). Bad input exits 1 with a message naming the file; nothing
     half-written is ever left behind."""
-    from loaders.sources import read_source
     from engine.outputs import claim_beton
-    from loaders.sources.derive import derived_sets, parse_class_ids, part_path
+    from loaders.prepare import prepare
+    from loaders.sources.derive import parse_class_ids, part_path
 
     source, out = _source_and_out(format, paths)
     if out.suffix != ".beton":
@@ -108,10 +108,8 @@ def prepare_command(
     for target in targets:  # before any data is read: a refused output costs nothing
         claim_beton(target, "prepare", overwrite=overwrite,
                     inputs=source.split(",") if isinstance(source, str) else source)
-    data = read_source(format, source, split, size, download=download, coarse=coarse,
-                       skip_bad=skip_bad, workers=workers, seed=seed, shapes=knobs)
-    for _, out_path, dataset in derived_sets(data, out, sizes, part, uniform_noise, seed, keep, n_per_class):
-        manifest = _write(out_path, dataset, format, split, source if isinstance(source, str) else ",".join(source))
+
+    def report(out_path: Path, manifest: dict) -> None:
         console.print(f"wrote {out_path}: {manifest['count']} images {manifest['image_size']}x"
                       f"{manifest['image_size']}, {manifest['num_classes']} classes ({manifest['name']})")
         skipped = manifest.get("meta", {}).get("skipped") or []
@@ -120,6 +118,10 @@ def prepare_command(
                               f"(listed in {out_path}.json):")
             for path in skipped[:20]:
                 err_console.print(f"  {path}")
+
+    prepare(format, source, out, split=split, size=size, seed=seed, shapes=knobs, download=download, coarse=coarse,
+            skip_bad=skip_bad, workers=workers, parts=sizes, part=part, uniform_noise=uniform_noise, classes=keep,
+            n_per_class=n_per_class, write=_write, on_written=report)
 
 
 def _source_and_out(format: str, paths: list[str]) -> tuple[str | tuple[str, ...], Path]:
@@ -164,11 +166,12 @@ def _write(out: Path, data, format: str, split: str, source: str) -> dict:
 
 def _write_beton(out: Path, data, format: str, split: str, source: str) -> dict:
     from loaders.beton import write_beton
+    from loaders.prepare import write_plain
     from loaders.sources import ChunkedSource
 
     total = data.count if isinstance(data, ChunkedSource) else len(data)
     if not sys.stderr.isatty():
-        return write_beton(out, data, format=format, split=split, source=str(source))
+        return write_plain(out, data, format, split, source)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = [TextColumn(f"{data.name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]

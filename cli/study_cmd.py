@@ -4,9 +4,7 @@ study.csv beside the paper's numbers."""
 
 from __future__ import annotations
 
-import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -78,8 +76,6 @@ def study_command(
         "--dry-run", help="Print the runs, their commands and images; write nothing.", rich_help_panel=RUN)] = False,
     jobs: Annotated[int, typer.Option(
         min=1, help="Runs trained at once, each in its own process.", rich_help_panel=RUN)] = 1,
-    no_report: Annotated[bool, typer.Option("--no-report", hidden=True)] = False,
-    helper_seed: Annotated[Optional[int], typer.Option("--helper-seed", hidden=True)] = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Log progress to stderr.", rich_help_panel=RUN)] = False,
 ) -> None:
@@ -91,48 +87,33 @@ def study_command(
     paper scale needs the paper's data as .beton files: a missing file stops the study with the
     `prepare` command that writes it."""
     from cli.common import setup_logging
-    from engine.study.grids import get_grid
-    from engine.study.plan import get_scale, make_plan, missing_data_message
-    from engine.study.table import StudyTable
+    from engine.config import parse_overrides
+    from engine.outputs import FolderLock
+    from studies.grids import get_grid
+    from studies.plan import get_scale, make_plan, missing_data_message
+    from studies.table import StudyTable
 
     setup_logging(verbose)
     plan = make_plan(get_grid(name), get_scale(scale), out, seeds=_ints(seeds), data_dir=data_dir,
-                     only=_names(only), extra=tuple(set_), helper_seed=helper_seed)
+                     only=_names(only), extra=parse_overrides(set_))
     if dry_run:
         _print_plan(plan)
         return
     if plan.missing:
         raise UserError(missing_data_message(plan))
-    with _study_lock(plan.out):
-        if not no_report:
-            StudyTable.claim(plan)  # a user's study.md in --out stops the study before its first run
+    # One study process writes a study folder at a time (each run directory is locked by its own
+    # training too); the processes of --jobs run under this one's lock.
+    with FolderLock(plan.out, "study folder"):
+        StudyTable.claim(plan)  # a user's study.md in --out stops the study before its first run
         if jobs > 1 and len(plan.unique_runs()) > 1:
-            _run_in_processes(plan, jobs, data_dir, set_, verbose)
+            _run_in_processes(plan, jobs)
         else:
             _run_here(plan)
-        if no_report:
-            return
         _write_report(plan)
 
 
-# Set by a study for the processes it launches (--jobs): they write the folder it holds locked.
-_LOCK_HELD = "BIAMAT_ENGINE_STUDY_LOCK_HELD"
-
-
-def _study_lock(out: Path):
-    """One study process writes a study folder at a time (each run directory is locked by its
-    own training too); the processes a study launches itself work under its lock."""
-    import contextlib
-
-    from engine.outputs import FolderLock
-
-    if os.environ.get(_LOCK_HELD) == str(Path(out).resolve()):
-        return contextlib.nullcontext()
-    return FolderLock(out, "study folder")
-
-
 def _print_plan(plan) -> None:
-    from engine.study.runner import finished
+    from studies.runner import finished
     from engine.run_dir import RunDir
 
     console.print(f"[bold]study {plan.grid.name}[/] at {plan.scale} scale: {len(plan.runs)} runs "
@@ -173,7 +154,7 @@ def _print_plan(plan) -> None:
 
 def _run_here(plan) -> None:
     """Every run in this process, one after the other (the default: one run already uses every core)."""
-    from engine.study.runner import run_study
+    from studies.runner import run_study
 
     status = err_console.status("") if sys.stderr.isatty() else None
     total = len(plan.runs)
@@ -205,64 +186,28 @@ def _run_here(plan) -> None:
             status.stop()
 
 
-def _run_in_processes(plan, jobs: int, data_dir: Path, sets: list[str], verbose: bool) -> None:
-    """Runs `jobs` runs at once, each as `biamat-engine study ... --only ROW --seeds S` in a
-    process of its own: the engine seeds torch's global random state per run and torch's
-    thread pool is per process, so runs cannot share one process. Each process gets an equal
-    share of the cores; its output goes to OUT/logs/RUN.log. Rows that start from another row's
-    run wait for it."""
-    import subprocess
+def _run_in_processes(plan, jobs: int) -> None:
+    """`jobs` runs at once, each in a process of its own (studies/scheduler.py), their output in
+    OUT/logs/RUN.log; a failed run is named with its log after every run that can go has gone."""
+    from studies.scheduler import run_in_processes
 
-    from engine.study.runner import check_run_dir
+    def on_start(run, log_file):
+        err_console.print(f"started {run.name} (log: {log_file})", highlight=False)
 
-    runs = plan.unique_runs()
-    for run in runs:
-        check_run_dir(run)  # every mismatch before any work, as in one process
-    logs = plan.out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs)),
-           _LOCK_HELD: str(plan.out.resolve())}
+    def on_done(run, ok):
+        err_console.print(f"{'finished' if ok else 'FAILED'} {run.name}", highlight=False)
 
-    def launch(run) -> tuple[str, int]:
-        command = [sys.executable, "-m", "cli.app", "study", plan.grid.name, "--scale", plan.scale,
-                   "--out", str(plan.out), "--data-dir", str(data_dir), "--seeds", str(run.seed),
-                   "--only", run.row.name, "--no-report", "--helper-seed", str(plan.seeds[0]),
-                   *[a for s in sets for a in ("--set", s)]]
-        err_console.print(f"started {run.name} (log: {logs / (run.name + '.log')})", highlight=False)
-        with open(logs / f"{run.name}.log", "w") as log:
-            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-        err_console.print(f"{'finished' if code == 0 else 'FAILED'} {run.name}", highlight=False)
-        return run.name, code
-
-    failed = []
-    for wave in _waves(runs):
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            failed += [name for name, code in pool.map(launch, wave) if code != 0]
+    failed = run_in_processes(plan, jobs, on_start=on_start, on_done=on_done)
     if failed:
         _write_report(plan)
-        raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)}; see their logs in {logs} "
+        raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)}; see their logs in {plan.out / 'logs'} "
                         "(the study resumes them when run again)")
-
-
-def _waves(runs) -> list[list]:
-    """Runs grouped so that a run that names another's folder ({run:ROW}) or reads data made from
-    its model comes in a later group."""
-    waves: list[list] = []
-    level: dict[str, int] = {}
-    for run in runs:  # the plan lists a row after the rows it refers to
-        values = {o.partition("=")[2] for o in run.overrides} | {str(s.after) for s in run.steps}
-        refs = [level[r.name] for r in runs if r.name in level and str(r.dir) in values]
-        level[run.name] = 1 + max(refs, default=-1)
-        while len(waves) <= level[run.name]:
-            waves.append([])
-        waves[level[run.name]].append(run)
-    return waves
 
 
 def _write_report(plan) -> None:
     from benchmarks.common import git_revision
     from engine.runtime import device_name, resolve_device
-    from engine.study.table import StudyTable
+    from studies.table import StudyTable
 
     device = resolve_device(plan.runs[0].config.runtime.device)
     facts = {"revision": git_revision(), "device": device_name(device, threads=True)}

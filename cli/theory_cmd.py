@@ -19,7 +19,7 @@ EPILOG = ("Examples: biamat-engine theory gaussian  |  "
 
 
 def _statement_table(report) -> Table:
-    from engine.theory.gaussian_report import fmt, verdict
+    from studies.theory.gaussian_report import fmt, verdict
 
     table = Table(title="Section 2.2 and Appendix A: simulated vs closed form (y-aligned, y = +1)")
     for column, justify in (("source", "left"), ("quantity", "left"), ("paper", "left"), ("closed form", "right"),
@@ -33,7 +33,7 @@ def _statement_table(report) -> Table:
 
 
 def _training_table(report) -> Table:
-    from engine.theory.gaussian_report import fmt
+    from studies.theory.gaussian_report import fmt
 
     steps = report.training.steps
     table = Table(title=f"adversarial training of w, {steps} steps: sampled | expected (infinite batch)")
@@ -89,8 +89,8 @@ def gaussian_command(
 
     from benchmarks.common import git_revision
     from engine.runtime import device_name
-    from engine.theory.gaussian import GaussianModel
-    from engine.theory.gaussian_report import TrainingSettings, run_gaussian, write_gaussian
+    from studies.theory.gaussian import GaussianModel
+    from studies.theory.gaussian_report import TrainingSettings, run_gaussian, write_gaussian
 
     model = GaussianModel(d=d, eta=eta, u=u, v=v, gamma=gamma, lam=lam)
     training = TrainingSettings(steps=steps, lr=lr, alpha=alpha, n_primary=train_primary, n_aux=train_aux)

@@ -30,15 +30,12 @@ EPILOG = """[bold]Examples[/]
 
 
 def flag_overrides(**flags) -> list[str]:
-    """The dedicated flags as `section.key=value` overrides (None means not given)."""
-    keys = {
-        "primary": "data.primary", "test": "data.test", "loader": "data.loader",
-        "method": "method.name", "aux_mode": "method.aux_mode", "alpha": "method.alpha",
-        "pi": "method.pi", "epochs": "optim.epochs", "model": "model.name",
-        "device": "runtime.device", "seed": "runtime.seed",
-        "init_from": "init.source", "init_heads": "init.heads",
-    }
-    return [f"{keys[name]}={value}" for name, value in flags.items() if value is not None]
+    """The dedicated flags (by parameter name; None: not given) as `section.key=value`
+    overrides; which key each option sets is said by its field (engine.config.setting)."""
+    from engine.config import flag_keys
+
+    keys = flag_keys()
+    return [f"{keys['--' + name.replace('_', '-')]}={value}" for name, value in flags.items() if value is not None]
 
 
 def build_config(preset, config_file, overrides, aux, resume_dir):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Iterable, Mapping, get_args, get_origin, get_type_hints
 
 
 class ConfigError(ValueError):
@@ -46,15 +46,23 @@ def _check_range(section: str, name: str, value: float, lo: float | None = None,
         raise ConfigError(f"{section}.{name} = {value!r}: expected a value in {bounds}")
 
 
+def setting(default: Any, *, resumable: bool = False, flag: str | None = None) -> Any:
+    """A field with the facts other parts ask of it. `resumable`: `--resume` may change it (it
+    says how or how long a run goes, not what it trains; the reasons in engine/resume.py), every
+    other field is fixed once a run has started. `flag`: the `train` option that sets it, besides
+    `--set section.key=value`."""
+    return field(default=default, metadata={"resumable": resumable, "flag": flag})
+
+
 @dataclass(kw_only=True)
 class DataConfig:
-    primary: str = "shapes:primary"
+    primary: str = setting("shapes:primary", flag="--primary")
     """Primary training data: a .beton path, a .npz, or a built-in spec such as `shapes:primary`."""
     aux: list[str] = field(default_factory=list)
     """Auxiliary datasets (one head each); empty means plain AT/TRADES."""
-    test: str = ""
+    test: str = setting("", flag="--test")
     """Held-out data for the per-epoch robust accuracy; empty uses the primary spec's test split."""
-    loader: str = "resident"
+    loader: str = setting("resident", resumable=True, flag="--loader")
     """Loader backend: resident (device memory), ffcv or dali."""
     batch_size: int = 128
     """Primary samples per step."""
@@ -62,7 +70,7 @@ class DataConfig:
     """Auxiliary samples per step, split evenly between the auxiliary datasets."""
     drop_last: bool = False
     """Drop the last incomplete primary batch of each epoch."""
-    num_workers: int = 4
+    num_workers: int = setting(4, resumable=True)
     """Worker threads/processes for the ffcv and dali backends."""
 
     def __post_init__(self) -> None:
@@ -78,7 +86,7 @@ class DataConfig:
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    name: str = "wrn-28-10"
+    name: str = setting("wrn-28-10", flag="--model")
     """Architecture, `wrn-DEPTH-WIDTH` (wrn-28-10 for AT, wrn-34-10 for TRADES, wrn-16-10 on ImgNet100)
     or `resnet-18` (the CIFAR ResNet-18 of Appendix B; also resnet-34)."""
     dropout: float = 0.0
@@ -115,13 +123,13 @@ class ModelConfig:
 
 @dataclass(kw_only=True)
 class InitConfig:
-    source: str = ""
+    source: str = setting("", flag="--init-from")
     """Start this run from another run's weights (pre-training -> fine-tuning, paper Table 3 and
     Appendix E; `train --init-from`): a run directory (its best.pt, where the paper's fine-tuning
     starts), a .pt checkpoint, or a model.safetensors beside its model.json. Empty: from scratch.
     Read once, when the run starts (engine/init_from.py); the resolved config.toml records the
     file read, and a resumed run continues its own checkpoint, never the source."""
-    heads: str = "auto"
+    heads: str = setting("auto", flag="--init-heads")
     """The primary head f_pri: `keep` (the source's, which needs the same class count), `new` (a
     fresh one) or `auto` (keep when the class counts match, else new); recorded as keep or new.
     Auxiliary heads come along only with keep and the same auxiliary class counts."""
@@ -150,7 +158,7 @@ class AttackConfig:
     reference code): the attack normalises with batch statistics but leaves the running
     statistics alone, so they move once per training step, from the training forward on the
     adversarial batch. `every_forward`: the attack runs in plain train mode and every attack
-    forward updates them too (PGD-10: 11 updates per step; what the engine did at first).
+    forward updates them too (PGD-10: 11 updates per step instead of 1).
     The eval-mode model (omega, routing, evaluation, the exported model) sees these statistics.
     TRADES attacks in eval mode whatever this says (2 updates per step, clean and adversarial)."""
 
@@ -163,11 +171,11 @@ class AttackConfig:
 
 @dataclass(kw_only=True)
 class MethodConfig:
-    name: str = "at"
+    name: str = setting("at", flag="--method")
     """Training objective: `at` (Madry PGD adversarial training), `trades`, or `standard` (no
     attack: the AT loss on clean inputs, with the same auxiliary modes; the paper's Appendix B
     and C runs). The attack section still sets the eps of the per-epoch robust check and of eval."""
-    aux_mode: str = "biamat"
+    aux_mode: str = setting("biamat", flag="--aux-mode")
     """How auxiliary samples are used: biamat (confidence routing), labels (all high), uniform
     (all low: OAT), none (auxiliary data ignored), pseudo (Carmon et al.'s RST, the paper's
     Table 3 / Table 7: auxiliary samples trained as primary samples through f_pri with their
@@ -178,9 +186,9 @@ class MethodConfig:
     confidence test replaced by the data's own record of which auxiliary classes are related to
     the primary ones, related high and unrelated low, warm-up included; it bounds what any
     confidence gate could gain; refused for data that records no such groups)."""
-    alpha: float = 1.0
+    alpha: float = setting(1.0, flag="--alpha")
     """Weight of the auxiliary loss (paper Table 12)."""
-    pi: float = 0.55
+    pi: float = setting(0.55, flag="--pi")
     """Threshold factor: omega = pi * mean max-softmax of a clean primary batch (Table 12)."""
     warmup_epochs: int = 5
     """biamat mode only: epochs before omega is set, in which auxiliary samples are attacked and
@@ -232,7 +240,7 @@ class MethodConfig:
 
 @dataclass(kw_only=True)
 class OptimConfig:
-    epochs: int = 100
+    epochs: int = setting(100, resumable=True, flag="--epochs")
     """Training epochs; one epoch is one pass over the primary data."""
     lr: float = 0.1
     """Peak learning rate of SGD."""
@@ -290,40 +298,40 @@ COMPILE_MODES = ("reduce-overhead", "max-autotune")
 
 @dataclass(kw_only=True)
 class RuntimeConfig:
-    device: str = "auto"
+    device: str = setting("auto", resumable=True, flag="--device")
     """`auto` (cuda when there is one), `cpu`, `cuda` or `cuda:N`."""
-    precision: str = "auto"
+    precision: str = setting("auto", resumable=True)
     """`auto` (bf16 on GPUs that have it, fp16 + GradScaler on V100, fp32 on CPU), fp32, bf16, fp16."""
-    compile: str = "auto"
+    compile: str = setting("auto", resumable=True)
     """torch.compile the model trunk: `auto` (on CUDA), `on`, `off`, or `on` with one of
     torch.compile's modes: `reduce-overhead` (CUDA graphs: each compiled variant of the trunk is
     captured once and replayed, which removes the per-kernel launch cost of small batches; torch
     skips the capture for variants that update BatchNorm buffers) or `max-autotune` (also searches
     matmul/convolution configurations: minutes of compile). Off by default until `bench step`
     has measured them on the GPU (docs/benchmarks.md)."""
-    compile_dynamic: str = "auto"
+    compile_dynamic: str = setting("auto", resumable=True)
     """Batch shapes as the compiled trunk traces them (torch.compile's `dynamic`): `false` treats
     each shape as a constant (the fastest kernels, one compile per shape: pair it with
     data.drop_last = true, so every training batch has one shape); `true` traces a symbolic batch
     size from the first call (one compile, more general kernels); `auto` is `false` when the trunk
     is compiled and data.drop_last is true, else torch's automatic choice (static first, symbolic
     once a shape changes), which the resolved config records as `auto`."""
-    channels_last: bool = True
+    channels_last: bool = setting(True, resumable=True)
     """Keep activations in NHWC (channels_last), the layout tensor cores want."""
-    cudnn_benchmark: bool = False
+    cudnn_benchmark: bool = setting(False, resumable=True)
     """CUDA only: let cuDNN time its convolution algorithms on the first batch of each shape and
     keep the fastest (`torch.backends.cudnn.benchmark`). Off by default until `bench step` has
     measured it; ignored under `deterministic`, which needs cuDNN's deterministic choice."""
-    kernels: str = "auto"
+    kernels: str = setting("auto", resumable=True)
     """Kernel implementation for routing and the PGD update: auto, torch, numba, triton."""
-    seed: int = 0
+    seed: int = setting(0, flag="--seed")
     """Seeds the model initialisation, the data order, the augmentation and the attacks."""
-    deterministic: bool = False
+    deterministic: bool = setting(False, resumable=True)
     """Ask torch for deterministic algorithms (slower on GPUs)."""
     sync_bn: bool = False
     """Under torchrun, BatchNorm as SyncBatchNorm: statistics over the global batch instead of each
     GPU's shard (GPUs only; off by default, as the paper's single-GPU runs have nothing to sync)."""
-    tensorboard: bool = False
+    tensorboard: bool = setting(False, resumable=True)
     """Also write each epoch's metrics.jsonl scalars (losses, held-out accuracies, lr, omega, share
     routed high, times) as TensorBoard event files in RUN_DIR/tensorboard/ (rank 0; needs the
     tensorboard package: pip install tensorboard)."""
@@ -339,7 +347,7 @@ class RuntimeConfig:
 
 @dataclass(kw_only=True)
 class EvalConfig:
-    every: int = 1
+    every: int = setting(1, resumable=True)
     """Evaluate every this many epochs (and always after the last one)."""
     n: int = 1000
     """Size of the fixed held-out subset for the per-epoch clean and robust accuracy."""
@@ -349,7 +357,7 @@ class EvalConfig:
     """Step of this run's evaluation attacks (at eps = attack.eps): the per-epoch PGD and the
     default of `biamat-engine eval`'s PGD-K and CW-K (its --step-size overrides it). 2/255 for
     AT, as the reference AT evaluation; 0.003 for TRADES, as the reference TRADES evaluation."""
-    batch_size: int = 256
+    batch_size: int = setting(256, resumable=True)
     """Batch size of the per-epoch evaluation."""
 
     def __post_init__(self) -> None:
@@ -447,6 +455,23 @@ def resolve_warmup(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, warmup_epochs=0, omega_when="warmup"))
 
 
+def _settings() -> list[tuple[str, Any]]:
+    """("section.key", field) of every field of the tree."""
+    sections = get_type_hints(TrainConfig)
+    return [(f"{name}.{f.name}", f) for name, kind in sections.items() if dataclasses.is_dataclass(kind)
+            for f in fields(kind)]
+
+
+def resumable_keys() -> frozenset[str]:
+    """"section.key" of every field marked `resumable`: what `--resume` may change."""
+    return frozenset(key for key, f in _settings() if f.metadata.get("resumable"))
+
+
+def flag_keys() -> dict[str, str]:
+    """{`train` option: "section.key"} of every field a dedicated option sets (`setting(flag=...)`)."""
+    return {f.metadata["flag"]: key for key, f in _settings() if f.metadata.get("flag")}
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     """A config tree as {"section.key": value} (what `--set` names and messages quote)."""
     flat = {}
@@ -537,20 +562,39 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Applies `section.key=value` strings to a nested dict (values parsed when the tree is built)."""
-    data = json.loads(json.dumps(data))  # deep copy of plain data
-    for item in overrides:
+Overrides = Mapping[str, Any]
+"""{"section.key": value}: a typed value (a float, a list of paths), or text parsed as the
+field's type when the tree is built, as `--set` gives it."""
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    """`section.key=value` strings (`--set`, a study grid's settings) as Overrides; a later
+    string for the same key wins, as on a command line."""
+    parsed = {}
+    for item in items:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set method.pi=0.5")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        if len(parts) != 2:
+        if len(key.strip().split(".")) != 2:
             raise ConfigError(f"--set {item!r}: keys have the form section.key, e.g. optim.lr")
+        parsed[key.strip()] = value
+    return parsed
+
+
+def apply_overrides(data: dict, overrides: Overrides | Iterable[str]) -> dict:
+    """`data` (a nested dict) with each override set (values parsed when the tree is built);
+    `section.key=value` strings are read by `parse_overrides` first."""
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"override {key!r}: keys have the form section.key, e.g. optim.lr")
         data.setdefault(parts[0], {})
         if not isinstance(data[parts[0]], dict):
-            raise ConfigError(f"--set {item!r}: {parts[0]} is not a section")
-        data[parts[0]][parts[1]] = value
+            raise ConfigError(f"--set {f'{key}={value}'!r}: {parts[0]} is not a section")
+        data[parts[0]][parts[1]] = list(value) if isinstance(value, tuple) else value
     return data
 
 
@@ -614,7 +658,7 @@ def load_preset(name: str) -> dict:
 def load_config(
     preset: str | None = None,
     file: str | Path | None = None,
-    overrides: list[str] = (),
+    overrides: Overrides | Iterable[str] = (),
     aux: list[str] | None = None,
 ) -> TrainConfig:
     """Preset or file (not both; a file may name a preset as its `base`), then overrides, then
@@ -622,7 +666,7 @@ def load_config(
     if preset and file:
         raise ConfigError("give --preset or --config, not both")
     data = load_preset(preset) if preset else resolve_base(read_toml(file), str(file)) if file else {}
-    data = apply_overrides(data, list(overrides))
+    data = apply_overrides(data, overrides)
     if aux is not None:
         data.setdefault("data", {})["aux"] = list(aux)
     return TrainConfig.from_dict(data)

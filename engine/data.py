@@ -92,7 +92,9 @@ def with_absolute_paths(data: DataConfig) -> DataConfig:
                                test=absolute(data.test))
 
 
-def test_spec(data: DataConfig) -> str:
+def held_out_spec(data: DataConfig) -> str:
+    """The held-out set of per-epoch model selection: data.test, else a built-in set's own test split.
+    (Not `test_...`: imported into a test module, pytest would collect it as a test.)"""
     if data.test:
         return data.test
     if data.primary.startswith("shapes:"):
@@ -157,11 +159,11 @@ def build_run_data(
     # every step's auxiliary batch the same size.
     aux = [stream(spec, bs, seed + 1000 * (i + 1), True)
            for i, (spec, bs) in enumerate(zip(aux_specs, split_batch(data.aux_batch_size, len(aux_specs))))]
-    test = open_dataset(test_spec(data), "test")
+    test = open_dataset(held_out_spec(data), "test")
     size = primary.info.image_size
     if test.num_classes != primary.info.num_classes:
         raise ConfigError(
-            f"held-out data {test_spec(data)!r} has {test.num_classes} classes, the primary data "
+            f"held-out data {held_out_spec(data)!r} has {test.num_classes} classes, the primary data "
             f"{data.primary!r} has {primary.info.num_classes}: they must be splits of the same dataset"
         )
     if test.image_size != size:

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from loaders.backends.resident import derive_seed
+from loaders.seeds import derive_seed
 
 
 def world_from_env() -> tuple[int, int, int]:

@@ -9,18 +9,14 @@ refused change is listed key by key, before anything is loaded into the model or
 
 from __future__ import annotations
 
-from engine.config import ConfigError, flatten
+from engine.config import ConfigError, flatten, resumable_keys
 
-# `optim.epochs` extends (or ends) a run; the runtime decides where and how fast it runs, not
-# what it computes (runtime.seed excepted: it orders the data); the loader backend and its
-# workers read the same samples in the same order; TensorBoard only mirrors the records;
-# eval.every and eval.batch_size change neither the training nor what model selection measures.
-SAFE_TO_CHANGE = frozenset({
-    "optim.epochs", "data.loader", "data.num_workers", "eval.every", "eval.batch_size",
-    "runtime.device", "runtime.precision", "runtime.compile", "runtime.channels_last", "runtime.kernels",
-    "runtime.cudnn_benchmark", "runtime.compile_dynamic",
-    "runtime.deterministic", "runtime.tensorboard",
-})
+# The fields marked `resumable` in engine/config.py: `optim.epochs` extends (or ends) a run; the
+# runtime decides where and how fast it runs, not what it computes (runtime.seed excepted: it
+# orders the data); the loader backend and its workers read the same samples in the same order;
+# TensorBoard only mirrors the records; eval.every and eval.batch_size change neither the
+# training nor what model selection measures.
+SAFE_TO_CHANGE = resumable_keys()
 
 
 DEFAULT_REMEDY = "Drop those flags, or start a new run (another --out, or --overwrite)."

@@ -2,7 +2,7 @@
 softmax of h_pri (`kernels.route.confidence_mask`, the score the BiaMAT selection routes with).
 
 Eval mode, no gradients, fp32, batch by batch, on whatever device the model sits. The analysis's
-Fig. 4 ranks auxiliary images by it (engine/analysis/confidence.py); `pseudo-label` keeps the most
+Fig. 4 ranks auxiliary images by it (studies/analysis/confidence.py); `pseudo-label` keeps the most
 confident images per predicted class (engine/pseudo_label.py).
 """
 

@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 
 from engine.checkpoint import clean_state_dict, export_model, load_checkpoint, save_checkpoint
-from engine.config import ConfigError, TrainConfig, resolve_warmup, to_toml
-from engine.data import RunData, build_run_data, with_absolute_paths
+from engine.config import ConfigError, TrainConfig, to_toml
+from engine.data import RunData, build_run_data
 from engine.data_fingerprint import check_fingerprint, record_fingerprint
 from engine.distributed import World, data_parallel, rank_device, rank_seed, sync_batchnorm
 from engine.evaluation import accuracy
@@ -42,7 +42,7 @@ from engine.omega_gate import OmegaGate, heldout_counts
 from engine.outputs import FolderLock
 from engine.run_dir import JsonLines, RunDir, atomic_write_text, refuse_to_replace
 from engine.runtime import Runtime, apply_backend_flags, resolve_runtime, rng_state, seed_everything, set_rng_state
-from engine.resume import changes_on_resume
+from engine.run_config import continue_run, resolve_config
 from engine.schedule import build_optimizer, learning_rate, schedule_offset
 from engine.step import TrainStep, compile_trunk
 from engine.tensorboard_log import clear_event_files, open_tensorboard, require_tensorboard
@@ -228,14 +228,13 @@ class Trainer:
         selection runs; the resolved tree is what the run records."""
         if self.world_size > 1:
             cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, device=rank_device(cfg.runtime.device)))
-        unwarmed = resolve_warmup(cfg)
-        if unwarmed is not cfg:
+        resolved_cfg = resolve_config(cfg)
+        if resolved_cfg.method.warmup_epochs != cfg.method.warmup_epochs:
             log.info("method.warmup_epochs = %d applies to the biamat selection only, which this run "
                      "does not use (aux_mode %s, %d auxiliary datasets): recorded as 0",
                      cfg.method.warmup_epochs, cfg.method.aux_mode, len(cfg.data.aux))
-        cfg = unwarmed
-        runtime, resolved = resolve_runtime(cfg.runtime, drop_last=cfg.data.drop_last)
-        return dataclasses.replace(cfg, runtime=resolved, data=with_absolute_paths(cfg.data)), runtime
+        runtime, resolved = resolve_runtime(resolved_cfg.runtime, drop_last=resolved_cfg.data.drop_last)
+        return dataclasses.replace(resolved_cfg, runtime=resolved), runtime
 
     def _build_model(self) -> nn.Module:
         norm = self.data.normalization
@@ -487,7 +486,8 @@ class Trainer:
     def _resume(self) -> None:
         path = self.files.last
         state = load_checkpoint(path)  # CPU tensors; load_state_dict moves them to the device
-        changes = changes_on_resume(state["config"], self.cfg.to_dict(), str(self.out))
+        # The study's "made under other settings" check asks the same function (engine/run_config.py).
+        self.cfg, changes = continue_run(self.cfg, state["config"], str(self.out))
         if self.model.load_trained(state["model"], card_normalization(state["model_card"], path)) is not None:
             # The checkpoint's own normalisation wins: the weights were trained with it.
             self.normalization_source = state["model_card"].get(

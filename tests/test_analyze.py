@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.app import app
-from engine.analysis.figures import CURVES_SIZE, ROUTING_SIZE, grid_size, size_px
+from studies.analysis.figures import CURVES_SIZE, ROUTING_SIZE, grid_size, size_px
 from engine.trainer import train
 
 pytest.importorskip("matplotlib")

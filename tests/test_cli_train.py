@@ -122,16 +122,23 @@ def test_info_lists_versions_extras_and_presets():
 
 
 def test_demo_selection_summary_groups_related_and_unrelated_classes(tmp_path):
-    from cli.demo_cmd import selection_summary
+    from engine.config import load_config
+    from studies.demo import selection_summary
 
+    # Two auxiliary datasets are pooled; records as the trainer writes them (class names, related flags).
     lines = [
-        {"epoch": 1, "aux": 0, "related": [True, False], "seen": [100, 100], "high": [100, 100]},
-        {"epoch": 2, "aux": 0, "related": [True, True, False], "seen": [10, 20, 30], "high": [5, 15, 3]},
+        {"epoch": 1, "aux": 0, "class_names": ["a", "b"], "related": [True, False], "seen": [100, 100],
+         "high": [100, 100]},
+        {"epoch": 2, "aux": 0, "class_names": ["a", "b", "c"], "related": [True, True, False],
+         "seen": [10, 20, 30], "high": [5, 15, 3]},
+        {"epoch": 2, "aux": 1, "class_names": ["d"], "related": [False], "seen": [4], "high": [1]},
     ]
     (tmp_path / "selection.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (tmp_path / "config.toml").write_text(to_toml(load_config("demo")))
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 2}) + "\n")
     assert selection_summary(tmp_path) == [
         ("related to the primary classes", 30, 20),  # only the last epoch counts
-        ("unrelated (textures, noise)", 30, 3),
+        ("unrelated (textures, noise)", 34, 4),
     ]
 
 

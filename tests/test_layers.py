@@ -1,4 +1,5 @@
-"""The package layers: cli -> benchmarks -> engine -> loaders -> kernels, no arrow back up and
+"""The package layers: cli -> benchmarks -> studies -> engine -> loaders -> kernels, no arrow back
+up (the engine knows nothing of the paper's experiments) and
 no import circle between modules (lazy imports inside functions count: they still tie the
 modules together, only later)."""
 
@@ -8,7 +9,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LAYERS = ["cli", "benchmarks", "engine", "loaders", "kernels"]  # each may import only those after it
+LAYERS = ["cli", "benchmarks", "studies", "engine", "loaders", "kernels"]  # each may import only those after it
 
 
 def _module_name(path: Path) -> str:
@@ -45,6 +46,17 @@ def test_no_layer_imports_a_layer_above_it():
     assert upward == []
 
 
+def test_every_layer_is_seen():
+    """A layer the walk misses (renamed, emptied) would make the test above pass vacuously."""
+    seen = {module.split(".")[0] for module in _graph()}
+    assert seen == set(LAYERS)
+
+
+def test_engine_holds_no_experiment():
+    """The paper's grids, planner, analysis and theory live in studies/, not under engine/."""
+    assert not [p for name in ("study", "analysis", "theory") if (p := REPO / "engine" / name).exists()]
+
+
 def test_no_import_circle():
     graph = _graph()
     # A package's __init__ importing its own submodules is how packages re-export: drop those
@@ -66,3 +78,12 @@ def test_no_import_circle():
         if module not in state:
             visit(module, [])
     assert cycles == []
+
+
+def test_an_import_error_inside_any_layer_is_a_bug_not_a_missing_extra():
+    from cli.errors import OWN_PACKAGES, is_user_error
+
+    assert set(OWN_PACKAGES) == set(LAYERS)
+    for layer in LAYERS:
+        assert not is_user_error(ImportError("cannot import name 'x'", name=f"{layer}.module"))
+    assert is_user_error(ImportError("No module named 'ffcv'", name="ffcv"))

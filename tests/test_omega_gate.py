@@ -126,7 +126,7 @@ def test_a_run_fixes_omega_after_the_scripted_epoch_and_records_it(tiny_train_co
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[1])["omega_warmup_ended"] == 2
 
     pytest.importorskip("matplotlib")
-    from engine.analysis.report import write_analysis
+    from studies.analysis.report import write_analysis
 
     report = write_analysis([tmp_path]).report.read_text()
     assert "### When omega was fixed" in report and "on 16 held-out primary training images reached 50.00%" in report

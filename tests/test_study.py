@@ -13,27 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
-from engine.study.grids import GRIDS, get_grid
-from engine.study.plan import SCALES, STAND_INS, ShapesScale, get_scale, make_plan
+from studies.grids import GRIDS, get_grid
+from studies.plan import STAND_INS, get_scale, make_plan
+from tests.fixtures_study import tiny  # noqa: F401 (a fixture)
 
 runner = CliRunner()
-
-# A test-only scale: the demo's grid on 8x8 shapes, a few dozen images, two epochs of the
-# smallest WideResNet; a run takes well under a second.
-TINY = ShapesScale(
-    name="tiny", default_seeds=(0,),
-    data={"primary": {"n": 24, "size": 8}, "test": {"n": 16, "size": 8}, "aux": {"n": 48, "size": 8}},
-    settings=("model.name=wrn-10-1", "optim.epochs=2", "method.warmup_epochs=1", "data.batch_size=8",
-              "data.aux_batch_size=8", "runtime.kernels=torch", "runtime.device=cpu", "eval.n=16",
-              "eval.steps=1", "attack.steps=1"),
-    eval_attacks=("clean", "pgd2"),
-)
-
-
-@pytest.fixture
-def tiny(monkeypatch):
-    monkeypatch.setitem(SCALES, "tiny", TINY)
-    return TINY
 
 
 def study(*args: str):
@@ -43,7 +27,7 @@ def study(*args: str):
 # -- the paper's numbers ------------------------------------------------------------------------------
 
 def test_paper_numbers_match_the_papers_text():
-    from engine.study.table import paper_numbers
+    from studies.table import paper_numbers
 
     numbers = paper_numbers()
     # Appendix F: "The model shows 88.75% clean accuracy and 50.78% robust accuracy on AA".
@@ -76,7 +60,7 @@ TABLE7_LOST = {f"table7.cifar100-{row}" for row in ("hendrycks-imagenet", "carmo
 
 
 def test_every_row_of_the_paper_tables_has_its_published_numbers():
-    from engine.study.table import paper_row
+    from studies.table import paper_row
 
     for grid in GRIDS.values():
         for row in grid.rows:
@@ -149,12 +133,16 @@ def test_dry_run_prints_the_runs_and_their_commands_and_writes_nothing(tmp_path)
     result = study("table1", "--scale", "demo", "--out", str(out), "--dry-run")
     assert result.exit_code == 0, result.output
     text = result.stdout
-    assert "27 runs (21 to train)" in text
+    # Every row at the demo's three seeds; runs whose configs coincide (shared stand-ins) train once.
+    plan = make_plan(get_grid("table1"), get_scale("demo"), out)
+    distinct = {json.dumps(run.config.to_dict(), sort_keys=True) for run in plan.runs}
+    assert f"{len(get_grid('table1').rows) * 3} runs ({len(distinct)} to train)" in text
     assert re.search(r"labels-svhn-s0 .*: new", text)
     assert "train: biamat-engine train --preset demo" in text and f"--out {out}/labels-svhn-s0" in text
     assert f"eval:  biamat-engine eval {out}/baseline-s0 --test" in text and "--attacks clean,pgd20,cw20" in text
     assert "groups=unrelated" in text and "method.aux_mode=uniform" in text
-    assert re.search(r"images: 49\.0k through the training step \(60 epochs\)", text)
+    epochs = plan.runs[0].config.optim.epochs
+    assert re.search(rf"images: \d+\.\dk through the training step \({epochs} epochs\)", text)
     assert "labels-places365-s0: the same configuration as labels-cifar100-s0" in text
     assert not out.exists()
 
@@ -198,7 +186,7 @@ def test_paper_scale_with_missing_data_exits_1_listing_each_file_and_its_prepare
 
 def test_every_paper_file_a_preset_reads_has_a_prepare_recipe_for_a_known_format():
     from engine.config import load_preset, preset_names
-    from engine.study.paper_data import PAPER_FILES
+    from studies.paper_data import PAPER_FILES
     from loaders.sources import SOURCES
 
     files = {p.split("/")[-1] for name in preset_names() if name != "demo"
@@ -209,7 +197,7 @@ def test_every_paper_file_a_preset_reads_has_a_prepare_recipe_for_a_known_format
 
 
 def test_a_file_made_from_other_files_names_them_in_the_same_data_folder():
-    from engine.study.paper_data import prepare_command
+    from studies.paper_data import prepare_command
 
     assert prepare_command("/d/cifar-AB.beton") == (
         "biamat-engine prepare concat /d/cifar-A.beton,/d/cifar-B.beton /d/cifar-AB.beton")
@@ -265,7 +253,7 @@ def test_a_tiny_study_trains_evaluates_writes_the_table_and_skips_finished_runs(
 
 
 def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(tiny, tmp_path):
-    from engine.study.runner import run_study
+    from studies.runner import run_study
 
     grid = get_grid("amplification")
     plan = make_plan(grid, tiny, tmp_path / "stopped", only=("at-uniform",))
@@ -304,8 +292,8 @@ def test_a_folder_that_is_not_a_run_stops_the_study_before_any_work(tiny, tmp_pa
 
 
 def test_a_row_that_starts_from_another_rows_run_is_planned_and_run_after_it(tmp_path):
-    from cli.study_cmd import _waves
-    from engine.study.grids import Grid, Row
+    from studies.scheduler import waves
+    from studies.grids import Grid, Row
 
     # {run:ROW} puts that row's run folder of the same seed into a setting (Table 3's
     # pre-train -> fine-tune will name it in train.init_from; data.test stands in here).
@@ -314,7 +302,7 @@ def test_a_row_that_starts_from_another_rows_run_is_planned_and_run_after_it(tmp
     plan = make_plan(grid, get_scale("demo"), tmp_path, seeds=(0, 1), only=("fine",))
     assert [r.name for r in plan.runs] == ["pre-s0", "fine-s0", "pre-s1", "fine-s1"]
     assert plan.runs[3].config.data.test == str(tmp_path.resolve() / "pre-s1")
-    assert [[r.name for r in wave] for wave in _waves(plan.runs)] == [["pre-s0", "pre-s1"], ["fine-s0", "fine-s1"]]
+    assert [[r.name for r in wave] for wave in waves(plan.runs)] == [["pre-s0", "pre-s1"], ["fine-s0", "fine-s1"]]
     with pytest.raises(ValueError, match="refers to {run:gone}, which is not a row"):
         make_plan(Grid(name="bad", title="t", about="a", columns=("c",),
                        rows=(Row("x", ("x",), settings=("data.test={run:gone}",)),)), get_scale("demo"), tmp_path)
@@ -323,7 +311,7 @@ def test_a_row_that_starts_from_another_rows_run_is_planned_and_run_after_it(tmp
 # -- derived data: helper runs, data steps, Tables 3, 5, 6, 7 ------------------------------------------
 
 def test_the_new_tables_published_numbers_match_the_papers_text():
-    from engine.study.table import paper_numbers
+    from studies.table import paper_numbers
 
     numbers = paper_numbers()
     # Table 3: "Carmon et al. [4] ... ImageNet-500k 86.02 59.49 56.43 55.63"; Hendrycks et al. with CIFAR-100.
@@ -404,7 +392,7 @@ def test_table5_at_demo_scale_joins_stratified_parts_of_the_primary_shapes_made_
 
 
 def test_a_data_step_writes_what_its_prepare_command_writes(tmp_path):
-    from engine.study.data_steps import DataStep
+    from studies.data_steps import DataStep
     from loaders.beton import read_beton
     from loaders.sources.derive import add_uniform_noise, split_parts
     from loaders.sources.shapes import make_shapes
@@ -496,8 +484,8 @@ def test_a_table_row_that_repeats_a_helper_is_evaluated_as_a_row_on_the_helpers_
 
 
 def test_a_finished_fine_tuning_is_skipped_when_the_study_runs_again(tiny, tmp_path):
-    from engine.study.grids import Grid, Row
-    from engine.study.runner import run_study
+    from studies.grids import Grid, Row
+    from studies.runner import run_study
 
     # config.toml records init.source as the pre-training's best.pt with its epoch and sha256;
     # the plan names the run folder: the same source, so the second pass skips it.

@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
-from engine.theory.gaussian import (UNIFORM, GaussianModel, accuracy, attack, empirical_accuracy, expected,
+from studies.theory.gaussian import (UNIFORM, GaussianModel, accuracy, attack, empirical_accuracy, expected,
                                     expected_random, gradients, label_target, loss, paper_weights, sample)
-from engine.theory.gaussian_statements import Z, statements
-from engine.theory.gaussian_training import train_expected, train_sampled
+from studies.theory.gaussian_statements import Z, statements
+from studies.theory.gaussian_training import train_expected, train_sampled
 
 N = 20000
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
@@ -155,8 +155,8 @@ def test_cli_writes_the_report(tmp_path):
     pytest.importorskip("matplotlib")
     from matplotlib.image import imread
 
-    from engine.analysis.figures import size_px
-    from engine.theory.gaussian_report import FIGURE_SIZE, fmt
+    from studies.analysis.figures import size_px
+    from studies.theory.gaussian_report import FIGURE_SIZE, fmt
 
     result = invoke("--d", 10, "--samples", 2000, "--steps", 20, "--train-aux", 100, "--out", tmp_path)
     assert result.exit_code == 0, result.output

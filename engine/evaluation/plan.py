@@ -1,8 +1,11 @@
 """What `biamat-engine eval` runs (`EvalPlan`), checked before anything is loaded, and the eps
-and attack step a model's run asks for."""
+and attack step a model's run asks for, resolved once (`EvalPlan.resolved`): every caller (eval,
+the studies, the demo) hands over what it was given and reads back concrete values with their
+sources."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +34,13 @@ class EvalPlan:
     """Override of APGD/FAB iterations for quick runs; None keeps the package's 100."""
     aa_state: str | None = None
     """State file that makes an AutoAttack run resumable."""
-    eps: float = DEFAULT_EPS
+    eps: float | None = None
+    """L-inf radius; None: the run's (`resolve_eps`: its attack.eps, else the card's, else 8/255)."""
     step_size: float | None = None
     """PGD/CW step; None takes the run's (`resolve_step_size`: its eval.step_size, else 2/255)."""
+    eps_source: str = "option"
+    step_size_source: str = "option"
+    """Where eps and the step came from (`resolved` fills them in): the option, a run's file, or the default."""
     restarts: int = 1
     """PGD/CW restarts: a point is robust only if it survives every one."""
     kappa: float = 50.0
@@ -59,17 +66,27 @@ class EvalPlan:
             raise ValueError(f"unknown AutoAttack attack(s) {', '.join(unknown)}: expected some of {', '.join(AA_ATTACKS)}")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
-        if not 0 <= self.eps <= 1:
+        if self.eps is not None and not 0 <= self.eps <= 1:
             raise ValueError(f"eps must lie in [0, 1], got {self.eps}")
         if self.step_size is not None and not 0 < self.step_size <= 1:
             raise ValueError(f"step size must lie in (0, 1], got {self.step_size}")
         if self.batch_size < 1 or self.restarts < 1 or (self.n is not None and self.n < 1):
             raise ValueError("batch_size, restarts and n must be positive")
 
+    def resolved(self, model_path: str | Path | None) -> "EvalPlan":
+        """This plan with eps and step size concrete: a value given stays ("option"); one left out is
+        the run's that `model_path` names (its config.toml, else its model card), else the default."""
+        eps, eps_source = (self.eps, self.eps_source) if self.eps is not None else resolve_eps(model_path, None)
+        step, step_source = ((self.step_size, self.step_size_source) if self.step_size is not None
+                             else resolve_step_size(model_path, None))
+        return dataclasses.replace(self, eps=eps, eps_source=eps_source, step_size=step, step_size_source=step_source)
 
-def _from_run(model_path: str | Path, section: str, key: str, card_key: str) -> tuple[float, str] | None:
+
+def _from_run(model_path: str | Path | None, section: str, key: str, card_key: str) -> tuple[float, str] | None:
     """`section.key` of the run's config.toml, else `card_key` of the model card, with where it
-    came from; None when neither is there."""
+    came from; None when neither is there (or no model is named: images evaluated in memory)."""
+    if model_path is None:
+        return None
     path = Path(model_path)
     files = RunDir.of(path)
     if files.config.exists():
@@ -84,7 +101,7 @@ def _from_run(model_path: str | Path, section: str, key: str, card_key: str) -> 
     return None
 
 
-def resolve_eps(model_path: str | Path, explicit: str | float | None) -> tuple[float, str]:
+def resolve_eps(model_path: str | Path | None, explicit: str | float | None) -> tuple[float, str]:
     """eps and where it came from: the option, the run's config.toml [attack] eps, the model card's
     `eps`, or the 8/255 default."""
     if explicit is not None:
@@ -92,7 +109,7 @@ def resolve_eps(model_path: str | Path, explicit: str | float | None) -> tuple[f
     return _from_run(model_path, "attack", "eps", "eps") or (DEFAULT_EPS, "default")
 
 
-def resolve_step_size(model_path: str | Path, explicit: str | float | None) -> tuple[float, str]:
+def resolve_step_size(model_path: str | Path | None, explicit: str | float | None) -> tuple[float, str]:
     """The PGD/CW step and where it came from: the option, the run's config.toml [eval] step_size
     (2/255 for the AT presets, 0.003 for TRADES), the model card's `eval_step_size`, or 2/255.
     A run written before eval.step_size existed reads the 2/255 default from its config.toml."""

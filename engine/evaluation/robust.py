@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from engine.attacks import pgd
-from loaders.backends.resident import derive_seed
+from loaders.seeds import derive_seed
 
 _ATTACK = re.compile(r"^(clean|fgsm|pgd|cw)(\d*)$")
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from engine.evaluation.autoattack_runner import run_autoattack
 from engine.evaluation.backends import agreement_tolerance, make_backend
-from engine.evaluation.plan import DEFAULT_STEP_SIZE, EvalPlan, resolve_eps, resolve_step_size
+from engine.evaluation.plan import EvalPlan, resolve_eps, resolve_step_size
 from engine.evaluation.report import format_eps
 from engine.evaluation.robust import parse_attack, robust_mask
 from engine.distributed import World, batch_shard_sizes, rank_device
@@ -64,9 +64,7 @@ def evaluate(
     are summed.
     """
     say = progress or (lambda _msg: None)
-    step_source = "plan"
-    if config.step_size is None:
-        config, step_source = dataclasses.replace(config, step_size=DEFAULT_STEP_SIZE), "default"
+    config = config.resolved(None)  # run_evaluation resolved it from the run already; in memory: the defaults
     head = min(len(images), config.batch_size)
     warnings: list[SanityWarning] = run_checks(model, images[:head], labels[:head])
     model.eval()
@@ -82,7 +80,7 @@ def evaluate(
     def report(attacks: dict[str, dict], complete: bool) -> dict:
         partial = _report(model_path, images, clean, clean_seconds, backend_entry, attacks, warnings, config,
                           complete)
-        partial.update(step_size_source=step_source, world_size=world.size)
+        partial.update(eps_source=config.eps_source, step_size_source=config.step_size_source, world_size=world.size)
         return partial
 
     attacks: dict[str, dict] = {}
@@ -327,15 +325,11 @@ def run_evaluation(model_path: str | Path, test_spec: str, config: EvalPlan,
     world = World.current()
     if world.size > 1:
         config = dataclasses.replace(config, device=rank_device(config.device))
-    step_source = "option"
-    if config.step_size is None:
-        step, step_source = resolve_step_size(model_path, None)
-        config = dataclasses.replace(config, step_size=step)
+    config = config.resolved(model_path)
     loaded = load_for_eval(model_path, test_spec, config)
 
     def finish(report: dict) -> dict:
-        report.update(test={"spec": str(test_spec), "name": loaded.test_name}, notes=loaded.notes,
-                      step_size_source=step_source, **(extra or {}))
+        report.update(test={"spec": str(test_spec), "name": loaded.test_name}, notes=loaded.notes, **(extra or {}))
         if out is not None:
             write_json_output(out, "eval", report)
         return report

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from loaders.backends._stream_state import samples_per_rank
-from loaders.backends.resident import derive_seed
+from loaders.seeds import derive_seed
 
 # Tags that keep the permutation and augmentation seed streams apart (as in the resident one).
 _ORDER_STREAM = 0

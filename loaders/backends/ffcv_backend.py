@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from loaders.backends._stream_state import ShardedStream
-from loaders.backends.resident import derive_seed
+from loaders.seeds import derive_seed
 from loaders.beton import BetonIndex, beton_info
 from loaders.images import unit_images
 from loaders.options import LoaderOptions, available_cores

@@ -23,24 +23,18 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import numpy as np
 import torch
 
 from kernels.augment import crop_flip
 from loaders.backends._stream_state import ShardedStream
 from loaders.images import unit_images
 from loaders.options import LoaderOptions
+from loaders.seeds import derive_seed
 from loaders.types import ArrayDataset
 
 # Tags that keep the permutation and augmentation seed streams apart.
 _ORDER_STREAM = 0
 _AUGMENT_STREAM = 1
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit generator seed that mixes all `parts` (non-negative ints) thoroughly, so
-    neighbouring epochs or batches get unrelated random streams."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 class ResidentStream(ShardedStream):

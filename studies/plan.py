@@ -1,7 +1,8 @@
 """A study's plan: grid x scale x seeds -> runs, each with its config, its folder, the exact
 `train` and `eval` commands that do the same, and an estimate of the images it processes.
 
-Scales turn a grid row (the paper's terms, grids.Row) into a preset plus `--set` overrides:
+Scales turn a grid row (the paper's terms, grids.Row) into a preset plus typed overrides
+({"section.key": value}; engine.config.Overrides), which `train_command` writes as flags:
 
 - `paper`: the row's preset (the paper's data and hyperparameters), its .beton files looked
   for under --data-dir; evaluated with clean, PGD-100, CW-100 and AutoAttack as the paper.
@@ -33,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from engine.config import load_config, load_preset
+from engine.config import Overrides, load_config, load_preset, parse_overrides
 from engine.run_dir import RunDir
-from engine.study.data_steps import DataStep
-from engine.study.grids import RUN_REF, Derived, Grid, Row
-from engine.study.paper_data import prepare_command, published_images
+from studies.data_steps import DataStep
+from studies.grids import RUN_REF, Derived, Grid, Row
+from studies.paper_data import prepare_command, published_images
 
 if TYPE_CHECKING:
     from engine.config import TrainConfig
@@ -66,7 +67,8 @@ class RunPlan:
     seed: int
     dir: Path
     preset: str
-    overrides: tuple[str, ...]
+    overrides: tuple[tuple[str, object], ...]
+    """("section.key", value) over the preset, in the order they apply."""
     config: "TrainConfig"
     attacks: tuple[str, ...]
     train_images: int | None
@@ -75,6 +77,9 @@ class RunPlan:
     """The run (folder name) whose config this one repeats: its results stand for both."""
     steps: tuple[DataStep, ...] = ()
     """The data files the study makes for this run, in the order they are made."""
+    needs: tuple[str, ...] = ()
+    """The runs (folder names) trained before this one: those its settings name ({run:ROW})
+    and those whose model makes its data."""
 
     @property
     def name(self) -> str:
@@ -90,8 +95,13 @@ class RunPlan:
         return self.config.data.test
 
     def train_command(self) -> str:
-        sets = [arg for o in self.overrides for arg in ("--set", o)]
-        return shlex.join(["biamat-engine", "train", "--preset", self.preset, *sets, "--out", str(self.dir)])
+        args = []
+        for key, value in self.overrides:
+            if key == "data.aux" and isinstance(value, (list, tuple)) and value:  # paths may hold commas: one flag each
+                args += [a for path in value for a in ("--aux", str(path))]
+            else:
+                args += ["--set", f"{key}={_flag_text(value)}"]
+        return shlex.join(["biamat-engine", "train", "--preset", self.preset, *args, "--out", str(self.dir)])
 
     def eval_command(self) -> str:
         return shlex.join(["biamat-engine", "eval", str(self.dir), "--test", self.test,
@@ -121,8 +131,8 @@ class Scale(Protocol):
     name: str
     default_seeds: tuple[int, ...]
 
-    def configure(self, grid: Grid, row: Row, seed: int, data_dir: Path) -> tuple[str, list[str]]:
-        """(preset, `section.key=value` overrides) of the row's run at `seed`."""
+    def configure(self, grid: Grid, row: Row, seed: int, data_dir: Path) -> tuple[str, dict[str, object]]:
+        """(preset, overrides) of the row's run at `seed`."""
 
     def attacks(self) -> tuple[tuple[str, ...], list[str]]:
         """The evaluation's attacks, and notes on any the paper has that this one leaves out."""
@@ -135,6 +145,15 @@ class Scale(Protocol):
         """The steps that make `derived` for a row configured as `row_cfg` (its last step writes
         the file the row reads instead of its data.primary / data.aux); none: the row reads its
         own data."""
+
+
+def _flag_text(value: object) -> str:
+    """An override's value as `--set` reads it back (lists comma-joined, booleans in TOML's spelling)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def _device_option(helper: "RunPlan") -> tuple[tuple[str, object], ...]:
@@ -170,18 +189,18 @@ class PaperScale:
     name: str = "paper"
     default_seeds: tuple[int, ...] = (0,)  # the paper reports one run per row
 
-    def configure(self, grid: Grid, row: Row, seed: int, data_dir: Path) -> tuple[str, list[str]]:
+    def configure(self, grid: Grid, row: Row, seed: int, data_dir: Path) -> tuple[str, dict[str, object]]:
         preset = row.paper_preset()
         data = load_preset(preset)["data"]
 
         def here(spec: str) -> str:  # the preset's file (data/NAME.beton), under --data-dir
             return str(data_dir / Path(spec).name)
 
-        overrides = [f"data.primary={here(data['primary'])}", f"data.test={here(data['test'])}"]
+        overrides: dict[str, object] = {"data.primary": here(data["primary"]), "data.test": here(data["test"])}
         if row.aux:
-            aux = [here(load_preset(row.aux_preset(a))["data"]["aux"][0]) for a in row.aux]
-            overrides += [f"data.aux={','.join(aux)}", f"method.aux_mode={row.aux_mode}"]
-        return preset, overrides + list(row.settings) + [f"runtime.seed={seed}"]
+            overrides["data.aux"] = [here(load_preset(row.aux_preset(a))["data"]["aux"][0]) for a in row.aux]
+            overrides["method.aux_mode"] = row.aux_mode
+        return preset, {**overrides, **parse_overrides(row.settings), "runtime.seed": seed}
 
     def attacks(self) -> tuple[tuple[str, ...], list[str]]:
         if _autoattack_installed():
@@ -220,7 +239,7 @@ class ShapesScale:
         kind, base = parse_shapes_spec(preset["data"][key] if key else preset["data"]["aux"][0])
         return shapes_spec(kind, {**base, **self.data.get(role, {}), **options})
 
-    def configure(self, grid: Grid, row: Row, seed: int, data_dir: Path) -> tuple[str, list[str]]:
+    def configure(self, grid: Grid, row: Row, seed: int, data_dir: Path) -> tuple[str, dict[str, object]]:
         demo = load_preset("demo")
         classes = PRIMARY_CLASSES[row.primary]
         stand_ins = {**STAND_INS, **grid.stand_ins}
@@ -234,13 +253,13 @@ class ShapesScale:
             groups = stand_ins[row.trains_on]
             primary = self._spec(demo, "aux", classes=classes, seed=seed, groups=groups)
             test = self._spec(demo, "aux", classes=classes, seed=seed, groups=groups, n=parse_shapes_spec(test)[1]["n"])
-        overrides = [f"data.primary={primary}", f"data.test={test}", f"data.aux={','.join(aux)}"]
-        overrides += [f"method.{k}={method[k]}" for k in METHOD_KEYS if k in method]
-        overrides.append(f"method.aux_mode={row.aux_mode if row.aux else 'none'}")
+        overrides: dict[str, object] = {"data.primary": primary, "data.test": test, "data.aux": aux}
+        overrides |= {f"method.{k}": method[k] for k in METHOD_KEYS if k in method}
+        overrides["method.aux_mode"] = row.aux_mode if row.aux else "none"
         # The grid's and the row's demo-scale settings, then this scale's own (a smaller scale
         # shrinks every grid), then the row's (what the row is).
-        scaled = list(grid.demo_settings) + list(row.demo) + list(self.settings)
-        return "demo", overrides + scaled + list(row.settings) + [f"runtime.seed={seed}"]
+        scaled = parse_overrides([*grid.demo_settings, *row.demo, *self.settings])
+        return "demo", {**overrides, **scaled, **parse_overrides(row.settings), "runtime.seed": seed}
 
     def attacks(self) -> tuple[tuple[str, ...], list[str]]:
         return self.eval_attacks, []
@@ -367,11 +386,11 @@ def estimate_images(cfg: "TrainConfig", attacks: tuple[str, ...]) -> tuple[int |
 
 
 def make_plan(grid: Grid, scale: Scale, out: str | Path, *, seeds: tuple[int, ...] | None = None,
-              data_dir: str | Path = "data", only: tuple[str, ...] = (), extra: tuple[str, ...] = (),
+              data_dir: str | Path = "data", only: tuple[str, ...] = (), extra: Overrides | None = None,
               helper_seed: int | None = None) -> StudyPlan:
     """Every run of `grid` at `scale` for each seed (every row at the first seed, then the next),
     with their configs built and checked now, and the data steps they need. `extra` overrides go
-    last on every run (e.g. runtime.device=cuda). Helper rows run at `helper_seed` only (default:
+    last on every run (e.g. {"runtime.device": "cuda"}). Helper rows run at `helper_seed` only (default:
     the first seed; a study split over processes passes the whole study's)."""
     out, data_dir = Path(out).resolve(), Path(data_dir).resolve()
     seeds = tuple(seeds) if seeds else scale.default_seeds
@@ -388,17 +407,21 @@ def make_plan(grid: Grid, scale: Scale, out: str | Path, *, seeds: tuple[int, ..
         for row in rows:
             if seed != helper_seed if row.helper else seed not in seeds:
                 continue
-            preset, overrides = scale.configure(grid, row, seed, data_dir)
-            overrides = [RUN_REF.sub(lambda m: str(helpers[m.group(1)].dir if m.group(1) in helpers
-                                                   else run_dir(out, m.group(1), seed)), o) for o in overrides]
-            overrides += list(extra)
+            preset, configured = scale.configure(grid, row, seed, data_dir)
+
+            def folder(m, seed=seed) -> str:  # {run:ROW}: that row's run folder (a helper's, or this seed's)
+                return str(helpers[m.group(1)].dir if m.group(1) in helpers else run_dir(out, m.group(1), seed))
+
+            configured = {k: RUN_REF.sub(folder, v) if isinstance(v, str) else v for k, v in configured.items()}
+            overrides = {**configured, **(extra or {})}
             cfg = load_config(preset, overrides=overrides)
             if row.derived and row.name not in derived:
                 derived[row.name] = scale.derive(row.derived, cfg, helpers.get(row.derived.run), out, data_dir)
             steps = derived.get(row.name, [])
-            if steps:  # the made file in place of the row's own data (before `extra`, which stays last)
-                made = f"data.{row.derived.role}={steps[-1].out}"
-                overrides = overrides[:len(overrides) - len(extra)] + [made] + list(extra)
+            if steps:  # the made file in place of the row's own data (`extra` still applies last)
+                made = str(steps[-1].out)
+                role = row.derived.role
+                overrides = {**configured, f"data.{role}": [made] if role == "aux" else made, **(extra or {})}
                 cfg = load_config(preset, overrides=overrides)
             run_attacks = HELPER_ATTACKS if row.helper else attacks
             key = json.dumps(cfg.to_dict(), sort_keys=True)
@@ -410,10 +433,12 @@ def make_plan(grid: Grid, scale: Scale, out: str | Path, *, seeds: tuple[int, ..
                 both = tuple(dict.fromkeys(run_attacks + runs[first].attacks))
                 runs[first] = dataclasses.replace(runs[first], attacks=both,
                                                   eval_images=estimate_images(runs[first].config, both)[1])
+            needs = tuple(dict.fromkeys((helpers[r].dir if r in helpers else run_dir(out, r, seed)).name
+                                        for r in row.refs()))
             runs.append(RunPlan(row=row, seed=seed, dir=run_dir(out, row.name, seed), preset=preset,
-                                overrides=tuple(overrides), config=cfg, attacks=run_attacks, train_images=train,
+                                overrides=tuple(overrides.items()), config=cfg, attacks=run_attacks, train_images=train,
                                 eval_images=evaluated, same_as=None if first is None else runs[first].name,
-                                steps=tuple(steps)))
+                                steps=tuple(steps), needs=needs))
             seen.setdefault(key, len(runs) - 1)
             if row.helper:
                 helpers[row.name] = runs[-1]

@@ -1,4 +1,5 @@
-"""Studies: a paper table as one command (`biamat-engine study NAME`).
+"""What exists to reproduce the paper rather than to train a model (the engine never imports it).
+A study is a paper table as one command (`biamat-engine study NAME`):
 
     grids.py         the registry: each study's rows (runs) and how its table labels them
     paper_data.py    the paper-scale .beton files and the `prepare` command that writes each
@@ -6,5 +7,9 @@
     data_steps.py    the data files a study makes itself (pseudo-label, robustify, prepare)
     plan.py          grid x scale x seeds -> runs, each with its config, commands and folder
     runner.py        execute each run: skip the finished, resume the interrupted, evaluate
+    scheduler.py     several runs at once (`--jobs`), each in its own process, after the runs it needs
     table.py         study.md and study.csv: this engine's numbers beside the paper's
+    demo.py          `biamat-engine demo`: plain AT and AT+BiaMAT side by side on built-in shapes
+    analysis/        `biamat-engine analyze`: a run's records as tables, figures and a report
+    theory/          `biamat-engine theory gaussian`: the Section 2.2 model, simulated
 """

@@ -7,13 +7,13 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.analysis.read import ACCURACIES, LOSS_TERMS, Run
+from studies.analysis.read import ACCURACIES, LOSS_TERMS, Run
 from engine.run_dir import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from engine.analysis.confidence import ConfidenceRanking
+    from studies.analysis.confidence import ConfidenceRanking
 
 DPI = 100
 CURVES_SIZE = (15.0, 4.0)  # inches: losses | accuracies | lr, side by side

@@ -1,7 +1,7 @@
 """The data files a study makes itself, each by the biamat-engine command that makes such data,
 run here through the engine's own functions (no subprocess):
 
-    prepare       loaders.sources.read_source -> derived_sets (--parts / --uniform-noise) -> write_beton
+    prepare       loaders.prepare.prepare (the function `biamat-engine prepare` calls)
     pseudo-label  engine.pseudo_label.pseudo_label   (Tables 3 and 7: Carmon et al.'s RST data)
     robustify     engine.robustify.robustify         (Table 6: Ilyas et al.'s robust dataset)
 
@@ -53,22 +53,24 @@ class DataStep:
 
 
 def _prepare(step: DataStep, options: dict) -> None:
-    """What `prepare` does (command_line), recorded as prepare's output like the command's own."""
+    """What `prepare` does (command_line), each file recorded as prepare's output like the command's own."""
     from engine.outputs import claim_beton, record_beton
-    from loaders.beton import write_beton
-    from loaders.sources import read_source
-    from loaders.sources.derive import derived_sets, parse_sizes
+    from loaders.prepare import prepare, write_plain
+    from loaders.sources.derive import parse_sizes
+
+    def write(out, dataset, format: str, split: str, source: str) -> dict:
+        claim_beton(out, "prepare", overwrite=False, inputs=str(source).split(","))
+        manifest = write_plain(out, dataset, format, split, source)
+        record_beton(out, "prepare")
+        return manifest
 
     format, source = step.args
     shapes = {k: options[k] for k in ("n", "difficulty", "classes", "groups") if k in options}
-    split, seed = options.get("split", "train"), int(options.get("seed", 0))
-    data = read_source(format, source, split, options.get("size"), seed=seed, shapes=shapes)
-    sizes = parse_sizes(options["parts"]) if "parts" in options else None
-    noise = options.get("uniform-noise")
-    for _, out, dataset in derived_sets(data, step.out, sizes, options.get("part"), noise, seed):
-        claim_beton(out, "prepare", overwrite=False, inputs=str(source).split(","))
-        write_beton(out, dataset, format=format, split=split, source=str(source))
-        record_beton(out, "prepare")
+    prepare(format, source, step.out, split=options.get("split", "train"), size=options.get("size"),
+            seed=int(options.get("seed", 0)), shapes=shapes, download=bool(options.get("download", False)),
+            workers=int(options.get("workers", 1)),
+            parts=parse_sizes(options["parts"]) if "parts" in options else None, part=options.get("part"),
+            uniform_noise=options.get("uniform-noise"), write=write)
 
 
 def _pseudo_label(step: DataStep, options: dict) -> None:

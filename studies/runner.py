@@ -12,19 +12,17 @@ and `biamat-engine eval` work on it as on any other.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
-from engine.config import ConfigError, TrainConfig, resolve_warmup
+from engine.config import ConfigError
 from engine.evaluation.report import read_eval_report
-from engine.resume import changes_on_resume
+from engine.run_config import continue_run
 from engine.run_dir import RunDir, read_json_lines, refuse_to_replace
-from engine.study.data_steps import DataStep
-from engine.study.plan import RunPlan, StudyPlan
+from studies.data_steps import DataStep
+from studies.plan import RunPlan, StudyPlan
 
 log = logging.getLogger(__name__)
 
@@ -39,32 +37,6 @@ class Outcome:
     seconds: float = 0.0
 
 
-def recorded_config(cfg: TrainConfig) -> TrainConfig:
-    """The config as the Trainer records it in config.toml, but for the runtime fields it fills
-    from the device (which a resume may change): warm-up zeroed where nothing is selected, data
-    paths made absolute."""
-    from engine.data import with_absolute_paths
-
-    cfg = resolve_warmup(cfg)
-    return dataclasses.replace(cfg, data=with_absolute_paths(cfg.data))
-
-
-def with_recorded_init(planned: TrainConfig, saved: TrainConfig) -> TrainConfig:
-    """`planned` with the init settings the Trainer recorded when the run started from the very
-    source the plan names (a run directory, recorded as its best.pt with that file's epoch and
-    sha256, and the heads `auto` resolved to); `planned` as it is for any other source."""
-    from engine.init_from import source_file
-
-    init = planned.init
-    if not init.source or not Path(init.source).exists() or \
-            str(source_file(init.source).resolve()) != saved.init.source:
-        return planned
-    recorded = dataclasses.replace(init, source=saved.init.source, source_epoch=saved.init.source_epoch,
-                                   source_sha256=init.source_sha256 or saved.init.source_sha256,
-                                   heads=saved.init.heads if init.heads == "auto" else init.heads)
-    return dataclasses.replace(planned, init=recorded)
-
-
 def check_run_dir(run: RunPlan) -> None:
     """A ConfigError naming each setting in which `run`'s folder differs from the plan (the keys
     a resume may not change, and the number of epochs); a FileExistsError when the folder holds
@@ -73,12 +45,11 @@ def check_run_dir(run: RunPlan) -> None:
     if not files.config.exists():
         refuse_to_replace(run.dir, "this folder is not a run of the study: move it away or pick another --out")
         return
-    saved_config = files.read_config()
-    saved = saved_config.to_dict()
-    planned = with_recorded_init(recorded_config(run.config), saved_config).to_dict()
     remedy = (f"The study plans this run otherwise: move {run.dir} away (or pick another --out) to train it "
               "as planned, or run the study with the settings it was made with.")
-    changes = changes_on_resume(saved, planned, f"{run.dir} (a run of this study)", remedy=remedy)
+    # The trainer's own resolution and resume rule, so this check and `train --resume` agree.
+    _, changes = continue_run(run.config, files.read_config().to_dict(), f"{run.dir} (a run of this study)",
+                              remedy=remedy)
     if "optim.epochs" in changes:
         old, new = changes["optim.epochs"]
         raise ConfigError(f"{run.dir} was trained for optim.epochs = {old}, the study plans {new}. {remedy}")
@@ -99,13 +70,11 @@ def finished(run: RunPlan) -> bool:
 def evaluate(run: RunPlan, progress: Callable[[str], None] | None = None) -> dict:
     """`biamat-engine eval RUN --test TEST --attacks ...` in this process: the run's best model,
     at the eps and step its config gives, written to its eval.json."""
-    from engine.evaluation.runner import EvalPlan, resolve_eps, run_evaluation
+    from engine.evaluation.runner import EvalPlan, run_evaluation
     from engine.runtime import resolve_device
 
-    eps, source = resolve_eps(run.dir, None)
-    plan = EvalPlan(attacks=run.attacks, eps=eps, device=str(resolve_device(run.config.runtime.device)))
-    return run_evaluation(run.dir, run.test, plan, progress, out=RunDir(run.dir).eval_report,
-                          extra={"eps_source": source})
+    plan = EvalPlan(attacks=run.attacks, device=str(resolve_device(run.config.runtime.device)))
+    return run_evaluation(run.dir, run.test, plan, progress, out=RunDir(run.dir).eval_report)
 
 
 def execute(run: RunPlan, on_step: Callable[[int, int, int, float], None] | None = None,

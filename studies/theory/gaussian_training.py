@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.theory.gaussian import (UNIFORM, GaussianModel, accuracy, attack, expected, gradients, label_target,
+from studies.theory.gaussian import (UNIFORM, GaussianModel, accuracy, attack, expected, gradients, label_target,
                                     paper_weights, sample)
 
 MODES = ("none", "labels", "uniform")

@@ -1,5 +1,5 @@
 """The statements of the paper's Section 2.2 and Appendix A, each measured on samples and set
-beside its closed form (engine/theory/gaussian.py).
+beside its closed form (studies/theory/gaussian.py).
 
 Every simulated value is a mean over n samples of a per-sample value (aligned with y where the
 model's symmetry makes the raw mean 0), so its Monte-Carlo tolerance is Z standard errors,
@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from engine.theory.gaussian import (UNIFORM, GaussianModel, attack, er_feature_sign_probability, expected,
+from studies.theory.gaussian import (UNIFORM, GaussianModel, attack, er_feature_sign_probability, expected,
                                     expected_random, gradients, label_target, normal_cdf, paper_weights, sample)
 
 Z = 4.0  # standard errors of Monte-Carlo tolerance

@@ -21,8 +21,8 @@ from pathlib import Path
 from engine.evaluation.report import read_eval_report
 from engine.outputs import claim_files, publish_file
 from engine.run_dir import RunDir, read_json_lines
-from engine.study.grids import DATASET_NAMES, Row
-from engine.study.plan import RunPlan, StudyPlan
+from studies.grids import DATASET_NAMES, Row
+from studies.plan import RunPlan, StudyPlan
 
 PAPER_METRICS = ("clean", "pgd100", "cw100", "aa", "fgsm", "error")
 """The paper's metrics, in table order (`error`: Table 5's test error, 100 - clean); `M_sd` beside
@@ -32,7 +32,7 @@ MISSING = "-"
 
 def paper_numbers() -> dict[str, dict[str, dict[str, float]]]:
     """paper_numbers.toml: {table: {row: {metric: accuracy %}}}."""
-    text = (resources.files("engine") / "study" / "paper_numbers.toml").read_text()
+    text = (resources.files("studies") / "paper_numbers.toml").read_text()
     return tomllib.loads(text)
 
 
@@ -70,7 +70,7 @@ class RunResult:
 
 
 def read_result(run: RunPlan) -> RunResult:
-    from engine.analysis.read import class_tables, load_run
+    from studies.analysis.read import class_tables, load_run
 
     files = RunDir(run.results_dir)
     result = RunResult(run)
@@ -251,7 +251,7 @@ class StudyTable:
 _STAND_IN_NOTE = (
     "Scale: the demo preset (engine/presets/demo.toml) on the built-in shapes data, not the paper's "
     "data. The paper's datasets are stood in for by shapes sets chosen by what the paper says of each "
-    "(engine/study/plan.py STAND_INS): SVHN by unrelated textures only; CIFAR-100, Places365 and "
+    "(studies/plan.py STAND_INS): SVHN by unrelated textures only; CIFAR-100, Places365 and "
     "ImgNet900 by both related and unrelated classes; ImageNet by related classes only (the primary's "
     "shapes in another domain); CIFAR-100 and ImgNet100 as primary data by 16 shape classes instead of "
     "10. The paper's numbers are beside ours for the direction of each effect, not for their size.")

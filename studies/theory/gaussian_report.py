@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.analysis.figures import _figure, _save
 from engine.outputs import claim_folder, publish_folder
 from engine.run_dir import write_json
-from engine.theory.gaussian import GaussianModel
-from engine.theory.gaussian_statements import Z, Statement, statements
-from engine.theory.gaussian_training import MODES, Trajectory, check_schedule, train_expected, train_sampled
+from studies.analysis.figures import _figure, _save
+from studies.theory.gaussian import GaussianModel
+from studies.theory.gaussian_statements import Z, Statement, statements
+from studies.theory.gaussian_training import MODES, Trajectory, check_schedule, train_expected, train_sampled
 
 JSON_NAME, MD_NAME, FIGURE_NAME = "gaussian.json", "gaussian.md", "gaussian.png"
 FIGURE_SIZE = (15.0, 4.0)  # inches: robust weight | non-robust weight | accuracy
@@ -26,7 +26,7 @@ class TrainingSettings:
     steps: int = 1000
     """Gradient steps (full batch)."""
     lr: float = 0.005
-    """First step size; decays linearly to 0 (engine.theory.gaussian_training.lr_at)."""
+    """First step size; decays linearly to 0 (studies.theory.gaussian_training.lr_at)."""
     alpha: float = 1.0
     """Weight of the auxiliary loss (Eq. 1)."""
     n_primary: int = 100

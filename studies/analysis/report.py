@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from engine.analysis import figures
-from engine.analysis.confidence import ConfidenceRanking, Fig4Options, rank_run
-from engine.analysis.read import (ClassTable, Counts, Run, class_tables, comparison_rows, load_runs, omega_gate_rows,
-                                  percent, read_groups, slug)
 from engine.outputs import claim_folder, publish_folder
+from studies.analysis import figures
+from studies.analysis.confidence import ConfidenceRanking, Fig4Options, rank_run
+from studies.analysis.read import (ClassTable, Counts, Run, class_tables, comparison_rows, load_runs, omega_gate_rows,
+                                   percent, read_groups, slug)
 
 REPORT_NAME = "analysis.md"
 

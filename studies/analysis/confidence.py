@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from engine.analysis.read import UNGROUPED, Run
+from studies.analysis.read import UNGROUPED, Run
 from engine.run_dir import RunDir, read_json
 
 if TYPE_CHECKING:
