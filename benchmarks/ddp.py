@@ -131,7 +131,7 @@ def run(world_sizes: tuple[int, ...] = (1, 2), method: str = "at", model_name: s
         available = torch.cuda.device_count()
         if available < max(world_sizes):
             raise ValueError(f"--world-sizes {max(world_sizes)} needs as many GPUs, this machine has {available}; "
-                             "for several machines train under torchrun (see the README)")
+                             "for several machines train under torchrun (docs/multi-gpu.md)")
     elif device != "cpu":
         raise ValueError(f"--device must be cpu or cuda, got {device!r}")
     settings = dict(method=method, model=model_name, batch=batch, aux_batch=aux_batch, aux_classes=aux_classes,
