@@ -91,7 +91,7 @@ def test_a_run_killed_mid_step_keeps_every_finished_figure_and_shows_where_it_st
     assert len(figures["levers-dynamic"]["data"]["rows"]) == 2
     assert {r["impl"] for r in figures["step-eager"]["data"]["rows"]} == {"engine", "reference", "naive"}
     assert {r["impl"] for r in figures["step-compiled"]["data"]["rows"]} == {"engine"}  # baselines timed once
-    assert figures["step-compiled"]["data"]["warmup"][0]["first_step_seconds"] > 0  # the compile time
+    assert figures["step-compiled"]["data"]["warmup"][0]["first_step_seconds"] > 0  # a compile's time, on a GPU
     assert len(figures["train-resume"]["data"]["epochs"]) == 3
     assert any(line.startswith("clean ") for line in figures["eval-run"]["figures"])
     assert figures["tests-kernels"]["figures"][0].endswith("skipped")  # CUDA tests on a CPU
@@ -117,7 +117,7 @@ def test_the_budget_stops_a_step_in_its_middle_and_skips_what_cannot_fit(tmp_pat
     earlier = tmp_path / "earlier-figures.json"  # an earlier visit measured step-eager at 5 s
     earlier.write_text(json.dumps({"steps": [{"key": "step-eager", "status": "ok", "seconds": 5}]}))
     start = time.monotonic()
-    done = subprocess.run(["bash", str(SCRIPT), "--smoke", "--work", str(work), "--budget", "30",
+    done = subprocess.run(["bash", str(SCRIPT), "--smoke", "--work", str(work), "--budget", "20",
                            "--estimates", str(earlier), "--stall", "step-eager",
                            "--only", "env,step-eager,train-resume,eval-run"],
                           env=_env(out), cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -130,7 +130,7 @@ def test_the_budget_stops_a_step_in_its_middle_and_skips_what_cannot_fit(tmp_pat
     assert figures["step-eager"]["data"]["rows"], "the rounds timed before the stop are kept"
     assert figures["train-resume"]["status"].startswith("skipped (needs ~60 s")
     assert figures["eval-run"]["status"] == "skipped (needs train-resume)"
-    assert elapsed < 30 + 25  # the budget, plus interpreter start-up and the last publish
+    assert elapsed < 20 + 25  # the budget, plus interpreter start-up and the last publish
     _assert_within_visit_limits(out)
 
 
