@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from engine.run_dir import (BOOKKEEPING, FOLDER_RECORD, LOCK_NAME, DemoDir, atomic_write, atomic_write_text,
                             output_record)
+from loaders.processes import pid_alive
 
 T = TypeVar("T")
 
@@ -195,17 +196,10 @@ def _remove_stale_temporaries(folder: Path) -> None:
     """Temporary folders of writers that were killed (the pid in the name is gone)."""
     for tmp in folder.parent.glob(f".{folder.name}.*.tmp"):
         pid = tmp.name[len(folder.name) + 2:].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from loaders.sources.base import ChunkedSource, SourceError, iter_chunks
 from loaders.images import ChannelStats
+from loaders.processes import pid_alive
 from loaders.types import CHANNEL_STATS_KEYS, ArrayDataset, DatasetInfo
 
 log = logging.getLogger(__name__)
@@ -113,19 +114,9 @@ def _remove_stale_temporaries(path: Path) -> None:
     .beton each); a live writer's, named by its pid, stay."""
     for leftover in path.parent.glob(f".{path.name}.*.tmp"):
         pid = leftover.name[len(path.name) + 2:].split("-", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and pid_alive(int(pid)):
             continue
         leftover.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
 
 
 def write_beton(
