@@ -9,7 +9,7 @@ refused change is listed key by key, before anything is loaded into the model or
 
 from __future__ import annotations
 
-from engine.config import ConfigError, flatten, resumable_keys
+from engine.config import ConfigError, TrainConfig, flatten, resumable_keys
 
 # The fields marked `resumable` in engine/config.py: `optim.epochs` extends (or ends) a run; the
 # runtime decides where and how fast it runs, not what it computes (runtime.seed excepted: it
@@ -30,11 +30,16 @@ def changes_on_resume(saved: dict, requested: dict, where: str, remedy: str = DE
     before, after = flatten(saved), flatten(requested)
     changed = {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after))
                if before.get(k) != after.get(k)}
-    # A key the checkpoint lacks is a setting a later engine version added: the run takes its
-    # value (recorded with the other changes); the settings it was trained under still hold.
-    refused = {k: v for k, v in changed.items() if k not in SAFE_TO_CHANGE and k in before}
+    # A key the checkpoint lacks is a setting a later engine version added, whose default is what
+    # the engine did before it: the run takes the setting at that default (recorded with the other
+    # changes); another value would change what the run trains (or its weights' layout).
+    defaults = flatten(TrainConfig().to_dict())
+    refused = {k: v for k, v in changed.items() if k not in SAFE_TO_CHANGE
+               and (k in before or v[1] != defaults.get(k, v[1]))}
     if refused:
-        listed = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in refused.items())
+        listed = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" if k in before else
+                           f"{k}: the checkpoint predates it (trained as {defaults[k]!r}), {new!r} now"
+                           for k, (old, new) in refused.items())
         raise ConfigError(
             f"--resume of {where} would change what the run trains ({listed}). {remedy} "
             f"A resume may change only: {', '.join(sorted(SAFE_TO_CHANGE))}"

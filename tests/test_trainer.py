@@ -590,3 +590,10 @@ def test_resume_of_a_checkpoint_older_than_a_setting_takes_the_setting_and_recor
     assert changes_on_resume(saved, requested, "RUN") == {"attack.bn_stats": [None, "step"]}
     with pytest.raises(ConfigError, match=r"optim\.lr: 0\.1 in the checkpoint, 0\.2 now"):
         changes_on_resume(saved, {**requested, "optim": {"epochs": 3, "lr": 0.2}}, "RUN")
+    # A setting the checkpoint predates, asked for at another value than the one the run had
+    # (the default: what the engine did before the setting existed), is refused like any change.
+    with pytest.raises(ConfigError, match=r"model\.aux_bn: the checkpoint predates it \(trained as 'shared'\), "
+                                          r"'separate' now"):
+        changes_on_resume(saved, {**requested, "model": {"aux_bn": "separate"}}, "RUN")
+    assert changes_on_resume(saved, {**requested, "model": {"aux_bn": "shared"}}, "RUN")["model.aux_bn"] == \
+        [None, "shared"]
