@@ -1,15 +1,29 @@
-"""`study --jobs N` (studies/scheduler.py): runs in waves after the runs they need, each in a
-process of its own with its log, a failed run named without stopping the others."""
+"""`study --executor local|slurm` (studies/scheduler.py): runs as submitit jobs in waves after
+the runs they need, each in a process of its own with its log, a failed run named without
+stopping the others; one GPU per local job; Slurm through a fake `sbatch` on PATH."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
 
-from studies.grids import Grid, Row
+import pytest
+
+from engine.config import parse_overrides
+from studies import scheduler
+from studies.grids import Derived, Grid, Row
 from studies.plan import get_scale, make_plan
-from studies.scheduler import run_in_processes, waves
+from studies.runner import run_study
+from studies.scheduler import Resources, run_local, slot_environment, waves
+from tests.fixtures_slurm import fake_slurm  # noqa: F401 (a fixture)
 from tests.fixtures_study import tiny  # noqa: F401 (a fixture)
+
+pytest.importorskip("submitit")
 
 CHAIN = Grid(name="chain", title="t", about="a", columns=("step",),
              rows=(Row("pre", ("pre-train",), helper=True),
@@ -36,7 +50,7 @@ def test_runs_in_processes_train_after_what_they_need_and_a_failure_is_named_wit
         alone.config, data=dataclasses.replace(alone.config.data, primary=str(tmp_path / "gone.beton"))))
     plan.runs[plan.runs.index(alone)] = broken
     events = []
-    failed = run_in_processes(plan, 2, on_start=lambda run, log: events.append(("start", run.name)),
+    failed = run_local(plan, Resources(jobs=2), on_start=lambda run, log, env: events.append(("start", run.name)),
                               on_done=lambda run, ok: events.append(("done", run.name, ok)))
     assert failed == ["alone-s0"]
     assert events.index(("done", "pre-s0", True)) < events.index(("start", "fine-s0"))
@@ -59,11 +73,111 @@ def test_study_jobs_2_trains_side_by_side_and_writes_the_table_once(tiny, tmp_pa
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "started at-s0" in result.stderr and "finished at-biamat-s0" in result.stderr
-    assert {p.name for p in (out / "logs").iterdir()} == {"at-s0.log", "at-biamat-s0.log"}
+    assert {p.name for p in (out / "logs").glob("*.log")} == {"at-s0.log", "at-biamat-s0.log"}
     md = (out / "study.md").read_text()
     for name, row in (("at-s0", "| AT | - |"), ("at-biamat-s0", "| AT+BiaMAT | selected by confidence |")):
         report = json.loads((out / name / "eval.json").read_text())
         line = next(line for line in md.splitlines() if line.startswith(row))
         assert f"| {100 * report['clean_acc']:.2f} |" in line
-    again = CliRunner().invoke(app, args)  # both finished: nothing trains, the logs say so
-    assert again.exit_code == 0 and "finished before" in (out / "logs" / "at-s0.log").read_text()
+    log = (out / "logs" / "at-s0.log").read_text()
+    again = CliRunner().invoke(app, args)  # both finished: no job starts, the table is written again
+    assert again.exit_code == 0 and "started" not in again.stderr and "study.md" in again.stdout
+    assert (out / "logs" / "at-s0.log").read_text() == log
+
+
+# A {run:ROW} dependency (fine after pre) and a data step (part's primary data, made in its job).
+WITH_DATA = Grid(name="chain", title="t", about="a", columns=("step",),
+                 rows=(Row("pre", ("pre-train",), helper=True),
+                       Row("fine", ("fine-tune",), settings=("init.source={run:pre}", "init.heads=new")),
+                       Row("part", ("part",), derived=Derived("parts", demo=(("parts", "12,12"), ("use", "A"))))))
+TIMING = ("seconds", "images_per_s", "eval_seconds", "clean_seconds", "model", "date", "host", "device_name")
+
+
+def _results(run_dir):
+    """What a run computed, without its timings and paths."""
+    def strip(record):
+        if isinstance(record, dict):
+            return {k: strip(v) for k, v in record.items() if k not in TIMING and "seconds" not in k}
+        return record
+    metrics = [strip(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    report = strip(json.loads((run_dir / "eval.json").read_text()))
+    return metrics, {k: report[k] for k in ("clean_acc", "robust_acc", "attacks", "complete")}
+
+
+def test_local_jobs_2_with_a_dependency_and_a_data_step_equal_the_sequential_run(tiny, tmp_path):
+    one, two = (make_plan(WITH_DATA, tiny, tmp_path / name) for name in ("one", "two"))
+    assert [s.command for s in two.runs[2].steps] == ["prepare"] and two.runs[1].needs == ("pre-s0",)
+    run_study(one)  # in this process, one run after the other
+    events = []
+    failed = run_local(two, Resources(jobs=2, gpus=()), cores=2,  # one thread per job, as here
+                       on_start=lambda run, log, env: events.append(("start", run.name)),
+                       on_done=lambda run, ok: events.append(("done", run.name, ok)))
+    assert failed == []
+    assert events.index(("done", "pre-s0", True)) < events.index(("start", "fine-s0"))
+    assert two.runs[2].steps[0].out.is_file()
+    for run in ("pre-s0", "fine-s0", "part-s0"):
+        assert _results(tmp_path / "two" / run) == _results(tmp_path / "one" / run), run
+
+
+def _pids_with(text: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
+def test_a_local_job_killed_mid_run_resumes_on_the_next_call(tiny, tmp_path):
+    plan = make_plan(CHAIN, tiny, tmp_path, only=("alone",), extra=parse_overrides(["optim.epochs=60"]))
+    metrics = tmp_path / "alone-s0" / "metrics.jsonl"
+
+    def kill_once_an_epoch_is_saved():
+        deadline = time.monotonic() + 120
+        while not (metrics.is_file() and metrics.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # its last.pt follows the epoch's record
+        for pid in _pids_with(str(tmp_path / "logs" / "submitit")):
+            os.kill(pid, signal.SIGKILL)  # the job's controller and its task: as the OOM killer would
+
+    killer = threading.Thread(target=kill_once_an_epoch_is_saved)
+    killer.start()
+    failed = run_local(plan, Resources(jobs=2, gpus=()))
+    killer.join()
+    assert failed == ["alone-s0"]
+    done = len(metrics.read_text().splitlines())
+    assert 1 <= done < 60 and not (tmp_path / "alone-s0" / "eval.json").exists()
+    assert run_local(plan, Resources(jobs=2, gpus=())) == []
+    log = (tmp_path / "logs" / "alone-s0.log").read_text()
+    assert "alone-s0: resumed at epoch" in log
+    assert json.loads((tmp_path / "alone-s0" / "eval.json").read_text())["complete"]
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == list(range(1, 61))
+
+
+def test_each_local_job_gets_its_own_gpus_round_robin_and_a_share_of_the_cores():
+    eight = tuple(range(8))
+    pinned = [slot_environment(slot, 8, eight, 1, 64)["CUDA_VISIBLE_DEVICES"] for slot in range(8)]
+    assert pinned == [str(g) for g in range(8)]
+    pairs = [slot_environment(slot, 4, eight, 2, 64)["CUDA_VISIBLE_DEVICES"] for slot in range(4)]
+    assert pairs == ["0,1", "2,3", "4,5", "6,7"]
+    assert [slot_environment(s, 3, (4, 6), 1, 12)["CUDA_VISIBLE_DEVICES"] for s in range(3)] == ["4", "6", "4"]
+    assert slot_environment(0, 2, (), 1, 16) == {"OMP_NUM_THREADS": "8", "CUDA_VISIBLE_DEVICES": ""}
+    assert slot_environment(0, 4, (), 1, 2)["OMP_NUM_THREADS"] == "1"  # never 0
+    assert scheduler.torchrun_command(Path("r.pkl"), 2)[1:] == [
+        "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "studies.job", "r.pkl"]
+
+
+def test_jobs_on_a_gpu_machine_receive_one_gpu_each(tiny, tmp_path, monkeypatch):
+    # Four GPUs faked: the two runs of a wave go to two jobs, which see GPU 0 and GPU 1.
+    monkeypatch.setattr(scheduler, "visible_gpus", lambda: (0, 1, 2, 3))
+    plan = make_plan(CHAIN, tiny, tmp_path, only=("pre", "alone"))
+    envs = {}
+    assert run_local(plan, Resources(jobs=2), on_start=lambda run, log, env: envs.update({run.name: env})) == []
+    assert sorted(env["CUDA_VISIBLE_DEVICES"] for env in envs.values()) == ["0", "1"]
+    for name, env in envs.items():  # what the job's own process saw
+        log = (tmp_path / "logs" / f"{name}.log").read_text()
+        assert f"job started (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}," in log
