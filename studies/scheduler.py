@@ -248,6 +248,10 @@ def submit_slurm(plan: StudyPlan, resources: Resources) -> dict[str, str]:
 
     submitit = import_submitit()
     folder = plan.out / "slurm"
+    queued = [name for name, state in run_states(plan) if state.startswith(("pending", "running"))]
+    if queued:  # submitting them again would train each twice at once
+        raise ValueError(f"{', '.join(queued)} still queued or running on Slurm ({folder / 'jobs.json'}): wait for "
+                         "them (`study ... --status`) or scancel them before submitting the study again")
     executor = submitit.SlurmExecutor(folder=folder / "%j")
     executor.update_parameters(
         job_name=f"study-{plan.grid.name}", nodes=1, ntasks_per_node=1, gpus_per_node=resources.gpus_per_run,

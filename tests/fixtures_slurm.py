@@ -80,8 +80,8 @@ class FakeSlurm:
         (self.root / "state.json").write_text(json.dumps(state))
 
     def start_task(self, task: str) -> subprocess.Popen:
-        """Starts array task `task` (JOB_I) as Slurm would, after checking its dependencies."""
-        job_id, index = task.split("_")
+        """Starts job `task` (JOB, or JOB_I for an array task) as Slurm would, after checking its dependencies."""
+        job_id, _, index = task.partition("_")
         job = self.state["jobs"][job_id]
         for needed in re.findall(r"\d+", job["options"].get("dependency", "")):
             states = set(self.state["jobs"][needed]["tasks"].values())
@@ -89,8 +89,9 @@ class FakeSlurm:
         self.set_state(task, "RUNNING")
         script = self.root / f"{task}.sh"
         script.write_text(job["script"])
-        env = {**os.environ, "SLURM_JOB_ID": str(9000 + int(index)), "SLURM_ARRAY_JOB_ID": job_id,
-               "SLURM_ARRAY_TASK_ID": index, "SLURM_NTASKS": "1", "SLURM_JOB_NUM_NODES": "1",
+        array = {"SLURM_ARRAY_JOB_ID": job_id, "SLURM_ARRAY_TASK_ID": index} if index else {}
+        env = {**os.environ, "SLURM_JOB_ID": str(9000 + int(index or 0)) if index else job_id, **array,
+               "SLURM_NTASKS": "1", "SLURM_JOB_NUM_NODES": "1",
                "SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_JOB_NODELIST": "localhost"}
         (self.root / "task.pid").unlink(missing_ok=True)
         return subprocess.Popen(["bash", str(script)], env=env)

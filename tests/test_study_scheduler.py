@@ -181,3 +181,75 @@ def test_jobs_on_a_gpu_machine_receive_one_gpu_each(tiny, tmp_path, monkeypatch)
     for name, env in envs.items():  # what the job's own process saw
         log = (tmp_path / "logs" / f"{name}.log").read_text()
         assert f"job started (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}," in log
+
+
+def test_slurm_submits_one_array_per_wave_with_its_resources_after_the_waves_before_and_a_requeue_resumes(
+        tiny, tmp_path, fake_slurm):
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    out = tmp_path / "study"
+    base = ["study", "amplification", "--scale", "tiny", "--out", str(out), "--only", "at,at-biamat",
+            "--set", "optim.epochs=40"]
+    slurm = ["--executor", "slurm", "--slurm-partition", "gpu", "--slurm-time", "2:00:00", "--slurm-account", "acct",
+             "--slurm-constraint", "a100", "--slurm-array-parallelism", "1", "--slurm-extra", "qos=high"]
+    result = CliRunner().invoke(app, base + slurm)
+    assert result.exit_code == 0, result.output
+    ids = json.loads((out / "slurm" / "jobs.json").read_text())
+    assert sorted(ids) == ["at-biamat-s0", "at-s0"] and "submitted at-s0: slurm job" in result.stdout
+    assert not (out / "study.md").exists()  # written by the call after the jobs
+    [(job_id, job)] = fake_slurm.state["jobs"].items()
+    options = job["options"]
+    assert {k: options[k] for k in ("partition", "time", "account", "constraint", "qos", "gpus-per-node",
+                                    "ntasks-per-node", "nodes", "array")} == {
+        "partition": "gpu", "time": "120", "account": "acct", "constraint": "a100", "qos": "high",
+        "gpus-per-node": "1", "ntasks-per-node": "1", "nodes": "1", "array": "0-1%1"}
+    assert options["output"].startswith(str(out / "slurm")) and "dependency" not in options
+    assert "--requeue" not in job["script"] and "submitit.core._submit" in job["script"]
+
+    status = CliRunner().invoke(app, base + ["--status"])
+    assert status.exit_code == 0 and f"at-s0: pending (slurm job {ids['at-s0']})" in status.stdout
+    twice = CliRunner().invoke(app, base + slurm)  # queued runs are not submitted a second time
+    assert twice.exit_code == 1 and "still queued or running on Slurm" in twice.output
+    assert len(fake_slurm.state["jobs"]) == 1 and json.loads((out / "slurm" / "jobs.json").read_text()) == ids
+
+    assert fake_slurm.run_task(ids["at-s0"]) == 0
+    # at-biamat-s0 is preempted after its first epochs: submitit requeues it, and it goes on from last.pt.
+    metrics = out / "at-biamat-s0" / "metrics.jsonl"
+    task = fake_slurm.start_task(ids["at-biamat-s0"])
+    pid = fake_slurm.task_pid()
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(pid, signal.SIGUSR2)  # what Slurm sends before preempting or at the time limit (--signal=USR2@90)
+    fake_slurm.finish(ids["at-biamat-s0"], task)
+    assert fake_slurm.state["jobs"][job_id]["requeued"] == [ids["at-biamat-s0"]]
+    assert 1 <= len(metrics.read_text().splitlines()) < 40
+    status = CliRunner().invoke(app, base + ["--status"])
+    assert "at-s0: finished" in status.stdout and "at-biamat-s0: pending" in status.stdout
+    assert fake_slurm.run_task(ids["at-biamat-s0"]) == 0
+    assert "at-biamat-s0: resumed at epoch" in (out / "logs" / "at-biamat-s0.log").read_text()
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == list(range(1, 41))
+
+    again = CliRunner().invoke(app, base + slurm)  # all finished: nothing submitted, the table written
+    assert again.exit_code == 0 and "nothing to submit" in again.stdout and (out / "study.md").is_file()
+    assert len(fake_slurm.state["jobs"]) == 1
+
+
+def test_slurm_waves_wait_for_the_arrays_before_them(tiny, tmp_path, fake_slurm):
+    plan = make_plan(CHAIN, tiny, tmp_path)
+    ids = scheduler.submit_slurm(plan, Resources(executor="slurm", gpus_per_run=2, time_min=30))
+    first, second = fake_slurm.state["jobs"].values()
+    assert second["options"]["dependency"] == f"afterok:{ids['pre-s0'].split('_')[0]}"
+    assert ids["fine-s0"].split("_")[0] != ids["pre-s0"].split("_")[0]
+    assert first["options"]["gpus-per-node"] == "2" and first["options"]["time"] == "30"
+    with pytest.raises(AssertionError, match="before its dependency"):
+        fake_slurm.start_task(ids["fine-s0"])
+    states = dict(scheduler.run_states(plan))
+    assert states["fine-s0"].startswith("pending") and states["alone-s0"].startswith("pending")
+    fake_slurm.set_state(ids["alone-s0"], "FAILED")
+    (tmp_path / "logs" / "alone-s0.log").write_text("x\nValueError: data.primary: gone.beton is missing\n")
+    assert dict(scheduler.run_states(plan))["alone-s0"] == (
+        "failed (slurm FAILED): ValueError: data.primary: gone.beton is missing")
