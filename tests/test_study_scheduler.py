@@ -151,11 +151,13 @@ def test_a_local_job_killed_mid_run_resumes_on_the_next_call(tiny, tmp_path):
     assert failed == ["alone-s0"]
     done = len(metrics.read_text().splitlines())
     assert 1 <= done < 60 and not (tmp_path / "alone-s0" / "eval.json").exists()
+    assert dict(scheduler.run_states(plan))["alone-s0"] == "interrupted (resumes from its checkpoint)"
     assert run_local(plan, Resources(jobs=2, gpus=())) == []
     log = (tmp_path / "logs" / "alone-s0.log").read_text()
     assert "alone-s0: resumed at epoch" in log
     assert json.loads((tmp_path / "alone-s0" / "eval.json").read_text())["complete"]
     assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == list(range(1, 61))
+    assert dict(scheduler.run_states(plan))["alone-s0"] == "finished"
 
 
 def test_each_local_job_gets_its_own_gpus_round_robin_and_a_share_of_the_cores():
@@ -253,3 +255,78 @@ def test_slurm_waves_wait_for_the_arrays_before_them(tiny, tmp_path, fake_slurm)
     (tmp_path / "logs" / "alone-s0.log").write_text("x\nValueError: data.primary: gone.beton is missing\n")
     assert dict(scheduler.run_states(plan))["alone-s0"] == (
         "failed (slurm FAILED): ValueError: data.primary: gone.beton is missing")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--executor", "pbs"], "--executor 'pbs': expected one of local, slurm"),
+    (["--slurm-partition", "gpu"], "--slurm-partition only apply to --executor slurm"),
+    (["--executor", "slurm", "--jobs", "4"], "--jobs and --gpus are for --executor local"),
+    (["--executor", "slurm", "--slurm-time", "soon"], "--slurm-time 'soon': expected minutes or [D-]HH:MM:SS"),
+    (["--executor", "slurm", "--slurm-extra", "qos"], "--slurm-extra 'qos': expected KEY=VALUE"),
+    (["--gpus", "0,x"], "--gpus '0,x': expected comma-separated GPU indices"),
+    (["--gpus", "0", "--gpus-per-run", "2"], "lists fewer GPUs than --gpus-per-run 2"),
+])
+def test_scheduler_option_mistakes_are_usage_errors_that_write_nothing(tmp_path, flags, message):
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    result = CliRunner().invoke(app, ["study", "table2", "--scale", "paper", "--out", str(tmp_path / "t2"), *flags])
+    assert result.exit_code == 2 and message in " ".join(result.output.replace("│", " ").split())
+    assert not (tmp_path / "t2").exists()
+
+
+def test_without_submitit_a_jobs_study_says_how_to_install_it(tiny, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    monkeypatch.setitem(__import__("sys").modules, "submitit", None)  # as if not installed
+    result = CliRunner().invoke(app, ["study", "amplification", "--scale", "tiny", "--out", str(tmp_path / "a"),
+                                      "--only", "at", "--jobs", "2"])
+    assert result.exit_code == 1 and "pip install 'biamat-engine[study]'" in result.output
+    assert not (tmp_path / "a" / "at-s0").exists()
+
+
+def test_the_dry_run_shows_each_job_and_says_when_no_gpu_throughput_was_measured(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    result = CliRunner().invoke(app, ["study", "table2", "--scale", "paper", "--out", str(tmp_path / "t2"),
+                                      "--only", "cifar10-at", "--dry-run", "--executor", "slurm",
+                                      "--slurm-partition", "gpu", "--slurm-time", "1-00:00:00", "--gpus-per-run", "2"])
+    text = " ".join(result.stdout.split())
+    assert result.exit_code == 0, result.output
+    assert "job: slurm array task (1 node, 1 task, 2 GPU(s), partition=gpu, time=1440 min)" in text
+    assert ("no GPU-hours estimate: docs/benchmarks.md has no measured training step for AT wrn-28-10 on cuda"
+            in text)
+    assert not (tmp_path / "t2").exists()
+
+
+def test_the_estimate_divides_a_runs_images_by_the_measured_engine_step_of_its_device_and_model():
+    from studies.estimate import estimate, measured_steps
+
+    doc = """## Training step
+
+```
+biamat-engine bench step --method at --model wrn-28-10 --batch 128 \\
+    --device cuda --out x.json
+```
+
+| method | step | images/s | std | vs reference | vs naive |
+|---|---|---:|---:|---:|---:|
+| AT | engine (bf16, compile on) | 2,000.0 | 10 | 3.0x | 4.0x |
+| AT | engine (fp32, compile off) | 1,000.0 | 10 | 1.5x | 2.0x |
+| AT | reference (fp32, eager, NCHW) | 600.0 | 10 | 1.00x | 1.3x |
+
+## Evaluation
+
+| AT | engine | 9999 | 1 |
+"""
+    assert [(m.device, m.model, m.method, m.images_per_s) for m in measured_steps(doc)] == [
+        ("cuda", "wrn-28-10", "AT", 2000.0), ("cuda", "wrn-28-10", "AT", 1000.0)]
+    assert estimate(7_200_000, "cuda", "WRN-28-10", "at", doc).startswith("~1.0 GPU hours of training at 2,000.0")
+    assert estimate(7_200_000, "cuda", "wrn-34-10", "at", doc).startswith("no GPU-hours estimate")
+    assert estimate(7_200_000, "cpu", "wrn-28-10", "at", doc).startswith("no CPU-hours estimate")
+    assert estimate(None, "cuda", "wrn-28-10", "at", doc).endswith("its image count is unknown")
