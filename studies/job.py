@@ -9,9 +9,19 @@ from pathlib import Path
 
 
 def main(plan_file: str) -> None:
+    import torch.distributed as dist
+
+    from engine.distributed import init_from_env
     from studies.runner import execute
 
-    execute(pickle.loads(Path(plan_file).read_bytes()))
+    run = pickle.loads(Path(plan_file).read_bytes())
+    init_from_env(run.config.runtime.device)  # as `train` and `eval` do under torchrun
+    # Every rank looks at the run folder (resume or start) before rank 0 writes into it.
+    dist.barrier()
+    try:
+        execute(run)
+    finally:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ class RunJob:
         plan_file = self.log_file.with_suffix(".run.pkl")
         plan_file.write_bytes(pickle.dumps(self.run))
         subprocess.run(torchrun_command(plan_file, self.gpus_per_run), check=True)
-        return f"trained under torchrun on {self.gpus_per_run} GPUs"
+        return f"brought to finished under torchrun, {self.gpus_per_run} processes"
 
     def checkpoint(self, *args, **kwargs):
         """submitit calls this on preemption or timeout: the same job again (it resumes)."""

@@ -330,3 +330,14 @@ biamat-engine bench step --method at --model wrn-28-10 --batch 128 \\
     assert estimate(7_200_000, "cuda", "wrn-34-10", "at", doc).startswith("no GPU-hours estimate")
     assert estimate(7_200_000, "cpu", "wrn-28-10", "at", doc).startswith("no CPU-hours estimate")
     assert estimate(None, "cuda", "wrn-28-10", "at", doc).endswith("its image count is unknown")
+
+
+@pytest.mark.slow
+def test_gpus_per_run_2_trains_and_evaluates_the_run_under_torchrun_in_its_job(tiny, tmp_path):
+    # On the CPU torchrun's two processes join over gloo, as they would over NCCL on two GPUs.
+    plan = make_plan(CHAIN, tiny, tmp_path, only=("alone",))
+    assert run_local(plan, Resources(jobs=1, gpus=(), gpus_per_run=2)) == []
+    log = (tmp_path / "logs" / "alone-s0.log").read_text()
+    assert "alone-s0: brought to finished under torchrun, 2 processes" in log
+    assert json.loads((tmp_path / "alone-s0" / "eval.json").read_text())["complete"]
+    assert dict(scheduler.run_states(plan))["alone-s0"] == "finished"
