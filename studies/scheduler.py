@@ -77,7 +77,7 @@ class Resources:
     def describe(self, slot_env: dict[str, str] | None = None) -> str:
         """The job as the dry run prints it."""
         if self.executor == "local":
-            where = ", ".join(f"{k}={v}" for k, v in (slot_env or {}).items())
+            where = ", ".join(f"{k}={v}" for k, v in (slot_env or {}).items() if v)
             torchrun = f", torchrun over {self.gpus_per_run} GPUs" if self.gpus_per_run > 1 else ""
             return f"local job ({where}{torchrun})"
         sbatch = {"partition": self.partition, "time": self.time_min and f"{self.time_min} min",

@@ -119,6 +119,14 @@ def test_local_jobs_2_with_a_dependency_and_a_data_step_equal_the_sequential_run
         assert _results(tmp_path / "two" / run) == _results(tmp_path / "one" / run), run
 
 
+def _wait_for_an_epoch(metrics) -> None:
+    """Until the run has saved its first epoch's checkpoint (written last, replaced whole)."""
+    deadline = time.monotonic() + 120
+    while not (metrics.parent / "last.pt").is_file():
+        assert time.monotonic() < deadline, f"{metrics.parent} never saved an epoch"
+        time.sleep(0.02)
+
+
 def _pids_with(text: str) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
@@ -133,14 +141,11 @@ def _pids_with(text: str) -> list[int]:
 
 
 def test_a_local_job_killed_mid_run_resumes_on_the_next_call(tiny, tmp_path):
-    plan = make_plan(CHAIN, tiny, tmp_path, only=("alone",), extra=parse_overrides(["optim.epochs=60"]))
+    plan = make_plan(CHAIN, tiny, tmp_path, only=("alone",), extra=parse_overrides(["optim.epochs=20"]))
     metrics = tmp_path / "alone-s0" / "metrics.jsonl"
 
     def kill_once_an_epoch_is_saved():
-        deadline = time.monotonic() + 120
-        while not (metrics.is_file() and metrics.read_text().strip()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)  # its last.pt follows the epoch's record
+        _wait_for_an_epoch(metrics)
         for pid in _pids_with(str(tmp_path / "logs" / "submitit")):
             os.kill(pid, signal.SIGKILL)  # the job's controller and its task: as the OOM killer would
 
@@ -150,13 +155,13 @@ def test_a_local_job_killed_mid_run_resumes_on_the_next_call(tiny, tmp_path):
     killer.join()
     assert failed == ["alone-s0"]
     done = len(metrics.read_text().splitlines())
-    assert 1 <= done < 60 and not (tmp_path / "alone-s0" / "eval.json").exists()
+    assert 1 <= done < 20 and not (tmp_path / "alone-s0" / "eval.json").exists()
     assert dict(scheduler.run_states(plan))["alone-s0"] == "interrupted (resumes from its checkpoint)"
     assert run_local(plan, Resources(jobs=2, gpus=())) == []
     log = (tmp_path / "logs" / "alone-s0.log").read_text()
     assert "alone-s0: resumed at epoch" in log
     assert json.loads((tmp_path / "alone-s0" / "eval.json").read_text())["complete"]
-    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == list(range(1, 61))
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == list(range(1, 21))
     assert dict(scheduler.run_states(plan))["alone-s0"] == "finished"
 
 
@@ -193,7 +198,7 @@ def test_slurm_submits_one_array_per_wave_with_its_resources_after_the_waves_bef
 
     out = tmp_path / "study"
     base = ["study", "amplification", "--scale", "tiny", "--out", str(out), "--only", "at,at-biamat",
-            "--set", "optim.epochs=40"]
+            "--set", "optim.epochs=20"]
     slurm = ["--executor", "slurm", "--slurm-partition", "gpu", "--slurm-time", "2:00:00", "--slurm-account", "acct",
              "--slurm-constraint", "a100", "--slurm-array-parallelism", "1", "--slurm-extra", "qos=high"]
     result = CliRunner().invoke(app, base + slurm)
@@ -221,19 +226,16 @@ def test_slurm_submits_one_array_per_wave_with_its_resources_after_the_waves_bef
     metrics = out / "at-biamat-s0" / "metrics.jsonl"
     task = fake_slurm.start_task(ids["at-biamat-s0"])
     pid = fake_slurm.task_pid()
-    deadline = time.monotonic() + 120
-    while not (metrics.is_file() and metrics.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+    _wait_for_an_epoch(metrics)
     os.kill(pid, signal.SIGUSR2)  # what Slurm sends before preempting or at the time limit (--signal=USR2@90)
     fake_slurm.finish(ids["at-biamat-s0"], task)
     assert fake_slurm.state["jobs"][job_id]["requeued"] == [ids["at-biamat-s0"]]
-    assert 1 <= len(metrics.read_text().splitlines()) < 40
+    assert 1 <= len(metrics.read_text().splitlines()) < 20
     status = CliRunner().invoke(app, base + ["--status"])
     assert "at-s0: finished" in status.stdout and "at-biamat-s0: pending" in status.stdout
     assert fake_slurm.run_task(ids["at-biamat-s0"]) == 0
     assert "at-biamat-s0: resumed at epoch" in (out / "logs" / "at-biamat-s0.log").read_text()
-    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == list(range(1, 41))
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == list(range(1, 21))
 
     again = CliRunner().invoke(app, base + slurm)  # all finished: nothing submitted, the table written
     assert again.exit_code == 0 and "nothing to submit" in again.stdout and (out / "study.md").is_file()
