@@ -25,6 +25,7 @@ EXTRAS = [
     ("tensorrt", "torch_tensorrt", "eval --backend tensorrt", "pip install 'biamat-engine[tensorrt]' (CUDA only)"),
     ("analyze", "matplotlib", "analyze (figures)", "pip install 'biamat-engine[analyze]'"),
     ("tensorboard", "tensorboard", "runtime.tensorboard = true", "pip install 'biamat-engine[tensorboard]'"),
+    ("study", "submitit", "study --jobs N, --executor slurm", "pip install 'biamat-engine[study]'"),
     ("numba", "numba", "numba kernels on CPU", "pip install numba"),
 ]
 

@@ -31,7 +31,7 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
 fi
 # ffcv's setup.py imports numpy and pkgconfig at build time, so they go in first.
 $PIP install numpy pkgconfig setuptools wheel
-$PIP install --no-build-isolation -e ".[test,ffcv,dali,autoattack,triton,analyze,tensorboard]"
+$PIP install --no-build-isolation -e ".[test,ffcv,dali,autoattack,triton,analyze,tensorboard,study]"
 # ffcv compiles its C extension against libturbojpeg/OpenCV at install time; fail here, not at
 # the first `--loader ffcv` run, when that went wrong.
 .venv/bin/python -c "import ffcv.loader, ffcv.libffcv, cv2" \

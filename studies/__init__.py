@@ -7,7 +7,9 @@ A study is a paper table as one command (`biamat-engine study NAME`):
     data_steps.py    the data files a study makes itself (pseudo-label, robustify, prepare)
     plan.py          grid x scale x seeds -> runs, each with its config, commands and folder
     runner.py        execute each run: skip the finished, resume the interrupted, evaluate
-    scheduler.py     several runs at once (`--jobs`), each in its own process, after the runs it needs
+    scheduler.py     the runs as submitit jobs (`--jobs N` here, or Slurm), each after the runs it needs
+    job.py           one run on every rank of torchrun (`--gpus-per-run`)
+    estimate.py      the dry run's device hours, from the step throughput docs/benchmarks.md measured
     table.py         study.md and study.csv: this engine's numbers beside the paper's
     demo.py          `biamat-engine demo`: plain AT and AT+BiaMAT side by side on built-in shapes
     analysis/        `biamat-engine analyze`: a run's records as tables, figures and a report
