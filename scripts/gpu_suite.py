@@ -38,6 +38,7 @@ that folder. Runs from a checkout with PYTHONPATH=. (the driver sets it).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.metadata
 import io
 import json
@@ -60,6 +61,7 @@ PACK_SKIP = ("__pycache__", "examples", "*.pt")  # pyautoattack ships 44 MB of e
 
 # What comes back from a visit: at most 8 files, 16 MiB each, at most 2 folders down.
 OUT_MAX_FILES, OUT_MAX_BYTES, OUT_MAX_DEPTH = 8, 16 * 2**20, 2
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 TARBALL_MAX_BYTES = 12 * 2**20  # headroom under the 16 MiB limit
 LOG_TAIL_BYTES = 512 * 2**10  # what a log keeps in the tarball when everything would not fit
 
@@ -192,16 +194,21 @@ def child_env(suite: Suite, extra: dict | None = None) -> dict:
     return env
 
 
-def _default_sigint() -> None:
+def _child_setup() -> None:
     # A suite started from nohup, CI or any background job inherits SIGINT ignored, and an
     # ignored signal stays ignored across exec: the Ctrl-C step would never interrupt anything.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # The step dies with the suite: a suite killed at the visit's time limit must not leave a
+    # bench holding the GPU for the next command (Linux: PR_SET_PDEATHSIG).
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def start(suite: Suite, argv: list[str], log, extra_env: dict | None = None) -> subprocess.Popen:
-    # Its own process group, so that a step past its time is killed with everything it started.
+    # A process group of its own (in the suite's session, so a machine that ends the suite's
+    # session ends it too), so that a step past its time is killed with everything it started.
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=child_env(suite, extra_env),
-                            start_new_session=True, preexec_fn=_default_sigint)
+                            process_group=0, preexec_fn=_child_setup)
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -49,6 +49,20 @@ def _assert_within_visit_limits(out: Path) -> None:
     assert all(len(p.relative_to(out).parts) <= 3 for p in files)
 
 
+def _processes_naming(path: Path) -> list[str]:
+    """Command lines of live processes that mention `path` (Linux /proc)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = next(line for line in (proc / "status").read_text().splitlines() if line.startswith("State:"))
+        except (OSError, StopIteration):
+            continue
+        if str(path) in cmdline and "zombie" not in state:
+            found.append(cmdline)
+    return found
+
+
 def _figures(out: Path) -> dict:
     return {s["key"]: s for s in json.loads((out / "figures.json").read_text())["steps"]}
 
@@ -77,6 +91,11 @@ def test_a_run_killed_mid_step_keeps_every_finished_figure_and_shows_where_it_st
     finally:
         os.killpg(suite.pid, signal.SIGKILL)
         suite.wait()
+    # The running step dies with the suite: on a lent machine it would hold the GPU afterwards.
+    deadline = time.monotonic() + 10
+    while _processes_naming(work) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _processes_naming(work), _processes_naming(work)
     _assert_within_visit_limits(out)
     assert sorted(p.name for p in out.iterdir()) == ["figures.json", "results.tar.gz", "summary.md"]
 
