@@ -62,6 +62,7 @@ PACK_SKIP = ("__pycache__", "examples", "*.pt")  # pyautoattack ships 44 MB of e
 # What comes back from a visit: at most 8 files, 16 MiB each, at most 2 folders down.
 OUT_MAX_FILES, OUT_MAX_BYTES, OUT_MAX_DEPTH = 8, 16 * 2**20, 2
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
+WORK_MARKER = ".gpu-suite-work"  # marks the scratch folder as the suite's own, so a rerun may clear it
 TARBALL_MAX_BYTES = 12 * 2**20  # headroom under the 16 MiB limit
 LOG_TAIL_BYTES = 512 * 2**10  # what a log keeps in the tarball when everything would not fit
 
@@ -636,9 +637,13 @@ def main(argv: list[str] | None = None) -> int:
     if work == out or out in work.parents:
         raise SystemExit("error: --work must be outside $OUT: only the result files go there")
     out.mkdir(parents=True, exist_ok=True)
-    if work.exists():
+    if work.exists() and any(work.iterdir()):
+        if not (work / WORK_MARKER).is_file():
+            raise SystemExit(f"error: --work {work} holds files this suite did not write: give an empty or new "
+                             "folder (the suite clears its scratch folder at start)")
         shutil.rmtree(work)  # the scratch of an earlier run; its results are in its own $OUT
     (work / "logs").mkdir(parents=True)
+    (work / WORK_MARKER).write_text("scratch of scripts/gpu_suite.py: removed by its next run\n")
     if not args.smoke:
         import torch
 

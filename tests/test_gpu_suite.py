@@ -153,7 +153,7 @@ def test_the_budget_stops_a_step_in_its_middle_and_skips_what_cannot_fit(tmp_pat
     _assert_within_visit_limits(out)
 
 
-def test_help_names_the_steps_and_bad_options_are_usage_errors(tmp_path):
+def test_help_names_the_steps_bad_options_are_usage_errors_and_a_users_folder_is_kept(tmp_path):
     done = subprocess.run(["bash", str(SCRIPT), "--help"], env=_env(tmp_path), capture_output=True, text=True)
     assert done.returncode == 0 and "steps, in order: " + ", ".join(STEPS) in done.stdout
     done = subprocess.run(["bash", str(SCRIPT), "--smoke", "--only", "env,warp"], env=_env(tmp_path),
@@ -162,6 +162,13 @@ def test_help_names_the_steps_and_bad_options_are_usage_errors(tmp_path):
     done = subprocess.run(["bash", str(SCRIPT), "--stall", "step-eager"], env=_env(tmp_path),
                           capture_output=True, text=True)
     assert done.returncode == 2 and "--smoke rehearsal only" in done.stderr
+    users = tmp_path / "users"  # a folder of someone else's files is never the suite's scratch
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    done = subprocess.run(["bash", str(SCRIPT), "--smoke", "--only", "env", "--work", str(users)],
+                          env=_env(tmp_path / "out"), capture_output=True, text=True)
+    assert done.returncode == 1 and "holds files this suite did not write" in done.stderr
+    assert (users / "notes.txt").read_text() == "mine"
 
 
 def test_pack_carries_the_pure_python_extras_and_the_revision(tmp_path, monkeypatch):
