@@ -24,7 +24,6 @@ new run, with its own schedule position from schedule_offset.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from engine.models.aux_bn import with_aux_bn_from_primary
 from engine.models.files import check_card, load_guarded, safetensors_shapes, tensor_dict
 from engine.models.heads import MultiHeadNet
 from engine.run_dir import RunDir, read_json
+from loaders.sources.base import sha256_files
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,6 @@ class Source:
     epoch: int
     """Epochs the source had trained when it was written; -1 when its card does not say."""
     sha256: str
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def source_file(path: str | Path) -> Path:
@@ -105,7 +97,7 @@ def read_source(path: str | Path) -> Source:
         weights, epoch = load_guarded(lambda: load_file(str(file)), file), card.get("epoch", -1)
     if not isinstance(epoch, int) or isinstance(epoch, bool):
         raise ValueError(f"init.source {file}: its epoch is {epoch!r}, expected a whole number; is it a biamat-engine model?")
-    return Source(file=file.resolve(), weights=weights, card=card, epoch=epoch, sha256=sha256_of(file))
+    return Source(file=file.resolve(), weights=weights, card=card, epoch=epoch, sha256=sha256_files([file]))
 
 
 def resolve_heads(heads: str, source_classes: int, classes: int, file: Path) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 from engine.run_dir import (BOOKKEEPING, FOLDER_RECORD, LOCK_NAME, DemoDir, atomic_write, atomic_write_text,
                             output_record)
 from loaders.processes import pid_alive
+from loaders.sources.base import sha256_files
 
 T = TypeVar("T")
 
@@ -43,14 +43,6 @@ class FolderInUse(OSError):
 
 
 # -- the record ---------------------------------------------------------------------------------
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def _read_record(record: Path) -> dict | None:
     try:
@@ -72,7 +64,7 @@ def _owner_problem(record: Path, command: str, files: Iterable[Path]) -> str | N
     if data.get("written_by") != f"biamat-engine {command}":
         return f"it was written by `{data.get('written_by')}`, not `biamat-engine {command}`"
     for path in files:
-        if path.exists() and sha256(path) not in data["files"].get(path.name, []):
+        if path.exists() and sha256_files([path]) not in data["files"].get(path.name, []):
             return f"{path.name} changed since `biamat-engine {command}` wrote it"
     return None
 
@@ -113,7 +105,7 @@ def claim_files(paths: Sequence[str | Path], command: str, *, overwrite: bool, i
 def record_files(paths: Sequence[str | Path], command: str) -> None:
     """Records `paths` (written whole) as `command`'s output."""
     paths = [Path(p) for p in paths]
-    _write_record(output_record(paths[0]), command, {p.name: [sha256(p)] for p in paths if p.exists()})
+    _write_record(output_record(paths[0]), command, {p.name: [sha256_files([p])] for p in paths if p.exists()})
 
 
 def publish_file(path: str | Path, command: str, write: Callable[[str], Any]) -> None:
@@ -127,10 +119,10 @@ def publish_file(path: str | Path, command: str, write: Callable[[str], Any]) ->
         write(tmp)
         old = _read_record(record)
         kept = old["files"].get(path.name, []) if old and old.get("written_by") == f"biamat-engine {command}" else []
-        _write_record(record, command, {path.name: [*kept[-1:], sha256(tmp)]})
+        _write_record(record, command, {path.name: [*kept[-1:], sha256_files([tmp])]})
 
     atomic_write(path, write_and_record)
-    _write_record(record, command, {path.name: [sha256(path)]})
+    _write_record(record, command, {path.name: [sha256_files([path])]})
 
 
 def write_json_output(path: str | Path, command: str, data: Any) -> None:
@@ -215,8 +207,8 @@ def publish_folder(folder: str | Path, command: str, fill: Callable[[Path], T]) 
     try:
         result = fill(tmp)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make the published folder private
-        _write_record(tmp / FOLDER_RECORD, command,
-                      {p.name: [sha256(p)] for p in sorted(tmp.iterdir()) if p.is_file() and p.name not in BOOKKEEPING})
+        _write_record(tmp / FOLDER_RECORD, command, {p.name: [sha256_files([p])] for p in sorted(tmp.iterdir())
+                                                     if p.is_file() and p.name not in BOOKKEEPING})
         if not folder.exists():
             os.rename(tmp, folder)
             return result
