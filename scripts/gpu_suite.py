@@ -376,18 +376,14 @@ def pytest_step(early: bool) -> Callable:
         argv = [sys.executable, "-m", "pytest", "-q", "-rA", "-m", "gpu", "-p", "no:cacheprovider",
                 "-p", "gpu_suite_pytest", f"--junitxml={suite.work / (outcome.key + '.xml')}",
                 *gpu_test_files(early)]
-        if _importable("pytest_timeout", suite):  # a plugin by its dist-info's entry point (pack copies it)
+        # found at start (_versions, on the steps' path); a plugin by its dist-info's entry point (pack copies it)
+        if suite.env["packages"].get("pytest_timeout"):
             argv += ["--timeout", "60" if suite.smoke else "240"]
         else:
             outcome.data["note"] = "pytest-timeout missing: no per-test time limit (run --pack first)"
         status = call(suite, argv, log, deadline, outcome, step, {"GPU_SUITE_TESTS_JSONL": str(jsonl)})
         return "ok" if status == "failed (rc 5)" else status  # rc 5: no test collected (none marked gpu)
     return run
-
-
-def _importable(module: str, suite: Suite) -> bool:
-    done = subprocess.run([sys.executable, "-c", f"import {module}"], env=child_env(suite), capture_output=True)
-    return done.returncode == 0
 
 
 def read_pytest(suite: Suite, outcome: Outcome) -> list[str]:
@@ -652,11 +648,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     estimates = measured_estimates(args.estimates) if args.estimates else {}
     chosen = [s for s in steps() if not args.only or s.key in args.only.split(",")]
-    suite = Suite(work=work, out=out, smoke=args.smoke,
-                  outcomes=[Outcome(s.key, s.name, estimate=estimates.get(s.key, s.smoke_estimate_s if args.smoke
-                                                                           else s.estimate_s)) for s in chosen])
-    suite.stall = args.stall
-    suite.env = {"git_revision": revision(), "packages": _versions()}
+    outcomes = [Outcome(s.key, s.name, estimate=estimates.get(s.key, s.smoke_estimate_s if args.smoke
+                                                               else s.estimate_s)) for s in chosen]
+    suite = Suite(work=work, out=out, smoke=args.smoke, outcomes=outcomes, stall=args.stall,
+                  env={"git_revision": revision(), "packages": _versions()})
     suite.publish()
     for number, step in enumerate(chosen, 1):
         outcome = suite.outcome(step.key)
