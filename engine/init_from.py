@@ -38,6 +38,7 @@ from engine.models.aux_bn import with_aux_bn_from_primary
 from engine.models.files import check_card, load_guarded, safetensors_shapes, tensor_dict
 from engine.models.heads import MultiHeadNet
 from engine.run_dir import RunDir, read_json
+from loaders.json_values import whole_number
 from loaders.sources.base import sha256_files
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def read_source(path: str | Path) -> Source:
         card = check_card(read_json(card_path), card_path)
         safetensors_shapes(file)  # a bad header is named before safetensors reads it
         weights, epoch = load_guarded(lambda: load_file(str(file)), file), card.get("epoch", -1)
-    if not isinstance(epoch, int) or isinstance(epoch, bool):
+    if not whole_number(epoch):
         raise ValueError(f"init.source {file}: its epoch is {epoch!r}, expected a whole number; is it a biamat-engine model?")
     return Source(file=file.resolve(), weights=weights, card=card, epoch=epoch, sha256=sha256_files([file]))
 

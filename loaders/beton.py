@@ -32,6 +32,7 @@ import numpy as np
 
 from loaders.sources.base import ChunkedSource, SourceError, iter_chunks
 from loaders.images import ChannelStats
+from loaders.json_values import finite_number, whole_number
 from loaders.processes import pid_alive
 from loaders.types import CHANNEL_STATS_KEYS, ArrayDataset, DatasetInfo
 
@@ -327,7 +328,7 @@ def _check_manifest(manifest: dict, mpath: Path) -> None:
                           "the manifest was edited or damaged: prepare the dataset again")
 
     count = manifest.get("count")
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+    if not whole_number(count) or count < 0:
         raise bad("count", "the number of samples")
     names = manifest.get("class_names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
@@ -335,7 +336,7 @@ def _check_manifest(manifest: dict, mpath: Path) -> None:
     for key in CHANNEL_STATS_KEYS:
         values = manifest.get(key, [0.5] * 3)
         if (not isinstance(values, list) or len(values) != 3
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values)
+                or not all(finite_number(v) for v in values)
                 or (key == "channel_std" and min(values) < 0)):
             raise bad(key, "3 finite numbers, one per RGB channel" + (", none negative" if key == "channel_std" else ""))
 

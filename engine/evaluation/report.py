@@ -6,6 +6,7 @@ import math
 
 from engine.config import parse_number
 from engine.run_dir import read_json
+from loaders.json_values import json_number
 
 
 def parse_eps(text: str | float) -> float:
@@ -44,7 +45,7 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
 
 def number_or_null(value) -> bool:
     """A JSON number (not a boolean) or null: how a record holds a measurement that may be absent."""
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    return value is None or json_number(value)
 
 
 def read_eval_report(path) -> dict:

@@ -22,6 +22,8 @@ from typing import Callable, Mapping
 
 import torch
 
+from loaders.json_values import finite_number, whole_number
+
 MAX_CLASSES = 1_000_000
 """More classes than any image-classification set has (ImageNet-21k: 21,841); a card asking for
 10^10 would otherwise allocate a head of terabytes."""
@@ -35,14 +37,6 @@ _SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 
                       "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 
 _RETRAIN = "train the model again, or export it again from its run directory (`biamat-engine export`)"
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_card(card, where: str | Path) -> dict:
@@ -69,17 +63,17 @@ def check_card(card, where: str | Path) -> dict:
     except ValueError as err:
         raise ValueError(f"{where}: model card field 'architecture': {err}") from None
     classes = card["num_classes"]
-    if not _is_int(classes) or not 1 <= classes <= MAX_CLASSES:
+    if not whole_number(classes) or not 1 <= classes <= MAX_CLASSES:
         raise bad("num_classes", f"a whole number from 1 to {MAX_CLASSES:,}", classes)
     aux = card.get("aux_classes", [])
-    if not isinstance(aux, list) or len(aux) > 64 or not all(_is_int(c) and 1 <= c <= MAX_CLASSES for c in aux):
+    if not isinstance(aux, list) or len(aux) > 64 or not all(whole_number(c) and 1 <= c <= MAX_CLASSES for c in aux):
         raise bad("aux_classes", f"a list of class counts from 1 to {MAX_CLASSES:,}", aux)
     dropout = card.get("dropout", 0.0)
-    if not _is_number(dropout) or not 0 <= dropout < 1:
+    if not finite_number(dropout) or not 0 <= dropout < 1:
         raise bad("dropout", "a number in [0, 1)", dropout)
     for key in ("mean", "std"):
         value = card.get(key, [0.5, 0.5, 0.5])
-        if not isinstance(value, list) or len(value) != 3 or not all(_is_number(v) for v in value):
+        if not isinstance(value, list) or len(value) != 3 or not all(finite_number(v) for v in value):
             raise bad(key, "3 finite numbers, one per RGB channel", value)
         if key == "std" and min(value) <= 0:
             raise bad(key, "3 positive numbers", value)
@@ -90,7 +84,7 @@ def check_card(card, where: str | Path) -> dict:
         raise ValueError(f"{where}: the model card names {len(names)} classes but num_classes is {classes}; "
                          f"{_RETRAIN}")
     size = card.get("image_size")
-    if size is not None and (not _is_int(size) or not 1 <= size <= MAX_IMAGE_SIZE):
+    if size is not None and (not whole_number(size) or not 1 <= size <= MAX_IMAGE_SIZE):
         raise bad("image_size", f"a whole number of pixels from 1 to {MAX_IMAGE_SIZE}", size)
     return card
 
@@ -172,9 +166,9 @@ def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
         if name == "__metadata__":
             continue
         ok = (isinstance(entry, dict) and entry.get("dtype") in _SAFETENSORS_BYTES
-              and isinstance(entry.get("shape"), list) and all(_is_int(d) and d >= 0 for d in entry["shape"])
+              and isinstance(entry.get("shape"), list) and all(whole_number(d) and d >= 0 for d in entry["shape"])
               and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
-              and all(_is_int(o) for o in entry["data_offsets"]))
+              and all(whole_number(o) for o in entry["data_offsets"]))
         if not ok:
             raise ValueError(f"{path}: the header entry of tensor {name!r} is not dtype, shape, data_offsets; {fix}")
         begin, end = entry["data_offsets"]

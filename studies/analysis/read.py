@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from engine.evaluation.report import number_or_null, read_eval_report
 from engine.run_dir import RunDir, read_json, read_json_lines
+from loaders.json_values import whole_number
 
 if TYPE_CHECKING:
     from engine.config import TrainConfig
@@ -98,17 +99,13 @@ def load_run(path: str | Path) -> Run:
 
 # What the analysis reads of each record, by type: a record an edit or another tool damaged is
 # named here, by file, record and key, instead of failing deep inside a figure.
-def _int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _ints(v) -> bool:
-    return isinstance(v, list) and all(_int(x) and x >= 0 for x in v)
+    return isinstance(v, list) and all(whole_number(x) and x >= 0 for x in v)
 
 
-_METRICS_FIELDS = {"epoch": (_int, "a whole number"),
+_METRICS_FIELDS = {"epoch": (whole_number, "a whole number"),
                    **{k: (number_or_null, "a number or null") for k in ("lr", "omega", *LOSS_TERMS, *ACCURACIES)}}
-_SELECTION_FIELDS = {"epoch": (_int, "a whole number"), "aux": (_int, "a whole number"),
+_SELECTION_FIELDS = {"epoch": (whole_number, "a whole number"), "aux": (whole_number, "a whole number"),
                      "class_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
                                      "a list of names"),
                      "seen": (_ints, "a list of counts"), "high": (_ints, "a list of counts")}
