@@ -199,9 +199,8 @@ def study_command(
 
 
 def _print_plan(plan, resources) -> None:
-    import os
-
     from engine.run_dir import RunDir
+    from loaders.options import available_cores
     from studies.estimate import estimate
     from studies.runner import finished
     from studies.scheduler import slot_environment, visible_gpus
@@ -234,7 +233,7 @@ def _print_plan(plan, resources) -> None:
                       f"({run.config.optim.epochs} epochs), {_images(run.eval_images)} evaluated "
                       f"(test images x {len(run.attacks)} attacks)", highlight=False)
         env = slot_environment(slot % resources.jobs, resources.jobs, gpus, resources.gpus_per_run,
-                               os.cpu_count() or 1)
+                               available_cores())
         slot += 1
         console.print(f"  job:   {resources.describe(env)}", highlight=False, soft_wrap=True)
         on_gpu = run.config.runtime.device != "cpu" and (resources.executor == "slurm" or bool(gpus))

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from loaders.options import available_cores
 from studies.plan import RunPlan, StudyPlan
 
 EXECUTORS = ("local", "slurm")
@@ -200,7 +201,7 @@ def run_local(plan: StudyPlan, resources: Resources, *,
     needs a failed one fails on its own, naming what is missing)."""
     submitit = import_submitit()
     gpus = visible_gpus() if resources.gpus is None else resources.gpus
-    cores = cores or os.cpu_count() or 1
+    cores = cores or available_cores()  # affinity and cgroup quota, not the whole host's count
     executor = submitit.LocalExecutor(folder=plan.out / "logs" / "submitit")
     failed: list[str] = []
     running: dict[int, tuple[RunPlan, object]] = {}  # slot -> (run, job)
