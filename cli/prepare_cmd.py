@@ -72,6 +72,9 @@ def prepare_command(
     groups: Annotated[Optional[str], typer.Option(
         help="shapes aux: all, related (the primary's shapes in another domain) or unrelated (textures) classes.",
         rich_help_panel=SHAPES)] = None,
+    grey: Annotated[bool, typer.Option(
+        "--grey", help="Turn every image to grey (BT.601 luma) in all three channels, as grey sources "
+                       "(idx, fashion-mnist) are stored.", rich_help_panel=DERIVED)] = False,
     parts: Annotated[Optional[str], typer.Option(
         help="Split into disjoint class-stratified parts of these sizes (e.g. 25000,12500,12500), drawn "
              "with --seed; writes OUT-A.beton, OUT-B.beton, ... (or the one --part at OUT).",
@@ -121,7 +124,7 @@ def prepare_command(
 
     prepare(format, source, out, split=split, size=size, seed=seed, shapes=knobs, download=download, coarse=coarse,
             skip_bad=skip_bad, workers=workers, parts=sizes, part=part, uniform_noise=uniform_noise, classes=keep,
-            n_per_class=n_per_class, write=_write, on_written=report)
+            n_per_class=n_per_class, grey=grey, write=_write, on_written=report)
 
 
 def _source_and_out(format: str, paths: list[str]) -> tuple[str | tuple[str, ...], Path]:

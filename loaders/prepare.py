@@ -25,7 +25,7 @@ def prepare(format: str, source: str | Path | tuple[str | Path, ...], out: str |
             size: int | None = None, seed: int = 0, shapes: dict | None = None, download: bool = False,
             coarse: bool = False, skip_bad: bool = False, workers: int = 1, parts: list[int] | None = None,
             part: str | None = None, uniform_noise: float | None = None, classes: list[int] | None = None,
-            n_per_class: int | None = None, write: Writer = write_plain,
+            n_per_class: int | None = None, grey: bool = False, write: Writer = write_plain,
             on_written: Callable[[Path, dict], None] | None = None) -> list[tuple[Path, dict]]:
     """Every file written, with its manifest: OUT, or its parts (OUT-A.beton, ...; one `part` at
     OUT). `write` writes one file (a progress bar's writer on a terminal); `on_written` hears of
@@ -37,7 +37,7 @@ def prepare(format: str, source: str | Path | tuple[str | Path, ...], out: str |
                        workers=workers, seed=seed, shapes=shapes)
     named = source if isinstance(source, (str, Path)) else ",".join(map(str, source))
     written = []
-    for _, path, dataset in derived_sets(data, Path(out), parts, part, uniform_noise, seed, classes, n_per_class):
+    for _, path, dataset in derived_sets(data, Path(out), parts, part, uniform_noise, seed, classes, n_per_class, grey):
         written.append((path, write(path, dataset, format, split, str(named))))
         if on_written is not None:
             on_written(*written[-1])

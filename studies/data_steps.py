@@ -64,13 +64,20 @@ def _prepare(step: DataStep, options: dict) -> None:
         record_beton(out, "prepare")
         return manifest
 
+    from loaders.sources.derive import parse_class_ids
+
     format, source = step.args
-    shapes = {k: options[k] for k in ("n", "difficulty", "classes", "groups") if k in options}
+    shape_knobs = ("n", "difficulty", "classes", "groups") if format == "shapes" else ()
+    shapes = {k: options[k] for k in shape_knobs if k in options}
+    # As the command reads --classes: a class count for shapes, class ids (0,2,4) for any other format.
+    classes = parse_class_ids(str(options["classes"])) if "classes" in options and format != "shapes" else None
     prepare(format, source, step.out, split=options.get("split", "train"), size=options.get("size"),
             seed=int(options.get("seed", 0)), shapes=shapes, download=bool(options.get("download", False)),
             workers=int(options.get("workers", 1)),
             parts=parse_sizes(options["parts"]) if "parts" in options else None, part=options.get("part"),
-            uniform_noise=options.get("uniform-noise"), write=write)
+            uniform_noise=options.get("uniform-noise"), classes=classes,
+            n_per_class=int(options["n-per-class"]) if "n-per-class" in options else None,
+            grey=bool(options.get("grey", False)), write=write)
 
 
 def _pseudo_label(step: DataStep, options: dict) -> None:

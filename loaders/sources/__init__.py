@@ -130,8 +130,9 @@ SOURCES: dict[str, SourceSpec] = {
                             "from places2.csail.mit.edu", (32, 64)),
     "imagefolder": SourceSpec(_imagefolder, "any one-folder-per-class image tree, resized",
                               "folder with one sub-folder of JPEG/PNG images per class (or train/ and test/ trees)", (32, 64)),
-    # Shapes at any of these sizes: the demo (and `study --scale demo`) draws 16x16, the tests 8x8.
-    "shapes": SourceSpec(_shapes, "built-in synthetic shapes (no download)", "'primary' or 'aux'", (32, 64, 16, 8)),
+    # Shapes at any of these sizes: the demo (and `study --scale demo`) draws 16x16, the tests 8x8,
+    # the Fashion-MNIST scale its unrelated textures at 28x28.
+    "shapes": SourceSpec(_shapes, "built-in synthetic shapes (no download)", "'primary' or 'aux'", (32, 64, 16, 8, 28)),
     "idx": SourceSpec(_idx, "an IDX images/labels pair (MNIST, KMNIST, EMNIST, ...), grey stored as RGB",
                       "the images file and the labels file (raw or .gz), e.g. train-images-idx3-ubyte.gz "
                       "train-labels-idx1-ubyte.gz", (28,), paths=2),

@@ -1,12 +1,12 @@
 """Datasets derived from what a source read, for `prepare --classes`, `--n-per-class`,
-`--parts` and `--uniform-noise`: a subset of the classes (relabelled 0..k-1) and a seeded draw
-of N images per class; the seeded class-stratified split of one set into disjoint parts, and
-uniform pixel noise (the paper's Appendix B, Table 5: CIFAR-10's training set split into
+`--grey`, `--parts` and `--uniform-noise`: a subset of the classes (relabelled 0..k-1) and a
+seeded draw of N images per class; colour turned to grey; the seeded class-stratified split of
+one set into disjoint parts, and uniform pixel noise (the paper's Appendix B, Table 5: CIFAR-10's training set split into
 cifar-A, cifar-B and cifar-C of 25000, 12500 and 12500 images, uniform noise added to cifar-C).
 
 All are deterministic functions of the data and a seed, and all say what they did in the
-dataset's `meta`, which `write_beton` copies into the manifest. The subset comes first, so
-the parts and the noise apply to it.
+dataset's `meta`, which `write_beton` copies into the manifest. The subset comes first, then
+the grey, so the parts and the noise apply to what they made.
 """
 
 from __future__ import annotations
@@ -142,6 +142,30 @@ def select_classes(data: ArrayDataset | ChunkedSource, classes: list[int] | None
     return subset
 
 
+# ITU-R BT.601 luma weights, the grey of PIL's `convert("L")` and OpenCV's RGB2GRAY.
+_LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+_LUMA = np.array(_LUMA_WEIGHTS, np.float32)
+
+
+def to_grey(data: ArrayDataset | ChunkedSource) -> ArrayDataset | ChunkedSource:
+    """`data` with every image turned to its BT.601 luma, rounded, in all three channels: grey
+    images stored as RGB, as `prepare idx` stores MNIST-like data, so a colour set and a grey one
+    (e.g. the shapes textures beside Fashion-MNIST) differ in content, not in colour mode."""
+    def grey(chunk: ArrayDataset) -> ArrayDataset:
+        luma = np.rint(chunk.images.astype(np.float32) @ _LUMA).clip(0, 255).astype(np.uint8)
+        return dataclasses.replace(chunk, images=np.repeat(luma[..., None], 3, axis=-1), meta=dict(chunk.meta))
+
+    record = {"weights": list(_LUMA_WEIGHTS), "standard": "ITU-R BT.601 luma, rounded, replicated to 3 channels"}
+    if isinstance(data, ChunkedSource):
+        def chunks() -> Iterator[ArrayDataset]:
+            yield from (grey(c) for c in data.chunks())
+
+        return dataclasses.replace(data, chunks=chunks, meta={**data.meta, "grey": record})
+    out = grey(data)
+    out.meta["grey"] = record
+    return out
+
+
 def check_amplitude(amplitude: float) -> None:
     if not 0 < amplitude <= 255:
         raise SourceError(f"--uniform-noise {amplitude:g}: expected an amplitude in (0, 255] pixel levels")
@@ -184,12 +208,15 @@ def part_path(out: Path, index: int) -> Path:
 
 def derived_sets(data: ArrayDataset | ChunkedSource, out: Path, sizes: list[int] | None, part: str | None,
                  noise: float | None, seed: int, classes: list[int] | None = None,
-                 n_per_class: int | None = None) -> list[tuple[int, Path, ArrayDataset | ChunkedSource]]:
+                 n_per_class: int | None = None, grey: bool = False,
+                 ) -> list[tuple[int, Path, ArrayDataset | ChunkedSource]]:
     """(part index, output path, dataset) for each file `prepare` writes: the whole set at OUT,
     every part at OUT-A.beton, OUT-B.beton, ..., or one `part` at OUT; with uniform noise added
     (each part its own noise stream, so a part's noise is the same written alone or with the others);
-    all from the subset `classes` / `n_per_class` picks (see `select_classes`)."""
+    all from the subset `classes` / `n_per_class` picks (see `select_classes`), grey if asked."""
     data = select_classes(data, classes, n_per_class, seed)
+    if grey:
+        data = to_grey(data)
     if sizes is None:
         writes = [(0, out, data)]
     else:
