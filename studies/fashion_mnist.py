@@ -70,3 +70,14 @@ def data_steps(data_dir: Path, seed: int, source: Path | None = None) -> dict[st
             "test": subset("test", PRIMARY_CLASSES, TEST_PER_CLASS),
             "related": subset("train", AUX_CLASSES, AUX_PER_CLASS),
             "unrelated": textures}
+
+
+def class_groups() -> dict[str, str]:
+    """Auxiliary class name -> related / unrelated, as this setting means them: Fashion-MNIST's
+    other classes related (same source), the textures unrelated (another domain)."""
+    from loaders.sources.idx import FASHION_MNIST_CLASSES
+    from loaders.sources.shapes import class_names
+
+    related = [FASHION_MNIST_CLASSES[int(c)] for c in AUX_CLASSES.split(",")]
+    return {**{name: "related" for name in related},
+            **{name: "unrelated" for name in class_names("aux", groups="unrelated")}}

@@ -127,6 +127,9 @@ class StudyPlan:
     notes: list[str] = field(default_factory=list)
     steps: list[DataStep] = field(default_factory=list)
     """Every data file the study makes, each once, in the order they are made."""
+    class_groups: dict[str, str] | None = None
+    """Auxiliary class name -> related / unrelated, where the scale declares them (Scale.class_groups);
+    None: the data's own related flags."""
 
     def unique_runs(self) -> list[RunPlan]:
         """The runs that train (a run repeating another's config is not trained twice)."""
@@ -157,6 +160,10 @@ class Scale(Protocol):
 
     def unsupported(self, row: Row) -> str | None:
         """Why the scale cannot run `row` (it is left out of the plan with this note); None: it can."""
+
+    def class_groups(self) -> dict[str, str] | None:
+        """Auxiliary class name -> related / unrelated for the routing tables, where the scale
+        declares them; None: the data's related flags (shapes records them)."""
 
 
 def _flag_text(value: object) -> str:
@@ -237,6 +244,9 @@ class PaperScale:
     def unsupported(self, row: Row) -> str | None:
         return None
 
+    def class_groups(self) -> dict[str, str] | None:
+        return None
+
 
 @dataclass(frozen=True)
 class ShapesScale:
@@ -301,6 +311,9 @@ class ShapesScale:
     def unsupported(self, row: Row) -> str | None:
         return None
 
+    def class_groups(self) -> dict[str, str] | None:
+        return None
+
 
 @dataclass(frozen=True)
 class FashionMnistScale:
@@ -336,6 +349,11 @@ class FashionMnistScale:
 
     def attacks(self) -> tuple[tuple[str, ...], list[str]]:
         return self.eval_attacks, []
+
+    def class_groups(self) -> dict[str, str] | None:
+        from studies import fashion_mnist
+
+        return fashion_mnist.class_groups()
 
     def data_files(self, cfg: "TrainConfig") -> list[str]:
         return []  # every file is made by the scale's own steps (inputs)
@@ -535,7 +553,7 @@ def make_plan(grid: Grid, scale: Scale, out: str | Path, *, seeds: tuple[int, ..
         notes.append(f"helper runs (pre-trainings, labelling classifiers, source models) and the data made from "
                      f"them are made once, at seed {helper_seed}; every seed's rows start from them")
     return StudyPlan(grid=grid, scale=scale.name, out=out, seeds=seeds, runs=runs,
-                     missing=sorted(missing.items()), notes=notes, steps=all_steps)
+                     missing=sorted(missing.items()), notes=notes, steps=all_steps, class_groups=scale.class_groups())
 
 
 def missing_data_message(plan: StudyPlan) -> str:

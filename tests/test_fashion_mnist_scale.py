@@ -99,3 +99,18 @@ def load_epochs() -> int:
     from engine.config import load_config
 
     return load_config(fashion_mnist.PRESET).optim.epochs
+
+
+def test_every_auxiliary_class_the_scale_makes_has_its_declared_group(tmp_path):
+    fx.write_idx(tmp_path / "fm", "train", n=400, gz=True)
+    fx.write_idx(tmp_path / "fm", "t10k", n=10)
+    steps = fashion_mnist.data_steps(tmp_path / "made", seed=0, source=tmp_path / "fm")
+    for role in ("related", "unrelated"):
+        step = steps[role]
+        small = tuple((k, 3 if k == "n-per-class" else 30 if k == "n" else v) for k, v in step.options)
+        type(step)(step.command, step.args, step.out, small).make()
+    groups = get_scale("fashion-mnist").class_groups()
+    for role in ("related", "unrelated"):
+        names = read_manifest(steps[role].out)["class_names"]
+        assert {groups[name] for name in names} == {role}
+    assert read_manifest(steps["related"].out)["class_names"][1] == "Shirt"
