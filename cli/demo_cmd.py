@@ -1,5 +1,5 @@
-"""`biamat-engine demo`: plain AT and AT+BiaMAT side by side on built-in data, in minutes on a
-CPU. What it runs is studies/demo.py; this command parses the options, shows progress and
+"""`biamat-engine demo`: plain AT and AT+BiaMAT side by side on Fashion-MNIST (or the built-in
+shapes), in minutes on a CPU. What it runs is studies/demo.py; this command parses the options, shows progress and
 prints the table."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import typer
 from cli.common import TrainProgress, print_epoch_table, setup_logging
 from cli.console import console, err_console
 from cli.options import devices
-from studies.demo import ARMS  # light: the heavy imports wait inside the functions
+from studies.demo import ARMS, DATASETS  # light: the heavy imports wait inside the functions
 
 EPILOG = """[bold]Examples[/]
 
@@ -22,10 +22,16 @@ EPILOG = """[bold]Examples[/]
 
   biamat-engine demo --only biamat --out /tmp/demo --device cpu --epochs 3
 
-  biamat-engine demo --difficulty 3 --classes 16 --n 640 --seed 1
+  biamat-engine demo --data shapes --difficulty 3 --classes 16 --n 640 --seed 1
 """
 
 DATA, RUN = "Data", "Run"
+
+
+def _data(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in DATASETS:
+        raise typer.BadParameter(f"expected one of {' | '.join(DATASETS)}, got {value!r}")
+    return value
 
 
 def _only(value: Optional[str]) -> Optional[str]:
@@ -45,40 +51,59 @@ def demo_command(
     epochs: Annotated[Optional[int], typer.Option(
         min=1, help="Override the demo preset's epochs.", rich_help_panel=RUN)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the data and the runs.", rich_help_panel=RUN)] = 0,
+    data: Annotated[Optional[str], typer.Option(
+        callback=_data, help="fashion-mnist (default where Debian's dataset-fashion-mnist is installed) or shapes "
+                             "(the built-in synthetic data; the default otherwise, and with any shapes option below).",
+        rich_help_panel=DATA)] = None,
+    source: Annotated[Optional[Path], typer.Option(
+        help="fashion-mnist: the folder of its four IDX files (default: the Debian package's).",
+        rich_help_panel=DATA)] = None,
     n: Annotated[Optional[int], typer.Option(
-        "--n", "--train-size", min=16, help="Primary training images (default: the preset's).",
+        "--n", "--train-size", min=16, help="shapes: Primary training images (default: the preset's).",
         rich_help_panel=DATA)] = None,
     aux_size: Annotated[Optional[int], typer.Option(
-        min=16, help="Auxiliary training images (default: the preset's).", rich_help_panel=DATA)] = None,
+        min=16, help="shapes: Auxiliary training images (default: the preset's).", rich_help_panel=DATA)] = None,
     test_size: Annotated[Optional[int], typer.Option(
-        min=16, help="Held-out primary images (default: the preset's).", rich_help_panel=DATA)] = None,
+        min=16, help="shapes: Held-out primary images (default: the preset's).", rich_help_panel=DATA)] = None,
     difficulty: Annotated[Optional[int], typer.Option(
-        min=0, max=3, help="Shapes difficulty 0..3 (default: the preset's).", rich_help_panel=DATA)] = None,
+        min=0, max=3, help="shapes: Shapes difficulty 0..3 (default: the preset's).", rich_help_panel=DATA)] = None,
     classes: Annotated[Optional[int], typer.Option(
-        min=2, max=16, help="Primary shape classes (default: the preset's).", rich_help_panel=DATA)] = None,
+        min=2, max=16, help="shapes: Primary shape classes (default: the preset's).", rich_help_panel=DATA)] = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Log progress to stderr.", rich_help_panel=RUN)] = False,
 ) -> None:
-    """Train plain AT and AT+BiaMAT on built-in shapes with one budget, evaluate both, print the table."""
+    """Train plain AT and AT+BiaMAT with one budget, evaluate both, print the table.
+
+    On Fashion-MNIST (where installed) the setting is the fashion-mnist study's, and the table is
+    followed by the study's mean and spread over five seeds, so one run can be read against them."""
     setup_logging(verbose)
-    from engine.config import load_preset
     from engine.outputs import claim_demo, write_json_output
     from engine.run_dir import DemoDir
-    from studies.demo import arm_config, data_knobs, evaluate_arm, prepare_data, verdict
+    from studies import demo as pipeline
 
     started = time.perf_counter()
     demo = DemoDir(out)
     claim_demo(demo, tuple(ARMS))
-    preset = load_preset("demo")
-    knobs = data_knobs(preset, seed, n=n, aux=aux_size, test=test_size, difficulty=difficulty, classes=classes)
+    shapes_options = {"--n": n, "--aux-size": aux_size, "--test-size": test_size, "--difficulty": difficulty,
+                      "--classes": classes}
+    given = [name for name, value in shapes_options.items() if value is not None]
+    data = data or _default_data(given, source)
+    if data == "fashion-mnist" and given:
+        raise typer.BadParameter(f"{', '.join(given)} apply to --data shapes only", param_hint="--data")
+    if data == "shapes":
+        chosen = pipeline.shapes_data(demo.data, seed, n=n, aux=aux_size, test=test_size, difficulty=difficulty,
+                                      classes=classes)
+    else:
+        chosen = pipeline.fashion_mnist_data(demo.data, seed, source)
     arms = [only] if only else list(ARMS)
-    summary = {"status": "running", "arms": arms, "seed": seed, "data": knobs, "results": {}}
+    summary = {"status": "running", "arms": arms, "seed": seed, "dataset": chosen.name, "data": chosen.knobs,
+               "epochs_override": epochs, "results": {}}
     write_json_output(demo.summary, "demo", summary)  # first: its record marks the folder as this demo's
 
     steps = 1 + 2 * len(arms)
-    err_console.print(f"[bold]1/{steps}[/] writing the built-in shapes datasets as .beton files into {demo.data}")
-    paths = prepare_data(demo.data, {role: k for role, k in knobs.items() if role != "aux" or "biamat" in arms})
-    configs = {arm: arm_config(arm, paths, device, seed, epochs, preset) for arm in arms}
+    err_console.print(f"[bold]1/{steps}[/] writing the {chosen.name} datasets as .beton files into {demo.data}")
+    paths = chosen.make(arms)
+    configs = {arm: pipeline.arm_config(arm, chosen, paths, device, seed, epochs) for arm in arms}
     for i, arm in enumerate(arms):
         cfg = configs[arm]
         warm = f", warm-up {cfg.method.warmup_epochs}" if arm == "biamat" else ""
@@ -88,15 +113,33 @@ def demo_command(
         write_json_output(demo.summary, "demo", summary)
     for i, arm in enumerate(arms):
         err_console.print(f"[bold]{2 + len(arms) + i}/{steps}[/] evaluating {ARMS[arm]}'s best model on the "
-                          f"held-out shapes (clean, PGD-20)")
-        summary["results"][arm].update(evaluate_arm(demo.arm(arm).root, paths["test"], device))
+                          f"{chosen.test_words} (clean, PGD-20)")
+        summary["results"][arm].update(pipeline.evaluate_arm(demo.arm(arm).root, paths["test"], device, chosen))
         write_json_output(demo.summary, "demo", summary)
 
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    summary["verdict"] = verdict(summary["results"])
+    summary["verdict"] = pipeline.verdict(summary["results"], chosen.name)
+    study = None
+    if chosen.name == "fashion-mnist":
+        study = pipeline.compare_with_study(summary["results"], pipeline.read_reference(), same_setting=epochs is None)
+        summary["study"] = {"lines": study.lines, "within_spread": study.within}
     summary["status"] = "done"
     write_json_output(demo.summary, "demo", summary)
-    _print_results(summary, demo)
+    _print_results(summary, demo, chosen)
+
+
+def _default_data(shapes_options: list[str], source: Optional[Path]) -> str:
+    """fashion-mnist where its files are there (or a --source is given) and no shapes option is;
+    shapes otherwise, with a one-line notice when it is for want of the package."""
+    from studies.fashion_mnist import available
+
+    if shapes_options:
+        return "shapes"
+    if source is not None or available(source):  # a folder given is used, or its error shown
+        return "fashion-mnist"
+    err_console.print("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist): the demo runs on "
+                      "the built-in shapes instead.", highlight=False)
+    return "shapes"
 
 
 class _EpochLines:
@@ -121,15 +164,21 @@ def _train_arm(cfg, run_dir: Path) -> dict:
     return facts
 
 
-def _print_results(summary: dict, demo) -> None:
+def _print_results(summary: dict, demo, chosen) -> None:
     from rich.table import Table
 
     results = summary["results"]
     first = next(iter(results.values()))
-    data = summary["data"]["primary"]
-    table = Table(title=f"demo: best models on {first['n']} held-out shapes ({data['classes']} classes, difficulty "
-                        f"{data['difficulty']}, {data['n']} training images), Linf eps {first['eps']}, seed "
-                        f"{summary['seed']}", show_edge=False)
+    data = summary["data"]
+    if chosen.name == "shapes":
+        what = (f"{first['n']} held-out shapes ({data['primary']['classes']} classes, difficulty "
+                f"{data['primary']['difficulty']}, {data['primary']['n']} training images)")
+    else:
+        n_classes = len(data["primary_classes"].split(","))
+        what = (f"{first['n']} held-out Fashion-MNIST images ({n_classes} classes, "
+                f"{n_classes * data['per_class']} training images)")
+    table = Table(title=f"demo: best models on {what}, Linf eps {first['eps']}, seed {summary['seed']}",
+                  show_edge=False)
     for col in ("", "clean", "PGD-20", "epochs", "train s"):
         table.add_column(col, justify="right")
     for arm, r in results.items():
@@ -150,6 +199,8 @@ def _print_results(summary: dict, demo) -> None:
             sel.add_row(name, str(seen), str(high), f"{100 * high / max(seen, 1):.1f}")
         console.print(sel)
     if summary["verdict"]:
-        console.print(summary["verdict"])
+        console.print(summary["verdict"], highlight=False)
+    for line in summary.get("study", {}).get("lines", []):
+        console.print(line, highlight=False)
     console.print(f"demo folder: [bold]{demo.root}[/] ({', '.join(a + '/' for a in results)} run directories, "
                   f"demo.json), {summary['seconds']:.0f} s in all")

@@ -114,3 +114,59 @@ def test_every_auxiliary_class_the_scale_makes_has_its_declared_group(tmp_path):
         names = read_manifest(steps[role].out)["class_names"]
         assert {groups[name] for name in names} == {role}
     assert read_manifest(steps["related"].out)["class_names"][1] == "Shirt"
+
+
+# -- the demo on Fashion-MNIST ---------------------------------------------------------------------
+
+def test_the_demo_trains_the_studys_setting_on_fashion_mnist_and_reads_it_against_the_study(tmp_path):
+    import json
+    import tomllib
+
+    fm = tmp_path / "fm"
+    fx.write_idx(fm, "train", n=3000, gz=True)  # 300 of each class: the setting's draws fit
+    fx.write_idx(fm, "t10k", n=600)
+    out = tmp_path / "demo"
+    result = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"}).invoke(
+        app, ["demo", "--out", str(out), "--source", str(fm), "--device", "cpu", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["dataset"] == "fashion-mnist" and summary["status"] == "done"
+    bia = tomllib.loads((out / "biamat" / "config.toml").read_text())
+    from engine.config import load_config
+
+    preset = load_config(fashion_mnist.PRESET)
+    assert bia["attack"]["eps"] == preset.attack.eps and bia["model"]["name"] == preset.model.name
+    assert len(bia["data"]["aux"]) == 2 and summary["results"]["at"]["n"] == 300
+    names = [row[0] for row in summary["results"]["biamat"]["selection"]]
+    assert names == ["Fashion-MNIST's other classes (related)", "grey textures (unrelated)"]
+    # --epochs changes the study's setting: the study is shown, this run is not read against it.
+    assert summary["study"]["within_spread"] is None
+    assert "Fashion-MNIST" in result.stdout and "AT+BiaMAT" in result.stdout
+
+
+def test_the_demo_places_its_run_inside_or_outside_the_studys_seed_spread():
+    from studies.demo import compare_with_study
+
+    reference = {"seeds": [0, 1, 2], "revision": "abc1234", "machine": "a test", "verdict": "not resolved",
+                 "arms": {"at": {"clean": [0.8, 0.8, 0.8], "pgd20": [0.50, 0.50, 0.50]},
+                          "biamat": {"clean": [0.8, 0.8, 0.8], "pgd20": [0.52, 0.50, 0.48]}}}
+    # Per-seed differences +2, 0, -2 points: mean 0, sd 2, so mean +- 2 sd is -4 .. +4.
+    def run(at: float, bia: float) -> dict:
+        return {"at": {"robust_acc": at}, "biamat": {"robust_acc": bia}}
+
+    inside = compare_with_study(run(0.50, 0.53), reference, same_setting=True)
+    outside = compare_with_study(run(0.50, 0.45), reference, same_setting=True)
+    assert inside.within is True and "within" in inside.lines[-1] and "-4.0 to +4.0" in inside.lines[-1]
+    assert outside.within is False and "outside" in outside.lines[-1]
+    assert "+0.0 ± 2.0" in inside.lines[3] and "abc1234" in inside.lines[0]
+    assert compare_with_study(run(0.5, 0.5), None, same_setting=True).within is None
+
+
+def test_the_demo_falls_back_to_shapes_with_a_notice_where_fashion_mnist_is_missing(tmp_path, monkeypatch, capsys):
+    from cli import demo_cmd
+
+    monkeypatch.setattr(fashion_mnist, "default_source", lambda: tmp_path / "not-installed")
+    assert demo_cmd._default_data([], None) == "shapes"
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err.replace("\n", " ")
+    assert demo_cmd._default_data(["--n"], None) == "shapes"
+    assert demo_cmd._default_data([], tmp_path / "given") == "fashion-mnist"  # its error is the data step's
