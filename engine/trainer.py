@@ -43,6 +43,7 @@ from engine.outputs import FolderLock
 from engine.run_dir import JsonLines, RunDir, atomic_write_text, refuse_to_replace
 from engine.runtime import Runtime, apply_backend_flags, resolve_runtime, rng_state, seed_everything, set_rng_state
 from engine.run_config import continue_run, resolve_config
+from engine.run_record import RunRecord, checkpoint_record, split_old_init_facts, write_run_record
 from engine.schedule import build_optimizer, learning_rate, schedule_offset
 from engine.step import TrainStep, compile_trunk
 from engine.tensorboard_log import clear_event_files, open_tensorboard, require_tensorboard
@@ -192,9 +193,10 @@ class Trainer:
                             if self.cfg.selects and self.cfg.method.aux_mode == "oracle" else ())
         self.normalization_source = self.data.normalization.source
         self.model = self._build_model()
+        self.record = RunRecord()  # a resume reads the run's own in _resume
         if cfg.init.source and not resume:  # a resumed fine-tune continues its own checkpoint, not the source
             init, self.normalization_source = start_from_source(self.model, self.cfg)
-            self.cfg = dataclasses.replace(self.cfg, init=init)
+            self.record = RunRecord(init=init)
         self.trunk = compile_trunk(self.model, self.rt)
         self.classifier = _Classifier(self.model, self.trunk, self.rt.autocast())
         # DDP's constructor broadcasts rank 0's weights, so the ranks start from one model.
@@ -215,6 +217,7 @@ class Trainer:
             self._started = True
             self._clear_run_dir()
             record_fingerprint(self.files, self.cfg)
+            write_run_record(self.files, self.record)
         # A finished run resumed without more epochs trains nothing: its config.toml stays the
         # one its checkpoint was written under.
         if self.is_main and (not resume or self.epoch < self.cfg.optim.epochs):
@@ -332,7 +335,8 @@ class Trainer:
                               self.cfg.eval.batch_size, self.rt.kernels)
 
     def _set_learning_rate(self, steps_per_epoch: int) -> float:
-        lr = learning_rate(self.cfg.optim, self.step, steps_per_epoch, schedule_offset(self.cfg))
+        lr = learning_rate(self.cfg.optim, self.step, steps_per_epoch,
+                           schedule_offset(self.cfg, self.record.source_epoch))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -459,6 +463,7 @@ class Trainer:
             "step": self.step,
             "best_robust": self.best_robust,
             "config": self.cfg.to_dict(),
+            "run_record": self.record.to_dict(),
         }
 
     def _log_and_save(self, record: dict) -> None:
@@ -486,8 +491,12 @@ class Trainer:
     def _resume(self) -> None:
         path = self.files.last
         state = load_checkpoint(path)  # CPU tensors; load_state_dict moves them to the device
+        recorded, _ = split_old_init_facts(state["config"])
         # The study's "made under other settings" check asks the same function (engine/run_config.py).
-        self.cfg, changes = continue_run(self.cfg, state["config"], str(self.out))
+        self.cfg, changes = continue_run(self.cfg, recorded, str(self.out))
+        self.record = checkpoint_record(state, path)
+        if self.is_main and not self.files.run_record.exists():  # a run from before run.json, or one deleted
+            write_run_record(self.files, self.record)
         if self.model.load_trained(state["model"], card_normalization(state["model_card"], path)) is not None:
             # The checkpoint's own normalisation wins: the weights were trained with it.
             self.normalization_source = state["model_card"].get(
