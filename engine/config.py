@@ -541,6 +541,19 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 _PRODUCED_BY_THE_TRAINER = {"init.": {"source_epoch", "source_sha256"}}
 
 
+def split_produced(tree: dict) -> tuple[dict, dict]:
+    """A run's recorded config tree (config.toml, a checkpoint's config) as settings only, and
+    its [init] section as recorded when that also held the facts the trainer found: {} when it
+    holds none. Every config.toml and checkpoint written before run.json has them (a run from
+    scratch `source_epoch = -1`, `source_sha256 = ""`), so a run's own config is read without
+    them rather than refused; engine/run_record.py turns them into the run's record."""
+    init = tree.get("init")
+    produced = _PRODUCED_BY_THE_TRAINER["init."]
+    if not isinstance(init, dict) or not produced & set(init):
+        return tree, {}
+    return {**tree, "init": {k: v for k, v in init.items() if k not in produced}}, dict(init)
+
+
 def _build(cls: type, data: dict, prefix: str) -> Any:
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}

@@ -182,13 +182,12 @@ def read_config(run_dir: str | Path, overrides: "Overrides | Iterable[str]" = ()
                 aux: list[str] | None = None) -> "TrainConfig":
     """The run's `config.toml`, parsed and validated by the config classes, with `overrides` and
     `aux` laid over it as `load_config` does (what `train --resume` continues under)."""
-    from engine.config import config_from_tree, read_toml
-    from engine.run_record import split_old_init_facts
+    from engine.config import config_from_tree, read_toml, split_produced
 
     path = RunDir.of(run_dir).config
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: is {path.parent} a run directory of biamat-engine?")
-    tree, _ = split_old_init_facts(read_toml(path))  # the facts themselves come from the checkpoint
+    tree, _ = split_produced(read_toml(path))  # a resume takes the facts from its checkpoint
     return config_from_tree(tree, overrides, aux)
 
 

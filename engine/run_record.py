@@ -18,7 +18,8 @@ config, so `train --resume` continues with the facts of the state it loads (the 
 Nothing reads these facts from config.toml.
 
 Not to be confused with engine/outputs.py's `.biamat.json` records, which say which command
-wrote a file (ownership); this file says what the run found when it started.
+wrote a file (ownership); this file says what the run found when it started. The fingerprint of
+the data, also taken at start, has its own file and owner (data.json, engine/data_fingerprint.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from engine.config import split_produced
 from engine.run_dir import RunDir, read_json, write_json
 from loaders.json_values import whole_number
 
@@ -93,29 +95,16 @@ def checkpoint_record(state: dict, path: str | Path) -> RunRecord:
     """The record a checkpoint carries (`run_record`, beside the config it was written under):
     what a resume continues with, whatever became of run.json."""
     if "run_record" not in state:  # written before run.json: the facts sit in its config
-        return RunRecord(init=split_old_init_facts(state["config"])[1])
+        return RunRecord(init=old_init_source(split_produced(state["config"])[1]))
     return RunRecord.from_dict(state["run_record"], f"{path} (its run_record)",
-                               "the checkpoint was changed outside biamat-engine; resume from best.pt or start again")
+                               "was the checkpoint changed outside biamat-engine? Start the run again (--overwrite)")
 
 
-# config.toml files and checkpoints written before run.json existed carry the source's epoch and
-# sha256 as [init] settings (every run from scratch records `source_epoch = -1` and
-# `source_sha256 = ""`), with init.source naming the file read and init.heads resolved. Every run
-# directory made until then holds them, so they are taken out where a run's recorded config is
-# read (engine.run_dir.read_config, a checkpoint's config on --resume) rather than refused.
-_OLD_INIT_FACTS = ("source_epoch", "source_sha256")
-
-
-def split_old_init_facts(tree: dict) -> tuple[dict, InitSource | None]:
-    """A run's recorded config tree without the old [init] facts, and those facts as an
-    InitSource when the run started from a source (None otherwise, or when there are none)."""
-    init = tree.get("init")
-    if not isinstance(init, dict) or not any(key in init for key in _OLD_INIT_FACTS):
-        return tree, None
-    settings = {k: v for k, v in init.items() if k not in _OLD_INIT_FACTS}
-    read = None
-    if init.get("source_sha256"):  # filled in when the run read its source
-        read = InitSource(file=str(init.get("source", "")), epoch=int(init.get("source_epoch", -1)),
-                          sha256=str(init["source_sha256"]), heads=str(init.get("heads", "new")))
-    return {**tree, "init": settings}, read
-
+def old_init_source(init: dict) -> InitSource | None:
+    """The source of a run written before run.json, from the [init] section its config recorded
+    (engine.config.split_produced): init.source was the file read, init.heads resolved, and
+    source_sha256 filled in when a source was read; None for a run from scratch."""
+    if not init.get("source_sha256"):
+        return None
+    return InitSource(file=str(init.get("source", "")), epoch=int(init.get("source_epoch", -1)),
+                      sha256=str(init["source_sha256"]), heads=str(init.get("heads", "new")))

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from engine.checkpoint import clean_state_dict, export_model, load_checkpoint, save_checkpoint
-from engine.config import ConfigError, TrainConfig, to_toml
+from engine.config import ConfigError, TrainConfig, split_produced, to_toml
 from engine.data import RunData, build_run_data
 from engine.data_fingerprint import check_fingerprint, record_fingerprint
 from engine.distributed import World, data_parallel, rank_device, rank_seed, sync_batchnorm
@@ -43,7 +43,7 @@ from engine.outputs import FolderLock
 from engine.run_dir import JsonLines, RunDir, atomic_write_text, refuse_to_replace
 from engine.runtime import Runtime, apply_backend_flags, resolve_runtime, rng_state, seed_everything, set_rng_state
 from engine.run_config import continue_run, resolve_config
-from engine.run_record import RunRecord, checkpoint_record, split_old_init_facts, write_run_record
+from engine.run_record import RunRecord, checkpoint_record, write_run_record
 from engine.schedule import build_optimizer, learning_rate, schedule_offset
 from engine.step import TrainStep, compile_trunk
 from engine.tensorboard_log import clear_event_files, open_tensorboard, require_tensorboard
@@ -491,7 +491,7 @@ class Trainer:
     def _resume(self) -> None:
         path = self.files.last
         state = load_checkpoint(path)  # CPU tensors; load_state_dict moves them to the device
-        recorded, _ = split_old_init_facts(state["config"])
+        recorded, _ = split_produced(state["config"])
         # The study's "made under other settings" check asks the same function (engine/run_config.py).
         self.cfg, changes = continue_run(self.cfg, recorded, str(self.out))
         self.record = checkpoint_record(state, path)

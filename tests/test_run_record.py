@@ -8,7 +8,8 @@ import json
 import pytest
 
 from engine.run_dir import RunDir
-from engine.run_record import InitSource, RunRecord, read_run_record, split_old_init_facts, write_run_record
+from engine.config import split_produced
+from engine.run_record import InitSource, RunRecord, old_init_source, read_run_record, write_run_record
 from engine.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -46,9 +47,11 @@ def test_a_record_that_is_not_one_is_named_with_the_fix(tmp_path, content, messa
 def test_the_old_init_facts_leave_the_config_and_become_the_record():
     old = {"init": {"source": SOURCE.file, "heads": "new", "source_epoch": 65, "source_sha256": SOURCE.sha256},
            "optim": {"epochs": 3}}
-    assert split_old_init_facts(old) == ({"init": {"source": SOURCE.file, "heads": "new"}, "optim": {"epochs": 3}},
-                                         SOURCE)
+    settings, init = split_produced(old)
+    assert settings == {"init": {"source": SOURCE.file, "heads": "new"}, "optim": {"epochs": 3}}
+    assert old_init_source(init) == SOURCE
     scratch = {"init": {"source": "", "heads": "auto", "source_epoch": -1, "source_sha256": ""}}
-    assert split_old_init_facts(scratch) == ({"init": {"source": "", "heads": "auto"}}, None)
+    settings, init = split_produced(scratch)
+    assert settings == {"init": {"source": "", "heads": "auto"}} and old_init_source(init) is None
     current = {"init": {"source": "", "heads": "auto"}}
-    assert split_old_init_facts(current) == (current, None)
+    assert split_produced(current) == (current, {})
