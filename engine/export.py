@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from engine.config import flatten
 from engine.evaluation.report import read_eval_report
-from engine.models.heads import PER_CHANNEL, PER_IMAGE
+from engine.models.heads import PER_IMAGE
 from engine.outputs import claim_folder, publish_folder
 from engine.run_dir import RunDir, read_config, read_json, write_json
 from engine.run_record import read_run_record
@@ -206,15 +206,14 @@ def load_robustbench_export(out_dir: str | Path) -> nn.Module:
     files = RunDir(out_dir)
     card = read_json(files.card)
     norm = card.get("normalization") if isinstance(card, dict) else None
-    if not isinstance(norm, dict):
-        raise ValueError(f"{files.card}: not the card of a RobustBench export (no normalization object); "
-                         "export the run again")
+    if not isinstance(norm, dict) or "kind" not in norm:  # an export from before the per-image kind has none
+        raise ValueError(f"{files.card}: not the card of a RobustBench export (no normalization object with its "
+                         "kind); export the run again")
     # Checked like any model card and file (engine/models/files.py) before a tensor is read.
     shapes = {**safetensors_shapes(files.weights), **{k: (1, 3, 1, 1) for k in _NORMALIZATION_KEYS}}  # (1, C, 1, 1) buffers
     model = build_from_card({"architecture": card.get("architecture"), "num_classes": card.get("num_classes"),
                              "mean": norm.get("mean"), "std": norm.get("std"),
-                             # exports from before the kind were per-channel
-                             "normalization": norm.get("kind", PER_CHANNEL)}, files.card,
+                             "normalization": norm["kind"]}, files.card,
                             weights=(shapes, files.weights))
     missing, unexpected = model.load_state_dict(load_guarded(lambda: load_file(str(files.weights)), files.weights),
                                                 strict=False)

@@ -456,7 +456,6 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "method": self.method_state.state_dict(),
             "stream": self.data.stream.state_dict(),
-            "rng": rng_ranks[0],
             "rng_ranks": rng_ranks,
             "world_size": self.world.size,
             "epoch": self.epoch,
@@ -491,6 +490,7 @@ class Trainer:
     def _resume(self) -> None:
         path = self.files.last
         state = load_checkpoint(path)  # CPU tensors; load_state_dict moves them to the device
+        _check_training_state(state, path)
         recorded, _ = split_produced(state["config"])
         # The study's "made under other settings" check asks the same function (engine/run_config.py).
         self.cfg, changes = continue_run(self.cfg, recorded, str(self.out))
@@ -514,7 +514,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.method_state.load_state_dict(state["method"])
-        self.data.stream.load_state_dict(state["stream"], state.get("world_size", 1))
+        self.data.stream.load_state_dict(state["stream"], state["world_size"])
         self.epoch, self.step, self.best_robust = state["epoch"], state["step"], state["best_robust"]
         self._restore_rng(state)
         self.metrics.truncate_after(self.epoch)
@@ -528,8 +528,7 @@ class Trainer:
     def _restore_rng(self, state: dict) -> None:
         """Each rank's own RNG state on as many ranks as the checkpoint was written with; on
         another number of ranks rank 0 takes rank 0's and the others fresh streams of their own."""
-        saved = state.get("world_size", 1)
-        ranks = state.get("rng_ranks", [state["rng"]])
+        saved, ranks = state["world_size"], state["rng_ranks"]
         if saved == self.world.size:
             set_rng_state(ranks[self.rank])
             return
@@ -540,6 +539,22 @@ class Trainer:
             set_rng_state(ranks[0])
         else:
             seed_everything(rank_seed(self.cfg.runtime.seed, self.rank, self.epoch))
+
+
+# What `_state` writes and a resume needs (run_record aside: runs from before run.json lack it and
+# are resumed, engine/run_record.py).
+_TRAINING_STATE = ("model", "model_card", "optimizer", "scaler", "method", "stream", "rng_ranks", "world_size",
+                   "epoch", "step", "best_robust", "config")
+
+
+def _check_training_state(state: dict, path: Path) -> None:
+    """A ValueError naming `path`, what it lacks and what to do, for a checkpoint of the same
+    format version written by an earlier engine that lacked some of the training state."""
+    missing = [key for key in _TRAINING_STATE if key not in state]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: it was written by an earlier biamat-engine, whose "
+                         "checkpoints this one cannot resume. Continue the run with the version that wrote it, "
+                         "or start it again (--overwrite)")
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
