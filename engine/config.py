@@ -538,7 +538,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
 
 # Keys config.toml held before run.json (engine/run_record.py): facts the trainer found, not settings.
-_PRODUCED_BY_THE_TRAINER = {"init.": {"source_epoch", "source_sha256"}}
+_PRODUCED_INIT_KEYS = frozenset({"source_epoch", "source_sha256"})
 
 
 def split_produced(tree: dict) -> tuple[dict, dict]:
@@ -548,17 +548,16 @@ def split_produced(tree: dict) -> tuple[dict, dict]:
     scratch `source_epoch = -1`, `source_sha256 = ""`), so a run's own config is read without
     them rather than refused; engine/run_record.py turns them into the run's record."""
     init = tree.get("init")
-    produced = _PRODUCED_BY_THE_TRAINER["init."]
-    if not isinstance(init, dict) or not produced & set(init):
+    if not isinstance(init, dict) or not _PRODUCED_INIT_KEYS & set(init):
         return tree, {}
-    return {**tree, "init": {k: v for k, v in init.items() if k not in produced}}, dict(init)
+    return {**tree, "init": {k: v for k, v in init.items() if k not in _PRODUCED_INIT_KEYS}}, dict(init)
 
 
 def _build(cls: type, data: dict, prefix: str) -> Any:
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = set(data) - known
-    produced = sorted(unknown & _PRODUCED_BY_THE_TRAINER.get(prefix, set()))
+    produced = sorted(unknown & _PRODUCED_INIT_KEYS) if prefix == "init." else []
     if produced:
         raise ConfigError(
             f"{', '.join(prefix + k for k in produced)}: not a setting; the trainer reads the source's epoch and "
