@@ -41,10 +41,10 @@ def flag_overrides(**flags) -> list[str]:
 def build_config(preset, config_file, overrides, aux, resume_dir):
     """The run's config: its own config.toml on --resume, else preset or file; then the flags."""
     from engine.config import load_config
-    from engine.run_dir import RunDir
+    from engine.run_dir import read_config
 
     if resume_dir is not None:
-        config_file = RunDir(resume_dir).config
+        return read_config(resume_dir, overrides, aux=list(aux) or None)
     return load_config(preset, config_file, overrides, aux=list(aux) or None)
 
 
@@ -100,7 +100,7 @@ def train_command(
     if resume and (preset or config):
         raise UsageError("--resume continues the run's own config.toml: drop --preset/--config")
     if resume and (init_from or init_heads):
-        raise UsageError("--resume continues the run's own checkpoint (config.toml records its source): "
+        raise UsageError("--resume continues the run's own checkpoint (run.json records its source): "
                          "drop --init-from/--init-heads")
     if init_heads and not init_from and not resume:
         raise UsageError("--init-heads says which head to take from --init-from's source: give --init-from too "
@@ -116,8 +116,6 @@ def train_command(
     overrides = flag_overrides(primary=primary, test=test, method=method, aux_mode=aux_mode, alpha=alpha,
                                pi=pi, epochs=epochs, model=model, loader=loader, device=device,
                                seed=seed, init_from=init_from, init_heads=init_heads)
-    if init_from:  # a new source: what a copied config.toml recorded of its old one does not apply
-        overrides += ["init.source_epoch=-1", "init.source_sha256="]
     overrides += list(set_)
     if resume and not files.holds_run():
         raise FileNotFoundError(f"--resume: {files.last} does not exist; start the run without --resume")

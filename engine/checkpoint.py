@@ -50,7 +50,9 @@ def load_checkpoint(path: str | Path) -> dict:
     state = read_torch_file(path)
     version = state.get("format_version")
     if version != FORMAT_VERSION:
-        raise ValueError(f"{path} has checkpoint format {version}, this engine reads format {FORMAT_VERSION}")
+        raise ValueError(f"{path} has checkpoint format {version}, this engine reads format {FORMAT_VERSION}: "
+                         "read it with the biamat-engine version that wrote it (format None: not a biamat-engine "
+                         "checkpoint)")
     return state
 
 

@@ -127,22 +127,16 @@ class InitConfig:
     """Start this run from another run's weights (pre-training -> fine-tuning, paper Table 3 and
     Appendix E; `train --init-from`): a run directory (its best.pt, where the paper's fine-tuning
     starts), a .pt checkpoint, or a model.safetensors beside its model.json. Empty: from scratch.
-    Read once, when the run starts (engine/init_from.py); the resolved config.toml records the
-    file read, and a resumed run continues its own checkpoint, never the source."""
+    Read once, when the run starts (engine/init_from.py); config.toml records it as given (made
+    absolute), RUN_DIR/run.json the file read, its epoch and sha256 (engine/run_record.py), and
+    a resumed run continues its own checkpoint, never the source."""
     heads: str = setting("auto", flag="--init-heads")
     """The primary head f_pri: `keep` (the source's, which needs the same class count), `new` (a
-    fresh one) or `auto` (keep when the class counts match, else new); recorded as keep or new.
+    fresh one) or `auto` (keep when the class counts match, else new; run.json records which).
     Auxiliary heads come along only with keep and the same auxiliary class counts."""
-    source_epoch: int = -1
-    """Filled in at start: the epochs the source had trained (-1: no source read yet). With
-    optim.schedule_offset = "global-step" the learning-rate schedule continues from it."""
-    source_sha256: str = ""
-    """Filled in at start: sha256 of the file read. A config that gives one (a copied config.toml)
-    must find that very file."""
 
     def __post_init__(self) -> None:
         _check_choice("init", "heads", self.heads, ("auto", "keep", "new"))
-        _check_range("init", "source_epoch", self.source_epoch, -1)
 
 
 @dataclass(kw_only=True)
@@ -268,10 +262,10 @@ class OptimConfig:
     """Linear LR warm-up from 0 over this many epochs (0: none, as the paper)."""
     schedule_offset: str = "none"
     """Where the schedule starts for a run with init.source: `none` (at epoch 0, as any run) or
-    `global-step` (at the source's epoch, init.source_epoch: the paper's Appendix E fine-tuning,
-    "the learning rate was set according to the global step over the pre-training and
-    fine-tuning phase"). The milestones then count global epochs (fractions are of
-    init.source_epoch + epochs); this run still trains `epochs` epochs."""
+    `global-step` (at the source's epoch, which the trainer reads from it and run.json records:
+    the paper's Appendix E fine-tuning, "the learning rate was set according to the global step
+    over the pre-training and fine-tuning phase"). The milestones then count global epochs
+    (fractions are of the source's epoch + epochs); this run still trains `epochs` epochs."""
 
     def __post_init__(self) -> None:
         _check_range("optim", "epochs", self.epochs, 1)
@@ -543,10 +537,33 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
+# Keys config.toml held before run.json (engine/run_record.py): facts the trainer found, not settings.
+_PRODUCED_INIT_KEYS = frozenset({"source_epoch", "source_sha256"})
+
+
+def split_produced(tree: dict) -> tuple[dict, dict]:
+    """A run's recorded config tree (config.toml, a checkpoint's config) as settings only, and
+    its [init] section as recorded when that also held the facts the trainer found: {} when it
+    holds none. Every config.toml and checkpoint written before run.json has them (a run from
+    scratch `source_epoch = -1`, `source_sha256 = ""`), so a run's own config is read without
+    them rather than refused; engine/run_record.py turns them into the run's record."""
+    init = tree.get("init")
+    if not isinstance(init, dict) or not _PRODUCED_INIT_KEYS & set(init):
+        return tree, {}
+    return {**tree, "init": {k: v for k, v in init.items() if k not in _PRODUCED_INIT_KEYS}}, dict(init)
+
+
 def _build(cls: type, data: dict, prefix: str) -> Any:
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = set(data) - known
+    produced = sorted(unknown & _PRODUCED_INIT_KEYS) if prefix == "init." else []
+    if produced:
+        raise ConfigError(
+            f"{', '.join(prefix + k for k in produced)}: not a setting; the trainer reads the source's epoch and "
+            "sha256 when the run starts and records them in RUN_DIR/run.json. Delete these lines (a config.toml "
+            "copied from a run written before run.json holds them)"
+        )
     if unknown:
         where = prefix.rstrip(".") or "top level"
         raise ConfigError(f"unknown key(s) {', '.join(sorted(unknown))} in {where}; known: {', '.join(sorted(known))}")
@@ -666,6 +683,12 @@ def load_config(
     if preset and file:
         raise ConfigError("give --preset or --config, not both")
     data = load_preset(preset) if preset else resolve_base(read_toml(file), str(file)) if file else {}
+    return config_from_tree(data, overrides, aux)
+
+
+def config_from_tree(data: dict, overrides: Overrides | Iterable[str] = (), aux: list[str] | None = None) -> TrainConfig:
+    """A config tree (a preset or file as read) with overrides, then `aux` in place of data.aux
+    when given, then validation."""
     data = apply_overrides(data, overrides)
     if aux is not None:
         data.setdefault("data", {})["aux"] = list(aux)

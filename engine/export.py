@@ -12,7 +12,7 @@ colour, and a folded conv would pad raw pixels with black, changing every border
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -20,9 +20,10 @@ import torch.nn as nn
 
 from engine.config import flatten
 from engine.evaluation.report import read_eval_report
-from engine.models.heads import PER_CHANNEL, PER_IMAGE
+from engine.models.heads import PER_IMAGE
 from engine.outputs import claim_folder, publish_folder
 from engine.run_dir import RunDir, read_config, read_json, write_json
+from engine.run_record import read_run_record
 
 EXPORT_FORMATS = ("robustbench",)
 _NORMALIZATION_KEYS = ("mu", "sigma")
@@ -112,11 +113,14 @@ def render_readme(card: dict) -> str:
         "```", "",
         "With biamat-engine: `engine.export.load_robustbench_export(DIR)` returns the same classifier.", "",
     ]
-    training = card.get("training", {})
+    training, started = card.get("training", {}), card.get("started_from")
     if training:
         lines += ["## Training", "", "| setting | value |", "|---|---|"]
         lines += [f"| {key} | {value} |" for key, value in training.items()]
         lines.append("")
+    if started:
+        lines += [f"Fine-tuned from `{started['file']}` (epoch {started['epoch']}, sha256 {started['sha256']}), "
+                  f"with {'its' if started['heads'] == 'keep' else 'a new'} primary head.", ""]
     evaluation = card.get("evaluation")
     if evaluation:
         lines += [f"## Evaluation (threat model {evaluation['threat_model']}, eps {evaluation['eps']}, "
@@ -158,6 +162,7 @@ def export_robustbench(run: str | Path, out_dir: str | Path | None = None, *, ov
     # Everything is read and checked before the first file is written.
     weights = robustbench_state_dict(model)
     config = read_config(run_dir).to_dict() if files.config.exists() else {}
+    record = read_run_record(files)  # what the run started from; none in a run from before run.json
     eval_report = read_eval_report(files.eval_report) if files.eval_report.exists() else None
     model_json = read_json(files.card) if files.card.exists() else {}
     card = {
@@ -177,6 +182,7 @@ def export_robustbench(run: str | Path, out_dir: str | Path | None = None, *, ov
         "source": str(run),
         "training": training_summary(config),
         "training_config": config,
+        "started_from": asdict(record.init) if record is not None and record.init is not None else None,
         "evaluation": _eval_summary(eval_report) if eval_report else None,
     }
     def fill(folder: Path) -> None:  # three files that appear together or not at all
@@ -200,15 +206,14 @@ def load_robustbench_export(out_dir: str | Path) -> nn.Module:
     files = RunDir(out_dir)
     card = read_json(files.card)
     norm = card.get("normalization") if isinstance(card, dict) else None
-    if not isinstance(norm, dict):
-        raise ValueError(f"{files.card}: not the card of a RobustBench export (no normalization object); "
-                         "export the run again")
+    if not isinstance(norm, dict) or "kind" not in norm:  # an export from before the per-image kind has none
+        raise ValueError(f"{files.card}: not the card of a RobustBench export (no normalization object with its "
+                         "kind); export the run again")
     # Checked like any model card and file (engine/models/files.py) before a tensor is read.
     shapes = {**safetensors_shapes(files.weights), **{k: (1, 3, 1, 1) for k in _NORMALIZATION_KEYS}}  # (1, C, 1, 1) buffers
     model = build_from_card({"architecture": card.get("architecture"), "num_classes": card.get("num_classes"),
                              "mean": norm.get("mean"), "std": norm.get("std"),
-                             # exports from before the kind were per-channel
-                             "normalization": norm.get("kind", PER_CHANNEL)}, files.card,
+                             "normalization": norm["kind"]}, files.card,
                             weights=(shapes, files.weights))
     missing, unexpected = model.load_state_dict(load_guarded(lambda: load_file(str(files.weights)), files.weights),
                                                 strict=False)

@@ -23,7 +23,6 @@ new run, with its own schedule position from schedule_offset.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +31,13 @@ import torch
 
 from engine.arch import parse_arch
 from engine.checkpoint import load_checkpoint
-from engine.config import ConfigError, InitConfig, TrainConfig
+from engine.config import ConfigError, TrainConfig
 from engine.models import card_normalization
 from engine.models.aux_bn import with_aux_bn_from_primary
 from engine.models.files import check_card, load_guarded, safetensors_shapes, tensor_dict
 from engine.models.heads import MultiHeadNet
 from engine.run_dir import RunDir, read_json
+from engine.run_record import InitSource
 from loaders.json_values import whole_number
 from loaders.sources.base import sha256_files
 
@@ -48,7 +48,7 @@ _HEADS = ("fc.", "aux_fc.")
 
 @dataclass(frozen=True)
 class Source:
-    """The weights a run starts from, and the facts config.toml records about them."""
+    """The weights a run starts from, and the facts run.json records about them."""
 
     file: Path
     weights: dict[str, torch.Tensor]
@@ -148,18 +148,12 @@ def _transferred(model: MultiHeadNet, source: Source, heads: str) -> tuple[dict[
     return {**state, **{k: weights[k] for k in wanted}}, keep_aux
 
 
-def start_from_source(model: MultiHeadNet, cfg: TrainConfig) -> tuple[InitConfig, str]:
+def start_from_source(model: MultiHeadNet, cfg: TrainConfig) -> tuple[InitSource, str]:
     """Loads `cfg.init.source` into the freshly built `model` as the module docstring says.
-    Returns the init settings as config.toml records them (the file read, its epoch and
-    sha256, keep or new) and where the model's normalisation now comes from."""
+    Returns the source as run.json records it (the file read, its epoch and sha256, keep or
+    new: engine/run_record.py) and where the model's normalisation now comes from."""
     init = cfg.init
     source = read_source(init.source)
-    if init.source_sha256 and init.source_sha256 != source.sha256:
-        raise ConfigError(
-            f"init.source_sha256 = {init.source_sha256} but {source.file} has sha256 {source.sha256}: the source "
-            "changed since this config was written; give the file it names, or clear init.source_sha256 to "
-            "start from the file as it is now"
-        )
     if cfg.optim.schedule_offset == "global-step" and source.epoch < 0:
         raise ConfigError(
             f'optim.schedule_offset = "global-step" continues the schedule from the source\'s epoch, and the card '
@@ -175,6 +169,4 @@ def start_from_source(model: MultiHeadNet, cfg: TrainConfig) -> tuple[InitConfig
                     "keeps the normalisation it was trained with", source.file, model.describe_normalization(), built)
     log.info("started from %s (epoch %d, sha256 %s): trunk, %s primary head%s", source.file, source.epoch,
              source.sha256[:12], "its" if heads == "keep" else "a new", ", its auxiliary heads" if kept_aux else "")
-    resolved = dataclasses.replace(init, source=str(source.file), heads=heads, source_epoch=source.epoch,
-                                   source_sha256=source.sha256)
-    return resolved, normalization
+    return InitSource(file=str(source.file), epoch=source.epoch, sha256=source.sha256, heads=heads), normalization

@@ -5,14 +5,16 @@ settings?" check all go through here, so a study never predicts what the trainer
 copying its logic: when they disagree, one of them is wrong for everybody.
 
     resolve_config   defaults resolved at start (the warm-up where no selection runs, data paths
-                     made absolute), and, against a recorded run, the init source as that run
-                     recorded it when it names the same source
+                     and init.source made absolute)
     continue_run     the same against a run's recorded config, plus what a resume may change
                      (engine/resume.py): the config the run continues under and its changes
 
-Runtime fields (device, precision, compile, kernels) are resolved from the machine by the
-trainer (engine/runtime.py); a resume may change them, so they never decide whether a run is
-the same one.
+config.toml records what was asked, so a requested config and a recorded one compare as they
+are: what the trainer found when it started (the init source's file, epoch and sha256, the
+heads `auto` became) is in run.json (engine/run_record.py), never in the config. Runtime
+fields (device, precision, compile, kernels) are resolved from the machine by the trainer
+(engine/runtime.py); a resume may change them, so they never decide whether a run is the same
+one.
 """
 
 from __future__ import annotations
@@ -24,32 +26,15 @@ from engine.config import TrainConfig, resolve_warmup
 from engine.resume import DEFAULT_REMEDY, changes_on_resume
 
 
-def resolve_config(cfg: TrainConfig, recorded: dict | None = None) -> TrainConfig:
-    """`cfg` as a run records it, but for the runtime fields. `recorded` (the nested config a
-    run's config.toml or checkpoint holds) makes a source given as a run directory compare
-    equal to the file it recorded: a fine-tuning records its source as that run's best.pt with
-    its epoch and sha256, and the heads `auto` resolved to."""
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` as a run records it, but for the runtime fields."""
     from engine.data import with_absolute_paths
 
     cfg = resolve_warmup(cfg)
-    cfg = dataclasses.replace(cfg, data=with_absolute_paths(cfg.data))
-    if recorded is not None:
-        cfg = dataclasses.replace(cfg, init=_recorded_init(cfg, recorded.get("init") or {}))
-    return cfg
-
-
-def _recorded_init(cfg: TrainConfig, saved: dict):
-    """cfg.init with the values the run recorded when it started from the very source cfg names;
-    cfg.init as it is for any other source (which then shows as a change)."""
-    from engine.init_from import source_file
-
-    init = cfg.init
-    if not init.source or not Path(init.source).exists() or \
-            str(source_file(init.source).resolve()) != saved.get("source"):
-        return init
-    return dataclasses.replace(init, source=saved["source"], source_epoch=saved.get("source_epoch", init.source_epoch),
-                               source_sha256=init.source_sha256 or saved.get("source_sha256", ""),
-                               heads=saved.get("heads", init.heads) if init.heads == "auto" else init.heads)
+    # Absolute, as the data paths: a resume or a study from another folder names the same source.
+    source = str(Path(cfg.init.source).resolve()) if cfg.init.source else ""
+    return dataclasses.replace(cfg, data=with_absolute_paths(cfg.data),
+                               init=dataclasses.replace(cfg.init, source=source))
 
 
 def continue_run(requested: TrainConfig, recorded: dict, where: str,
@@ -57,5 +42,5 @@ def continue_run(requested: TrainConfig, recorded: dict, where: str,
     """The config a run recorded as `recorded` continues under when `requested`, and
     {key: [recorded, requested]} for every setting that differs; a ConfigError naming `where`,
     every key a resume may not change and `remedy` (engine/resume.py) when one differs."""
-    cfg = resolve_config(requested, recorded)
+    cfg = resolve_config(requested)
     return cfg, changes_on_resume(recorded, cfg.to_dict(), where, remedy)

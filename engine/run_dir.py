@@ -2,6 +2,8 @@
 its JSON and JSON-lines writers, and its configuration read back through the config classes.
 
     RUN_DIR/config.toml        the fully resolved configuration
+    RUN_DIR/run.json           what the run found at start that is not a setting: the init source
+                               as read (engine/run_record.py)
     RUN_DIR/metrics.jsonl      one JSON object per epoch
     RUN_DIR/selection.jsonl    per epoch and auxiliary dataset: per-class seen and high counts
     RUN_DIR/resumes.jsonl      each resume that changed a setting (which, from what to what)
@@ -30,10 +32,10 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 if TYPE_CHECKING:
-    from engine.config import TrainConfig
+    from engine.config import Overrides, TrainConfig
 
 
 LOCK_NAME = ".biamat.lock"
@@ -65,6 +67,12 @@ class RunDir:
     @property
     def config(self) -> Path:
         return self.root / "config.toml"
+
+    @property
+    def run_record(self) -> Path:
+        """What the run found at start that is not a setting (engine/run_record.py); not the
+        ownership records of engine/outputs.py."""
+        return self.root / "run.json"
 
     @property
     def metrics(self) -> Path:
@@ -111,7 +119,7 @@ class RunDir:
     def run_files(self) -> list[Path]:
         """The files one training run writes or is evaluated into: what a replaced run clears
         (config.toml is excluded: the new run writes its own before anything else)."""
-        return [self.metrics, self.selection, self.resumes, self.last, self.best, self.weights, self.card,
+        return [self.run_record, self.metrics, self.selection, self.resumes, self.last, self.best, self.weights, self.card,
                 self.eval_report, output_record(self.eval_report), self.data_fingerprint]
 
     def holds_run(self) -> bool:
@@ -170,14 +178,17 @@ def refuse_to_replace(folder: str | Path, fix: str) -> None:
         raise FileExistsError(f"{folder} already holds {shown}: {fix}")
 
 
-def read_config(run_dir: str | Path) -> "TrainConfig":
-    """The run's `config.toml`, parsed and validated by the config classes."""
-    from engine.config import load_config
+def read_config(run_dir: str | Path, overrides: "Overrides | Iterable[str]" = (),
+                aux: list[str] | None = None) -> "TrainConfig":
+    """The run's `config.toml`, parsed and validated by the config classes, with `overrides` and
+    `aux` laid over it as `load_config` does (what `train --resume` continues under)."""
+    from engine.config import config_from_tree, read_toml, split_produced
 
     path = RunDir.of(run_dir).config
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: is {path.parent} a run directory of biamat-engine?")
-    return load_config(file=path)
+    tree, _ = split_produced(read_toml(path))  # a resume takes the facts from its checkpoint
+    return config_from_tree(tree, overrides, aux)
 
 
 def _umask() -> int:

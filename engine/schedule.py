@@ -1,7 +1,7 @@
 """The optimiser of a run, and its piecewise-constant learning rate with an optional linear
 warm-up, as a pure function of the step: the schedule's whole state is the step counter the
 checkpoint already holds, plus, for a fine-tune that continues its source's schedule, the
-source's epoch that config.toml records (`schedule_offset`)."""
+source's epoch that run.json records (`schedule_offset`)."""
 
 from __future__ import annotations
 
@@ -33,17 +33,18 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.SGD:
                            momentum=optim.momentum, nesterov=optim.nesterov)
 
 
-def schedule_offset(cfg: TrainConfig) -> int:
-    """Epochs of the learning-rate schedule run before this run's first step: the source's
-    epoch for a fine-tune with optim.schedule_offset = "global-step" (Appendix E: a source at
-    epoch 65 of a [60, 90] schedule fine-tunes at 0.01 for 25 epochs, then at 0.001), else 0."""
+def schedule_offset(cfg: TrainConfig, source_epoch: int) -> int:
+    """Epochs of the learning-rate schedule run before this run's first step: `source_epoch`,
+    the epoch of the source read at start (run.json's init.epoch, engine/run_record.py), for a
+    fine-tune with optim.schedule_offset = "global-step" (Appendix E: a source at epoch 65 of a
+    [60, 90] schedule fine-tunes at 0.01 for 25 epochs, then at 0.001), else 0."""
     if cfg.optim.schedule_offset == "none":
         return 0
-    if cfg.init.source_epoch < 0:
+    if source_epoch < 0:
         raise ValueError(f"optim.schedule_offset = \"global-step\" needs the epoch of init.source "
                          f"({cfg.init.source or 'empty'}), which has not been read: the trainer reads it "
                          "when the run starts")
-    return cfg.init.source_epoch
+    return source_epoch
 
 
 def learning_rate(optim: OptimConfig, step: int, steps_per_epoch: int, offset_epochs: int = 0) -> float:

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from engine.checkpoint import clean_state_dict, export_model, load_checkpoint, save_checkpoint
-from engine.config import ConfigError, TrainConfig, to_toml
+from engine.config import ConfigError, TrainConfig, split_produced, to_toml
 from engine.data import RunData, build_run_data
 from engine.data_fingerprint import check_fingerprint, record_fingerprint
 from engine.distributed import World, data_parallel, rank_device, rank_seed, sync_batchnorm
@@ -43,6 +43,7 @@ from engine.outputs import FolderLock
 from engine.run_dir import JsonLines, RunDir, atomic_write_text, refuse_to_replace
 from engine.runtime import Runtime, apply_backend_flags, resolve_runtime, rng_state, seed_everything, set_rng_state
 from engine.run_config import continue_run, resolve_config
+from engine.run_record import RunRecord, checkpoint_record, write_run_record
 from engine.schedule import build_optimizer, learning_rate, schedule_offset
 from engine.step import TrainStep, compile_trunk
 from engine.tensorboard_log import clear_event_files, open_tensorboard, require_tensorboard
@@ -192,9 +193,10 @@ class Trainer:
                             if self.cfg.selects and self.cfg.method.aux_mode == "oracle" else ())
         self.normalization_source = self.data.normalization.source
         self.model = self._build_model()
+        self.record = RunRecord()  # a resume reads the run's own in _resume
         if cfg.init.source and not resume:  # a resumed fine-tune continues its own checkpoint, not the source
             init, self.normalization_source = start_from_source(self.model, self.cfg)
-            self.cfg = dataclasses.replace(self.cfg, init=init)
+            self.record = RunRecord(init=init)
         self.trunk = compile_trunk(self.model, self.rt)
         self.classifier = _Classifier(self.model, self.trunk, self.rt.autocast())
         # DDP's constructor broadcasts rank 0's weights, so the ranks start from one model.
@@ -215,6 +217,7 @@ class Trainer:
             self._started = True
             self._clear_run_dir()
             record_fingerprint(self.files, self.cfg)
+            write_run_record(self.files, self.record)
         # A finished run resumed without more epochs trains nothing: its config.toml stays the
         # one its checkpoint was written under.
         if self.is_main and (not resume or self.epoch < self.cfg.optim.epochs):
@@ -332,7 +335,8 @@ class Trainer:
                               self.cfg.eval.batch_size, self.rt.kernels)
 
     def _set_learning_rate(self, steps_per_epoch: int) -> float:
-        lr = learning_rate(self.cfg.optim, self.step, steps_per_epoch, schedule_offset(self.cfg))
+        lr = learning_rate(self.cfg.optim, self.step, steps_per_epoch,
+                           schedule_offset(self.cfg, self.record.source_epoch))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -452,13 +456,13 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "method": self.method_state.state_dict(),
             "stream": self.data.stream.state_dict(),
-            "rng": rng_ranks[0],
             "rng_ranks": rng_ranks,
             "world_size": self.world.size,
             "epoch": self.epoch,
             "step": self.step,
             "best_robust": self.best_robust,
             "config": self.cfg.to_dict(),
+            "run_record": self.record.to_dict(),
         }
 
     def _log_and_save(self, record: dict) -> None:
@@ -486,8 +490,13 @@ class Trainer:
     def _resume(self) -> None:
         path = self.files.last
         state = load_checkpoint(path)  # CPU tensors; load_state_dict moves them to the device
+        _check_training_state(state, path)
+        recorded, _ = split_produced(state["config"])
         # The study's "made under other settings" check asks the same function (engine/run_config.py).
-        self.cfg, changes = continue_run(self.cfg, state["config"], str(self.out))
+        self.cfg, changes = continue_run(self.cfg, recorded, str(self.out))
+        self.record = checkpoint_record(state, path)
+        if self.is_main and not self.files.run_record.exists():  # a run from before run.json, or one deleted
+            write_run_record(self.files, self.record)
         if self.model.load_trained(state["model"], card_normalization(state["model_card"], path)) is not None:
             # The checkpoint's own normalisation wins: the weights were trained with it.
             self.normalization_source = state["model_card"].get(
@@ -505,7 +514,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.method_state.load_state_dict(state["method"])
-        self.data.stream.load_state_dict(state["stream"], state.get("world_size", 1))
+        self.data.stream.load_state_dict(state["stream"], state["world_size"])
         self.epoch, self.step, self.best_robust = state["epoch"], state["step"], state["best_robust"]
         self._restore_rng(state)
         self.metrics.truncate_after(self.epoch)
@@ -519,8 +528,7 @@ class Trainer:
     def _restore_rng(self, state: dict) -> None:
         """Each rank's own RNG state on as many ranks as the checkpoint was written with; on
         another number of ranks rank 0 takes rank 0's and the others fresh streams of their own."""
-        saved = state.get("world_size", 1)
-        ranks = state.get("rng_ranks", [state["rng"]])
+        saved, ranks = state["world_size"], state["rng_ranks"]
         if saved == self.world.size:
             set_rng_state(ranks[self.rank])
             return
@@ -531,6 +539,22 @@ class Trainer:
             set_rng_state(ranks[0])
         else:
             seed_everything(rank_seed(self.cfg.runtime.seed, self.rank, self.epoch))
+
+
+# What `_state` writes and a resume needs (run_record aside: runs from before run.json lack it and
+# are resumed, engine/run_record.py).
+_TRAINING_STATE = ("model", "model_card", "optimizer", "scaler", "method", "stream", "rng_ranks", "world_size",
+                   "epoch", "step", "best_robust", "config")
+
+
+def _check_training_state(state: dict, path: Path) -> None:
+    """A ValueError naming `path`, what it lacks and what to do, for a checkpoint of the same
+    format version written by an earlier engine that lacked some of the training state."""
+    missing = [key for key in _TRAINING_STATE if key not in state]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: it was written by an earlier biamat-engine, whose "
+                         "checkpoints this one cannot resume. Continue the run with the version that wrote it, "
+                         "or start it again (--overwrite)")
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,

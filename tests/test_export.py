@@ -87,6 +87,31 @@ def test_card_and_readme_carry_training_and_evaluation(run_dir):
     assert "| method.aux_mode | biamat |" in readme
 
 
+def test_card_and_readme_say_what_a_fine_tuning_started_from(run_dir):
+    from engine.run_dir import RunDir
+    from engine.run_record import InitSource, RunRecord, write_run_record
+
+    path, _ = run_dir
+    assert json.loads(export_robustbench(path, path / "scratch").card.read_text())["started_from"] is None
+    source = InitSource(file="/runs/pre/best.pt", epoch=65, sha256="ab" * 32, heads="new")
+    write_run_record(RunDir(path), RunRecord(source))
+    result = export_robustbench(path, path / "rb")
+    assert json.loads(result.card.read_text())["started_from"] == {
+        "file": "/runs/pre/best.pt", "epoch": 65, "sha256": "ab" * 32, "heads": "new"}
+    assert f"Fine-tuned from `/runs/pre/best.pt` (epoch 65, sha256 {'ab' * 32}), with a new primary head." \
+        in result.readme.read_text()
+
+
+def test_an_export_card_without_the_normalisation_kind_is_named_with_the_fix(run_dir):
+    path, _ = run_dir
+    result = export_robustbench(path, path / "rb")
+    card = json.loads(result.card.read_text())
+    del card["normalization"]["kind"]  # as exports were written before the per-image kind
+    result.card.write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="no normalization object with its kind\\); export the run again"):
+        load_robustbench_export(result.out_dir)
+
+
 def test_cli_export_and_its_errors(run_dir, tmp_path_factory):
     path, _ = run_dir
     out = tmp_path_factory.mktemp("export")

@@ -321,16 +321,14 @@ def test_finetuning_presets_start_from_their_pretraining_and_continue_its_schedu
     assert cfg.optim.schedule_offset == "global-step"
     # Fine-tuning epoch e from a best checkpoint at epoch E trains at the pre-training's epoch E + e.
     for best in (65, 80, 95, 101):
-        resolved = load_config(preset=name, overrides=[f"init.source_epoch={best}"])
-        offset = schedule_offset(resolved)
-        rates = [learning_rate(resolved.optim, (e - 1) * 391 + 1, 391, offset) for e in range(1, 21)]
+        offset = schedule_offset(cfg, best)
+        rates = [learning_rate(cfg.optim, (e - 1) * 391 + 1, 391, offset) for e in range(1, 21)]
         assert rates == pytest.approx([_paper_lr(method, min(best + e, SCHEDULE[method]["epochs"]))
                                        for e in range(1, 21)]), best
     if method == "at":
         # "if the best checkpoint was acquired at the 65th epoch in the pre-training phase, the learning
         # rate of the fine-tuning phase commenced at 0.01 and decreased to 0.001 after 25 epochs"
-        at65 = load_config(preset=name, overrides=["init.source_epoch=65"])
-        rates = [learning_rate(at65.optim, (e - 1) * 391 + 1, 391, 65) for e in range(1, at65.optim.epochs + 1)]
+        rates = [learning_rate(cfg.optim, (e - 1) * 391 + 1, 391, 65) for e in range(1, cfg.optim.epochs + 1)]
         assert rates[:25] == pytest.approx([0.01] * 25) and rates[25:] == pytest.approx([0.001] * (len(rates) - 25))
 
 

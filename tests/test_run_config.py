@@ -3,6 +3,7 @@ study's "made under other settings" check agree on every run, because they ask t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -62,15 +63,45 @@ def test_a_studys_check_and_train_resume_agree_on_a_run_changed_by_one_key(tiny,
                 stderr.split("would change what the run trains (")[1].split(")")[0]
 
 
-def test_a_fine_tuning_named_by_its_source_run_is_the_run_that_recorded_the_file(tiny, tmp_path):
+FINE_TUNING = Grid(name="ft", title="t", about="a", columns=("step",),
+                   rows=(Row("pre", ("pre-train",), helper=True),
+                         Row("fine", ("fine-tune",), settings=("init.source={run:pre}", "init.heads=new"))))
+
+
+def test_a_studys_check_and_train_resume_agree_on_a_fine_tuning_changed_by_one_key(tiny, tmp_path):
     from studies.runner import run_study
 
-    # The plan names the pre-training's folder; config.toml records its best.pt with epoch and
-    # sha256: the same source, so the study's check passes, and an interrupted fine-tuning
-    # resumes through the trainer's own check rather than being refused for init.source.
-    grid = Grid(name="ft", title="t", about="a", columns=("step",),
-                rows=(Row("pre", ("pre-train",), helper=True),
-                      Row("fine", ("fine-tune",), settings=("init.source={run:pre}", "init.heads=new"))))
+    # The plan names the pre-training's folder as init.source, and config.toml records it as
+    # asked (what was read is in run.json): the study's check and `train --resume` accept the run
+    # as it is, and refuse it, with the same keys, when the source or the head changes.
+    run_study(make_plan(FINE_TUNING, tiny, tmp_path))
+    fine_dir = tmp_path / "fine-s0"
+    assert json.loads((fine_dir / "run.json").read_text())["init"]["file"] == str(tmp_path / "pre-s0" / "best.pt")
+
+    def planned(extra=None):  # the plan with only its fine-tuning run, as _study_check takes it
+        plan = make_plan(FINE_TUNING, tiny, tmp_path, extra=extra or {})
+        return dataclasses.replace(plan, runs=[r for r in plan.runs if r.row.name == "fine"])
+
+    assert _study_check(planned()) is None
+    assert _train_resume(fine_dir, "eval.every", "1")[0] == 0  # the run's own value: no change
+    cases = [  # (key, a value other than the run's, whether a resume may change it); refusals first,
+        # as the allowed change is recorded by the resume that makes it
+        ("init.source", str(tmp_path / "another-pre"), False),
+        ("init.heads", "keep", False),
+        ("eval.every", "2", True),
+    ]
+    for key, value, allowed in cases:
+        refusal = _study_check(planned({key: value}))
+        code, stderr = _train_resume(fine_dir, key, value)
+        assert (refusal is None) == (code == 0) == allowed, (key, refusal, stderr)
+        if not allowed:
+            assert f"{key}: " in refusal and f"{key}: " in stderr
+            assert refusal.split("would change what the run trains (")[1].split(")")[0] == \
+                stderr.split("would change what the run trains (")[1].split(")")[0]
+
+
+def test_an_interrupted_fine_tuning_named_by_its_source_run_resumes_through_the_study(tiny, tmp_path):
+    from studies.runner import run_study
 
     def stop_in_epoch_2(run):
         def hook(epoch, batch, batches, rate):
@@ -79,13 +110,14 @@ def test_a_fine_tuning_named_by_its_source_run_is_the_run_that_recorded_the_file
         return hook
 
     with pytest.raises(KeyboardInterrupt):
-        run_study(make_plan(grid, tiny, tmp_path), step_hook=stop_in_epoch_2)
-    plan = make_plan(grid, tiny, tmp_path)
+        run_study(make_plan(FINE_TUNING, tiny, tmp_path), step_hook=stop_in_epoch_2)
+    plan = make_plan(FINE_TUNING, tiny, tmp_path)
     fine = next(r for r in plan.runs if r.row.name == "fine")
     recorded = json.loads(json.dumps(load_config(None, fine.dir / "config.toml").to_dict()))
-    assert recorded["init"]["source"] == str((tmp_path / "pre-s0" / "best.pt").resolve())
+    assert recorded["init"] == {"source": str((tmp_path / "pre-s0").resolve()), "heads": "new"}
     cfg, changes = continue_run(fine.config, recorded, str(fine.dir))
-    assert cfg.init.source == recorded["init"]["source"] and "init.source" not in changes
+    assert cfg.init == load_config(None, fine.dir / "config.toml").init
+    assert not [key for key in changes if not key.startswith("runtime.")]  # the machine's, resolved at start
     assert [o.status for o in run_study(plan)] == ["finished before", "resumed at epoch 1"]
 
 
@@ -93,13 +125,14 @@ def test_resolution_is_idempotent_and_leaves_runtime_to_the_trainer(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     (tmp_path / "p.npz").write_bytes(b"")  # its contents are not read, only that it exists
     cfg = load_config("demo", overrides=["method.aux_mode=labels", "method.warmup_epochs=3",
-                                         "data.primary=p.npz", "runtime.device=auto"])
+                                         "data.primary=p.npz", "runtime.device=auto", "init.source=pre"])
     once = resolve_config(cfg)
     assert once.method.warmup_epochs == 0  # no selection runs under labels
     assert once.data.primary == str(tmp_path.resolve() / "p.npz")
+    assert once.init.source == str(tmp_path.resolve() / "pre")  # the same source from any folder
     assert once.runtime.device == "auto"
     assert resolve_config(once) == once
-    assert resolve_config(once, once.to_dict()) == once
+    assert continue_run(once, once.to_dict(), "the run") == (once, {})
 
 
 def test_what_a_field_says_of_itself_is_what_train_and_resume_do():

@@ -17,11 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_layout_names_match_the_documented_run_directory(tmp_path):
     files = RunDir(tmp_path)
-    assert [p.name for p in (files.config, files.metrics, files.selection, files.last, files.best,
+    assert [p.name for p in (files.config, files.run_record, files.metrics, files.selection, files.last, files.best,
                              files.weights, files.card, files.eval_report)] == [
-        "config.toml", "metrics.jsonl", "selection.jsonl", "last.pt", "best.pt", "model.safetensors",
+        "config.toml", "run.json", "metrics.jsonl", "selection.jsonl", "last.pt", "best.pt", "model.safetensors",
         "model.json", "eval.json"]
-    assert files.config not in files.run_files()
+    assert files.config not in files.run_files() and files.run_record in files.run_files()
     assert RunDir.of(tmp_path) == files
     (tmp_path / "best.pt").write_bytes(b"")
     assert RunDir.of(tmp_path / "best.pt") == files
@@ -91,7 +91,7 @@ def test_no_other_module_spells_the_run_directory_file_names():
     """The layout has one owner: a name written as a literal elsewhere is a second owner that
     can drift. Docstrings and help texts may mention names; string literals that build paths
     (`/ "last.pt"`, `"eval.json")`) may not."""
-    pattern = re.compile(r"""/ ?["'](config\.toml|metrics\.jsonl|selection\.jsonl|last\.pt|best\.pt|"""
+    pattern = re.compile(r"""/ ?["'](config\.toml|run\.json|metrics\.jsonl|selection\.jsonl|last\.pt|best\.pt|"""
                          r"""model\.safetensors|model\.json|eval\.json)["']""")
     offenders = []
     for folder in ("engine", "loaders", "kernels", "cli", "benchmarks"):

@@ -489,12 +489,13 @@ def test_a_finished_fine_tuning_is_skipped_when_the_study_runs_again(tiny, tmp_p
     from studies.grids import Grid, Row
     from studies.runner import run_study
 
-    # config.toml records init.source as the pre-training's best.pt with its epoch and sha256;
-    # the plan names the run folder: the same source, so the second pass skips it.
+    # config.toml records init.source as the plan names it (the run folder), run.json the
+    # pre-training's best.pt that was read: the same source, so the second pass skips it.
     grid = Grid(name="ft", title="t", about="a", columns=("step",),
                 rows=(Row("pre", ("pre-train",), helper=True),
                       Row("fine", ("fine-tune",), settings=("init.source={run:pre}", "init.heads=new"))))
     assert [o.status for o in run_study(make_plan(grid, tiny, tmp_path))] == ["trained", "trained"]
-    recorded = (tmp_path / "fine-s0" / "config.toml").read_text()
-    assert str(tmp_path / "pre-s0" / "best.pt") in recorded
+    assert f'source = "{tmp_path / "pre-s0"}"' in (tmp_path / "fine-s0" / "config.toml").read_text()
+    assert json.loads((tmp_path / "fine-s0" / "run.json").read_text())["init"]["file"] == \
+        str(tmp_path / "pre-s0" / "best.pt")
     assert [o.status for o in run_study(make_plan(grid, tiny, tmp_path))] == ["finished before"] * 2

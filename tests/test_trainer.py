@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import stat
 import tomllib
 from pathlib import Path
@@ -117,8 +118,8 @@ def test_checkpoints_load_with_weights_only_and_hold_the_training_state(finished
     best = torch.load(out / "best.pt", weights_only=True)
     for ckpt in (last, best):
         assert not [k for k in ckpt["model"] if "_orig_mod." in k]
-        assert {"model", "optimizer", "scaler", "method", "stream", "rng", "epoch", "step", "config",
-                "format_version", "model_card"} <= set(ckpt)
+        assert {"model", "optimizer", "scaler", "method", "stream", "rng_ranks", "world_size", "epoch", "step",
+                "config", "run_record", "format_version", "model_card"} <= set(ckpt)
     assert (last["epoch"], last["step"]) == (3, 6)
     assert last["method"]["omega"] == records[-1]["omega"]
     robust = [r["robust_acc"] for r in records]
@@ -283,6 +284,25 @@ def test_resume_accepts_and_records_changes_that_only_say_how_or_how_long(finish
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_train_config):
     with pytest.raises(FileNotFoundError, match="checkpoint not found: .*last.pt"):
         Trainer(tiny_train_config(), tmp_path, resume=True)
+
+
+def test_a_checkpoint_without_the_training_state_this_engine_resumes_is_named_with_the_fix(finished_run, tmp_path):
+    # As the engine wrote last.pt before checkpoints held every rank's RNG state: one "rng", no ranks.
+    from engine.checkpoint import save_checkpoint
+    from engine.run_dir import read_config
+
+    cfg, out, _ = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    state = torch.load(run / "last.pt", weights_only=True)
+    state["rng"] = state.pop("rng_ranks")[0]
+    del state["world_size"]
+    save_checkpoint(run / "last.pt", state)
+    before = (run / "last.pt").read_bytes()
+    with pytest.raises(ValueError, match=f"{run / 'last.pt'} lacks rng_ranks, world_size: it was written by an "
+                                         r"earlier biamat-engine.*start it again \(--overwrite\)"):
+        Trainer(read_config(run), run, resume=True)
+    assert (run / "last.pt").read_bytes() == before
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, tiny_train_config):
