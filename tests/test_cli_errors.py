@@ -118,7 +118,7 @@ INTERRUPTED = {
     "export": (["export", "run"], "engine.export.export_robustbench"),
     "pseudo-label": (["pseudo-label", "run", "a.beton", "o.beton", "--all"], "engine.pseudo_label.pseudo_label"),
     "analyze": (["analyze", "run"], "studies.analysis.report.write_analysis"),
-    "demo": (["demo", "--out", "demo", "--device", "cpu"], "studies.demo.DemoData.make"),
+    "demo": (["demo", "--out", "demo", "--device", "cpu"], "cli.demo_cmd._default_data"),
     "info": (["info"], "cli.info_cmd.probe"),
     "bench step": (["bench", "step", "--device", "cpu"], "benchmarks.step.run"),
     "bench loader": (["bench", "loader"], "benchmarks.loader.run"),
