@@ -30,8 +30,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping, get_args, get_origin, get_type_hints
 
+from kernels.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A configuration value or file is wrong; the message names the key and the fix."""
 
 

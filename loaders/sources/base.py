@@ -14,10 +14,11 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from kernels.errors import InputError
 from loaders.types import ArrayDataset
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """Bad input data: the message names the file and what was expected there."""
 
 
