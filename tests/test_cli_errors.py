@@ -77,6 +77,13 @@ def test_bench_on_cuda_without_a_gpu_exits_1_before_any_work(bench):
     assert_user_error(result, "--device cuda", "use --device cpu")
 
 
+@pytest.mark.parametrize("bench", ["step", "eval"])
+def test_bench_with_an_impossible_architecture_exits_1_naming_it(bench):
+    # The name reaches engine.arch.parse_arch unchecked by the command line: its InputError, not a traceback.
+    result = invoke("bench", bench, "--model", "wrn-5-1", "--device", "cpu")
+    assert_user_error(result, "wrn-5-1", "6n+4")
+
+
 # -- one usage error per command: exit 2 with click's usage line ----------------------------------
 
 USAGE_ERRORS = {

@@ -61,7 +61,7 @@ def check_card(card, where: str | Path) -> dict:
         raise bad("architecture", "a name like wrn-28-10", card["architecture"])
     try:
         parse_arch(card["architecture"])
-    except ValueError as err:
+    except InputError as err:
         raise InputError(f"{where}: model card field 'architecture': {err}") from None
     classes = card["num_classes"]
     if not whole_number(classes) or not 1 <= classes <= MAX_CLASSES:
