@@ -612,7 +612,7 @@ def read_toml(path: str | Path) -> dict:
         raise ConfigError(f"config file not found: {path}")
     try:
         return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:  # the latter: a binary file
         raise ConfigError(f"{path} is not valid TOML: {err}") from None
 
 

@@ -307,7 +307,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
         )
     try:
         manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # the latter: a binary file
         raise SourceError(f"{mpath}: the manifest is not valid JSON ({err}); prepare the dataset again") from None
     if not isinstance(manifest, dict):
         raise SourceError(f"{mpath}: the manifest is not a JSON object; prepare the dataset again")

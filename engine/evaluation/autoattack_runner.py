@@ -189,7 +189,7 @@ def _load_state(path: Path, fingerprint: str) -> dict | None:
         return None
     try:
         state = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # the latter: a binary file
         raise InputError(f"AutoAttack state file {path} is not valid JSON ({err}); delete it to start over") from None
     if state.get("format") != STATE_FORMAT or state.get("fingerprint") != fingerprint:
         raise InputError(
