@@ -34,6 +34,7 @@ import torch
 
 from benchmarks.common import environment, mean_std, set_cpu_threads, sync, write_report
 from benchmarks.step import METHOD_DEFAULTS, make_batch
+from kernels.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -122,18 +123,18 @@ def run(world_sizes: tuple[int, ...] = (1, 2), method: str = "at", model_name: s
     (and optionally writes) the JSON report. On a CPU, `threads` is per process: 1 thread per
     process and as many processes as cores is the fair comparison."""
     if method not in METHOD_DEFAULTS:
-        raise ValueError(f"--method must be at or trades, got {method!r}")
+        raise InputError(f"--method must be at or trades, got {method!r}")
     if not world_sizes or min(world_sizes) < 1:
-        raise ValueError(f"--world-sizes must list positive process counts, got {','.join(map(str, world_sizes))}")
+        raise InputError(f"--world-sizes must list positive process counts, got {','.join(map(str, world_sizes))}")
     if warmup < 1:
-        raise ValueError("--warmup must be at least 1: the first BiaMAT step fixes omega and DDP builds its buckets")
+        raise InputError("--warmup must be at least 1: the first BiaMAT step fixes omega and DDP builds its buckets")
     if device == "cuda":
         available = torch.cuda.device_count()
         if available < max(world_sizes):
-            raise ValueError(f"--world-sizes {max(world_sizes)} needs as many GPUs, this machine has {available}; "
+            raise InputError(f"--world-sizes {max(world_sizes)} needs as many GPUs, this machine has {available}; "
                              "for several machines train under torchrun (docs/multi-gpu.md)")
     elif device != "cpu":
-        raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+        raise InputError(f"--device must be cpu or cuda, got {device!r}")
     settings = dict(method=method, model=model_name, batch=batch, aux_batch=aux_batch, aux_classes=aux_classes,
                     size=size, steps=steps, warmup=warmup, repeats=repeats, attack_steps=attack_steps,
                     aux_mode=aux_mode, device=device, compile=compile, precision=precision, kernels=kernels,

@@ -45,6 +45,7 @@ from engine.methods import METHODS, MethodState, StepContext
 from engine.models import build, parse_arch
 from engine.runtime import Runtime, apply_backend_flags, resolve_runtime
 from engine.step import Objective, TrainStep, compile_trunk
+from kernels.errors import InputError
 from loaders.types import Batch
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ def _split(value: str) -> list[str]:
 def _on_off(value: str) -> list[bool]:
     choices = _split(value)
     if not choices or any(c not in ("off", "on") for c in choices):
-        raise ValueError(f"cudnn_benchmark {value!r}: expected off, on, or off,on")
+        raise InputError(f"cudnn_benchmark {value!r}: expected off, on, or off,on")
     return [c == "on" for c in choices]
 
 
@@ -286,11 +287,11 @@ def run(method: str = "at", model_name: str = "wrn-10-2", batch: int = 64, aux_b
     methods = ["at", "trades"] if method == "both" else [method]
     for m in methods:
         if m not in METHOD_DEFAULTS:
-            raise ValueError(f"--method must be at, trades or both, got {method!r}")
+            raise InputError(f"--method must be at, trades or both, got {method!r}")
     if warmup < 1:
-        raise ValueError("--warmup must be at least 1: the first BiaMAT step fixes omega and compiles")
+        raise InputError("--warmup must be at least 1: the first BiaMAT step fixes omega and compiles")
     if measured_peak is not None and not (math.isfinite(measured_peak) and measured_peak > 0):
-        raise ValueError(f"measured peak {measured_peak!r}: expected a positive number of FLOP/s")
+        raise InputError(f"measured peak {measured_peak!r}: expected a positive number of FLOP/s")
     if os.environ.get("BIAMAT_KERNELS"):
         log.warning("BIAMAT_KERNELS=%s overrides every engine row's kernel choice", os.environ["BIAMAT_KERNELS"])
     if threads is not None:

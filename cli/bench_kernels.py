@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from cli.bench_common import ENGINE, TIMING, ReportPath, print_report
-from cli.errors import UserError
 from cli.options import devices, require_device
+from kernels.errors import InputError
 
 EPILOG = (
     "Example: biamat-engine bench kernels --device cpu --threads 1 --repeats 20 --out runs/bench/kernels.json\n\n"
@@ -55,6 +55,6 @@ def bench_kernels(
     print_report(render_table(report), report["notes"], out)
     if report["failed"]:
         # After the table and the report: the rows that did run are kept, the wrong ones named.
-        raise UserError(f"{len(report['failed'])} kernel row(s) disagree with the torch reference and were not "
+        raise InputError(f"{len(report['failed'])} kernel row(s) disagree with the torch reference and were not "
                         f"timed: {report['failed'][0]}; force the reference with BIAMAT_KERNELS=torch until "
                         "the kernel is fixed")

@@ -4,7 +4,9 @@
   below; a missing argument) are click's: click prints them with the usage line and exits 2.
   This module lets them pass.
 - User, data and environment errors (`is_user_error`) print `error: message` in red on stderr
-  and exit 1, without a traceback: the message names the file or key and the fix.
+  and exit 1, without a traceback: the message names the file or key and the fix. Code that
+  checks what a user gave it raises kernels.errors.InputError (or its ConfigError, SourceError)
+  for that; a plain ValueError is an internal check and stays a bug.
 - Ctrl-C prints one line and exits 130. Every writer in the engine publishes with a rename
   (engine.run_dir.atomic_write, loaders.beton), so an interrupted command leaves each file
   whole or absent.
@@ -21,6 +23,7 @@ import typer
 from rich.markup import escape
 
 from cli.console import err_console
+from kernels.errors import InputError
 
 # click's UsageError, for what no single option is wrong about (mutually exclusive flags). Typer
 # exports only its subclass BadParameter; its base is the UsageError of the click Typer runs on,
@@ -54,11 +57,6 @@ _OS_FIXES = {
 }
 
 
-class UserError(Exception):
-    """What a command finds wrong with a valid request before doing any work (`--device cuda` on
-    a machine without CUDA): exit 1 like the errors the engine raises."""
-
-
 _EXTRAS_HINT = "`biamat-engine info` lists the optional extras and how to install each"
 
 
@@ -68,15 +66,16 @@ def _named(err: BaseException) -> bool:
 
 
 def is_user_error(err: BaseException) -> bool:
-    """True for what a user fixes from the message: a bad value in a file or config (ValueError,
-    which engine.config.ConfigError and loaders' SourceError subclass), anything the OS refused
-    (missing file, permission, full or read-only disk, network: OSError), a missing optional
-    package, running out of memory, the engine's own errors above and `UserError`."""
+    """True for what a user fixes from the message: an InputError (a bad value in a file, config
+    or option, bad data, a refused request; engine.config.ConfigError and loaders' SourceError
+    are InputErrors), anything the OS refused (missing file, permission, full or read-only disk,
+    network: OSError), a missing optional package, running out of memory and the engine's own
+    errors above. Not a bare ValueError: that is a check inside the code failing, a bug."""
     if isinstance(err, BrokenPipeError):
         return False  # `... | head` closed the pipe: click exits quietly on its own
     if isinstance(err, ImportError):
         return (err.name or "").split(".")[0] not in OWN_PACKAGES
-    return isinstance(err, (UserError, ValueError, OSError, MemoryError)) or _named(err)
+    return isinstance(err, (InputError, OSError, MemoryError)) or _named(err)
 
 
 def describe(err: BaseException) -> str:

@@ -50,12 +50,13 @@ def render_table(report: dict) -> Table:
 
 def _plan(**options):
     """The EvalPlan of the options; what it rejects is an option value (eps and device arrive
-    checked), so its ValueError is a usage error."""
+    checked), so its InputError is a usage error."""
     from engine.evaluation.runner import EvalPlan
+    from kernels.errors import InputError
 
     try:
         return EvalPlan(**options)
-    except ValueError as err:
+    except InputError as err:
         raise UsageError(str(err)) from None
 
 

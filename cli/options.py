@@ -8,7 +8,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from cli.errors import UserError
+from kernels.errors import InputError
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -49,7 +49,7 @@ def require_device(device: str) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise UserError(f"--device {device}: torch sees no CUDA device on this machine "
+        raise InputError(f"--device {device}: torch sees no CUDA device on this machine "
                         f"(torch {torch.__version__}); use --device cpu")
 
 

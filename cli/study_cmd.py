@@ -11,7 +11,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from cli.console import console, err_console
-from cli.errors import UserError
+from kernels.errors import InputError
 
 EPILOG = """[bold]Examples[/]
 
@@ -183,7 +183,7 @@ def study_command(
         _print_status(plan)
         return
     if plan.missing:
-        raise UserError(missing_data_message(plan))
+        raise InputError(missing_data_message(plan))
     # One study process writes a study folder at a time (each run directory is locked by its own
     # training too); the jobs run under this one's lock (Slurm's once submitted are on their own).
     with FolderLock(plan.out, "study folder"):
@@ -300,7 +300,7 @@ def _run_jobs(plan, resources) -> None:
     failed = run_local(plan, resources, on_start=on_start, on_done=on_done)
     if failed:
         _write_report(plan)
-        raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)}; see their logs in {plan.out / 'logs'} "
+        raise InputError(f"{len(failed)} run(s) failed: {', '.join(failed)}; see their logs in {plan.out / 'logs'} "
                         "(the study resumes them when run again)")
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from kernels.errors import InputError
+
 _WRN = re.compile(r"^wrn-(\d+)-(\d+)$")
 _RESNET = re.compile(r"^resnet-(\d+)$")
 
@@ -40,13 +42,13 @@ def parse_arch(name: str) -> Arch:
     if match := _RESNET.match(text):
         depth = int(match.group(1))
         if depth not in RESNET_BLOCKS:
-            raise ValueError(f"model {name!r}: ResNet depth must be one of {sorted(RESNET_BLOCKS)}")
+            raise InputError(f"model {name!r}: ResNet depth must be one of {sorted(RESNET_BLOCKS)}")
         return Arch("resnet", depth, RESNET_WIDTH)
     match = _WRN.match(text)
     if not match:
-        raise ValueError(f"unknown model {name!r}: expected {_FORMS}")
+        raise InputError(f"unknown model {name!r}: expected {_FORMS}")
     depth, width = int(match.group(1)), int(match.group(2))
     if (depth - 4) % 6 != 0 or depth < 10 or width < 1:
-        raise ValueError(f"model {name!r}: WideResNet depth must be 6n+4 and at least 10 (10, 16, 22, 28, 34, ...) "
+        raise InputError(f"model {name!r}: WideResNet depth must be 6n+4 and at least 10 (10, 16, 22, 28, 34, ...) "
                          "and width >= 1")
     return Arch("wrn", depth, width)

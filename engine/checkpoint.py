@@ -15,6 +15,7 @@ import torch
 
 from engine.models.files import read_torch_file
 from engine.run_dir import RunDir, atomic_write, write_json
+from kernels.errors import InputError
 
 FORMAT_VERSION = 1
 
@@ -50,7 +51,7 @@ def load_checkpoint(path: str | Path) -> dict:
     state = read_torch_file(path)
     version = state.get("format_version")
     if version != FORMAT_VERSION:
-        raise ValueError(f"{path} has checkpoint format {version}, this engine reads format {FORMAT_VERSION}: "
+        raise InputError(f"{path} has checkpoint format {version}, this engine reads format {FORMAT_VERSION}: "
                          "read it with the biamat-engine version that wrote it (format None: not a biamat-engine "
                          "checkpoint)")
     return state

@@ -30,8 +30,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping, get_args, get_origin, get_type_hints
 
+from kernels.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A configuration value or file is wrong; the message names the key and the fix."""
 
 
@@ -627,7 +629,7 @@ def read_toml(path: str | Path) -> dict:
         raise ConfigError(f"config file not found: {path}")
     try:
         return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:  # the latter: a binary file
         raise ConfigError(f"{path} is not valid TOML: {err}") from None
 
 

@@ -210,6 +210,6 @@ def _carve_primary(data: DataConfig, size: int, seed: int) -> tuple[tuple[ArrayD
     full = open_dataset(data.primary, "train")
     try:
         train_index, held_index = carve_holdout(len(full), size, seed)
-    except ValueError as err:
+    except ConfigError as err:
         raise ConfigError(f"{data.primary}: {err}") from None
     return (full.subset(held_index), held_index, full.info), full.subset(train_index)

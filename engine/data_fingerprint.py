@@ -16,6 +16,7 @@ from pathlib import Path
 
 from engine.config import ConfigError, TrainConfig
 from engine.run_dir import RunDir, read_json, write_json
+from kernels.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def check_fingerprint(files: RunDir, cfg: TrainConfig) -> None:
     recorded = read_json(files.data_fingerprint)
     saved = recorded.get("files") if isinstance(recorded, dict) else None
     if not isinstance(saved, dict):
-        raise ValueError(f"{files.data_fingerprint} is not a data fingerprint ({{\"files\": {{...}}}}): the file "
+        raise InputError(f"{files.data_fingerprint} is not a data fingerprint ({{\"files\": {{...}}}}): the file "
                          "was edited or damaged; remove it to resume without the check")
     for spec, before in saved.items():
         path = Path(spec)

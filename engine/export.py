@@ -24,6 +24,7 @@ from engine.models.heads import PER_IMAGE
 from engine.outputs import claim_folder, publish_folder
 from engine.run_dir import RunDir, read_config, read_json, write_json
 from engine.run_record import read_run_record
+from kernels.errors import InputError
 
 EXPORT_FORMATS = ("robustbench",)
 _NORMALIZATION_KEYS = ("mu", "sigma")
@@ -149,14 +150,14 @@ def export_robustbench(run: str | Path, out_dir: str | Path | None = None, *, ov
     run_dir = files.root
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "robustbench"
     if out_dir.resolve() == run_dir.resolve():
-        raise ValueError(f"export --out {out_dir} is the run directory it reads: RobustBench's model.safetensors "
+        raise InputError(f"export --out {out_dir} is the run directory it reads: RobustBench's model.safetensors "
                          "and model.json would replace the run's own; choose another folder "
                          f"(the default is {run_dir / 'robustbench'})")
     # Only export's own earlier export is replaced, and only with --overwrite: never another run's model.
     claim_folder(out_dir, "export", overwrite=overwrite, inputs=[run])
     model = load(run)
     if not isinstance(model, WideResNet):
-        raise ValueError(f"{run}: only WideResNet classifiers can be exported for RobustBench "
+        raise InputError(f"{run}: only WideResNet classifiers can be exported for RobustBench "
                          f"(this run trained a {type(model).__name__}); its model.safetensors and "
                          "model.json load with engine.models.load")
     # Everything is read and checked before the first file is written.
@@ -207,7 +208,7 @@ def load_robustbench_export(out_dir: str | Path) -> nn.Module:
     card = read_json(files.card)
     norm = card.get("normalization") if isinstance(card, dict) else None
     if not isinstance(norm, dict) or "kind" not in norm:  # an export from before the per-image kind has none
-        raise ValueError(f"{files.card}: not the card of a RobustBench export (no normalization object with its "
+        raise InputError(f"{files.card}: not the card of a RobustBench export (no normalization object with its "
                          "kind); export the run again")
     # Checked like any model card and file (engine/models/files.py) before a tensor is read.
     shapes = {**safetensors_shapes(files.weights), **{k: (1, 3, 1, 1) for k in _NORMALIZATION_KEYS}}  # (1, C, 1, 1) buffers
@@ -218,6 +219,6 @@ def load_robustbench_export(out_dir: str | Path) -> nn.Module:
     missing, unexpected = model.load_state_dict(load_guarded(lambda: load_file(str(files.weights)), files.weights),
                                                 strict=False)
     if sorted(missing) != sorted(_NORMALIZATION_KEYS) or unexpected:
-        raise ValueError(f"{files.weights} does not match {card['architecture']}: "
+        raise InputError(f"{files.weights} does not match {card['architecture']}: "
                          f"missing {missing}, unexpected {unexpected}")
     return model.eval()

@@ -38,6 +38,7 @@ from engine.models.files import check_card, load_guarded, safetensors_shapes, te
 from engine.models.heads import MultiHeadNet
 from engine.run_dir import RunDir, read_json
 from engine.run_record import InitSource
+from kernels.errors import InputError
 from loaders.json_values import whole_number
 from loaders.sources.base import sha256_files
 
@@ -72,8 +73,8 @@ def source_file(path: str | Path) -> Path:
                                     f"{RunDir(path).last.name} to start from the last one instead")
         return best
     if path.suffix not in (".pt", ".safetensors"):
-        raise ValueError(f"init.source (--init-from) {path}: expected a run directory, a .pt checkpoint "
-                         "or a model.safetensors")
+        raise ConfigError(f"init.source (--init-from) {path}: expected a run directory, a .pt checkpoint "
+                          "or a model.safetensors")
     return path
 
 
@@ -84,7 +85,7 @@ def read_source(path: str | Path) -> Source:
     if file.suffix == ".pt":
         state = load_checkpoint(file)
         if "model" not in state or "model_card" not in state:
-            raise ValueError(f"init.source {file} is not a biamat-engine checkpoint (no model/model_card entries)")
+            raise InputError(f"init.source {file} is not a biamat-engine checkpoint (no model/model_card entries)")
         card = check_card(state["model_card"], f"init.source {file} (its model_card)")
         weights, epoch = tensor_dict(state["model"], "model", file), state.get("epoch", -1)
     else:
@@ -97,7 +98,7 @@ def read_source(path: str | Path) -> Source:
         safetensors_shapes(file)  # a bad header is named before safetensors reads it
         weights, epoch = load_guarded(lambda: load_file(str(file)), file), card.get("epoch", -1)
     if not whole_number(epoch):
-        raise ValueError(f"init.source {file}: its epoch is {epoch!r}, expected a whole number; is it a biamat-engine model?")
+        raise InputError(f"init.source {file}: its epoch is {epoch!r}, expected a whole number; is it a biamat-engine model?")
     return Source(file=file.resolve(), weights=weights, card=card, epoch=epoch, sha256=sha256_files([file]))
 
 
@@ -142,7 +143,7 @@ def _transferred(model: MultiHeadNet, source: Source, heads: str) -> tuple[dict[
     weights = with_aux_bn_from_primary(wanted, source.weights)  # model.aux_bn = separate from a shared source
     bad = [k for k in wanted if k not in weights or weights[k].shape != state[k].shape]
     if bad:
-        raise ValueError(f"init.source {source.file} lacks or has other shapes for {', '.join(bad[:3])}"
+        raise InputError(f"init.source {source.file} lacks or has other shapes for {', '.join(bad[:3])}"
                          + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
                          + ": it does not hold this architecture's weights")
     return {**state, **{k: weights[k] for k in wanted}}, keep_aux

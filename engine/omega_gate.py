@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from engine.config import MethodConfig
+from engine.config import ConfigError, MethodConfig
 from engine.distributed import World
 from engine.evaluation import accuracy
 from engine.methods.context import MethodState
@@ -37,8 +37,8 @@ def carve_holdout(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]
     """(train indices, held-out indices) of n samples, both sorted and disjoint, together all of
     them; `size` held out, drawn from `seed` (the same on every rank and on resume)."""
     if not 0 < size < n:
-        raise ValueError(f"method.omega_holdout = {size}: the primary training data has {n} samples; "
-                         f"hold out from 1 to {n - 1} (--set method.omega_holdout=N)")
+        raise ConfigError(f"method.omega_holdout = {size}: the primary training data has {n} samples; "
+                          f"hold out from 1 to {n - 1} (--set method.omega_holdout=N)")
     order = np.random.default_rng([seed, _HOLDOUT_STREAM]).permutation(n)
     return np.sort(order[size:]), np.sort(order[:size])
 

@@ -26,6 +26,7 @@ from engine.models import check_image_size, load_with_card, model_file
 from engine.outputs import claim_beton, record_beton
 from engine.runtime import resolve_device
 from engine.scoring import Scores, score_batches
+from kernels.errors import InputError
 from loaders.beton import BetonIndex, iter_beton, read_manifest, write_beton
 from loaders.sources.base import ChunkedSource, sha256_files
 from loaders.types import ArrayDataset
@@ -81,11 +82,11 @@ def pseudo_label(model_path: str | Path, aux_path: str | Path, out_path: str | P
     before the first image is scored."""
     aux, out = Path(aux_path), Path(out_path)
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top-k per class must be at least 1, got {top_k}")
+        raise InputError(f"top-k per class must be at least 1, got {top_k}")
     if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
     if out.suffix != ".beton":
-        raise ValueError(f"{out}: the output must end in .beton")
+        raise InputError(f"{out}: the output must end in .beton")
     index = BetonIndex(aux)  # FileNotFoundError naming the file
     aux_manifest = read_manifest(aux)
     claim_beton(out, "pseudo-label", overwrite=overwrite, inputs=[aux, model_path])
@@ -97,9 +98,9 @@ def pseudo_label(model_path: str | Path, aux_path: str | Path, out_path: str | P
     check_image_size(card, index.image_size, weights, aux)
     n = index.num_samples
     if n == 0:
-        raise ValueError(f"{aux} holds no images: no image kept, nothing to write")
+        raise InputError(f"{aux} holds no images: no image kept, nothing to write")
     if top_k is not None and top_k * num_classes > n:
-        raise ValueError(
+        raise InputError(
             f"--top-k-per-class {top_k} asks for {top_k} x {num_classes} classes = {top_k * num_classes} images, "
             f"but {aux} holds {n}: choose K of at most {n // num_classes} or keep every image with --all"
         )
@@ -110,7 +111,7 @@ def pseudo_label(model_path: str | Path, aux_path: str | Path, out_path: str | P
     scores = score_beton(model, aux, batch_size=batch_size, device=torch_device, progress=progress)
     kept = top_k_per_class(scores, top_k, num_classes)
     if len(kept) == 0:
-        raise ValueError(f"no image of {aux} was kept: nothing to write")
+        raise InputError(f"no image of {aux} was kept: nothing to write")
     kept_per_class = np.bincount(scores.predicted[kept], minlength=num_classes)
     short = [name for name, count in zip(class_names, kept_per_class) if top_k is not None and count < top_k]
     if short:

@@ -27,6 +27,7 @@ from engine.models import check_image_size, load_with_card, model_file
 from engine.outputs import claim_beton, record_beton
 from engine.run_dir import atomic_write, check_writable, read_json, write_json
 from engine.runtime import resolve_device
+from kernels.errors import InputError
 from loaders.beton import read_beton, read_manifest, write_beton
 from loaders.images import pixel_images, to_device_images
 from loaders.sources.base import ChunkedSource, sha256_files
@@ -66,7 +67,7 @@ def parts_dir(out: str | Path) -> Path:
 def draw_starts(n_data: int, n_targets: int, seed: int) -> np.ndarray:
     """(n_targets,) index of each target's start image: uniform over DATA's other images."""
     if n_data < 2:
-        raise ValueError(f"a robust dataset needs at least 2 images to start from others, DATA holds {n_data}")
+        raise InputError(f"a robust dataset needs at least 2 images to start from others, DATA holds {n_data}")
     offsets = np.random.default_rng(seed).integers(1, n_data, size=n_targets)  # never 0: never itself
     return (np.arange(n_targets) + offsets) % n_data
 
@@ -86,14 +87,14 @@ class Parts:
 
     def claim(self, plan: RobustifyPlan) -> int:
         """Starts the work directory, or checks an earlier run's plan against `plan`; returns how
-        many chunks are already done. Different arguments are a ValueError naming each one."""
+        many chunks are already done. Different arguments are an InputError naming each one."""
         if self.plan_file.exists():
             saved = read_json(self.plan_file)
             wanted = dataclasses.asdict(plan)
             differ = [k for k in wanted if saved.get(k) != wanted[k]]
             if differ:
                 shown = "; ".join(f"{_OPTION[k]}: {saved.get(k)!r} then, {wanted[k]!r} now" for k in differ)
-                raise ValueError(f"{self.root} holds chunks of an interrupted run with other arguments ({shown}); "
+                raise InputError(f"{self.root} holds chunks of an interrupted run with other arguments ({shown}); "
                                  f"rerun with that run's arguments to finish it, or delete {self.root} to start over")
         else:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,7 @@ class Parts:
             with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as f:
                 return {k: f[k] for k in f.files}
         except (ValueError, OSError) as err:
-            raise ValueError(f"{path} cannot be read ({err}); delete it and rerun to compute that chunk again") from None
+            raise InputError(f"{path} cannot be read ({err}); delete it and rerun to compute that chunk again") from None
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -141,11 +142,11 @@ def robustify(
     returns its manifest. `progress(done, total)` is called as targets finish (resumed chunks
     count as done at the start)."""
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise InputError(f"steps must be >= 1, got {steps}")
     if step_size <= 0:
-        raise ValueError(f"step size must be > 0, got {step_size}")
+        raise InputError(f"step size must be > 0, got {step_size}")
     if batch_size < 1 or chunk_size < 1 or (limit is not None and limit < 1):
-        raise ValueError("batch size, chunk size and limit must be >= 1")
+        raise InputError("batch size, chunk size and limit must be >= 1")
     out, data = Path(out), Path(data)
     # Its own OUT.parts/ is how an interrupted run continues; a finished OUT is replaced only with --overwrite.
     claim_beton(out, "robustify", overwrite=overwrite, inputs=[data, model])
@@ -182,7 +183,7 @@ def _check_fit(card: dict, source: ArrayDataset, model: str | Path, data: Path) 
     classes = card.get("num_classes")
     if classes != source.num_classes:
         top = int(source.labels.max()) if len(source) else -1
-        raise ValueError(f"{model} classifies {classes} classes, {data} has {source.num_classes} "
+        raise InputError(f"{model} classifies {classes} classes, {data} has {source.num_classes} "
                          f"(labels up to {top}): robustify the dataset the model was trained on")
     check_image_size(card, source.image_size, model, data)
 

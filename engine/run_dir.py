@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from kernels.errors import InputError
+
 if TYPE_CHECKING:
     from engine.config import Overrides, TrainConfig
 
@@ -239,9 +241,9 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}): was it cut short? Write it again") from None
+        raise InputError(f"{path} is not valid JSON ({err}): was it cut short? Write it again") from None
     except UnicodeDecodeError:  # a binary file where JSON belongs: the codec's byte position helps nobody
-        raise ValueError(f"{path} is not a JSON text file (it holds binary data): is it the right file? "
+        raise InputError(f"{path} is not a JSON text file (it holds binary data): is it the right file? "
                          "Write it again") from None
 
 
@@ -277,14 +279,14 @@ class JsonLines:
 def read_json_lines(path: str | Path) -> list[dict]:
     """Every record of a JSON-lines file; [] when it does not exist yet. A torn last line (the
     process died mid-append, so no newline ends it) is dropped: its epoch is written again on
-    resume. Any other unreadable line is a ValueError naming the file and line."""
+    resume. Any other unreadable line is an InputError naming the file and line."""
     path = Path(path)
     if not path.exists():
         return []
     try:
         text = path.read_text()
     except UnicodeDecodeError:
-        raise ValueError(f"{path} is not a JSON-lines text file (it holds binary data): is it the right "
+        raise InputError(f"{path} is not a JSON-lines text file (it holds binary data): is it the right "
                          "file? Remove or replace it") from None
     lines = text.split("\n")
     records = []
@@ -296,9 +298,9 @@ def read_json_lines(path: str | Path) -> list[dict]:
         except json.JSONDecodeError as err:
             if number == len(lines) and not text.endswith("\n"):
                 break  # torn by a crash mid-write
-            raise ValueError(f"{path}, line {number}, is not valid JSON ({err}): the file was edited or "
+            raise InputError(f"{path}, line {number}, is not valid JSON ({err}): the file was edited or "
                              "damaged; fix or remove that line") from None
         if not isinstance(records[-1], dict):
-            raise ValueError(f"{path}, line {number}, is a JSON {type(records[-1]).__name__}, expected an object "
+            raise InputError(f"{path}, line {number}, is a JSON {type(records[-1]).__name__}, expected an object "
                              "(one record per line): the file was edited or damaged; fix or remove that line")
     return records

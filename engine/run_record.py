@@ -29,6 +29,7 @@ from pathlib import Path
 
 from engine.config import split_produced
 from engine.run_dir import RunDir, read_json, write_json
+from kernels.errors import InputError
 from loaders.json_values import whole_number
 
 FORMAT = 1
@@ -61,17 +62,17 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: object, where: str | Path, fix: str) -> "RunRecord":
-        """The record `to_dict` wrote; anything else is a ValueError naming `where` and `fix`."""
+        """The record `to_dict` wrote; anything else is an InputError naming `where` and `fix`."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"{where}: run record format {found!r}, this engine reads format {FORMAT}; {fix}")
+            raise InputError(f"{where}: run record format {found!r}, this engine reads format {FORMAT}; {fix}")
         init = data.get("init")
         if init is None:
             return cls()
         if not (isinstance(init, dict) and set(init) == {"file", "epoch", "sha256", "heads"}
                 and isinstance(init["file"], str) and whole_number(init["epoch"]) and isinstance(init["sha256"], str)
                 and init["heads"] in ("keep", "new")):
-            raise ValueError(f"{where}: its init is {init!r}, expected file, epoch, sha256 and heads "
+            raise InputError(f"{where}: its init is {init!r}, expected file, epoch, sha256 and heads "
                              f"(keep or new); {fix}")
         return cls(InitSource(**init))
 

@@ -505,7 +505,7 @@ class Trainer:
                         path, self.model.describe_normalization(), self.data.normalization.source)
         saved_groups, groups = len(state["optimizer"]["param_groups"]), len(self.optimizer.param_groups)
         if saved_groups != groups:
-            raise ValueError(
+            raise ConfigError(
                 f"{path} holds an optimiser with {saved_groups} parameter group(s), this config builds "
                 f"{groups} (optim.weight_decay_on = {self.cfg.optim.weight_decay_on!r}): resume with the "
                 f"weight-decay scope the run started with (--set optim.weight_decay_on="

@@ -14,6 +14,8 @@ import os
 
 import torch
 
+from kernels.errors import InputError
+
 IMPLS = ("triton", "numba", "torch")
 CHOICES = ("auto",) + IMPLS
 ENV_VAR = "BIAMAT_KERNELS"
@@ -42,7 +44,7 @@ def _requested(impl: str) -> str:
     forced = os.environ.get(ENV_VAR, "").strip().lower()
     if forced and forced != "auto":
         if forced not in IMPLS:
-            raise ValueError(f"{ENV_VAR}={forced!r} is not a kernel implementation; expected one of {CHOICES}")
+            raise InputError(f"{ENV_VAR}={forced!r} is not a kernel implementation; expected one of {CHOICES}")
         return forced
     if impl not in CHOICES:
         raise ValueError(f"impl={impl!r} is not a kernel implementation; expected one of {CHOICES}")
@@ -62,13 +64,14 @@ def _check_usable(name: str, device: torch.device) -> None:
         return
     if not available(name):
         raise ModuleNotFoundError(f"kernel implementation {name!r} needs the package {name!r}: {_INSTALL_HINT[name]}")
+    # Reached from BIAMAT_KERNELS or runtime.kernels naming a kernel the run's device cannot run.
     if name == "numba" and device.type != "cpu":
-        raise ValueError(
+        raise InputError(
             f"numba kernels run on CPU tensors, got a tensor on {device}; use impl='triton' or impl='torch' "
             f"(or unset {ENV_VAR})"
         )
     if name == "triton" and device.type != "cuda" and not (device.type == "cpu" and triton_interpreter_on()):
-        raise ValueError(
+        raise InputError(
             f"Triton kernels run on CUDA tensors, got a tensor on {device}; set TRITON_INTERPRET=1 to run them on "
             f"CPU through Triton's interpreter (slow, for tests) or use impl='numba' or impl='torch'"
         )

@@ -307,12 +307,12 @@ def read_manifest(path: str | os.PathLike) -> dict:
         )
     try:
         manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{mpath}: the manifest is not valid JSON ({err}); prepare the dataset again") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # the latter: a binary file
+        raise SourceError(f"{mpath}: the manifest is not valid JSON ({err}); prepare the dataset again") from None
     if not isinstance(manifest, dict):
-        raise ValueError(f"{mpath}: the manifest is not a JSON object; prepare the dataset again")
+        raise SourceError(f"{mpath}: the manifest is not a JSON object; prepare the dataset again")
     if manifest.get("manifest_version") != MANIFEST_VERSION:
-        raise ValueError(
+        raise SourceError(
             f"{mpath}: manifest version {manifest.get('manifest_version')}, this engine reads "
             f"{MANIFEST_VERSION}; prepare the dataset again"
         )
@@ -321,11 +321,11 @@ def read_manifest(path: str | os.PathLike) -> dict:
 
 
 def _check_manifest(manifest: dict, mpath: Path) -> None:
-    """A ValueError naming `mpath` and the key unless the fields the loaders read have their types."""
-    def bad(key: str, expected: str) -> ValueError:
+    """A SourceError naming `mpath` and the key unless the fields the loaders read have their types."""
+    def bad(key: str, expected: str) -> SourceError:
         found = repr(manifest[key])[:40] if key in manifest else "missing"
-        return ValueError(f"{mpath}: manifest key {key!r} is {found}, expected {expected}; "
-                          "the manifest was edited or damaged: prepare the dataset again")
+        return SourceError(f"{mpath}: manifest key {key!r} is {found}, expected {expected}; "
+                           "the manifest was edited or damaged: prepare the dataset again")
 
     count = manifest.get("count")
     if not whole_number(count) or count < 0:
@@ -351,20 +351,20 @@ class BetonIndex:
         file_size = self.path.stat().st_size
         header_bytes = HEADER.itemsize + len(FIELDS) * FIELD_DESC.itemsize
         if file_size < header_bytes:
-            raise ValueError(f"{self.path}: {file_size} bytes is too short for a .beton file")
+            raise SourceError(f"{self.path}: {file_size} bytes is too short for a .beton file")
         with self.path.open("rb") as f:
             magic = f.read(4)
         if magic == b"PK\x03\x04":  # numpy's .npz is a zip archive; its "version" would read as 19280
-            raise ValueError(f"{self.path}: a zip archive (an .npz?), not a .beton written by `biamat-engine prepare`; "
-                             "name an .npz file *.npz, or prepare a .beton from it")
+            raise SourceError(f"{self.path}: a zip archive (an .npz?), not a .beton written by `biamat-engine prepare`; "
+                              "name an .npz file *.npz, or prepare a .beton from it")
         header = np.fromfile(self.path, dtype=HEADER, count=1)[0]
         if header["version"] != FFCV_FILE_VERSION:
-            raise ValueError(f"{self.path}: FFCV file version {header['version']}, expected {FFCV_FILE_VERSION}")
+            raise SourceError(f"{self.path}: FFCV file version {header['version']}, expected {FFCV_FILE_VERSION}")
         desc = np.fromfile(self.path, dtype=FIELD_DESC, count=header["num_fields"], offset=HEADER.itemsize)
         names = [bytes(d["name"]).split(b"\0")[0].decode("ascii") for d in desc]
         types = [int(d["type_id"]) for d in desc]
         if list(zip(names, types)) != list(FIELDS):
-            raise ValueError(
+            raise SourceError(
                 f"{self.path}: fields {list(zip(names, types))}, expected {list(FIELDS)} "
                 f"(image RGBImageField, label IntField) as written by `biamat-engine prepare` or by FFCV's "
                 f"DatasetWriter with fields {{'image': RGBImageField(), 'label': IntField()}}"
@@ -373,30 +373,30 @@ class BetonIndex:
         self.page_size = int(header["page_size"])
         # Checked before anything is read by them: a damaged header asks for 2^64 records.
         if self.page_size <= 0:
-            raise ValueError(f"{self.path}: page size {self.page_size} in its header; the file is damaged: prepare it again")
+            raise SourceError(f"{self.path}: page size {self.page_size} in its header; the file is damaged: prepare it again")
         data_start = header_bytes + self.num_samples * SAMPLE_META.itemsize
         if data_start > file_size:
-            raise ValueError(f"{self.path}: its header claims {self.num_samples:,} samples, more than its {file_size:,} "
-                             "bytes can hold: truncated or damaged; prepare it again")
+            raise SourceError(f"{self.path}: its header claims {self.num_samples:,} samples, more than its {file_size:,} "
+                              "bytes can hold: truncated or damaged; prepare it again")
         self.metadata = np.fromfile(self.path, dtype=SAMPLE_META, count=self.num_samples, offset=header_bytes)
         if len(self.metadata) != self.num_samples:
-            raise ValueError(f"{self.path}: truncated: {len(self.metadata)} of {self.num_samples} metadata records")
+            raise SourceError(f"{self.path}: truncated: {len(self.metadata)} of {self.num_samples} metadata records")
         image = self.metadata["image"]
         if self.num_samples and (image["mode"] != RAW_MODE).any():
-            raise ValueError(f"{self.path}: JPEG-compressed images are not supported; write raw RGB with `prepare`")
+            raise SourceError(f"{self.path}: JPEG-compressed images are not supported; write raw RGB with `prepare`")
         sizes = set(zip(image["height"].tolist(), image["width"].tolist()))
         if len(sizes) > 1 or any(h != w for h, w in sizes):
-            raise ValueError(f"{self.path}: images must share one square size, found {sorted(sizes)[:4]}")
+            raise SourceError(f"{self.path}: images must share one square size, found {sorted(sizes)[:4]}")
         self.image_size = int(image["height"][0]) if self.num_samples else 0
         if self.num_samples and self.image_size == 0:
-            raise ValueError(f"{self.path}: its images are 0x0 pixels; the file is damaged: prepare it again")
+            raise SourceError(f"{self.path}: its images are 0x0 pixels; the file is damaged: prepare it again")
         start = image["data_ptr"].astype(np.uint64)
         end = start + np.uint64(3 * self.image_size**2)
         if self.num_samples and (start.min() < data_start or (end < start).any()):
-            raise ValueError(f"{self.path}: an image's data pointer points into the header (before byte "
-                             f"{data_start:,}): the file is damaged: prepare it again")
+            raise SourceError(f"{self.path}: an image's data pointer points into the header (before byte "
+                              f"{data_start:,}): the file is damaged: prepare it again")
         if self.num_samples and end.max() > file_size:
-            raise ValueError(f"{self.path}: truncated: image data runs past the end of the file")
+            raise SourceError(f"{self.path}: truncated: image data runs past the end of the file")
 
 
 def _open(path: str | os.PathLike) -> tuple[BetonIndex, dict]:
@@ -404,8 +404,8 @@ def _open(path: str | os.PathLike) -> tuple[BetonIndex, dict]:
     index = BetonIndex(path)
     manifest = _manifest_of(index)
     if manifest["count"] != index.num_samples:
-        raise ValueError(f"{path}: manifest says {manifest['count']} samples, the file holds "
-                         f"{index.num_samples}; prepare it again")
+        raise SourceError(f"{path}: manifest says {manifest['count']} samples, the file holds "
+                          f"{index.num_samples}; prepare it again")
     return index, manifest
 
 
@@ -467,10 +467,10 @@ def _manifest_of(index: BetonIndex) -> dict:
         return read_manifest(index.path)
     labels = index.metadata["label"]
     if index.num_samples == 0:
-        raise ValueError(f"{index.path}: holds no samples (and has no manifest beside it)")
+        raise SourceError(f"{index.path}: holds no samples (and has no manifest beside it)")
     if labels.min() < 0:
-        raise ValueError(f"{index.path}: labels must be class ids from 0, found {labels.min()}; "
-                         "write the file with labels 0..K-1 or prepare it with `biamat-engine prepare`")
+        raise SourceError(f"{index.path}: labels must be class ids from 0, found {labels.min()}; "
+                          "write the file with labels 0..K-1 or prepare it with `biamat-engine prepare`")
     num_classes = int(labels.max()) + 1
     if index.path not in _UNNAMED_WARNED:  # once per file, not once per stream over it
         _UNNAMED_WARNED.add(index.path)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels.errors import InputError
 from loaders.options import LoaderOptions
 from loaders.stream import ImageStream
 from loaders.types import ArrayDataset
@@ -40,14 +41,14 @@ def open_dataset(spec: str, split: str) -> ArrayDataset:
         return _open_shapes(spec, split).with_channel_stats()
     path = Path(spec)
     if path.suffix in (".beton", ".npz") and not path.is_file():
-        raise ValueError(f"dataset {spec!r}: no such file; write it with `biamat-engine prepare` "
+        raise InputError(f"dataset {spec!r}: no such file; write it with `biamat-engine prepare` "
                          f"or check the path")
     if path.suffix == ".beton":
         from loaders.beton import read_beton  # the FFCV-format reader; heavy, so loaded here
         return read_beton(path)
     if path.suffix == ".npz":
         return _open_npz(path, split).with_channel_stats()
-    raise ValueError(f"dataset {spec!r}: not a recognised spec; expected one of "
+    raise InputError(f"dataset {spec!r}: not a recognised spec; expected one of "
                      f"{', '.join(SPEC_FORMS)}")
 
 
@@ -60,18 +61,18 @@ def _open_shapes(spec: str, split: str) -> ArrayDataset:
 
 def parse_shapes_spec(spec: str) -> tuple[str, dict[str, int | str]]:
     """`shapes:KIND?key=value&...` -> (KIND, {key: value}), integers but for `groups`; a
-    ValueError names the spec."""
+    InputError names the spec."""
     from loaders.sources.shapes import KINDS
 
     kind, _, query = spec.removeprefix("shapes:").partition("?")
     if kind not in KINDS:
-        raise ValueError(f"dataset {spec!r}: unknown shapes kind {kind!r}; expected "
+        raise InputError(f"dataset {spec!r}: unknown shapes kind {kind!r}; expected "
                          f"shapes:primary or shapes:aux")
     options: dict[str, int | str] = {}
     for item in filter(None, query.split("&")):
         key, eq, value = item.partition("=")
         if key not in _SHAPES_OPTIONS or not eq:
-            raise ValueError(f"dataset {spec!r}: bad option {item!r}; expected key=value with "
+            raise InputError(f"dataset {spec!r}: bad option {item!r}; expected key=value with "
                              f"key in {_SHAPES_OPTIONS}, e.g. shapes:aux?n=2000&seed=3")
         if key in _SHAPES_WORDS:
             options[key] = value
@@ -79,7 +80,7 @@ def parse_shapes_spec(spec: str) -> tuple[str, dict[str, int | str]]:
         try:
             options[key] = int(value)
         except ValueError:
-            raise ValueError(f"dataset {spec!r}: option {key} must be an integer, got {value!r}")
+            raise InputError(f"dataset {spec!r}: option {key} must be an integer, got {value!r}")
     return kind, options
 
 
@@ -94,7 +95,7 @@ _NPZ_FORM = "a .npz dataset is numpy.savez(images=(N, H, H, 3) uint8, labels=(N,
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     """The arrays of the .npz at `path`; a file numpy cannot read (truncated, not a zip, pickled
-    objects) is a ValueError naming it, without numpy's advice to allow pickles."""
+    objects) is an InputError naming it, without numpy's advice to allow pickles."""
     import zipfile
 
     try:
@@ -106,13 +107,13 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     except (zipfile.BadZipFile, EOFError, ValueError, OSError) as err:
         if isinstance(err, OSError) and err.filename is not None:
             raise  # missing or unreadable: the OS error names the path
-        raise ValueError(f"dataset {str(path)!r}: not a readable .npz archive (truncated, damaged, or holding "
+        raise InputError(f"dataset {str(path)!r}: not a readable .npz archive (truncated, damaged, or holding "
                          f"Python objects; {type(err).__name__}); {_NPZ_FORM}") from None
     if arrays is None:
-        raise ValueError(f"dataset {str(path)!r}: a single .npy array, not a .npz archive; {_NPZ_FORM}")
+        raise InputError(f"dataset {str(path)!r}: a single .npy array, not a .npz archive; {_NPZ_FORM}")
     missing = [k for k in ("images", "labels") if k not in arrays]
     if missing:
-        raise ValueError(f"dataset {str(path)!r}: missing array(s) {missing}; a .npz dataset "
+        raise InputError(f"dataset {str(path)!r}: missing array(s) {missing}; a .npz dataset "
                          f"needs images (N, H, W, 3) uint8 and labels (N,)")
     return arrays
 
@@ -121,18 +122,18 @@ def _open_npz(path: Path, split: str) -> ArrayDataset:
     data = _read_npz(path)
     images, labels = data["images"], data["labels"]
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"dataset {str(path)!r}: labels are {labels.dtype} of shape {labels.shape}, expected "
+        raise InputError(f"dataset {str(path)!r}: labels are {labels.dtype} of shape {labels.shape}, expected "
                          f"(N,) integers (class indices); {_NPZ_FORM}")
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"dataset {str(path)!r}: images are {images.dtype} of shape {images.shape}, expected "
+        raise InputError(f"dataset {str(path)!r}: images are {images.dtype} of shape {images.shape}, expected "
                          f"(N, H, W, 3) uint8 RGB; {_NPZ_FORM}")
     if images.shape[1] != images.shape[2]:
-        raise ValueError(f"dataset {str(path)!r}: images are {images.shape[1]}x{images.shape[2]}, the engine "
+        raise InputError(f"dataset {str(path)!r}: images are {images.shape[1]}x{images.shape[2]}, the engine "
                          f"trains on square images; crop or resize them; {_NPZ_FORM}")
     if "class_names" in data:
         class_names = data["class_names"]
         if class_names.ndim != 1 or class_names.dtype.kind not in "US":
-            raise ValueError(f"dataset {str(path)!r}: class_names is {class_names.dtype} of shape "
+            raise InputError(f"dataset {str(path)!r}: class_names is {class_names.dtype} of shape "
                              f"{class_names.shape}, expected a list of names (one per class); {_NPZ_FORM}")
         names = [str(c) for c in class_names]
     else:
@@ -158,7 +159,7 @@ def make_stream(dataset: ArrayDataset | str, *, backend: str, batch_size: int, d
     if backend == "ffcv":
         if not (isinstance(dataset, (str, Path)) and str(dataset).endswith(".beton")):
             shown = dataset if isinstance(dataset, str) else f"in-memory dataset {dataset.name!r}"
-            raise ValueError(f"the ffcv backend reads .beton files, got {shown}; write one with "
+            raise InputError(f"the ffcv backend reads .beton files, got {shown}; write one with "
                              f"`biamat-engine prepare` or use --loader resident")
         from loaders.backends.ffcv_backend import FfcvStream
 
@@ -167,7 +168,7 @@ def make_stream(dataset: ArrayDataset | str, *, backend: str, batch_size: int, d
         from loaders.backends.dali_backend import DaliStream
 
         return DaliStream(_in_memory(dataset, split), **common)
-    raise ValueError(f"unknown loader backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    raise InputError(f"unknown loader backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
 def _in_memory(dataset: ArrayDataset | str, split: str) -> ArrayDataset:

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernels.errors import InputError
+
 
 @dataclass(frozen=True, kw_only=True)
 class LoaderOptions:
@@ -30,7 +32,7 @@ class LoaderOptions:
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 0:
-            raise ValueError(f"loader workers must be >= 0 (or None for the backend's default), "
+            raise InputError(f"loader workers must be >= 0 (or None for the backend's default), "
                              f"got {self.workers}; set data.num_workers")
         if self.pad < 0:
             raise ValueError(f"loader pad must be non-negative, got {self.pad}")

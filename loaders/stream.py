@@ -11,6 +11,7 @@ from typing import Iterator, Protocol, Sequence
 
 import torch
 
+from kernels.errors import InputError
 from loaders.types import Batch, DatasetInfo
 
 
@@ -112,7 +113,7 @@ class PairedStream:
         """Continues from `state`; `world_size`: the number of ranks that saved it (see
         `ImageStream.load_state_dict`)."""
         if len(state["aux"]) != len(self.aux):
-            raise ValueError(
+            raise InputError(
                 f"checkpoint has {len(state['aux'])} auxiliary streams, this run has "
                 f"{len(self.aux)}; resume with the same --aux datasets"
             )

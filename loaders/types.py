@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from kernels.errors import InputError
 from loaders.images import channel_stats
 
 
 def check_label_range(labels: np.ndarray, num_classes: int, name: str) -> None:
-    """ValueError naming the dataset `name` when a label of (N,) `labels` falls outside [0, num_classes)."""
+    """InputError naming the dataset `name` when a label of (N,) `labels` falls outside [0, num_classes)."""
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
+        raise InputError(
             f"{name}: labels must lie in [0, {num_classes}), found [{labels.min()}, {labels.max()}]; "
             f"check the class list"
         )
@@ -100,12 +101,12 @@ class ArrayDataset(DescribedDataset):
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: images must be (N, H, W, 3) uint8, got "
                 f"{self.images.shape} {self.images.dtype}"
             )
         if self.labels.shape != (len(self.images),):
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: {len(self.images)} images but labels have shape {self.labels.shape}"
             )
         self.labels = self.labels.astype(np.int64, copy=False)

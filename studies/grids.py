@@ -31,6 +31,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from kernels.errors import InputError
+
 RUN_REF = re.compile(r"\{run:([^}]+)\}")
 """`{run:ROW}` in a row's setting: that row's run folder."""
 
@@ -183,7 +185,7 @@ def register(grid: Grid) -> Grid:
 
 def get_grid(name: str) -> Grid:
     if name not in GRIDS:
-        raise ValueError(f"unknown study {name!r}; known: {', '.join(sorted(GRIDS))}")
+        raise InputError(f"unknown study {name!r}; known: {', '.join(sorted(GRIDS))}")
     return GRIDS[name]
 
 

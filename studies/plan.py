@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from engine.config import Overrides, load_config, load_preset, parse_overrides
 from engine.run_dir import RunDir
+from kernels.errors import InputError
 from studies.data_steps import DataStep
 from studies.grids import RUN_REF, Derived, Grid, Row
 from studies.paper_data import prepare_command, published_images
@@ -411,7 +412,7 @@ SCALES: dict[str, Scale] = {"paper": PaperScale(), "demo": ShapesScale(), "fashi
 
 def get_scale(name: str) -> Scale:
     if name not in SCALES:
-        raise ValueError(f"unknown scale {name!r}; expected one of {', '.join(SCALES)}")
+        raise InputError(f"unknown scale {name!r}; expected one of {', '.join(SCALES)}")
     return SCALES[name]
 
 
@@ -420,7 +421,7 @@ def _ordered_rows(grid: Grid, only: tuple[str, ...]) -> list[Row]:
     by_name = {row.name: row for row in grid.rows}
     unknown = [name for name in only if name not in by_name]
     if unknown:
-        raise ValueError(f"study {grid.name}: no row named {', '.join(unknown)}; rows: {', '.join(by_name)}")
+        raise InputError(f"study {grid.name}: no row named {', '.join(unknown)}; rows: {', '.join(by_name)}")
     ordered: list[Row] = []
 
     def visit(row: Row, chain: tuple[str, ...]) -> None:

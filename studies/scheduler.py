@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from kernels.errors import InputError
 from loaders.options import available_cores
 from studies.plan import RunPlan, StudyPlan
 
@@ -251,7 +252,7 @@ def submit_slurm(plan: StudyPlan, resources: Resources) -> dict[str, str]:
     folder = plan.out / "slurm"
     queued = [name for name, state in run_states(plan) if state.startswith(("pending", "running"))]
     if queued:  # submitting them again would train each twice at once
-        raise ValueError(f"{', '.join(queued)} still queued or running on Slurm ({folder / 'jobs.json'}): wait for "
+        raise InputError(f"{', '.join(queued)} still queued or running on Slurm ({folder / 'jobs.json'}): wait for "
                          "them (`study ... --status`) or scancel them before submitting the study again")
     executor = submitit.SlurmExecutor(folder=folder / "%j")
     executor.update_parameters(

@@ -20,6 +20,9 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from cli.errors import ENGINE_ERRORS, UsageError, describe, is_user_error
+from engine.config import ConfigError
+from kernels.errors import InputError
+from loaders.sources.base import SourceError
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
@@ -72,6 +75,13 @@ def test_bench_on_cuda_without_a_gpu_exits_1_before_any_work(bench):
     # The bench commands read no files; what a user gets wrong is the machine.
     result = invoke("bench", bench, "--device", "cuda")
     assert_user_error(result, "--device cuda", "use --device cpu")
+
+
+@pytest.mark.parametrize("bench", ["step", "eval"])
+def test_bench_with_an_impossible_architecture_exits_1_naming_it(bench):
+    # The name reaches engine.arch.parse_arch unchecked by the command line: its InputError, not a traceback.
+    result = invoke("bench", bench, "--model", "wrn-5-1", "--device", "cpu")
+    assert_user_error(result, "wrn-5-1", "6n+4")
 
 
 # -- one usage error per command: exit 2 with click's usage line ----------------------------------
@@ -164,6 +174,7 @@ def test_a_missing_extra_is_a_user_error_with_a_hint(monkeypatch):
 
 @pytest.mark.parametrize("bug", [
     KeyError("clean_acc"),
+    ValueError("weights must be a (C, K) tensor"),  # an internal check failing: not the user's to fix
     ImportError("cannot import name 'load' from 'engine.models'", name="engine.models"),  # ours: a bug
     RuntimeError("shape mismatch"),
 ])
@@ -171,6 +182,16 @@ def test_anything_else_is_a_bug_and_keeps_its_traceback(monkeypatch, bug):
     result = _export_raises(monkeypatch, bug)
     assert result.exception is bug  # not caught: Python prints the traceback
     assert "error:" not in result.stderr
+
+
+@pytest.mark.parametrize("err", [
+    InputError("--top-k-per-class 0: expected a positive count"),
+    ConfigError("method.pi = 2: expected a value in [0, 1]"),
+    SourceError("data_batch_1: expected 10000 rows, found 3"),
+])
+def test_an_input_error_exits_1_with_its_message(monkeypatch, err):
+    result = _export_raises(monkeypatch, err)
+    assert_user_error(result, str(err))
 
 
 def test_every_engine_error_named_in_the_policy_exists():
@@ -186,7 +207,7 @@ def test_every_engine_error_named_in_the_policy_exists():
 def test_describe_puts_the_path_first_and_keeps_other_messages():
     assert describe(FileNotFoundError(errno.ENOENT, "No such file or directory", "a.beton")) == \
         "a.beton: No such file or directory (check the path)"
-    assert describe(ValueError("method.pi = 'abc': expected a float")) == "method.pi = 'abc': expected a float"
+    assert describe(ConfigError("method.pi = 'abc': expected a float")) == "method.pi = 'abc': expected a float"
     assert not is_user_error(BrokenPipeError(errno.EPIPE, "Broken pipe"))  # click exits quietly itself
 
 
@@ -195,7 +216,7 @@ def test_flags_that_exclude_each_other_raise_clicks_usage_error():
 
 
 def test_messages_are_printed_as_text_not_markup(monkeypatch):
-    result = _export_raises(monkeypatch, ValueError("expected [bold] in [0, 1]"))
+    result = _export_raises(monkeypatch, InputError("expected [bold] in [0, 1]"))
     assert_user_error(result, "expected [bold] in [0, 1]")
 
 

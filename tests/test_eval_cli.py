@@ -163,8 +163,8 @@ def test_each_finished_attack_is_in_eval_json_before_a_later_one_fails(saved, tm
     real = runner._attack_pass
 
     def cw_breaks(name, *args, **kwargs):
-        if name.startswith("cw"):
-            raise ValueError("cw exploded")
+        if name.startswith("cw"):  # e.g. CW's batch runs out of memory: a user error, exit 1
+            raise MemoryError("cw exploded")
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(runner, "_attack_pass", cw_breaks)

@@ -377,6 +377,20 @@ def test_a_tar_member_that_would_stand_in_for_another_is_refused(tmp_path):
     assert not (tmp_path / "c.beton").exists() and not (tmp_path / "c.beton.json").exists()
 
 
+def test_a_binary_file_as_the_config_is_named(tmp_path):
+    # Python's UnicodeDecodeError names a byte, not the file, and would end in a traceback.
+    config = tmp_path / "run.toml"
+    config.write_bytes(b"\x80\x81\xff[optim]")
+    result = invoke("train", "--config", config, "--out", tmp_path / "run", "--device", "cpu")
+    assert_refused(result, str(config), "is not valid TOML")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_binary_file_as_the_manifest_is_named(case):
+    (case / "test.beton.json").write_bytes(b"\x80\x81\xff{}")
+    eval_refused(case, "model.safetensors", "test.beton", "test.beton.json", "not valid JSON")
+
+
 def test_a_preset_base_outside_the_presets_folder_is_refused(tmp_path):
     (tmp_path / "evil.toml").write_text('[optim]\nepochs = 1\n')
     config = tmp_path / "run.toml"

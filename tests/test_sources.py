@@ -196,6 +196,15 @@ def test_download_checksum_verification(tmp_path):
         read_source("places365", tmp_path, download=True)
 
 
+def test_a_places365_list_that_is_not_text_is_named(tmp_path):
+    from loaders.sources.base import SourceError
+
+    root, _, _ = fx.write_places365_lists(tmp_path / "places", n=2)
+    (root / "places365_val.txt").write_bytes(b"\x80\x81\xff 3\n")
+    with pytest.raises(SourceError, match=r"places365_val\.txt: not a text file"):
+        read_source("places365", root, split="test")
+
+
 def test_a_places365_list_entry_that_leaves_the_source_is_refused(tmp_path):
     from loaders.sources.base import SourceError
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from engine.run_dir import atomic_write_text
+from kernels.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def make_adversary(
     if unknown:
         raise ValueError(f"unknown AutoAttack attack(s) {unknown}: expected some of {', '.join(AA_ATTACKS)}")
     if version == "custom" and not attacks:
-        raise ValueError("AutoAttack version 'custom' needs a list of attacks, e.g. apgd-ce,apgd-t")
+        raise InputError("AutoAttack version 'custom' needs a list of attacks, e.g. apgd-ce,apgd-t")
     if version != "custom" and attacks:
         raise ValueError(f"AutoAttack version {version!r} fixes its own attacks; use version 'custom' "
                          "to choose them")
@@ -99,7 +100,7 @@ def fit_targets(adversary, num_classes: int) -> None:
     dlr = [a for a in adversary.attacks_to_run if a in ("apgd-dlr", "apgd-t")]
     need = 4 if "apgd-t" in dlr else 3
     if dlr and num_classes < need:
-        raise ValueError(f"AutoAttack's {', '.join(dlr)} need at least {need} classes (their DLR losses read the "
+        raise InputError(f"AutoAttack's {', '.join(dlr)} need at least {need} classes (their DLR losses read the "
                          f"third and, for APGD-T, the fourth largest logit); this model has {num_classes}: run "
                          "--aa-attacks apgd-ce,fab-t,square instead")
     for name in ("apgd_targeted", "fab"):
@@ -188,10 +189,10 @@ def _load_state(path: Path, fingerprint: str) -> dict | None:
         return None
     try:
         state = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"AutoAttack state file {path} is not valid JSON ({err}); delete it to start over") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # the latter: a binary file
+        raise InputError(f"AutoAttack state file {path} is not valid JSON ({err}); delete it to start over") from None
     if state.get("format") != STATE_FORMAT or state.get("fingerprint") != fingerprint:
-        raise ValueError(
+        raise InputError(
             f"AutoAttack state file {path} belongs to another evaluation (different model, images, eps, "
             "seed or attack list): delete it to start over, or pass another state file"
         )

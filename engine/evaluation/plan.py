@@ -14,6 +14,7 @@ from engine.evaluation.backends import BACKENDS
 from engine.evaluation.report import parse_eps
 from engine.evaluation.robust import parse_attack
 from engine.run_dir import RunDir, read_json
+from kernels.errors import InputError
 
 DEFAULT_EPS = 8 / 255
 DEFAULT_STEP_SIZE = 2 / 255
@@ -53,25 +54,25 @@ class EvalPlan:
 
     def __post_init__(self) -> None:
         if not self.attacks:
-            raise ValueError("no attacks to run: pass e.g. --attacks clean,pgd100,cw100,aa")
+            raise InputError("no attacks to run: pass e.g. --attacks clean,pgd100,cw100,aa")
         for name in self.attacks:
             if name != "aa":
                 parse_attack(name)
         if self.aa_attacks:
             self.aa_version = "custom"
         if self.aa_version not in AA_VERSIONS:
-            raise ValueError(f"unknown AutoAttack version {self.aa_version!r}: expected one of {', '.join(AA_VERSIONS)}")
+            raise InputError(f"unknown AutoAttack version {self.aa_version!r}: expected one of {', '.join(AA_VERSIONS)}")
         unknown = [a for a in self.aa_attacks if a not in AA_ATTACKS]
         if unknown:
-            raise ValueError(f"unknown AutoAttack attack(s) {', '.join(unknown)}: expected some of {', '.join(AA_ATTACKS)}")
+            raise InputError(f"unknown AutoAttack attack(s) {', '.join(unknown)}: expected some of {', '.join(AA_ATTACKS)}")
         if self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+            raise InputError(f"unknown backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
         if self.eps is not None and not 0 <= self.eps <= 1:
-            raise ValueError(f"eps must lie in [0, 1], got {self.eps}")
+            raise InputError(f"eps must lie in [0, 1], got {self.eps}")
         if self.step_size is not None and not 0 < self.step_size <= 1:
-            raise ValueError(f"step size must lie in (0, 1], got {self.step_size}")
+            raise InputError(f"step size must lie in (0, 1], got {self.step_size}")
         if self.batch_size < 1 or self.restarts < 1 or (self.n is not None and self.n < 1):
-            raise ValueError("batch_size, restarts and n must be positive")
+            raise InputError("batch_size, restarts and n must be positive")
 
     def resolved(self, model_path: str | Path | None) -> "EvalPlan":
         """This plan with eps and step size concrete: a value given stays ("option"); one left out is

@@ -6,6 +6,7 @@ import math
 
 from engine.config import parse_number
 from engine.run_dir import read_json
+from kernels.errors import InputError
 from loaders.json_values import json_number
 
 
@@ -14,9 +15,9 @@ def parse_eps(text: str | float) -> float:
     try:
         value = parse_number(text)  # the config's reader, so eval and training read 8/255 alike
     except ValueError:
-        raise ValueError(f"cannot read eps {text!r}: expected a number or a fraction such as 8/255") from None
+        raise InputError(f"cannot read eps {text!r}: expected a number or a fraction such as 8/255") from None
     if not (0.0 <= value <= 1.0) or math.isnan(value):
-        raise ValueError(f"eps must lie in [0, 1] for images in [0, 1], got {text!r}")
+        raise InputError(f"eps must lie in [0, 1] for images in [0, 1], got {text!r}")
     return value
 
 
@@ -53,7 +54,7 @@ def read_eval_report(path) -> dict:
     (a report edited or written by another tool is named here, not deep in a table)."""
     report = read_json(path)
     if not isinstance(report, dict):
-        raise ValueError(f"{path} holds a JSON {type(report).__name__}, expected the object `biamat-engine eval` "
+        raise InputError(f"{path} holds a JSON {type(report).__name__}, expected the object `biamat-engine eval` "
                          "writes; evaluate the run again")
     attacks = report.get("attacks", {})
     bad = None if isinstance(attacks, dict) else "attacks"
@@ -61,5 +62,5 @@ def read_eval_report(path) -> dict:
     bad = bad or next((f"attacks.{name}" for name, entry in attacks.items()
                        if not isinstance(entry, dict) or not number_or_null(entry.get("robust_acc"))), None)
     if bad:
-        raise ValueError(f"{path}: {bad!r} has the wrong type for an eval report; evaluate the run again")
+        raise InputError(f"{path}: {bad!r} has the wrong type for an eval report; evaluate the run again")
     return report

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from engine.attacks import pgd
+from kernels.errors import InputError
 from loaders.seeds import derive_seed
 
 _ATTACK = re.compile(r"^(clean|fgsm|pgd|cw)(\d*)$")
@@ -45,10 +46,10 @@ def parse_attack(name: str) -> AttackSpec:
     match = _ATTACK.match(name.strip().lower())
     single = match is not None and match.group(1) in ("clean", "fgsm")
     if not match or single == bool(match.group(2)):
-        raise ValueError(f"unknown attack {name!r}: expected clean, fgsm, pgdK or cwK (e.g. pgd100, cw100)")
+        raise InputError(f"unknown attack {name!r}: expected clean, fgsm, pgdK or cwK (e.g. pgd100, cw100)")
     kind, steps = match.group(1), 1 if match.group(1) == "fgsm" else int(match.group(2) or 0)
     if kind != "clean" and steps < 1:
-        raise ValueError(f"attack {name!r} needs at least one step")
+        raise InputError(f"attack {name!r} needs at least one step")
     return AttackSpec(kind, steps)
 
 

@@ -26,6 +26,7 @@ from engine.evaluation.sanity import SanityWarning, run_checks
 from engine.outputs import OutputRefused, claim_files, write_json_output
 from engine.run_dir import check_writable, read_json
 from engine.runtime import device_name
+from kernels.errors import InputError
 from loaders.images import to_device_images
 
 __all__ = ["EvalPlan", "evaluate", "load_for_eval", "resolve_eps", "resolve_step_size", "run_evaluation",
@@ -249,11 +250,11 @@ class LoadedEval:
 
 
 def _refuse_non_finite(model: nn.Module, file: Path) -> None:
-    """A ValueError naming `file` and the tensor when a weight or statistic is NaN or inf: such a
+    """An InputError naming `file` and the tensor when a weight or statistic is NaN or inf: such a
     model scores at chance or worse, which a report would show as a result."""
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"{file}: {name} holds NaN or inf values, so the model cannot be evaluated; "
+            raise InputError(f"{file}: {name} holds NaN or inf values, so the model cannot be evaluated; "
                              "evaluate an earlier checkpoint (best.pt) or train again")
 
 
@@ -264,7 +265,7 @@ def load_for_eval(model_path: str | Path, test_spec: str, config: EvalPlan) -> L
 
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch has no CUDA device; use --device cpu")
+        raise InputError("--device cuda was asked for but torch has no CUDA device; use --device cpu")
     model, card = load_with_card(model_path, device=device)
     _refuse_non_finite(model, model_file(model_path))
     dataset = open_dataset(test_spec, split="test")
@@ -273,11 +274,11 @@ def load_for_eval(model_path: str | Path, test_spec: str, config: EvalPlan) -> L
     check_image_size(card, dataset.image_size, model_file(model_path), test_spec)
     channels = dataset.images.shape[-1]
     if channels != model.mu.shape[1]:
-        raise ValueError(f"{model_file(model_path)} takes {model.mu.shape[1]}-channel images, the test set "
+        raise InputError(f"{model_file(model_path)} takes {model.mu.shape[1]}-channel images, the test set "
                          f"{test_spec} holds {channels}-channel ones: is it the right test set?")
     count = len(dataset) if config.n is None else min(config.n, len(dataset))
     if getattr(model, "num_classes", dataset.num_classes) != dataset.num_classes:
-        raise ValueError(f"the model has {model.num_classes} classes but the test set {test_spec} has "
+        raise InputError(f"the model has {model.num_classes} classes but the test set {test_spec} has "
                          f"{dataset.num_classes}: is it the right test set?")
     images, labels = to_unit_tensors(dataset.images[:count], dataset.labels[:count], device)
     notes = [] if config.n is None or config.n <= len(dataset) else [

@@ -17,6 +17,7 @@ from engine.models.heads import CIFAR10_MEAN, CIFAR10_STD, NORMALIZATIONS, PER_C
 from engine.models.resnet import ResNet
 from engine.models.wideresnet import WideResNet
 from engine.run_dir import RunDir, read_json
+from kernels.errors import InputError
 
 
 def build(
@@ -46,7 +47,7 @@ def build(
     std = std if std is not None else (1.0, 1.0, 1.0) if identity else CIFAR10_STD
     if arch.family == "resnet":
         if dropout:
-            raise ValueError(f"model {name!r} has no dropout (got {dropout}): dropout applies to WideResNets only")
+            raise InputError(f"model {name!r} has no dropout (got {dropout}): dropout applies to WideResNets only")
         model: MultiHeadNet = ResNet(arch.depth, num_classes, aux_classes, mean, std)
     else:
         model = WideResNet(arch.depth, arch.width, num_classes, aux_classes, dropout, mean, std)
@@ -83,7 +84,7 @@ def card_normalization(card: dict, where: str | Path = "model card") -> str:
     option record none and were per-channel."""
     kind = card.get("normalization", PER_CHANNEL)
     if kind not in NORMALIZATIONS:
-        raise ValueError(f"{where}: normalization = {kind!r} is not one of {', '.join(NORMALIZATIONS)} "
+        raise InputError(f"{where}: normalization = {kind!r} is not one of {', '.join(NORMALIZATIONS)} "
                          "(a card from a newer biamat-engine?): update biamat-engine, or fix the card")
     return kind
 
@@ -106,13 +107,13 @@ def model_file(path: str | Path) -> Path:
 
 
 def check_image_size(card: dict, size: int, model: str | Path, data: str | Path) -> None:
-    """A ValueError naming both files unless the classifier of `card` (at `model`) was trained on
+    """An InputError naming both files unless the classifier of `card` (at `model`) was trained on
     images of `data`'s `size`. The WideResNet pools adaptively, so any size runs, but a classifier
     knows only the size it was trained at (the trainer records it in the card; a card without
     one passes)."""
     trained = card.get("image_size")
     if trained is not None and int(trained) != size:
-        raise ValueError(f"{model} was trained on {trained}x{trained} images, {data} holds {size}x{size}: "
+        raise InputError(f"{model} was trained on {trained}x{trained} images, {data} holds {size}x{size}: "
                          f"prepare it at --size {trained}")
 
 
@@ -124,7 +125,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> MultiHeadNet:
 def load_with_card(path: str | Path, device: str | torch.device = "cpu") -> tuple[MultiHeadNet, dict]:
     """`load`, plus the model card it was rebuilt from (architecture, classes, image_size, ...).
     Every file is checked before it is trusted (engine/models/files.py): a damaged or crafted one
-    is a ValueError naming it and the fix."""
+    is an InputError naming it and the fix."""
     from engine.models.files import (build_from_card, check_card, load_guarded, read_torch_file, safetensors_shapes,
                                      tensor_dict)
 
@@ -141,12 +142,12 @@ def load_with_card(path: str | Path, device: str | torch.device = "cpu") -> tupl
     elif path.suffix == ".pt":
         ckpt = read_torch_file(path)
         if "model_card" not in ckpt or "model" not in ckpt:
-            raise ValueError(f"{path} is not a biamat-engine checkpoint (no model_card/model entries)")
+            raise InputError(f"{path} is not a biamat-engine checkpoint (no model_card/model entries)")
         card = check_card(ckpt["model_card"], f"{path} (its model_card)")
         weights = tensor_dict(ckpt["model"], "model", path)
         model = build_from_card(card, f"{path} (its model_card)", aux=True,
                                 weights=({k: tuple(v.shape) for k, v in weights.items()}, path))
         model.load_state_dict(weights)
     else:
-        raise ValueError(f"cannot load {path}: expected a run directory, .safetensors or .pt")
+        raise InputError(f"cannot load {path}: expected a run directory, .safetensors or .pt")
     return model.to(device).eval(), card

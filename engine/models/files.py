@@ -1,6 +1,6 @@
 """Reading model files that may be damaged or crafted: model cards, safetensors headers and torch
-checkpoints. Everything is checked before anything is allocated for it, and every failure is a
-ValueError naming the file and the fix (exit 1 in the CLI), never a traceback or a request for
+checkpoints. Everything is checked before anything is allocated for it, and every failure is an
+InputError naming the file and the fix (exit 1 in the CLI), never a traceback or a request for
 terabytes.
 
 - A card's fields are checked for type and range, and the model it describes is built on the
@@ -22,6 +22,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from kernels.errors import InputError
 from loaders.json_values import finite_number, whole_number
 
 MAX_CLASSES = 1_000_000
@@ -41,27 +42,27 @@ _RETRAIN = "train the model again, or export it again from its run directory (`b
 
 def check_card(card, where: str | Path) -> dict:
     """`card` itself when it is a model card `build_from_card` can rebuild from at a plausible
-    size; otherwise a ValueError naming `where`, the field, what was found and what is expected."""
+    size; otherwise an InputError naming `where`, the field, what was found and what is expected."""
     from engine.arch import parse_arch
 
-    def bad(key: str, expected: str, found) -> ValueError:
+    def bad(key: str, expected: str, found) -> InputError:
         shown = repr(found)
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        return ValueError(f"{where}: model card field {key!r} is {shown}, expected {expected}; "
+        return InputError(f"{where}: model card field {key!r} is {shown}, expected {expected}; "
                           f"not a biamat-engine model card as written; {_RETRAIN}")
 
     if not isinstance(card, dict):
-        raise ValueError(f"{where}: not a biamat-engine model card (a JSON {type(card).__name__}, expected an object "
+        raise InputError(f"{where}: not a biamat-engine model card (a JSON {type(card).__name__}, expected an object "
                          f"with architecture and num_classes); {_RETRAIN}")
     for key in ("architecture", "num_classes"):
         if key not in card:
-            raise ValueError(f"{where}: not a biamat-engine model card (it has no {key!r}); {_RETRAIN}")
+            raise InputError(f"{where}: not a biamat-engine model card (it has no {key!r}); {_RETRAIN}")
     if not isinstance(card["architecture"], str):
         raise bad("architecture", "a name like wrn-28-10", card["architecture"])
     try:
         parse_arch(card["architecture"])
-    except ValueError as err:
-        raise ValueError(f"{where}: model card field 'architecture': {err}") from None
+    except InputError as err:
+        raise InputError(f"{where}: model card field 'architecture': {err}") from None
     classes = card["num_classes"]
     if not whole_number(classes) or not 1 <= classes <= MAX_CLASSES:
         raise bad("num_classes", f"a whole number from 1 to {MAX_CLASSES:,}", classes)
@@ -81,7 +82,7 @@ def check_card(card, where: str | Path) -> dict:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise bad("class_names", "a list of strings", names)
     if names and len(names) != classes:
-        raise ValueError(f"{where}: the model card names {len(names)} classes but num_classes is {classes}; "
+        raise InputError(f"{where}: the model card names {len(names)} classes but num_classes is {classes}; "
                          f"{_RETRAIN}")
     size = card.get("image_size")
     if size is not None and (not whole_number(size) or not 1 <= size <= MAX_IMAGE_SIZE):
@@ -101,7 +102,7 @@ def build_from_card(card: dict, where: str | Path, aux: bool = False,
     normalization = card_normalization(card, where)
     aux_bn = card.get("aux_bn", "shared") if aux else "shared"  # only a checkpoint holds the auxiliary set
     if aux_bn not in ("shared", "separate"):
-        raise ValueError(f"{where}: aux_bn = {aux_bn!r}: expected shared or separate ({_RETRAIN})")
+        raise InputError(f"{where}: aux_bn = {aux_bn!r}: expected shared or separate ({_RETRAIN})")
 
     def make():
         return build(card["architecture"], card["num_classes"], card.get("aux_classes", []) if aux else (),
@@ -112,7 +113,7 @@ def build_from_card(card: dict, where: str | Path, aux: bool = False,
         shapes = make()
     count = sum(p.numel() for p in shapes.parameters())
     if count > MAX_PARAMETERS:
-        raise ValueError(f"{where}: the card describes a {card['architecture']} with {card['num_classes']:,} classes, "
+        raise InputError(f"{where}: the card describes a {card['architecture']} with {card['num_classes']:,} classes, "
                          f"{count:,} parameters (more than {MAX_PARAMETERS:,}); is the card right? ({_RETRAIN})")
     if weights is not None:
         check_shapes(weights[0], shapes, weights[1], where)
@@ -121,7 +122,7 @@ def build_from_card(card: dict, where: str | Path, aux: bool = False,
 
 def check_shapes(found: Mapping[str, tuple[int, ...]], model: torch.nn.Module, file: str | Path,
                  card_where: str | Path) -> None:
-    """A ValueError naming `file` unless it holds exactly the tensors of `model`'s state dict,
+    """An InputError naming `file` unless it holds exactly the tensors of `model`'s state dict,
     each of the model's shape (what the card at `card_where` describes)."""
     wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = [k for k in wanted if k not in found]
@@ -134,32 +135,32 @@ def check_shapes(found: Mapping[str, tuple[int, ...]], model: torch.nn.Module, f
              if missing else [])
     parts += [f"unexpected {', '.join(extra[:3])}" + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")] if extra else []
     parts += other[:3]
-    raise ValueError(f"{file} does not hold the weights its card {card_where} describes ({'; '.join(parts)}): "
+    raise InputError(f"{file} does not hold the weights its card {card_where} describes ({'; '.join(parts)}): "
                      f"the weights and the card belong to different models; {_RETRAIN}")
 
 
 def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     """{name: shape} from the header of the safetensors file at `path`, each tensor's bytes checked
-    to lie inside the file; a ValueError naming the file for a short, bad or huge header."""
+    to lie inside the file; an InputError naming the file for a short, bad or huge header."""
     path = Path(path)
     size = path.stat().st_size
     fix = "export the model again, or give the run directory it came from"
     with path.open("rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise ValueError(f"{path}: {size} bytes is too short for a safetensors file (truncated?); {fix}")
+            raise InputError(f"{path}: {size} bytes is too short for a safetensors file (truncated?); {fix}")
         length = int.from_bytes(head, "little")
         if length > min(size - 8, MAX_HEADER_BYTES):
-            raise ValueError(f"{path}: its safetensors header claims {length:,} bytes, the file holds {size - 8:,} "
+            raise InputError(f"{path}: its safetensors header claims {length:,} bytes, the file holds {size - 8:,} "
                              f"after the length (limit {MAX_HEADER_BYTES:,}): not a safetensors file, or truncated; {fix}")
         raw = f.read(length)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: its safetensors header is not JSON ({type(err).__name__}); "
+        raise InputError(f"{path}: its safetensors header is not JSON ({type(err).__name__}); "
                          f"not a safetensors file, or damaged; {fix}") from None
     if not isinstance(header, dict):
-        raise ValueError(f"{path}: its safetensors header is not a JSON object; {fix}")
+        raise InputError(f"{path}: its safetensors header is not a JSON object; {fix}")
     data_bytes = size - 8 - length
     shapes = {}
     for name, entry in header.items():
@@ -170,24 +171,24 @@ def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
               and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
               and all(whole_number(o) for o in entry["data_offsets"]))
         if not ok:
-            raise ValueError(f"{path}: the header entry of tensor {name!r} is not dtype, shape, data_offsets; {fix}")
+            raise InputError(f"{path}: the header entry of tensor {name!r} is not dtype, shape, data_offsets; {fix}")
         begin, end = entry["data_offsets"]
         nbytes = math.prod(entry["shape"]) * _SAFETENSORS_BYTES[entry["dtype"]]
         if not 0 <= begin <= end <= data_bytes or end - begin != nbytes:
-            raise ValueError(f"{path}: tensor {name!r} claims bytes [{begin}, {end}) of a {data_bytes:,}-byte data "
+            raise InputError(f"{path}: tensor {name!r} claims bytes [{begin}, {end}) of a {data_bytes:,}-byte data "
                              f"section for {nbytes:,} bytes of data: truncated or damaged; {fix}")
         shapes[name] = tuple(entry["shape"])
     return shapes
 
 
 def read_torch_file(path: str | Path, what: str = "checkpoint") -> dict:
-    """`torch.load(path, weights_only=True)` on the CPU, as a dict; any failure is a ValueError
+    """`torch.load(path, weights_only=True)` on the CPU, as a dict; any failure is an InputError
     naming the file and the fix (and never advising weights_only=False)."""
     path = Path(path)
     fix = ("give a last.pt / best.pt written by `biamat-engine train`, or the run directory; a file cut short "
            "by a full disk or an interrupted copy needs copying again")
     if path.stat().st_size == 0:
-        raise ValueError(f"{path}: the {what} is empty (0 bytes); {fix}")
+        raise InputError(f"{path}: the {what} is empty (0 bytes); {fix}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - a crafted file can make torch raise anything
@@ -195,28 +196,28 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> dict:
         if not isinstance(err, pickle.UnpicklingError):  # torch's text there advises unsafe loading
             first = (str(err).strip().splitlines() or [""])[0][:160]
             reason += f": {first}" if first else ""
-        raise ValueError(f"{path}: not a readable {what} ({reason}); {fix}") from None
+        raise InputError(f"{path}: not a readable {what} ({reason}); {fix}") from None
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: the {what} holds a {type(state).__name__}, expected a dict of training state; {fix}")
+        raise InputError(f"{path}: the {what} holds a {type(state).__name__}, expected a dict of training state; {fix}")
     return state
 
 
 def tensor_dict(value, key: str, where: str | Path) -> dict[str, torch.Tensor]:
-    """`value` when it is a {name: tensor} dict, else a ValueError naming `where` and `key`."""
+    """`value` when it is a {name: tensor} dict, else an InputError naming `where` and `key`."""
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in value.items()):
-        raise ValueError(f"{where}: its {key!r} entry is a {type(value).__name__} that is not a dict of named "
+        raise InputError(f"{where}: its {key!r} entry is a {type(value).__name__} that is not a dict of named "
                          f"tensors; it is not a biamat-engine checkpoint")
     return value
 
 
 def load_guarded(load: Callable[[], dict], path: Path) -> dict:
-    """`load()` (safetensors' reader) with its errors as a ValueError naming `path`; the header
+    """`load()` (safetensors' reader) with its errors as an InputError naming `path`; the header
     was checked already, so what is left is a damaged data section or an unreadable file."""
     try:
         return load()
     except OSError:
         raise
     except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError
-        raise ValueError(f"{path}: safetensors could not read it ({type(err).__name__}: "
+        raise InputError(f"{path}: safetensors could not read it ({type(err).__name__}: "
                          f"{(str(err).splitlines() or [''])[0][:160]}); export the model again") from None

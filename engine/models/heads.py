@@ -15,6 +15,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from kernels.errors import InputError
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 
@@ -95,7 +97,7 @@ class MultiHeadNet(nn.Module):
         # A model sized on the meta device (engine/models/files.py) has no values to check.
         if kind == PER_IMAGE and self.mu.device.type != "meta" and not (
                 bool((self.mu == 0).all()) and bool((self.sigma == 1).all())):
-            raise ValueError("per-image standardisation takes no per-channel mean and std: build the model "
+            raise InputError("per-image standardisation takes no per-channel mean and std: build the model "
                              f"with mean 0 and std 1 (got {self.mu.flatten().tolist()} / {self.sigma.flatten().tolist()})")
         self.normalization = kind
 

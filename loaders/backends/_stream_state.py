@@ -12,14 +12,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from kernels.errors import InputError
 from loaders.options import LoaderOptions
 from loaders.types import DatasetInfo, check_label_range
 
 
 def check_sharding(name: str, batch_size: int, rank: int, world_size: int) -> None:
-    """ValueError naming the dataset `name` unless batch_size >= 1 and 0 <= rank < world_size."""
+    """InputError naming the dataset `name` unless batch_size >= 1; ValueError unless 0 <= rank < world_size."""
     if batch_size < 1:
-        raise ValueError(f"{name}: batch_size must be at least 1, got {batch_size}")
+        raise InputError(f"{name}: batch_size must be at least 1, got {batch_size}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"{name}: rank must lie in [0, world_size), got rank={rank}, world_size={world_size}")
 
@@ -34,11 +35,11 @@ def samples_per_rank(num_samples: int, world_size: int, drop_last: bool) -> int:
 
 def batch_count(name: str, num_samples: int, world_size: int, batch_size: int, drop_last: bool) -> int:
     """Batches per epoch on each rank (a short final batch counts unless `drop_last`); a
-    ValueError naming `name` when that is none."""
+    InputError naming `name` when that is none."""
     per_rank = samples_per_rank(num_samples, world_size, drop_last)
     count = per_rank // batch_size if drop_last else -(-per_rank // batch_size)
     if count == 0:
-        raise ValueError(
+        raise InputError(
             f"{name}: {num_samples} samples over {world_size} rank(s) make no batch of "
             f"{batch_size}{' with drop_last' if drop_last else ''}; use a smaller batch size"
         )
@@ -69,7 +70,7 @@ class EpochPosition:
             # p batches on each of W ranks consumed the first p * B * W samples of the order.
             position = min(position * world_size // self.world_size, self._num_batches)
         if epoch < 0 or not 0 <= position <= self._num_batches:
-            raise ValueError(
+            raise InputError(
                 f"{self._name}: cannot resume at epoch {epoch}, saved position {position}: this stream "
                 f"has {self._num_batches} batches per epoch; was the checkpoint written with another "
                 f"dataset, batch size or world size?"

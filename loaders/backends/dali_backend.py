@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from kernels.errors import InputError
 from loaders.backends._stream_state import ShardedStream
 from loaders.backends.dali_pipeline import build_pipeline, import_dali
 from loaders.backends.dali_plan import draw_crop_flip, shard_order
@@ -65,7 +66,7 @@ class DaliStream(ShardedStream):
                          options=options)
         self._num_threads = _DEFAULT_THREADS if options.workers is None else options.workers
         if self._num_threads < 1 or prefetch_queue_depth < 1:
-            raise ValueError(
+            raise InputError(
                 f"DaliStream: workers (DALI's num_threads) and prefetch_queue_depth must be at least 1, "
                 f"got {self._num_threads} and {prefetch_queue_depth} (data.num_workers sets workers)"
             )

@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from kernels.errors import InputError
 from loaders.types import ArrayDataset, DescribedDataset, check_label_range
 
 
@@ -41,7 +42,7 @@ class StreamedDataset(DescribedDataset):
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels).astype(np.int64, copy=False)
         if self.labels.ndim != 1:
-            raise ValueError(f"{self.name}: labels must be (N,), got shape {self.labels.shape}")
+            raise InputError(f"{self.name}: labels must be (N,), got shape {self.labels.shape}")
         check_label_range(self.labels, self.num_classes, self.name)
 
     def __len__(self) -> int:
@@ -55,14 +56,14 @@ class StreamedDataset(DescribedDataset):
         """Streams the images of an (N, H, W, 3) uint8 `.npy` file through a memory map."""
         images = np.load(images_path, mmap_mode="r", allow_pickle=False)
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            raise ValueError(
+            raise InputError(
                 f"{images_path}: expected (N, H, W, 3) uint8 images, got {images.shape} "
                 f"{images.dtype}; save them with np.save(path, images_uint8_nhwc)"
             )
         if images.shape[1] != images.shape[2]:
-            raise ValueError(f"{images_path}: images must be square, got {images.shape[1:3]}")
+            raise InputError(f"{images_path}: images must be square, got {images.shape[1:3]}")
         if len(images) != len(labels):
-            raise ValueError(f"{images_path}: {len(images)} images but {len(labels)} labels")
+            raise InputError(f"{images_path}: {len(images)} images but {len(labels)} labels")
         return cls(_MemmapReader(images), labels, list(class_names), int(images.shape[1]),
                    name or Path(images_path).stem)
 

@@ -26,6 +26,7 @@ from typing import Iterator
 import torch
 
 from kernels.augment import crop_flip
+from kernels.errors import InputError
 from loaders.backends._stream_state import ShardedStream
 from loaders.images import unit_images
 from loaders.options import LoaderOptions
@@ -52,7 +53,7 @@ class ResidentStream(ShardedStream):
                          train=train, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size,
                          options=options)
         if seed < 0:
-            raise ValueError(f"{dataset.name}: seed must be >= 0, got seed={seed}")
+            raise InputError(f"{dataset.name}: seed must be >= 0, got seed={seed}")
         self.dataset = dataset
         self._images = _upload(torch.from_numpy(dataset.images), self.device)  # (N, H, W, 3) uint8
         self._labels = _upload(torch.from_numpy(dataset.labels), self.device)  # (N,) int64

@@ -88,10 +88,7 @@ def _shapes(source, split, *, size=32, seed=0, shapes=None, **_):
         raise SourceError(f"shapes: SOURCE must be 'primary' or 'aux', got {kind!r}")
     if split not in ("train", "test"):
         raise SourceError(f"shapes: split must be 'train' or 'test', got {split!r}")
-    try:
-        return make_shapes(kind, split, size=size, seed=seed, **(shapes or {}))
-    except ValueError as e:
-        raise SourceError(str(e)) from None
+    return make_shapes(kind, split, size=size, seed=seed, **(shapes or {}))  # its bad options raise SourceError
 
 
 def _idx(source, split, **_):

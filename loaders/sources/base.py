@@ -14,11 +14,21 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from kernels.errors import InputError
 from loaders.types import ArrayDataset
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """Bad input data: the message names the file and what was expected there."""
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a source's text file (a class list, a file list); a SourceError naming it when
+    it is not text, where Python's UnicodeDecodeError would name only a byte position."""
+    try:
+        return path.read_text().splitlines()
+    except UnicodeDecodeError as err:
+        raise SourceError(f"{path}: not a text file ({err.reason} at byte {err.start}); is it the right file?") from None
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from loaders.sources.base import ChunkedSource, SourceError, planar_rows_to_hwc
+from loaders.sources.base import ChunkedSource, SourceError, planar_rows_to_hwc, read_text_lines
 from loaders.sources.safe_pickle import safe_loads
 from loaders.types import ArrayDataset
 
@@ -81,7 +81,7 @@ def class_names_for(source: Path, ids: np.ndarray) -> list[str]:
     maps = sorted(source.rglob("map_clsloc.txt")) if source.is_dir() else []
     names = {}
     if maps:
-        for line in maps[0].read_text().splitlines():
+        for line in read_text_lines(maps[0]):
             parts = line.split()
             if len(parts) >= 3 and parts[1].isdigit():
                 names[int(parts[1])] = parts[2]

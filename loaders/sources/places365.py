@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loaders.sources.base import ChunkedSource, SourceError
+from loaders.sources.base import ChunkedSource, SourceError, read_text_lines
 from loaders.sources.imagefolder import read_imagefolder, stream_images
 
 WHERE_TO_GET = "http://places2.csail.mit.edu/download.html (Places365-Standard, small images 256x256)"
@@ -22,7 +22,7 @@ NUM_CLASSES = 365
 
 def _read_categories(path: Path) -> list[str]:
     names: dict[int, str] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(read_text_lines(path), 1):
         parts = line.split()
         if not parts:
             continue
@@ -38,7 +38,7 @@ def _read_list(source: Path, split: str, num_classes: int) -> tuple[Path, list[t
     list_path = source / LISTS[split]
     roots = [source / r for r in IMAGE_ROOTS[split] if (source / r).is_dir()]
     files = []
-    for number, line in enumerate(list_path.read_text().splitlines(), 1):
+    for number, line in enumerate(read_text_lines(list_path), 1):
         parts = line.split()
         if not parts:
             continue

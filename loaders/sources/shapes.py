@@ -43,6 +43,7 @@ from typing import Callable
 
 import numpy as np
 
+from loaders.sources.base import SourceError
 from loaders.types import ArrayDataset
 
 SHAPE_NAMES = [
@@ -114,12 +115,12 @@ def _all_class_names(kind: str, classes: int) -> list[str]:
 def _kept_classes(kind: str, classes: int, groups: str) -> list[int]:
     """Indices (into the `all` class list) of the classes `groups` keeps, in order."""
     if groups not in GROUPS:
-        raise ValueError(f"shapes: unknown groups {groups!r}; expected one of {', '.join(GROUPS)}")
+        raise SourceError(f"shapes: unknown groups {groups!r}; expected one of {', '.join(GROUPS)}")
     count = len(_all_class_names(kind, classes))
     if groups == "all":
         return list(range(count))
     if kind != "aux":
-        raise ValueError(f"shapes: groups={groups} applies to the aux kind only (the primary set has no groups)")
+        raise SourceError(f"shapes: groups={groups} applies to the aux kind only (the primary set has no groups)")
     return [i for i in range(count) if (i < classes) == (groups == "related")]
 
 
@@ -137,13 +138,13 @@ def make_shapes(kind: str = "primary", split: str = "train", n: int | None = Non
     _check_kind(kind)
     _check_classes(classes)
     if split not in SPLITS:
-        raise ValueError(f"shapes: unknown split {split!r}; expected one of {SPLITS}")
+        raise SourceError(f"shapes: unknown split {split!r}; expected one of {SPLITS}")
     if not 0 <= difficulty < len(DIFFICULTIES):
-        raise ValueError(f"shapes: difficulty must be 0..{len(DIFFICULTIES) - 1}, got {difficulty}")
+        raise SourceError(f"shapes: difficulty must be 0..{len(DIFFICULTIES) - 1}, got {difficulty}")
     if n is None:
         n = DEFAULT_N[(kind, split)]
     if n < 0 or size < 8:
-        raise ValueError(f"shapes: need n >= 0 and size >= 8, got n={n}, size={size}")
+        raise SourceError(f"shapes: need n >= 0 and size >= 8, got n={n}, size={size}")
 
     rng = np.random.default_rng([seed, _KIND_ID[kind], _SPLIT_ID[split]])
     kept = _kept_classes(kind, classes, groups)  # label -> the class's index among all of them
@@ -189,12 +190,12 @@ class _Style:
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
-        raise ValueError(f"shapes: unknown kind {kind!r}; expected one of {KINDS}")
+        raise SourceError(f"shapes: unknown kind {kind!r}; expected one of {KINDS}")
 
 
 def _check_classes(classes: int) -> None:
     if not 2 <= classes <= len(SHAPE_NAMES):
-        raise ValueError(f"shapes: classes must be 2..{len(SHAPE_NAMES)}, got {classes}")
+        raise SourceError(f"shapes: classes must be 2..{len(SHAPE_NAMES)}, got {classes}")
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:

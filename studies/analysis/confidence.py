@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from kernels.errors import InputError
 from studies.analysis.read import UNGROUPED, Run
 from engine.run_dir import RunDir, read_json
 
@@ -43,11 +44,11 @@ class Fig4Options:
 
     def __post_init__(self) -> None:
         if self.k < 1:
-            raise ValueError(f"--fig4-k {self.k}: expected at least 1 image at each end")
+            raise InputError(f"--fig4-k {self.k}: expected at least 1 image at each end")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--fig4-limit {self.limit}: expected at least 1 image")
+            raise InputError(f"--fig4-limit {self.limit}: expected at least 1 image")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ValueError(f"--device {self.device!r}: expected auto, cpu, cuda or cuda:N")
+            raise InputError(f"--device {self.device!r}: expected auto, cpu, cuda or cuda:N")
 
 
 @dataclass
@@ -138,7 +139,7 @@ def _aux_specs(run: Run, options: Fig4Options) -> list[str]:
     specs = list(run.config.data.aux)
     if options.aux_data:
         if len(options.aux_data) != len(specs):
-            raise ValueError(f"--aux-data names {len(options.aux_data)} dataset(s), but {run.root} was trained "
+            raise InputError(f"--aux-data names {len(options.aux_data)} dataset(s), but {run.root} was trained "
                              f"with {len(specs)} ({', '.join(specs) or 'none'}): give one --aux-data per "
                              "auxiliary dataset, in the run's order")
         specs = list(options.aux_data)
@@ -146,7 +147,7 @@ def _aux_specs(run: Run, options: Fig4Options) -> list[str]:
 
 
 def _check_class_set(run: Run, card: dict, aux: int, spec: str, names: list[str]) -> None:
-    """A ValueError unless `spec` has the classes the run's auxiliary dataset `aux` had (the names
+    """An InputError unless `spec` has the classes the run's auxiliary dataset `aux` had (the names
     selection.jsonl recorded, else the class count of the model card): the figure ranks the
     data the routing saw, and groups by those classes."""
     recorded = next((r["class_names"] for r in reversed(run.selection) if r["aux"] == aux), None)
@@ -157,7 +158,7 @@ def _check_class_set(run: Run, card: dict, aux: int, spec: str, names: list[str]
         expected = f"{counts[aux]} classes"
     else:
         return
-    raise ValueError(f"{spec} has {len(names)} classes ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}), "
+    raise InputError(f"{spec} has {len(names)} classes ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}), "
                      f"but {run.root} trained auxiliary dataset {aux} on {expected}: give --aux-data the auxiliary "
                      "data the run was trained on")
 
@@ -191,7 +192,7 @@ def rank_run(run: Run, options: Fig4Options, groups: Optional[dict[str, str]] = 
     try:
         device = resolve_device(options.device)
     except ConfigError:  # its message names runtime.device, a training setting
-        raise ValueError(f"--device {options.device}: this machine has no CUDA device; use --device cpu") from None
+        raise InputError(f"--device {options.device}: this machine has no CUDA device; use --device cpu") from None
     model, card = load_with_card(model_path, device)
     omega = next((r["omega"] for r in reversed(run.metrics) if r.get("omega") is not None), None)
     rankings, notes = [], []
@@ -231,5 +232,5 @@ def rank_run(run: Run, options: Fig4Options, groups: Optional[dict[str, str]] = 
             ranking.group_shares_all = _count_groups(ranking.group_of, data.labels[index])
         rankings.append(ranking)
     if options.only_class is not None and not rankings:
-        raise ValueError(f"--fig4-class {options.only_class!r}: no auxiliary dataset of {run.root} has that class")
+        raise InputError(f"--fig4-class {options.only_class!r}: no auxiliary dataset of {run.root} has that class")
     return rankings, notes

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from engine.evaluation.report import number_or_null, read_eval_report
 from engine.run_dir import RunDir, read_json, read_json_lines
+from kernels.errors import InputError
 from loaders.json_values import whole_number
 
 if TYPE_CHECKING:
@@ -78,20 +79,20 @@ def load_run(path: str | Path) -> Run:
     if not path.exists():
         raise FileNotFoundError(2, "No such file or directory", str(path))
     if not path.is_dir():
-        raise ValueError(f"{path} is a file, not a run directory: pass the folder `train --out` wrote")
+        raise InputError(f"{path} is a file, not a run directory: pass the folder `train --out` wrote")
     run_dir = RunDir(path)
     missing = [p.name for p in (run_dir.config, run_dir.metrics) if not p.is_file()]
     if missing:
-        raise ValueError(f"{path} is not a run directory of biamat-engine: it holds no {' and no '.join(missing)} "
+        raise InputError(f"{path} is not a run directory of biamat-engine: it holds no {' and no '.join(missing)} "
                          "(pass the folder `train --out` wrote)")
     metrics = _checked(read_json_lines(run_dir.metrics), run_dir.metrics, _METRICS_FIELDS)
     if not metrics:
-        raise ValueError(f"{run_dir.metrics} holds no epoch yet: analyse the run after its first epoch")
+        raise InputError(f"{run_dir.metrics} holds no epoch yet: analyse the run after its first epoch")
     eval_report = read_eval_report(run_dir.eval_report) if run_dir.eval_report.is_file() else None
     selection = _checked(read_json_lines(run_dir.selection), run_dir.selection, _SELECTION_FIELDS)
     for number, record in enumerate(selection, 1):
         if not len(record["class_names"]) == len(record["seen"]) == len(record["high"]):
-            raise ValueError(f"{run_dir.selection}, record {number}: class_names, seen and high differ in length; "
+            raise InputError(f"{run_dir.selection}, record {number}: class_names, seen and high differ in length; "
                              "the file was edited or damaged: fix or remove that line")
     return Run(root=path, name=path.resolve().name, config=run_dir.read_config(), metrics=metrics,
                selection=selection, eval_report=eval_report)
@@ -119,7 +120,7 @@ def _checked(records: list[dict], path: Path, fields: dict) -> list[dict]:
                 continue
             if key not in record or not ok(record[key]):
                 found = repr(record.get(key))[:40] if key in record else "missing"
-                raise ValueError(f"{path}, record {number}: {key!r} is {found}, expected {expected}; the file was "
+                raise InputError(f"{path}, record {number}: {key!r} is {found}, expected {expected}; the file was "
                                  "edited or damaged: fix or remove that line")
     return records
 
@@ -152,7 +153,7 @@ def read_groups(path: str | Path) -> dict[str, str]:
     """A --groups file: a JSON object {class_name: group}."""
     data = read_json(path)
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-        raise ValueError(f"{path}: expected a JSON object mapping class names to group names, "
+        raise InputError(f"{path}: expected a JSON object mapping class names to group names, "
                          'e.g. {"circle": "related", "stripes": "unrelated"}')
     return data
 

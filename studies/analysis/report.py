@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from engine.outputs import claim_folder, publish_folder
+from kernels.errors import InputError
 from studies.analysis import figures
 from studies.analysis.confidence import ConfidenceRanking, Fig4Options, rank_run
 from studies.analysis.read import (ClassTable, Counts, Run, class_tables, comparison_rows, load_runs, omega_gate_rows,
@@ -161,7 +162,7 @@ def write_analysis(paths: list[Path], out: Optional[Path] = None, groups: Option
     `fig4`, each run's final model also scores its auxiliary data for the paper's Fig. 4."""
     paths = [Path(p) for p in paths]
     if not paths:
-        raise ValueError("no run directory given: pass at least one RUN_DIR")
+        raise InputError("no run directory given: pass at least one RUN_DIR")
     runs = load_runs(paths)
     group_map = read_groups(groups) if groups is not None else None
     tables = {id(run): class_tables(run, group_map, f"groups file {groups}") for run in runs}

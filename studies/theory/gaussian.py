@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kernels.errors import InputError
+
 UNIFORM = 0.5  # the target of y^ER: probability 1/2 for each class
 
 
@@ -54,16 +56,16 @@ class GaussianModel:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.d, int) and self.d >= 1):
-            raise ValueError(f"d (the number of non-robust features) must be an integer >= 1; got {self.d!r}")
+            raise InputError(f"d (the number of non-robust features) must be an integer >= 1; got {self.d!r}")
         for name in ("u", "v"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} (a standard deviation) must be positive and finite; got {value}")
+                raise InputError(f"{name} (a standard deviation) must be positive and finite; got {value}")
         if not (math.isfinite(self.gamma) and -1 <= self.gamma <= 1 and self.gamma != 0):
-            raise ValueError(f"gamma must be in [-1, 1] and not 0 (at 0 the auxiliary label sign(gamma)*y is "
+            raise InputError(f"gamma must be in [-1, 1] and not 0 (at 0 the auxiliary label sign(gamma)*y is "
                              f"undefined); got {self.gamma}")
         if not (0 < self.eta < self.lam < 1):
-            raise ValueError(f"the paper's model needs 0 < eta < lam < 1 (the adversary flips the non-robust "
+            raise InputError(f"the paper's model needs 0 < eta < lam < 1 (the adversary flips the non-robust "
                              f"features, mean eta, but not the robust one, mean 1); got eta={self.eta}, lam={self.lam}")
 
     def means(self, auxiliary: bool = False) -> np.ndarray:

@@ -12,6 +12,7 @@ import numpy as np
 
 from engine.outputs import claim_folder, publish_folder
 from engine.run_dir import write_json
+from kernels.errors import InputError
 from studies.analysis.figures import _figure, _save
 from studies.theory.gaussian import GaussianModel
 from studies.theory.gaussian_statements import Z, Statement, statements
@@ -37,7 +38,7 @@ class TrainingSettings:
     def __post_init__(self) -> None:
         check_schedule(self.steps, self.lr, self.alpha)
         if self.n_primary < 1 or self.n_aux < 1:
-            raise ValueError(f"the training sets need at least one sample each; got n_primary={self.n_primary}, "
+            raise InputError(f"the training sets need at least one sample each; got n_primary={self.n_primary}, "
                              f"n_aux={self.n_aux}")
 
 
@@ -66,7 +67,7 @@ def run_gaussian(model: GaussianModel, samples: int, seed: int, robust_weight: f
                  training: TrainingSettings) -> GaussianReport:
     """Checks every statement on `samples` draws and trains under each auxiliary mode."""
     if not math.isfinite(robust_weight):
-        raise ValueError(f"--robust-weight must be a finite number; got {robust_weight}")
+        raise InputError(f"--robust-weight must be a finite number; got {robust_weight}")
     rows = statements(model, samples, seed, robust_weight)
     t = training
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below, once
@@ -76,7 +77,7 @@ def run_gaussian(model: GaussianModel, samples: int, seed: int, robust_weight: f
     # A step size that overflows the weights (--lr 1e308) would print a table of NaN as a result.
     for mode, trajectory in [*sampled.items(), *expected.items()]:
         if not all(math.isfinite(w) for w in trajectory.w_robust + trajectory.w_nonrobust):
-            raise ValueError(f"the training under {mode!r} diverged (a weight became NaN or inf) with --lr {t.lr}: "
+            raise InputError(f"the training under {mode!r} diverged (a weight became NaN or inf) with --lr {t.lr}: "
                              "lower --lr (default 0.005)")
     return GaussianReport(model, samples, seed, robust_weight, training, rows, sampled, expected)
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from kernels.errors import InputError
 from studies.theory.gaussian import (UNIFORM, GaussianModel, attack, er_feature_sign_probability, expected,
                                     expected_random, gradients, label_target, normal_cdf, paper_weights, sample)
 
@@ -75,9 +76,9 @@ def statements(model: GaussianModel, n: int, seed: int, robust_weight: float) ->
     paper's w = [0, 1/d, ...] (Eq. 5), and [robust_weight, 1/d, ...] where the paper assumes
     w_1 > 0 (Theorem 3) and for the weight updates."""
     if robust_weight <= 0:
-        raise ValueError(f"robust_weight (w_1 of Theorem 3) must be positive; got {robust_weight}")
+        raise InputError(f"robust_weight (w_1 of Theorem 3) must be positive; got {robust_weight}")
     if n < 2:
-        raise ValueError(f"samples must be at least 2 to estimate a Monte-Carlo tolerance; got {n}")
+        raise InputError(f"samples must be at least 2 to estimate a Monte-Carlo tolerance; got {n}")
     rng = np.random.default_rng(seed)
     lam, g, sg = model.lam, abs(model.gamma), math.copysign(1.0, model.gamma)
     strong = g == 1.0  # the paper's Section 2.2; otherwise its Appendix A.1 (Theorems 4-6)

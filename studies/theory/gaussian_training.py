@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kernels.errors import InputError
 from studies.theory.gaussian import (UNIFORM, GaussianModel, accuracy, attack, expected, gradients, label_target,
                                     paper_weights, sample)
 
@@ -61,11 +62,11 @@ def _aux_task(model: GaussianModel, mode: str) -> tuple[float, float | None]:
 
 def check_schedule(steps: int, lr: float, alpha: float) -> None:
     if steps < 0:
-        raise ValueError(f"steps must be >= 0; got {steps}")
+        raise InputError(f"steps must be >= 0; got {steps}")
     if not 0 < lr < math.inf:
-        raise ValueError(f"lr must be positive and finite; got {lr}")
+        raise InputError(f"lr must be positive and finite; got {lr}")
     if not 0 <= alpha < math.inf:
-        raise ValueError(f"alpha (the auxiliary loss weight of Eq. 1) must be finite and >= 0; got {alpha}")
+        raise InputError(f"alpha (the auxiliary loss weight of Eq. 1) must be finite and >= 0; got {alpha}")
 
 
 def _check(mode: str, steps: int, lr: float, alpha: float) -> None:
@@ -80,7 +81,7 @@ def train_sampled(model: GaussianModel, mode: str, n_primary: int, n_aux: int, s
     from `seed` (the same draws for every mode, so the modes differ only in the target)."""
     _check(mode, steps, lr, alpha)
     if n_primary < 1 or n_aux < 1:
-        raise ValueError(f"the training sets need at least one sample each; got {n_primary} primary, {n_aux} auxiliary")
+        raise InputError(f"the training sets need at least one sample each; got {n_primary} primary, {n_aux} auxiliary")
     rng = np.random.default_rng(seed)
     z, y = sample(model, n_primary, rng)
     za, ya = sample(model, n_aux, rng, auxiliary=True)
