@@ -32,3 +32,21 @@ def test_pairs_are_taken_per_seed_from_finished_runs(tmp_path):
                           text=True, check=True)
     line = done.stdout.splitlines()[-1]
     assert "| at-biamat > at | 0, 1 | +5.0, +6.0 | +5.5 | 0.5 | holds |" == line  # seed 2 of at never finished
+
+
+def test_the_demo_reference_holds_both_arms_on_the_seeds_both_finished(tmp_path):
+    spec = importlib.util.spec_from_file_location("fm_reference", SCRIPT.with_name("fashion_mnist_reference.py"))
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    rows = [("at", 0, 1, "0.80", "0.50"), ("at", 1, 1, "0.70", "0.40"), ("at", 2, 1, "0.75", "0.45"),
+            ("at-biamat", 0, 1, "0.82", "0.53"), ("at-biamat", 1, 1, "0.71", "0.44"), ("at-biamat", 2, 0, "", "")]
+    csv_path = tmp_path / "study.csv"
+    csv_path.write_text("study,row,seed,finished,clean,pgd20\n"
+                        + "".join(f"amp,{r},{s},{f},{c},{p}\n" for r, s, f, c, p in rows))
+    made = ref.reference(csv_path, "abc1234", "a test machine")
+    assert made["seeds"] == [0, 1]  # seed 2 of AT+BiaMAT never finished
+    assert made["arms"]["at"]["pgd20"] == [0.50, 0.40] and made["arms"]["biamat"]["clean"] == [0.82, 0.71]
+    assert "holds" in made["verdict"] and "+3.5" in made["verdict"]  # +3 and +4 points: SE 0.5
+    from studies.demo import compare_with_study
+
+    assert compare_with_study({}, made, same_setting=True).lines[0].startswith("The study, seeds 0, 1")
