@@ -19,6 +19,8 @@ EPILOG = """[bold]Examples[/]
 
   biamat-engine study table1 --scale demo --out runs/table1 --dry-run           # the runs and their commands
 
+  biamat-engine study amplification --scale fashion-mnist --out runs/fashion-mnist  # real images, 5 seeds
+
   biamat-engine study table2 --scale paper --data-dir data --out runs/table2 --only cifar10-at,cifar10-at-biamat-imagenet
 
   biamat-engine study table2 --scale paper --out runs/table2 --jobs 8                # one run per GPU of an 8-GPU machine
@@ -111,16 +113,19 @@ def _images(count: Optional[int]) -> str:
 
 def study_command(
     name: Annotated[str, typer.Argument(
-        help="The study: table1 .. table7, table13 or amplification (see below).", show_default=False)],
+        help="The study: table1 .. table7, table13, amplification or beyond (see below).", show_default=False)],
     scale: Annotated[str, typer.Option(
-        help="paper (the paper's data and settings) or demo (built-in shapes, small model, CPU).",
+        help="paper (the paper's data and settings), demo (built-in shapes, small model, CPU) or fashion-mnist "
+             "(real images from Debian's dataset-fashion-mnist, small model, CPU).",
         rich_help_panel=PLAN)],
     out: Annotated[Path, typer.Option(
         "--out", help="Study folder: one run directory per row and seed, study.md, study.csv.", rich_help_panel=PLAN)],
     data_dir: Annotated[Path, typer.Option(
-        help="Where the paper scale's .beton files are (or are to be prepared).", rich_help_panel=PLAN)] = Path("data"),
+        help="Where the paper scale's .beton files are (or are to be prepared), and where the fashion-mnist "
+             "scale writes its per-seed files.", rich_help_panel=PLAN)] = Path("data"),
     seeds: Annotated[Optional[str], typer.Option(
-        help="Comma list of seeds (default: 0 at paper scale, 0,1,2 at demo scale).", rich_help_panel=PLAN)] = None,
+        help="Comma list of seeds (default: 0 at paper scale, 0,1,2 at demo scale, 0-4 at fashion-mnist scale).",
+        rich_help_panel=PLAN)] = None,
     only: Annotated[Optional[str], typer.Option(
         help="Comma list of rows to run (default: all; see --dry-run for the names).", rich_help_panel=PLAN)] = None,
     set_: Annotated[List[str], typer.Option(
