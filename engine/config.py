@@ -319,7 +319,10 @@ class RuntimeConfig:
     keep the fastest (`torch.backends.cudnn.benchmark`). Off by default until `bench step` has
     measured it; ignored under `deterministic`, which needs cuDNN's deterministic choice."""
     kernels: str = setting("auto", resumable=True)
-    """Kernel implementation for routing and the PGD update: auto, torch, numba, triton."""
+    """Kernel implementation for routing, the PGD update and batch augmentation: torch, numba,
+    triton, or auto: triton on CUDA; on a CPU, per kernel, the one `bench kernels` measured faster
+    there (kernels.dispatch.CPU_AUTO, after docs/benchmarks.md). The resolved config records the
+    implementation auto ran, or `auto` where it differs per kernel."""
     seed: int = setting(0, flag="--seed")
     """Seeds the model initialisation, the data order, the augmentation and the attacks."""
     deterministic: bool = setting(False, resumable=True)
