@@ -373,7 +373,7 @@ def test_derived_rows_read_the_file_the_study_makes_from_a_helper_run_made_once(
     assert [r.name for r in plan.runs] == ["source-at-s0", "source-biamat-s0", "at-s0", "biamat-s0",
                                            "at-s1", "biamat-s1", "at-s2", "biamat-s2"]
     assert runs["source-at-s0"].attacks == ("clean",) and runs["at-s1"].attacks == ("clean", "fgsm")
-    shapes, robust = runs["at-s0"].steps
+    shapes, robust = runs["at-s0"].data_steps
     assert shapes.command == "prepare" and shapes.args == ("shapes", "primary") and shapes.after is None
     assert robust.command == "robustify" and robust.after == runs["source-at-s0"].dir
     assert robust.args == (str(runs["source-at-s0"].dir), str(shapes.out)) and ("steps", 100) in robust.options
@@ -382,8 +382,8 @@ def test_derived_rows_read_the_file_the_study_makes_from_a_helper_run_made_once(
     assert {r.config.data.primary for n, r in runs.items() if n.startswith("at-")} == {str(robust.out)}
     assert "seed=1" in runs["at-s1"].config.data.test and "seed0" in shapes.out.name
     # Both robust rows robustify the same shapes file (one step), from different models.
-    assert runs["biamat-s0"].steps[0] == shapes and runs["biamat-s0"].steps[1].out != robust.out
-    assert len(plan.steps) == 1 + sum(r.derived is not None for r in get_grid("table6").rows)
+    assert runs["biamat-s0"].data_steps[0] == shapes and runs["biamat-s0"].data_steps[1].out != robust.out
+    assert len(plan.data_steps) == 1 + sum(r.derived is not None for r in get_grid("table6").rows)
     assert any("made once, at seed 0" in n for n in plan.notes)
 
 
@@ -393,37 +393,37 @@ def test_paper_scale_makes_its_derived_files_under_the_data_dir_with_the_presets
     data = tmp_path / "d"
     plan = make_plan(get_grid("table3"), get_scale("paper"), tmp_path / "o", data_dir=data)
     runs = {r.row.name: r for r in plan.runs}
-    step = runs["carmon-imagenet500k"].steps[-1]
+    step = runs["carmon-imagenet500k"].data_steps[-1]
     preset = load_config("cifar10-trades-pseudo-imagenet500k")
     assert step.out == data.resolve() / preset.data.aux[0].rsplit("/", 1)[1]
     assert runs["carmon-imagenet500k"].config.data.aux == [str(step.out)]
     assert step.command_line() == (
         f"biamat-engine pseudo-label {tmp_path / 'o' / 'classifier-cifar10-s0'} "
         f"{data.resolve() / 'imagenet32-train.beton'} {step.out} --top-k-per-class 50000")
-    assert runs["carmon-places365"].steps[-1].command_line().endswith("places365-32-pseudo-cifar10-all.beton --all")
+    assert runs["carmon-places365"].data_steps[-1].command_line().endswith("places365-32-pseudo-cifar10-all.beton --all")
     # The fine-tunings start from the pre-training runs of the study.
     assert runs["hendrycks-imagenet"].config.init.source == str(runs["pretrain-imagenet"].dir)
     assert runs["pretrain-imagenet"].config.data.primary.endswith("imagenet32-train.beton")
     t6 = {r.row.name: r for r in make_plan(get_grid("table6"), get_scale("paper"), tmp_path / "o6",
                                            data_dir=data).runs}
     assert t6["biamat"].config.data.primary == str(data.resolve() / "c10-robust-biamat.beton")
-    assert t6["biamat"].steps[0].args == (str(t6["source-biamat"].dir), str(data.resolve() / "cifar10-train.beton"))
+    assert t6["biamat"].data_steps[0].args == (str(t6["source-biamat"].dir), str(data.resolve() / "cifar10-train.beton"))
     assert t6["biamat"].config.model.name == "wrn-34-10" and t6["biamat"].attacks == ("clean", "fgsm")
 
 
 def test_table5_at_demo_scale_joins_stratified_parts_of_the_primary_shapes_made_by_prepare(tmp_path):
     plan = make_plan(get_grid("table5"), get_scale("demo"), tmp_path, seeds=(0,))
     runs = {r.row.name: r for r in plan.runs}
-    a, c, joined = runs["ac-b1024"].steps
+    a, c, joined = runs["ac-b1024"].data_steps
     assert "--parts 400,200,200 --part A" in a.command_line() and "--n 800" in a.command_line()
     assert "--part C --uniform-noise 64" in c.command_line() and "uniform-noise" not in a.command_line()
     assert joined.args == ("concat", f"{a.out},{c.out}") and runs["ac-b1024"].config.data.primary == str(joined.out)
-    assert runs["a-b128"].steps == (a,) and runs["a-b128"].config.data.primary == str(a.out)
+    assert runs["a-b128"].data_steps == (a,) and runs["a-b128"].config.data.primary == str(a.out)
     assert (runs["ab-b128"].config.data.batch_size, runs["ab-b1024"].config.data.batch_size) == (16, 128)
-    assert len(plan.steps) == 6  # A, B, C and the three unions, each once
+    assert len(plan.data_steps) == 6  # A, B, C and the three unions, each once
     # At paper scale the presets read the prepared parts: listed with their prepare commands.
     paper = make_plan(get_grid("table5"), get_scale("paper"), tmp_path / "p", data_dir=tmp_path / "d")
-    assert not paper.steps and dict(paper.missing)[str((tmp_path / "d" / "cifar-AC.beton").resolve())].startswith(
+    assert not paper.data_steps and dict(paper.missing)[str((tmp_path / "d" / "cifar-AC.beton").resolve())].startswith(
         "biamat-engine prepare concat")
 
 
