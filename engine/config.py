@@ -345,7 +345,10 @@ class RuntimeConfig:
 
 
 @dataclass(kw_only=True)
-class EvalConfig:
+class EpochEvalConfig:
+    """The [eval] section: the per-epoch held-out check that selects the best model during
+    training (the `eval` command's own plan is engine.evaluation.plan.EvalPlan)."""
+
     every: int = setting(1, resumable=True)
     """Evaluate every this many epochs (and always after the last one)."""
     n: int = 1000
@@ -377,7 +380,7 @@ class TrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EpochEvalConfig = field(default_factory=EpochEvalConfig)
 
     def __post_init__(self) -> None:
         _check_finite(self)
