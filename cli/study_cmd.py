@@ -219,7 +219,7 @@ def _print_plan(plan, resources) -> None:
     total_train = total_eval = 0
     listed = set()
     for run in plan.runs:
-        for step in (s for s in run.steps if s.out not in listed):
+        for step in (s for s in run.data_steps if s.out not in listed):
             listed.add(step.out)
             state = "there (skipped)" if step.done else "to make" + (f" after {step.after.name}" if step.after else "")
             console.print(f"\n[bold]data[/] {step.out}: {state}", highlight=False, soft_wrap=True)
@@ -248,7 +248,7 @@ def _print_plan(plan, resources) -> None:
         total_eval += run.eval_images or 0
     unknown = sum(run.train_images is None for run in plan.unique_runs())
     console.print(f"\nin all: {_images(total_train)} training images, {_images(total_eval)} evaluated, "
-                  f"{len(plan.steps)} data file(s) made by the study"
+                  f"{len(plan.data_steps)} data file(s) made by the study"
                   + (f" ({unknown} run(s) on data not made yet not counted)" if unknown else ""))
     for path, command in plan.missing:
         console.print(f"missing data: {path}\n  {command}", highlight=False, soft_wrap=True)

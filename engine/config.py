@@ -319,7 +319,10 @@ class RuntimeConfig:
     keep the fastest (`torch.backends.cudnn.benchmark`). Off by default until `bench step` has
     measured it; ignored under `deterministic`, which needs cuDNN's deterministic choice."""
     kernels: str = setting("auto", resumable=True)
-    """Kernel implementation for routing and the PGD update: auto, torch, numba, triton."""
+    """Kernel implementation for routing, the PGD update and batch augmentation: torch, numba,
+    triton, or auto: triton on CUDA; on a CPU, per kernel, the one `bench kernels` measured faster
+    there (kernels.dispatch.CPU_AUTO, after docs/benchmarks.md). The resolved config records the
+    implementation auto ran, or `auto` where it differs per kernel."""
     seed: int = setting(0, flag="--seed")
     """Seeds the model initialisation, the data order, the augmentation and the attacks."""
     deterministic: bool = setting(False, resumable=True)
@@ -342,7 +345,10 @@ class RuntimeConfig:
 
 
 @dataclass(kw_only=True)
-class EvalConfig:
+class EpochEvalConfig:
+    """The [eval] section: the per-epoch held-out check that selects the best model during
+    training (the `eval` command's own plan is engine.evaluation.plan.EvalPlan)."""
+
     every: int = setting(1, resumable=True)
     """Evaluate every this many epochs (and always after the last one)."""
     n: int = 1000
@@ -374,7 +380,7 @@ class TrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EpochEvalConfig = field(default_factory=EpochEvalConfig)
 
     def __post_init__(self) -> None:
         _check_finite(self)

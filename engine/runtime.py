@@ -29,7 +29,7 @@ class Runtime:
     precision: str  # fp32 | bf16 | fp16
     compile: bool
     channels_last: bool
-    kernels: str  # torch | numba | triton
+    kernels: str  # torch | numba | triton, or auto where auto picks per kernel (kernels.dispatch.CPU_AUTO)
     compile_mode: str | None = None  # torch.compile's mode when compile is on; None: its default
     cudnn_benchmark: bool = False
     compile_dynamic: bool | None = None  # torch.compile's dynamic; None: its automatic choice
@@ -84,9 +84,9 @@ def _auto_precision(device: torch.device) -> str:
 
 
 def _auto_kernels(device: torch.device) -> str:
-    from kernels.dispatch import resolve
+    from kernels.dispatch import auto_for_device
 
-    return resolve("auto", torch.empty(0, device=device))
+    return auto_for_device(device)
 
 
 def _compile_dynamic(choice: str, compile_on: bool, drop_last: bool) -> bool | None:

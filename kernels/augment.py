@@ -41,7 +41,7 @@ def crop_flip(images, offsets, flips, pad: int = 4, impl: str = "auto") -> torch
         raise ValueError(f"flips must be a bool tensor of shape ({b},), got {flips.dtype} {tuple(flips.shape)}")
     if pad < 0:
         raise ValueError(f"pad must be >= 0, got {pad}")
-    name = resolve(impl, images)
+    name = resolve(impl, images, "crop_flip")
     if name == "torch":
         return crop_flip_torch(images, offsets, flips, pad)
     if name == "triton":

@@ -1,9 +1,10 @@
 """Which implementation of a kernel runs: triton, numba or the plain-torch reference.
 
-`auto` picks Triton for CUDA tensors (when triton imports), numba for CPU tensors (when numba
-imports) and the torch reference otherwise. The environment variable BIAMAT_KERNELS, set to an
-implementation name, overrides every call, including calls that name an implementation, so one
-switch can force the reference everywhere while a fast kernel is under suspicion.
+`auto` picks Triton for CUDA tensors (when triton imports); for CPU tensors it picks, per
+kernel, the implementation `bench kernels` measured faster on the CPU (CPU_AUTO: numba where it
+won, when numba imports); the torch reference otherwise. The environment variable BIAMAT_KERNELS,
+set to an implementation name, overrides every call, including calls that name an implementation,
+so one switch can force the reference everywhere while a fast kernel is under suspicion.
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ from kernels.errors import InputError
 IMPLS = ("triton", "numba", "torch")
 CHOICES = ("auto",) + IMPLS
 ENV_VAR = "BIAMAT_KERNELS"
+
+# What `auto` runs on a CPU tensor, per kernel. It follows the CPU kernels table of
+# docs/benchmarks.md ("Kernels", the run at revision fb023ff, 1 thread): numba only where it beat
+# the eager torch reference at every measured size (pgd_step 4.7-5.3x, crop_flip 5.2-5.6x); the
+# reference where numba lost at some size (confidence_mask: 2.8x at 10 classes, 0.59x at 100) or at
+# all (routed_loss: 0.50-0.96x, its softmax slower than torch's vectorised exp).
+CPU_AUTO = {
+    "confidence_mask": "torch",
+    "routed_loss": "torch",
+    "pgd_step": "numba",
+    "crop_flip": "numba",
+}
 
 _INSTALL_HINT = {
     "triton": "install it with `pip install triton` (CUDA builds of torch bring it)",
@@ -51,12 +64,19 @@ def _requested(impl: str) -> str:
     return impl
 
 
-def _auto(device: torch.device) -> str:
+def _auto(device: torch.device, kernel: str) -> str:
     if device.type == "cuda" and available("triton"):
         return "triton"
-    if device.type == "cpu" and available("numba"):
+    if device.type == "cpu" and CPU_AUTO[kernel] == "numba" and available("numba"):
         return "numba"
     return "torch"
+
+
+def auto_for_device(device: torch.device) -> str:
+    """What `auto` amounts to on `device`: the one implementation it runs for every kernel there,
+    or 'auto' where it picks per kernel (CPU with numba installed), for a run's record."""
+    picks = {_auto(device, kernel) for kernel in CPU_AUTO}
+    return picks.pop() if len(picks) == 1 else "auto"
 
 
 def _check_usable(name: str, device: torch.device) -> None:
@@ -77,11 +97,12 @@ def _check_usable(name: str, device: torch.device) -> None:
         )
 
 
-def resolve(impl: str, tensor: torch.Tensor) -> str:
-    """The implementation that a kernel called with `impl` on `tensor` runs: 'triton', 'numba' or
-    'torch'. Raises with the fix when the requested one cannot run on that tensor's device."""
+def resolve(impl: str, tensor: torch.Tensor, kernel: str) -> str:
+    """The implementation that `kernel` (a key of CPU_AUTO) called with `impl` on `tensor` runs:
+    'triton', 'numba' or 'torch'. Raises with the fix when the requested one cannot run on that
+    tensor's device."""
     name = _requested(impl)
     if name == "auto":
-        name = _auto(tensor.device)
+        name = _auto(tensor.device, kernel)
     _check_usable(name, tensor.device)
     return name

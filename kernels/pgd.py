@@ -44,7 +44,7 @@ def pgd_step(x_adv, grad, x_nat, step_size: float, eps: float, impl: str = "auto
         )
     if eps < 0 or step_size < 0:
         raise ValueError(f"pgd_step needs eps >= 0 and step_size >= 0, got eps={eps}, step_size={step_size}")
-    name = resolve(impl, x_adv)
+    name = resolve(impl, x_adv, "pgd_step")
     if name == "torch":
         return pgd_step_torch(x_adv, grad, x_nat, step_size, eps)
     x_adv = x_adv.detach()

@@ -48,7 +48,7 @@ def confidence_mask(logits_pri: torch.Tensor, omega: float | torch.Tensor, impl:
     (B, c), high (B,) bool is conf >= omega (compared in float32). Any float dtype in, one pass
     over the logits. omega may be a 0-dim tensor on the logits' device (the training step's)."""
     _check_logits("logits_pri", logits_pri)
-    name = resolve(impl, logits_pri)
+    name = resolve(impl, logits_pri, "confidence_mask")
     if name == "torch":
         return confidence_mask_torch(logits_pri, omega)
     if name == "triton" and isinstance(omega, torch.Tensor):
@@ -93,7 +93,7 @@ def routed_loss(logits_pri, logits_aux, y_aux, high, impl: str = "auto"):
         )
     if high.dtype != torch.bool or y_aux.is_floating_point():
         raise ValueError(f"high must be bool and y_aux integer labels, got {high.dtype} and {y_aux.dtype}")
-    name = resolve(impl, logits_pri)
+    name = resolve(impl, logits_pri, "routed_loss")
     if name == "torch":
         return routed_loss_torch(logits_pri, logits_aux, y_aux, high)
     return _RoutedLoss.apply(logits_pri, logits_aux, y_aux, high, name)

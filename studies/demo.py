@@ -47,7 +47,7 @@ class DemoData:
     name: str
     """fashion-mnist | shapes."""
     preset: str
-    steps: dict[str, DataStep]
+    data_steps: dict[str, DataStep]
     aux_roles: tuple[str, ...]
     knobs: dict = field(default_factory=dict)
     """What the data was made with (demo.json records it)."""
@@ -58,10 +58,10 @@ class DemoData:
 
     def make(self, arms: list[str]) -> dict[str, Path]:
         """Writes the files the arms read (a file already there is kept); role -> path."""
-        roles = [r for r in self.steps if r not in self.aux_roles or "biamat" in arms]
+        roles = [r for r in self.data_steps if r not in self.aux_roles or "biamat" in arms]
         for role in roles:
-            self.steps[role].make()
-        return {role: self.steps[role].out for role in roles}
+            self.data_steps[role].make()
+        return {role: self.data_steps[role].out for role in roles}
 
 
 def fashion_mnist_data(data_dir: Path, seed: int, source: Path | None = None) -> DemoData:

@@ -66,9 +66,9 @@ class Derived:
     file: str = ""
     """Its file under --data-dir at paper scale, as the row's preset names it (so a file made
     by hand is used as it is); at demo scale the study names its files by what they hold."""
-    paper: tuple[tuple[str, object], ...] = ()
+    paper_options: tuple[tuple[str, object], ...] = ()
     """The command's options at paper scale, as (option, value) (value True: a flag)."""
-    demo: tuple[tuple[str, object], ...] = ()
+    demo_options: tuple[tuple[str, object], ...] = ()
     """The command's options at demo scale (fewer steps, fewer images)."""
 
     def __post_init__(self) -> None:
@@ -103,8 +103,8 @@ class Row:
     """Further `section.key=value` settings, applied last (e.g. `method.pi=0.45`)."""
     preset: str | None = None
     """The paper-scale preset, when it is not `PRIMARY-METHOD[-biamat-AUX[0]]`."""
-    paper: str | None = None
-    """`TABLE.ROW` of the paper's numbers for this row; default: the grid's table, this name."""
+    published: str | None = None
+    """`TABLE.ROW` of the paper's published numbers for this row; default: the grid's table, this name."""
     demo: tuple[str, ...] = ()
     """Settings at demo scale only, after the grid's (e.g. a fine-tuning's shorter schedule)."""
     fashion: tuple[str, ...] = ()
@@ -159,8 +159,8 @@ class Grid:
     def paper_key(self, row: Row) -> str | None:
         if row.beyond_paper:
             return None
-        if row.paper:
-            return row.paper
+        if row.published:
+            return row.published
         return f"{self.paper_table}.{row.name}" if self.paper_table else None
 
 
@@ -277,7 +277,7 @@ register(Grid(
 
 # -- The amplification claim: what the auxiliary data adds to AT, used each way ---------------------
 
-_PLAIN_AT = Row("at", ("AT", "-"), paper="table2.cifar10-at")
+_PLAIN_AT = Row("at", ("AT", "-"), published="table2.cifar10-at")
 """Plain AT, the baseline of the amplification grid and of the beyond grid."""
 
 register(Grid(
@@ -291,11 +291,11 @@ register(Grid(
     columns=("method", "auxiliary data used as"),
     rows=(
         _PLAIN_AT,
-        Row("at-labels", ("AT", "labels (y~)"), aux=("imagenet",), aux_mode="labels", paper="table1.labels-imagenet"),
+        Row("at-labels", ("AT", "labels (y~)"), aux=("imagenet",), aux_mode="labels", published="table1.labels-imagenet"),
         Row("at-uniform", ("AT", "uniform (y_ER)"), aux=("imagenet",), aux_mode="uniform",
-            paper="table1.uniform-imagenet"),
+            published="table1.uniform-imagenet"),
         Row("at-biamat", ("AT+BiaMAT", "selected by confidence"), aux=("imagenet",),
-            paper="table2.cifar10-at-biamat-imagenet"),
+            published="table2.cifar10-at-biamat-imagenet"),
     ),
     stand_ins={"imagenet": "all"},
 ))
@@ -329,7 +329,7 @@ register(Grid(
     rows=(
         _PLAIN_AT,
         Row("at-biamat", ("AT+BiaMAT", "none: the reference"), aux=("imagenet",),
-            paper="table2.cifar10-at-biamat-imagenet"),
+            published="table2.cifar10-at-biamat-imagenet"),
         Row("at-biamat-omega-acc", ("AT+BiaMAT", "omega fixed by held-out accuracy"), aux=("imagenet",),
             settings=_OMEGA_ACC, demo=_OMEGA_ACC_DEMO, fashion=_OMEGA_ACC_FASHION, beyond_paper=True),
         Row("at-biamat-aux-bn", ("AT+BiaMAT", "separate auxiliary BatchNorm"), aux=("imagenet",),
@@ -379,7 +379,7 @@ def _hendrycks(primary: str, aux: str, prefixed: bool) -> Row:
                settings=(f"init.source={{run:pretrain-{aux}}}",) + _FINETUNE, demo=("optim.epochs=8",))
 
 
-def _carmon(primary: str, aux: str, size: int | None, prefixed: bool, paper: str | None = None) -> Row:
+def _carmon(primary: str, aux: str, size: int | None, prefixed: bool, published: str | None = None) -> Row:
     """Carmon et al. (RST): TRADES on the primary data plus the auxiliary data pseudo-labelled by
     the primary classifier, every image (--all) or the top `size`k (ImageNet-500k...)."""
     source = "imagenet32" if aux == "imagenet" else {"places365": "places365-32"}.get(aux, aux)
@@ -393,16 +393,16 @@ def _carmon(primary: str, aux: str, size: int | None, prefixed: bool, paper: str
     return Row(f"{_prefix(primary, prefixed)}carmon-{name}",
                (DATASET_NAMES[primary], "Carmon et al. (pseudo-labels)", label)[-2 - prefixed:],
                method="trades", primary=primary, aux=(aux,), aux_mode="pseudo",
-               preset=f"{primary}-trades-pseudo-imagenet500k", paper=paper,
+               preset=f"{primary}-trades-pseudo-imagenet500k", published=published,
                derived=Derived("pseudo-label", run=f"classifier-{primary}",
                                file=f"{source}-pseudo-{primary}-{f'{size}k' if size else 'all'}.beton",
-                               paper=at_paper, demo=at_demo))
+                               paper_options=at_paper, demo_options=at_demo))
 
 
-def _biamat(primary: str, aux: str, prefixed: bool, paper: str | None = None) -> Row:
+def _biamat(primary: str, aux: str, prefixed: bool, published: str | None = None) -> Row:
     return Row(f"{_prefix(primary, prefixed)}biamat-{aux}",
                (DATASET_NAMES[primary], "TRADES+BiaMAT", DATASET_NAMES[aux])[-2 - prefixed:],
-               method="trades", primary=primary, aux=(aux,), paper=paper)
+               method="trades", primary=primary, aux=(aux,), published=published)
 
 
 _RST_ABOUT = (
@@ -454,13 +454,13 @@ register(Grid(
                                                   ("cifar100", ("places365", "imagenet"), ("imagenet",)))
             for row in (
                 (Row(f"{primary}-baseline", (DATASET_NAMES[primary], "TRADES (baseline)", "-"), method="trades",
-                     primary=primary, paper=f"table2.{primary}-trades"),)
+                     primary=primary, published=f"table2.{primary}-trades"),)
                 + tuple(_hendrycks(primary, aux, True) for aux in hendrycks)
                 + tuple(_carmon(primary, aux, None, True) for aux in auxes if aux != "cifar100" or primary == "cifar10")
-                + tuple(_carmon(primary, "imagenet", size, True, paper="table3.carmon-imagenet500k"
+                + tuple(_carmon(primary, "imagenet", size, True, published="table3.carmon-imagenet500k"
                                 if (primary, size) == ("cifar10", 500) else None) for size in (500, 250, 100))
-                + tuple(_biamat(primary, aux, True, paper=(f"table3.biamat-{aux}" if primary == "cifar10"
-                                                           else f"table2.{primary}-trades-biamat-{aux}"))
+                + tuple(_biamat(primary, aux, True, published=(f"table3.biamat-{aux}" if primary == "cifar10"
+                                                               else f"table2.{primary}-trades-biamat-{aux}"))
                         for aux in auxes))),
     paper_table="table7",
     demo_settings=("optim.epochs=20", "method.warmup_epochs=8"),
@@ -483,10 +483,10 @@ register(Grid(
     rows=(Row("source-at", ("source model: AT",), preset="cifar10-at", helper=True),
           Row("source-biamat", ("source model: AT+BiaMAT",), aux=("imagenet",), helper=True),
           Row("at", ("AT",), method="standard", preset="cifar10-robust-at",
-              derived=Derived("robustify", run="source-at", file="c10-robust-at.beton", demo=(("steps", 100),))),
+              derived=Derived("robustify", run="source-at", file="c10-robust-at.beton", demo_options=(("steps", 100),))),
           Row("biamat", ("AT+BiaMAT",), method="standard", preset="cifar10-robust-biamat",
               derived=Derived("robustify", run="source-biamat", file="c10-robust-biamat.beton",
-                              demo=(("steps", 100),)))),
+                              demo_options=(("steps", 100),)))),
     paper_table="table6",
     attacks=("clean", "fgsm"),
 ))
@@ -509,8 +509,8 @@ register(Grid(
     rows=tuple(Row(f"{parts.lower()}-b{batch}", (str(batch), label), method="standard",
                    preset=f"cifar-{parts.lower()}-standard" + ("" if batch == 128 else f"-b{batch}"),
                    demo=(f"data.batch_size={demo_batch}",),
-                   derived=Derived("parts", demo=(("parts", "400,200,200"), ("use", parts), ("noisy", "C"),
-                                                  ("uniform-noise", 64))))
+                   derived=Derived("parts", demo_options=(("parts", "400,200,200"), ("use", parts), ("noisy", "C"),
+                                                          ("uniform-noise", 64))))
                for batch, demo_batch in ((128, 16), (1024, 128)) for parts, label in _TABLE5_PARTS.items()),
     paper_table="table5",
     attacks=("clean",),

@@ -82,7 +82,7 @@ class RunPlan:
     eval_images: int | None
     same_as: str | None = None
     """The run (folder name) whose config this one repeats: its results stand for both."""
-    steps: tuple[DataStep, ...] = ()
+    data_steps: tuple[DataStep, ...] = ()
     """The data files the study makes for this run, in the order they are made."""
     needs: tuple[str, ...] = ()
     """The runs (folder names) trained before this one: those its settings name ({run:ROW})
@@ -126,7 +126,7 @@ class StudyPlan:
     """(file, the command that writes it) for each data file a run or a data step needs, that is
     not there and that the study does not make."""
     notes: list[str] = field(default_factory=list)
-    steps: list[DataStep] = field(default_factory=list)
+    data_steps: list[DataStep] = field(default_factory=list)
     """Every data file the study makes, each once, in the order they are made."""
     class_groups: dict[str, str] | None = None
     """Auxiliary class name -> related / unrelated, where the scale declares them (Scale.class_groups);
@@ -237,7 +237,7 @@ class PaperScale:
         if derived.command == "parts":
             return []  # the row's preset reads the prepared parts (paper_data.py: their prepare commands)
         return [DataStep(derived.command, (str(helper.dir), _derived_input(derived, row_cfg, helper)),
-                         data_dir / derived.file, derived.paper + _device_option(helper), after=helper.dir)]
+                         data_dir / derived.file, derived.paper_options + _device_option(helper), after=helper.dir)]
 
     def inputs(self, seed: int, data_dir: Path) -> list[DataStep]:
         return []  # the paper's files are prepared by hand (missing_data_message prints the commands)
@@ -300,9 +300,9 @@ class ShapesScale:
                out: Path, data_dir: Path) -> list[DataStep]:
         data = out / "data"
         if derived.command == "parts":
-            return _parts_steps(dict(derived.demo), row_cfg.data.primary, data)
+            return _parts_steps(dict(derived.demo_options), row_cfg.data.primary, data)
         source = _shapes_file(_derived_input(derived, row_cfg, helper), data)
-        step = DataStep(derived.command, (str(helper.dir), str(source.out)), Path(), derived.demo + _device_option(helper),
+        step = DataStep(derived.command, (str(helper.dir), str(source.out)), Path(), derived.demo_options + _device_option(helper),
                         after=helper.dir)
         return [source, _named(step, data)]
 
@@ -532,11 +532,11 @@ def make_plan(grid: Grid, scale: Scale, out: str | Path, *, seeds: tuple[int, ..
             runs.append(RunPlan(row=row, seed=seed, dir=run_dir(out, row.name, seed), preset=preset,
                                 overrides=tuple(overrides.items()), config=cfg, attacks=run_attacks, train_images=train,
                                 eval_images=evaluated, same_as=None if first is None else runs[first].name,
-                                steps=tuple(scale.inputs(seed, data_dir)) + tuple(steps), needs=needs))
+                                data_steps=tuple(scale.inputs(seed, data_dir)) + tuple(steps), needs=needs))
             seen.setdefault(key, len(runs) - 1)
             if row.helper:
                 helpers[row.name] = runs[-1]
-    all_steps = list({step.out: step for run in runs for step in run.steps}.values())
+    all_steps = list({step.out: step for run in runs for step in run.data_steps}.values())
     made = {str(step.out) for step in all_steps}
     for run in runs:
         for path in scale.data_files(run.config):
@@ -554,7 +554,7 @@ def make_plan(grid: Grid, scale: Scale, out: str | Path, *, seeds: tuple[int, ..
         notes.append(f"helper runs (pre-trainings, labelling classifiers, source models) and the data made from "
                      f"them are made once, at seed {helper_seed}; every seed's rows start from them")
     return StudyPlan(grid=grid, scale=scale.name, out=out, seeds=seeds, runs=runs,
-                     missing=sorted(missing.items()), notes=notes, steps=all_steps, class_groups=scale.class_groups())
+                     missing=sorted(missing.items()), notes=notes, data_steps=all_steps, class_groups=scale.class_groups())
 
 
 def missing_data_message(plan: StudyPlan) -> str:
@@ -565,7 +565,7 @@ def missing_data_message(plan: StudyPlan) -> str:
              "the study again:"]
     for path, command in plan.missing:
         lines += [f"  missing {path}", f"    {command}"]
-    todo = [step for step in plan.steps if not step.done]
+    todo = [step for step in plan.data_steps if not step.done]
     if todo:
         lines.append("The study then makes these itself, from its runs, with the commands shown:")
         for step in todo:

@@ -89,7 +89,7 @@ def execute(run: RunPlan, on_step: Callable[[int, int, int, float], None] | None
     check_run_dir(run)
     if finished(run):
         return Outcome(run, "finished before")
-    for step in run.steps:  # in order: a step's inputs are made before it
+    for step in run.data_steps:  # in order: a step's inputs are made before it
         if not step.done:
             if on_data is not None:
                 on_data(step)

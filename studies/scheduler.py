@@ -163,7 +163,7 @@ class RunJob:
         if self.gpus_per_run <= 1:
             outcome = execute(self.run)
             return f"{outcome.status} ({outcome.seconds:.0f} s)"
-        for step in self.run.steps:  # once, here, not once per rank
+        for step in self.run.data_steps:  # once, here, not once per rank
             if not step.done:
                 step.make()
         plan_file = self.log_file.with_suffix(".run.pkl")

@@ -151,7 +151,7 @@ class StudyTable:
                       "Runs the table's rows start from or make their data from (a pre-training, the classifier "
                       "that pseudo-labels, the model a robust dataset is made from); trained once and evaluated "
                       "clean only, on their own test data; not lines of the paper's table.", "", helpers, ""]
-        made = [step for step in plan.steps]
+        made = [step for step in plan.data_steps]
         if made:
             lines += ["## Data made by the study", ""]
             lines += [f"- `{step.out}` ({'made' if step.done else 'not made yet'}): `{step.command_line()}`"

@@ -68,9 +68,9 @@ def test_the_scale_plans_four_files_per_seed_and_both_auxiliary_sets(tmp_path):
     plan = make_plan(get_grid("amplification"), get_scale("fashion-mnist"), tmp_path / "out", seeds=(0, 1),
                      data_dir=tmp_path / "data")
     assert {r.row.name for r in plan.runs} == {"at", "at-labels", "at-uniform", "at-biamat"}
-    assert len(plan.steps) == 2 * len(fashion_mnist.ROLES)  # every seed its own draw, each file made once
+    assert len(plan.data_steps) == 2 * len(fashion_mnist.ROLES)  # every seed its own draw, each file made once
     for run in plan.runs:
-        made = {step.out for step in run.steps}
+        made = {step.out for step in run.data_steps}
         cfg = run.config
         assert {cfg.data.primary, cfg.data.test, *cfg.data.aux} <= {str(p) for p in made}
         assert all(f"seed{run.seed}" in str(p) for p in made)

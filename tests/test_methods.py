@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.config import AttackConfig, MethodConfig
+from engine.config import AttackConfig, ConfigError, MethodConfig
 from engine.methods import METHODS, MethodState, StepContext
 from engine.models import build
 
@@ -49,8 +49,13 @@ def mean_confidence(model, x) -> float:
     return float(conf)
 
 
-def test_every_method_is_registered():
-    assert set(METHODS) == {"at", "trades", "standard"}
+def test_the_registry_holds_exactly_the_methods_the_config_accepts():
+    # The names a user is told are valid (the config's refusal lists them) and the objectives the
+    # trainer can call must be one set: a method in one but not the other fails at run time.
+    with pytest.raises(ConfigError, match="expected one of ") as refused:
+        MethodConfig(name="no-such-method")
+    accepted = str(refused.value).split("expected one of ")[1].split(", ")
+    assert set(METHODS) == set(accepted)
 
 
 @pytest.mark.parametrize("n_aux_sets", [1, 2])
@@ -59,6 +64,7 @@ def test_every_method_is_registered():
 def test_every_method_and_aux_mode_gives_a_finite_loss_and_consistent_stats(method, aux_mode, n_aux_sets, batch_factory):
     model = tiny_model(n_aux_sets)
     batch = batch_factory(aux_sizes=AUX_SIZES[n_aux_sets], aux_classes=AUX_CLASSES[n_aux_sets])
+    before = copy.deepcopy(model)  # the step moves BatchNorm statistics; the selection saw these
     loss, stats, state = step(method, model, batch, aux_mode=aux_mode, pi=1.0)
     assert loss.shape == () and torch.isfinite(loss) and loss.requires_grad
     assert torch.isfinite(stats.loss_pri) and float(stats.loss) == float(loss.detach())
@@ -71,20 +77,20 @@ def test_every_method_and_aux_mode_gives_a_finite_loss_and_consistent_stats(meth
         return
     n_aux = sum(AUX_SIZES[n_aux_sets])
     assert stats.n_aux == n_aux
-    n_high = int(stats.n_high)
-    if aux_mode != "biamat":  # labels: every sample high, uniform: none; biamat's count is checked per class below
-        assert n_high == {"labels": n_aux, "uniform": 0}[aux_mode]
-    assert 0 <= n_high <= n_aux
+    # The count against the selection written out from its definition (every sample high for
+    # labels, none for uniform, max softmax >= pi * the primary batch's mean confidence for biamat).
+    high = reference_high_mask(before, batch, aux_mode, pi=1.0)  # (Ba,) bool
+    assert int(stats.n_high) == int(high.sum())
     assert float(stats.loss) == pytest.approx(float(stats.loss_pri + stats.loss_low + stats.loss_high), rel=1e-5)
     assert stats.routed == (aux_mode == "biamat")
     assert (state.omega is not None) == (aux_mode == "biamat")
     if aux_mode == "biamat":
-        seen, high = stats.seen_per_class, stats.high_per_class
+        seen, high_per_class = stats.seen_per_class, stats.high_per_class
         assert [len(s) for s in seen] == list(AUX_CLASSES[n_aux_sets])
-        for s, y in zip(seen, batch.y_aux.split(AUX_SIZES[n_aux_sets])):
+        for s, h, y, chosen in zip(seen, high_per_class, batch.y_aux.split(AUX_SIZES[n_aux_sets]),
+                                   high.split(AUX_SIZES[n_aux_sets])):
             assert torch.equal(s, torch.bincount(y, minlength=len(s)))
-        assert all((h <= s).all() for h, s in zip(high, seen))
-        assert sum(int(h.sum()) for h in high) == n_high
+            assert torch.equal(h, torch.bincount(y[chosen], minlength=len(s)))
     if aux_mode == "labels":  # every auxiliary dataset trains its own head
         assert all(g is not None and g.abs().sum() > 0 for g in aux_grads)
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
+from pathlib import Path
+from urllib.parse import parse_qs
 
 import numpy as np
 import pytest
@@ -22,6 +25,23 @@ runner = CliRunner()
 
 def study(*args: str):
     return runner.invoke(app, ["study", *args], catch_exceptions=False)
+
+
+def demo_run_counts(grid, seeds) -> tuple[int, int]:
+    """(runs, runs to train) of a study at demo scale, from its grid alone: every table row at
+    each seed, every helper row once; table rows that differ only in auxiliary datasets sharing
+    a demo stand-in (STAND_INS) have one configuration and train once per seed."""
+    table = [r for r in grid.rows if not r.helper]
+    helpers = len(grid.rows) - len(table)
+    at_demo = {(r.method, r.primary, tuple(STAND_INS[a] for a in r.aux), r.aux_mode if r.aux else None,
+                r.settings, r.demo, r.trains_on, r.derived) for r in table}
+    return len(table) * len(seeds) + helpers, len(at_demo) * len(seeds) + helpers
+
+
+def planned(grid, seeds) -> str:
+    """The dry run's count line a grid must print: "N runs (M to train)"."""
+    runs, to_train = demo_run_counts(grid, seeds)
+    return f"{runs} runs ({to_train} to train)"
 
 
 # -- the paper's numbers ------------------------------------------------------------------------------
@@ -119,9 +139,10 @@ def test_demo_scale_stands_in_shapes_groups_and_trains_a_shared_stand_in_once(tm
     assert STAND_INS["cifar100"] == STAND_INS["places365"]
     assert runs["labels-places365-s0"].same_as == "labels-cifar100-s0"
     assert runs["labels-places365-s0"].results_dir == runs["labels-cifar100-s0"].dir
-    assert len(plan.unique_runs()) == 2 * 7
+    n_runs, n_train = demo_run_counts(get_grid("table1"), (0, 1))
+    assert (len(plan.runs), len(plan.unique_runs())) == (n_runs, n_train)
     # Seed-major: every row at seed 0 before any at seed 1.
-    assert [r.seed for r in plan.runs] == [0] * 9 + [1] * 9
+    assert [r.seed for r in plan.runs] == [0] * (n_runs // 2) + [1] * (n_runs // 2)
     # The amplification study uses the demo's own auxiliary set (related and unrelated classes).
     amp = make_plan(get_grid("amplification"), get_scale("demo"), tmp_path / "amp")
     assert all("groups=all" in a for r in amp.runs for a in r.config.data.aux)
@@ -133,16 +154,22 @@ def test_dry_run_prints_the_runs_and_their_commands_and_writes_nothing(tmp_path)
     result = study("table1", "--scale", "demo", "--out", str(out), "--dry-run")
     assert result.exit_code == 0, result.output
     text = result.stdout
-    # Every row at the demo's three seeds; runs whose configs coincide (shared stand-ins) train once.
-    plan = make_plan(get_grid("table1"), get_scale("demo"), out)
-    distinct = {json.dumps(run.config.to_dict(), sort_keys=True) for run in plan.runs}
-    assert f"{len(get_grid('table1').rows) * 3} runs ({len(distinct)} to train)" in text
+    # Every row at the demo's seeds; runs whose configs coincide (shared stand-ins) train once.
+    assert planned(get_grid("table1"), get_scale("demo").default_seeds) in text
     assert re.search(r"labels-svhn-s0 .*: new", text)
     assert "train: biamat-engine train --preset demo" in text and f"--out {out}/labels-svhn-s0" in text
     assert f"eval:  biamat-engine eval {out}/baseline-s0 --test" in text and "--attacks clean,pgd20,cw20" in text
     assert "groups=unrelated" in text and "method.aux_mode=uniform" in text
-    epochs = plan.runs[0].config.optim.epochs
-    assert re.search(rf"images: \d+\.\dk through the training step \({epochs} epochs\)", text)
+    # Images through the training step, from the data sizes: every epoch passes the n primary
+    # images (the last batch short, not dropped) and beside each primary batch one auxiliary batch.
+    cfg = {r.name: r for r in make_plan(get_grid("table1"), get_scale("demo"), out).runs}["labels-svhn-s0"].config
+    n = int(parse_qs(cfg.data.primary.split("?", 1)[1])["n"][0])
+    assert not cfg.data.drop_last
+    per_epoch = n + math.ceil(n / cfg.data.batch_size) * cfg.data.aux_batch_size
+    train_images = f"{cfg.optim.epochs * per_epoch / 1000:.1f}k"
+    section = text[text.index("labels-svhn-s0 ("):]
+    assert re.match(rf"[^\n]*\n(?:  .*\n)*?  images: {re.escape(train_images)} through the training step "
+                    rf"\({cfg.optim.epochs} epochs\)", section), section[:1500]
     assert "labels-places365-s0: the same configuration as labels-cifar100-s0" in text
     assert not out.exists()
 
@@ -162,7 +189,8 @@ def test_the_beyond_grid_lists_one_arm_per_option_beside_at_and_biamat(tmp_path)
     out = tmp_path / "dry"
     result = study("beyond", "--scale", "demo", "--out", str(out), "--dry-run")
     assert result.exit_code == 0, result.output
-    assert "18 runs (18 to train)" in result.stdout and not out.exists()
+    assert planned(get_grid("beyond"), get_scale("demo").default_seeds) in result.stdout
+    assert not out.exists()
     for row in ("at", "at-biamat", "at-biamat-omega-acc", "at-biamat-aux-bn", "at-biamat-both", "at-oracle"):
         assert re.search(rf"\n{row}-s0 \([^)]*\):\s+new", result.stdout), row  # the console may wrap the line
 
@@ -174,7 +202,12 @@ def test_paper_scale_with_missing_data_exits_1_listing_each_file_and_its_prepare
     result = study("table1", "--scale", "paper", "--data-dir", str(data), "--out", str(tmp_path / "out"))
     assert result.exit_code == 1
     text = " ".join(result.stderr.split())  # the console wraps long lines
-    assert "needs 5 data file(s)" in text
+    # Every file the rows' paper presets read, but the one that is there.
+    from engine.config import load_config
+
+    configs = [load_config(row.paper_preset()) for row in get_grid("table1").rows]
+    files = {Path(f).name for c in configs for f in (c.data.primary, c.data.test, *c.data.aux)}
+    assert f"needs {len(files - {'cifar10-train.beton'})} data file(s)" in text
     assert f"missing {data}/cifar10-test.beton" in text
     assert f"biamat-engine prepare cifar10 RAW/cifar10 {data}/cifar10-test.beton --split test --download" in text
     assert f"biamat-engine prepare svhn RAW/svhn {data}/svhn-train.beton --download" in text
@@ -340,7 +373,7 @@ def test_derived_rows_read_the_file_the_study_makes_from_a_helper_run_made_once(
     assert [r.name for r in plan.runs] == ["source-at-s0", "source-biamat-s0", "at-s0", "biamat-s0",
                                            "at-s1", "biamat-s1", "at-s2", "biamat-s2"]
     assert runs["source-at-s0"].attacks == ("clean",) and runs["at-s1"].attacks == ("clean", "fgsm")
-    shapes, robust = runs["at-s0"].steps
+    shapes, robust = runs["at-s0"].data_steps
     assert shapes.command == "prepare" and shapes.args == ("shapes", "primary") and shapes.after is None
     assert robust.command == "robustify" and robust.after == runs["source-at-s0"].dir
     assert robust.args == (str(runs["source-at-s0"].dir), str(shapes.out)) and ("steps", 100) in robust.options
@@ -349,8 +382,9 @@ def test_derived_rows_read_the_file_the_study_makes_from_a_helper_run_made_once(
     assert {r.config.data.primary for n, r in runs.items() if n.startswith("at-")} == {str(robust.out)}
     assert "seed=1" in runs["at-s1"].config.data.test and "seed0" in shapes.out.name
     # Both robust rows robustify the same shapes file (one step), from different models.
-    assert runs["biamat-s0"].steps[0] == shapes and runs["biamat-s0"].steps[1].out != robust.out
-    assert len(plan.steps) == 3 and any("made once, at seed 0" in n for n in plan.notes)
+    assert runs["biamat-s0"].data_steps[0] == shapes and runs["biamat-s0"].data_steps[1].out != robust.out
+    assert len(plan.data_steps) == 1 + sum(r.derived is not None for r in get_grid("table6").rows)
+    assert any("made once, at seed 0" in n for n in plan.notes)
 
 
 def test_paper_scale_makes_its_derived_files_under_the_data_dir_with_the_presets_names(tmp_path):
@@ -359,37 +393,37 @@ def test_paper_scale_makes_its_derived_files_under_the_data_dir_with_the_presets
     data = tmp_path / "d"
     plan = make_plan(get_grid("table3"), get_scale("paper"), tmp_path / "o", data_dir=data)
     runs = {r.row.name: r for r in plan.runs}
-    step = runs["carmon-imagenet500k"].steps[-1]
+    step = runs["carmon-imagenet500k"].data_steps[-1]
     preset = load_config("cifar10-trades-pseudo-imagenet500k")
     assert step.out == data.resolve() / preset.data.aux[0].rsplit("/", 1)[1]
     assert runs["carmon-imagenet500k"].config.data.aux == [str(step.out)]
     assert step.command_line() == (
         f"biamat-engine pseudo-label {tmp_path / 'o' / 'classifier-cifar10-s0'} "
         f"{data.resolve() / 'imagenet32-train.beton'} {step.out} --top-k-per-class 50000")
-    assert runs["carmon-places365"].steps[-1].command_line().endswith("places365-32-pseudo-cifar10-all.beton --all")
+    assert runs["carmon-places365"].data_steps[-1].command_line().endswith("places365-32-pseudo-cifar10-all.beton --all")
     # The fine-tunings start from the pre-training runs of the study.
     assert runs["hendrycks-imagenet"].config.init.source == str(runs["pretrain-imagenet"].dir)
     assert runs["pretrain-imagenet"].config.data.primary.endswith("imagenet32-train.beton")
     t6 = {r.row.name: r for r in make_plan(get_grid("table6"), get_scale("paper"), tmp_path / "o6",
                                            data_dir=data).runs}
     assert t6["biamat"].config.data.primary == str(data.resolve() / "c10-robust-biamat.beton")
-    assert t6["biamat"].steps[0].args == (str(t6["source-biamat"].dir), str(data.resolve() / "cifar10-train.beton"))
+    assert t6["biamat"].data_steps[0].args == (str(t6["source-biamat"].dir), str(data.resolve() / "cifar10-train.beton"))
     assert t6["biamat"].config.model.name == "wrn-34-10" and t6["biamat"].attacks == ("clean", "fgsm")
 
 
 def test_table5_at_demo_scale_joins_stratified_parts_of_the_primary_shapes_made_by_prepare(tmp_path):
     plan = make_plan(get_grid("table5"), get_scale("demo"), tmp_path, seeds=(0,))
     runs = {r.row.name: r for r in plan.runs}
-    a, c, joined = runs["ac-b1024"].steps
+    a, c, joined = runs["ac-b1024"].data_steps
     assert "--parts 400,200,200 --part A" in a.command_line() and "--n 800" in a.command_line()
     assert "--part C --uniform-noise 64" in c.command_line() and "uniform-noise" not in a.command_line()
     assert joined.args == ("concat", f"{a.out},{c.out}") and runs["ac-b1024"].config.data.primary == str(joined.out)
-    assert runs["a-b128"].steps == (a,) and runs["a-b128"].config.data.primary == str(a.out)
+    assert runs["a-b128"].data_steps == (a,) and runs["a-b128"].config.data.primary == str(a.out)
     assert (runs["ab-b128"].config.data.batch_size, runs["ab-b1024"].config.data.batch_size) == (16, 128)
-    assert len(plan.steps) == 6  # A, B, C and the three unions, each once
+    assert len(plan.data_steps) == 6  # A, B, C and the three unions, each once
     # At paper scale the presets read the prepared parts: listed with their prepare commands.
     paper = make_plan(get_grid("table5"), get_scale("paper"), tmp_path / "p", data_dir=tmp_path / "d")
-    assert not paper.steps and dict(paper.missing)[str((tmp_path / "d" / "cifar-AC.beton").resolve())].startswith(
+    assert not paper.data_steps and dict(paper.missing)[str((tmp_path / "d" / "cifar-AC.beton").resolve())].startswith(
         "biamat-engine prepare concat")
 
 
@@ -425,7 +459,10 @@ def test_dry_run_lists_the_data_steps_with_their_commands_before_the_runs_that_r
     result = study("table6", "--scale", "demo", "--out", str(out), "--dry-run", "--seeds", "0")
     assert result.exit_code == 0, result.output
     text = result.stdout
-    assert "4 runs (4 to train)" in text and "3 data file(s) made by the study" in text
+    assert planned(get_grid("table6"), (0,)) in text
+    # The demo's primary shapes file, made once, and one robustified file per derived row.
+    made = 1 + sum(r.derived is not None for r in get_grid("table6").rows)
+    assert f"{made} data file(s) made by the study" in text
     assert "source-at-s0 (helper)" in text
     made = re.search(r"data (\S+robustify-\w+\.beton): to make after source-at-s0\n  make:  (.+)\n", text)
     assert made and made.group(2).startswith(f"biamat-engine robustify {out}/source-at-s0 {out}/data/shapes-primary-")

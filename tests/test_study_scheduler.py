@@ -89,7 +89,7 @@ def test_study_jobs_2_trains_side_by_side_and_writes_the_table_once(tiny, tmp_pa
 WITH_DATA = Grid(name="chain", title="t", about="a", columns=("step",),
                  rows=(Row("pre", ("pre-train",), helper=True),
                        Row("fine", ("fine-tune",), settings=("init.source={run:pre}", "init.heads=new")),
-                       Row("part", ("part",), derived=Derived("parts", demo=(("parts", "12,12"), ("use", "A"))))))
+                       Row("part", ("part",), derived=Derived("parts", demo_options=(("parts", "12,12"), ("use", "A"))))))
 TIMING = ("seconds", "images_per_s", "eval_seconds", "clean_seconds", "model", "date", "host", "device_name")
 
 
@@ -106,7 +106,7 @@ def _results(run_dir):
 
 def test_local_jobs_2_with_a_dependency_and_a_data_step_equal_the_sequential_run(tiny, tmp_path):
     one, two = (make_plan(WITH_DATA, tiny, tmp_path / name) for name in ("one", "two"))
-    assert [s.command for s in two.runs[2].steps] == ["prepare"] and two.runs[1].needs == ("pre-s0",)
+    assert [s.command for s in two.runs[2].data_steps] == ["prepare"] and two.runs[1].needs == ("pre-s0",)
     run_study(one)  # in this process, one run after the other
     events = []
     failed = run_local(two, Resources(jobs=2, gpus=()), cores=2,  # one thread per job, as here
@@ -114,7 +114,7 @@ def test_local_jobs_2_with_a_dependency_and_a_data_step_equal_the_sequential_run
                        on_done=lambda run, ok: events.append(("done", run.name, ok)))
     assert failed == []
     assert events.index(("done", "pre-s0", True)) < events.index(("start", "fine-s0"))
-    assert two.runs[2].steps[0].out.is_file()
+    assert two.runs[2].data_steps[0].out.is_file()
     for run in ("pre-s0", "fine-s0", "part-s0"):
         assert _results(tmp_path / "two" / run) == _results(tmp_path / "one" / run), run
 

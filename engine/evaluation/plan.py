@@ -23,7 +23,7 @@ DEFAULT_STEP_SIZE = 2 / 255
 @dataclass(kw_only=True)
 class EvalPlan:
     """What `biamat-engine eval` runs: which attacks, at which eps, on which backend and device.
-    (The training run's per-epoch held-out check is `engine.config.EvalConfig`.)"""
+    (The training run's per-epoch held-out check is `engine.config.EpochEvalConfig`.)"""
 
     attacks: tuple[str, ...] = ("clean", "pgd100", "cw100", "aa")
     """`clean`, `pgdK` (cross-entropy), `cwK` (CW margin), `aa` (AutoAttack), in report order."""
