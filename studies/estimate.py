@@ -5,7 +5,6 @@ counts; without one the estimate says so instead of guessing a figure."""
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
