@@ -50,3 +50,22 @@ def test_the_demo_reference_holds_both_arms_on_the_seeds_both_finished(tmp_path)
     from studies.demo import compare_with_study
 
     assert compare_with_study({}, made, same_setting=True).lines[0].startswith("The study, seeds 0, 1")
+
+
+def test_a_report_beside_the_study_is_paired_by_the_seed_in_its_folder_name(tmp_path):
+    import json
+
+    def report(row: str, seed: int, acc: float, complete: bool = True) -> None:
+        (tmp_path / f"{row}-s{seed}").mkdir()
+        (tmp_path / f"{row}-s{seed}" / "eval-aa100.json").write_text(json.dumps(
+            {"complete": complete, "attacks": {"aa": {"robust_acc": acc}}}))
+
+    for seed, (a, b) in enumerate([(0.40, 0.44), (0.41, 0.46), (0.39, 0.45)]):
+        report("at-biamat", seed, a)
+        report("at", seed, b)
+    report("at-biamat", 3, 0.9, complete=False)  # an interrupted report is no result
+    (tmp_path / "at-biamat-s10x").mkdir()  # not a run folder of the row
+    done = subprocess.run([sys.executable, str(SCRIPT.with_name("paired_reports.py")), str(tmp_path), "at-biamat",
+                           "at", "--report", "eval-aa100.json", "--attack", "aa"], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.splitlines()[-1].endswith("| 0, 1, 2 | -4.0, -5.0, -6.0 | -5.0 | 0.6 | reversed |")
