@@ -8,8 +8,9 @@ run here through the engine's own functions (no subprocess):
 A step is data: its command, the arguments before OUT, OUT, and its options, so `--dry-run`
 prints the very command it runs. The same type is a recipe before it is placed: OUT a bare file
 name and `{data}` in the arguments standing for the folder OUT will be in (studies/paper_data.py
-holds the paper-scale files so), `at(folder)` placing it. A step whose OUT exists is done (every writer publishes its
-file atomically, so a file that exists is whole); robustify resumes its own saved chunks.
+holds the paper-scale files so), `at(folder)` placing it. A step whose OUT exists is done (every
+writer publishes its file atomically, so a file that exists is whole); robustify resumes its own
+saved chunks.
 """
 
 from __future__ import annotations
