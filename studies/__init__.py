@@ -2,9 +2,9 @@
 A study is a paper table as one command (`biamat-engine study NAME`):
 
     grids.py         the registry: each study's rows (runs) and how its table labels them
-    paper_data.py    the paper-scale .beton files and the `prepare` command that writes each
+    paper_data.py    the paper-scale .beton files, each as the data step (command) that writes it
     paper_numbers.toml  the paper's published numbers (Tables 1-7, 13), as printed
-    data_steps.py    the data files a study makes itself (pseudo-label, robustify, prepare)
+    data_steps.py    DataStep: a command that writes one data file (prepare, pseudo-label, robustify)
     plan.py          grid x scale x seeds -> runs, each with its config, commands and folder
     runner.py        execute each run: skip the finished, resume the interrupted, evaluate
     scheduler.py     the runs as submitit jobs (`--jobs N` here, or Slurm), each after the runs it needs

@@ -6,15 +6,18 @@ run here through the engine's own functions (no subprocess):
     robustify     engine.robustify.robustify         (Table 6: Ilyas et al.'s robust dataset)
 
 A step is data: its command, the arguments before OUT, OUT, and its options, so `--dry-run`
-prints the very command it runs. A step whose OUT exists is done (every writer publishes its
-file atomically, so a file that exists is whole); robustify resumes its own saved chunks.
+prints the very command it runs. The same type is a recipe before it is placed: OUT a bare file
+name and `{data}` in the arguments standing for the folder OUT will be in (studies/paper_data.py
+holds the paper-scale files so), `at(folder)` placing it. A step whose OUT exists is done (every
+writer publishes its file atomically, so a file that exists is whole); robustify resumes its own
+saved chunks.
 """
 
 from __future__ import annotations
 
 import logging
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,16 @@ class DataStep:
     """(option, value) after OUT, as the command's --options (value True: a flag)."""
     after: Path | None = None
     """The run folder whose trained model the step reads (it runs after that run)."""
+    images: int | None = None
+    """Images in the file as published, where known: the plan's estimate reads it while the file
+    is not there yet."""
+
+    def at(self, folder: str | Path) -> "DataStep":
+        """This recipe writing its file (OUT's name) in `folder`, `{data}` in its arguments
+        standing for that folder, so files made from other files find them beside it."""
+        folder = Path(folder)
+        return replace(self, args=tuple(a.replace("{data}", str(folder)) for a in self.args),
+                       out=folder / self.out.name)
 
     @property
     def done(self) -> bool:

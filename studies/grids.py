@@ -18,7 +18,8 @@ here, with no change to the planner or the runner:
   models once (Table 6: one robust dataset per source model, then 5 runs on it);
 - a row that trains on data the study makes from a helper's run (Tables 3/7: pseudo-labels;
   Table 6: a robust dataset; Table 5 at demo scale: parts of the primary set) declares it as
-  `derived` (data_steps.py makes the file before the row's first run, skipped when it exists);
+  `derived`, naming the file its preset reads (paper_data.py holds how it is made; the study
+  makes it before the row's first run, skipped when it exists);
 - a grid evaluated otherwise than the scale's attacks names them (`attacks`);
 - a grid whose demo stand-ins differ from the usual ones gives `stand_ins`;
 - the paper's numbers for a row are looked up under `paper` (`TABLE.ROW` in
@@ -32,6 +33,8 @@ import re
 from dataclasses import dataclass, field
 
 from kernels.errors import InputError
+from studies.data_steps import DataStep
+from studies.paper_data import PAPER_FILES
 
 RUN_REF = re.compile(r"\{run:([^}]+)\}")
 """`{run:ROW}` in a row's setting: that row's run folder."""
@@ -43,44 +46,56 @@ DATASET_NAMES = {
 }
 
 
-# What each command of a Derived makes, and the data of the row it takes the place of.
-DERIVED_COMMANDS = {
+# The data of the row that a Derived file takes the place of, by the command that writes it.
+DERIVED_ROLES = {
     "pseudo-label": "aux",  # the row's (one) auxiliary dataset, labelled by the helper's model
     "robustify": "primary",  # the helper's primary training set, remade from its model's features
-    "parts": "primary",  # demo scale: the union of stratified parts of the primary set (Table 5)
+    "prepare": "primary",  # Table 5: the union of stratified parts of the primary set
 }
 
 
 @dataclass(frozen=True)
 class Derived:
-    """Data a row trains on that the study makes itself, with the command that makes such data
-    (biamat-engine pseudo-label / robustify / prepare), before the row's first run."""
+    """Data a row trains on in place of its own data.primary or data.aux (`role`): the file
+    `file`, whose recipe (paper_data.PAPER_FILES: command and paper-scale options) says how it is
+    made. With a helper `run`, the study makes it before the row's first run from that run's
+    model: at paper scale by the recipe under --data-dir, at demo scale by the same command with
+    `demo_options` on the shapes stand-in. Without one (Table 5's parts of CIFAR-10, prepared from
+    the raw data), paper-scale rows read the prepared file and the demo scale makes its parts of
+    the primary shapes set."""
 
-    command: str
-    """`pseudo-label`: the row's auxiliary data labelled by `run`'s model (its data.aux);
-    `robustify`: `run`'s primary training set remade from its model's features (data.primary);
-    `parts`: at demo scale, the union of the parts `use` of a stratified split of the primary
-    set (data.primary; at paper scale the row's preset reads the prepared parts)."""
+    file: str
+    """The file's name under --data-dir at paper scale (the name the row's preset reads, where it
+    reads one: a file made by hand is used as it is); at demo scale the study names its files by
+    what they hold."""
     run: str | None = None
     """The (helper) row whose trained model makes the data."""
-    file: str = ""
-    """Its file under --data-dir at paper scale, as the row's preset names it (so a file made
-    by hand is used as it is); at demo scale the study names its files by what they hold."""
-    paper_options: tuple[tuple[str, object], ...] = ()
-    """The command's options at paper scale, as (option, value) (value True: a flag)."""
     demo_options: tuple[tuple[str, object], ...] = ()
-    """The command's options at demo scale (fewer steps, fewer images)."""
+    """The command's options at demo scale (fewer steps, fewer images), as (option, value) (value
+    True: a flag); without a `run`: the parts (`parts` sizes, the parts to `use`, the `noisy` ones
+    and their `uniform-noise`)."""
 
     def __post_init__(self) -> None:
-        if self.command not in DERIVED_COMMANDS:
-            raise ValueError(f"derived data: unknown command {self.command!r}; expected {', '.join(DERIVED_COMMANDS)}")
-        if (self.run is None) != (self.command == "parts"):
-            raise ValueError(f"derived data by {self.command}: `run` names the row whose model makes it "
+        if self.file not in PAPER_FILES:
+            raise ValueError(f"derived data: no recipe for {self.file!r} in studies/paper_data.py PAPER_FILES")
+        if self.command not in DERIVED_ROLES:
+            raise ValueError(f"derived data {self.file}: made by {self.command}; expected one of {', '.join(DERIVED_ROLES)}")
+        if (self.run is None) != (self.command == "prepare"):
+            raise ValueError(f"derived data {self.file} by {self.command}: `run` names the row whose model makes it "
                              "(pseudo-label, robustify), and only then")
 
     @property
+    def recipe(self) -> DataStep:
+        """The step writing the file at paper scale, its inputs as the presets name them."""
+        return PAPER_FILES[self.file]
+
+    @property
+    def command(self) -> str:
+        return self.recipe.command
+
+    @property
     def role(self) -> str:
-        return DERIVED_COMMANDS[self.command]
+        return DERIVED_ROLES[self.command]
 
 
 @dataclass(frozen=True)
@@ -359,10 +374,10 @@ def _classifier(primary: str, prefixed: bool) -> Row:
                method="standard", primary=primary, preset=f"{primary}-standard", helper=True)
 
 
-# ImageNet-(N x 100)k: the top N x 10k (CIFAR-10) or N x 1k (CIFAR-100) images per class by the
-# classifier's confidence. Demo: about the same share of the stand-in's 4000 images.
-_TOP_K = {("cifar10", 500): (50_000, 150), ("cifar10", 250): (25_000, 75), ("cifar10", 100): (10_000, 30),
-          ("cifar100", 500): (5_000, 100), ("cifar100", 250): (2_500, 50), ("cifar100", 100): (1_000, 20)}
+# ImageNet-(N x 100)k at demo scale: the top K per class that takes about the same share of the
+# stand-in's 4000 images as the paper's (paper_data.py) of ImageNet's.
+_DEMO_TOP_K = {("cifar10", 500): 150, ("cifar10", 250): 75, ("cifar10", 100): 30,
+               ("cifar100", 500): 100, ("cifar100", 250): 50, ("cifar100", 100): 20}
 # The fine-tuning from a pre-training (the presets' init.heads and schedule, Appendix E), at
 # demo scale a fifth of the demo's epochs from the pre-training's best checkpoint.
 _FINETUNE = ("init.heads=new", "optim.schedule_offset=global-step")
@@ -384,19 +399,14 @@ def _carmon(primary: str, aux: str, size: int | None, prefixed: bool, published:
     the primary classifier, every image (--all) or the top `size`k (ImageNet-500k...)."""
     source = "imagenet32" if aux == "imagenet" else {"places365": "places365-32"}.get(aux, aux)
     name = f"{aux}{size}k" if size else aux
-    if size:
-        paper_k, demo_k = _TOP_K[(primary, size)]
-        at_paper, at_demo = (("top-k-per-class", paper_k),), (("top-k-per-class", demo_k),)
-    else:
-        at_paper = at_demo = (("all", True),)
+    at_demo = (("top-k-per-class", _DEMO_TOP_K[(primary, size)]),) if size else (("all", True),)
     label = f"ImageNet-{size}k" if size else DATASET_NAMES[aux]
     return Row(f"{_prefix(primary, prefixed)}carmon-{name}",
                (DATASET_NAMES[primary], "Carmon et al. (pseudo-labels)", label)[-2 - prefixed:],
                method="trades", primary=primary, aux=(aux,), aux_mode="pseudo",
                preset=f"{primary}-trades-pseudo-imagenet500k", published=published,
-               derived=Derived("pseudo-label", run=f"classifier-{primary}",
-                               file=f"{source}-pseudo-{primary}-{f'{size}k' if size else 'all'}.beton",
-                               paper_options=at_paper, demo_options=at_demo))
+               derived=Derived(f"{source}-pseudo-{primary}-{f'{size}k' if size else 'all'}.beton",
+                               run=f"classifier-{primary}", demo_options=at_demo))
 
 
 def _biamat(primary: str, aux: str, prefixed: bool, published: str | None = None) -> Row:
@@ -483,10 +493,9 @@ register(Grid(
     rows=(Row("source-at", ("source model: AT",), preset="cifar10-at", helper=True),
           Row("source-biamat", ("source model: AT+BiaMAT",), aux=("imagenet",), helper=True),
           Row("at", ("AT",), method="standard", preset="cifar10-robust-at",
-              derived=Derived("robustify", run="source-at", file="c10-robust-at.beton", demo_options=(("steps", 100),))),
+              derived=Derived("c10-robust-at.beton", run="source-at", demo_options=(("steps", 100),))),
           Row("biamat", ("AT+BiaMAT",), method="standard", preset="cifar10-robust-biamat",
-              derived=Derived("robustify", run="source-biamat", file="c10-robust-biamat.beton",
-                              demo_options=(("steps", 100),)))),
+              derived=Derived("c10-robust-biamat.beton", run="source-biamat", demo_options=(("steps", 100),)))),
     paper_table="table6",
     attacks=("clean", "fgsm"),
 ))
@@ -509,8 +518,8 @@ register(Grid(
     rows=tuple(Row(f"{parts.lower()}-b{batch}", (str(batch), label), method="standard",
                    preset=f"cifar-{parts.lower()}-standard" + ("" if batch == 128 else f"-b{batch}"),
                    demo=(f"data.batch_size={demo_batch}",),
-                   derived=Derived("parts", demo_options=(("parts", "400,200,200"), ("use", parts), ("noisy", "C"),
-                                                          ("uniform-noise", 64))))
+                   derived=Derived(f"cifar-{parts}.beton", demo_options=(("parts", "400,200,200"), ("use", parts),
+                                                                         ("noisy", "C"), ("uniform-noise", 64))))
                for batch, demo_batch in ((128, 16), (1024, 128)) for parts, label in _TABLE5_PARTS.items()),
     paper_table="table5",
     attacks=("clean",),

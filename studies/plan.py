@@ -19,9 +19,10 @@ Scales turn a grid row (the paper's terms, grids.Row) into a preset plus typed o
 
 Data a row trains on that the study makes itself (grids.Derived: pseudo-labels, robust
 datasets, Table 5's parts) becomes DataSteps (data_steps.py), made from the helper's run of the
-study's first seed: at paper scale under --data-dir with the name the row's preset reads, at
-demo scale under OUT/data (the shapes inputs written as .beton files first, since the commands
-read files).
+study's first seed: at paper scale by the recipe of the file the row's preset reads
+(paper_data.PAPER_FILES), under --data-dir, the study's helper run and data its inputs; at demo
+scale by the same command under OUT/data (the shapes inputs written as .beton files first, since
+the commands read files).
 
 The paper's datasets have no place on a laptop, so at demo scale each stands in as a shapes set
 (STAND_INS; shapes `groups` keeps related classes, unrelated ones or both; see
@@ -234,10 +235,12 @@ class PaperScale:
 
     def derive(self, derived: Derived, row_cfg: "TrainConfig", helper: "RunPlan | None",
                out: Path, data_dir: Path) -> list[DataStep]:
-        if derived.command == "parts":
+        if derived.run is None:
             return []  # the row's preset reads the prepared parts (paper_data.py: their prepare commands)
-        return [DataStep(derived.command, (str(helper.dir), _derived_input(derived, row_cfg, helper)),
-                         data_dir / derived.file, derived.paper_options + _device_option(helper), after=helper.dir)]
+        recipe = derived.recipe.at(data_dir)
+        # The recipe's inputs are the presets' (runs/PRESET, the data folder's file): the study's are its own.
+        return [dataclasses.replace(recipe, args=(str(helper.dir), _derived_input(derived, row_cfg, helper)),
+                                    options=recipe.options + _device_option(helper), after=helper.dir)]
 
     def inputs(self, seed: int, data_dir: Path) -> list[DataStep]:
         return []  # the paper's files are prepared by hand (missing_data_message prints the commands)
@@ -299,7 +302,7 @@ class ShapesScale:
     def derive(self, derived: Derived, row_cfg: "TrainConfig", helper: "RunPlan | None",
                out: Path, data_dir: Path) -> list[DataStep]:
         data = out / "data"
-        if derived.command == "parts":
+        if derived.run is None:
             return _parts_steps(dict(derived.demo_options), row_cfg.data.primary, data)
         source = _shapes_file(_derived_input(derived, row_cfg, helper), data)
         step = DataStep(derived.command, (str(helper.dir), str(source.out)), Path(), derived.demo_options + _device_option(helper),

@@ -427,6 +427,21 @@ def test_table5_at_demo_scale_joins_stratified_parts_of_the_primary_shapes_made_
         "biamat-engine prepare concat")
 
 
+def test_derived_data_is_declared_by_a_paper_file_whose_recipe_gives_its_command_and_role():
+    from studies.grids import Derived
+
+    robust = Derived("c10-robust-at.beton", run="source-at")
+    assert (robust.command, robust.role, robust.recipe.images) == ("robustify", "primary", 50_000)
+    assert Derived("imagenet32-pseudo-cifar100-250k.beton", run="c").recipe.options == (("top-k-per-class", 2500),)
+    assert Derived("cifar-AC.beton").role == "primary"
+    with pytest.raises(ValueError, match="no recipe for 'mine.beton'"):
+        Derived("mine.beton", run="source-at")
+    with pytest.raises(ValueError, match="`run` names the row whose model makes it"):
+        Derived("c10-robust-at.beton")  # robustify needs a model
+    with pytest.raises(ValueError, match="`run` names the row whose model makes it"):
+        Derived("cifar-A.beton", run="source-at")  # prepared from raw data: no model
+
+
 def test_a_data_step_writes_what_its_prepare_command_writes(tmp_path):
     from studies.data_steps import DataStep
     from loaders.beton import read_beton

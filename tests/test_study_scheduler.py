@@ -89,7 +89,7 @@ def test_study_jobs_2_trains_side_by_side_and_writes_the_table_once(tiny, tmp_pa
 WITH_DATA = Grid(name="chain", title="t", about="a", columns=("step",),
                  rows=(Row("pre", ("pre-train",), helper=True),
                        Row("fine", ("fine-tune",), settings=("init.source={run:pre}", "init.heads=new")),
-                       Row("part", ("part",), derived=Derived("parts", demo_options=(("parts", "12,12"), ("use", "A"))))))
+                       Row("part", ("part",), derived=Derived("cifar-A.beton", demo_options=(("parts", "12,12"), ("use", "A"))))))
 TIMING = ("seconds", "images_per_s", "eval_seconds", "clean_seconds", "model", "date", "host", "device_name")
 
 
