@@ -139,9 +139,10 @@ class StudyTable:
         grid, plan = self.plan.grid, self.plan
         lines = [f"# Study `{grid.name}` at {plan.scale} scale", "", grid.title, "", grid.about, ""]
         if plan.scale != "paper":
-            own = "".join(f" This study stands {DATASET_NAMES[d]} in by {_GROUP_WORDS[g]} (shapes groups={g})."
+            data = plan.scale if plan.scale in _STAND_IN_NOTES else "demo"  # a smaller shapes scale is the demo's
+            own = "".join(f" This study stands {DATASET_NAMES[d]} in by {_GROUP_WORDS[data][g]} (groups={g})."
                           for d, g in grid.stand_ins.items())
-            lines += [_STAND_IN_NOTE + own, ""]
+            lines += [_STAND_IN_NOTES[data] + own, ""]
         info = {"seeds": ", ".join(map(str, plan.seeds)), "runs": str(len(plan.runs)), **(facts or {})}
         lines += [f"- {k}: {v}" for k, v in info.items()] + [""]
         lines += ["## Accuracy (%)", "", self._results_table(), ""]
@@ -251,17 +252,30 @@ class StudyTable:
         return md, table_csv
 
 
-_STAND_IN_NOTE = (
-    "Scale: the demo preset (engine/presets/demo.toml) on the built-in shapes data, not the paper's "
-    "data. The paper's datasets are stood in for by shapes sets chosen by what the paper says of each "
-    "(studies/plan.py STAND_INS): SVHN by unrelated textures only; CIFAR-100, Places365 and "
-    "ImgNet900 by both related and unrelated classes; ImageNet by related classes only (the primary's "
-    "shapes in another domain); CIFAR-100 and ImgNet100 as primary data by 16 shape classes instead of "
-    "10. The paper's numbers are beside ours for the direction of each effect, not for their size.")
-
-
-_GROUP_WORDS = {"all": "related and unrelated classes", "related": "related classes only",
-                "unrelated": "unrelated textures only"}
+# What each laptop scale's data is, in place of the paper's (studies/plan.py STAND_INS).
+_STAND_IN_NOTES = {
+    "demo": (
+        "Scale: the demo preset (engine/presets/demo.toml) on the built-in shapes data, not the paper's "
+        "data. The paper's datasets are stood in for by shapes sets chosen by what the paper says of each "
+        "(studies/plan.py STAND_INS): SVHN by unrelated textures only; CIFAR-100, Places365 and "
+        "ImgNet900 by both related and unrelated classes; ImageNet by related classes only (the primary's "
+        "shapes in another domain); CIFAR-100 and ImgNet100 as primary data by 16 shape classes instead of "
+        "10. The paper's numbers are beside ours for the direction of each effect, not for their size."),
+    "fashion-mnist": (
+        "Scale: the fashion-mnist preset (engine/presets/fashion-mnist.toml) on real images, not the paper's "
+        "data (studies/fashion_mnist.py): CIFAR-10 is stood in for by Fashion-MNIST's classes 0-4 (60 training "
+        "images each, 300 test images), and the paper's auxiliary datasets by what the paper says of each "
+        "(studies/plan.py STAND_INS): SVHN by grey textures only (an unrelated domain); CIFAR-100 and "
+        "Places365 by both Fashion-MNIST's other five classes and the textures; ImageNet by Fashion-MNIST's "
+        "other five classes only (same source, other classes). The paper's numbers are beside ours for the "
+        "direction of each effect, not for their size."),
+}
+_GROUP_WORDS = {
+    "demo": {"all": "related and unrelated classes", "related": "related classes only",
+             "unrelated": "unrelated textures only"},
+    "fashion-mnist": {"all": "Fashion-MNIST's other classes and the textures",
+                      "related": "Fashion-MNIST's other classes only", "unrelated": "the textures only"},
+}
 
 
 def _published(numbers: dict[str, float], metric: str) -> str:
