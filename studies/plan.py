@@ -203,8 +203,23 @@ def _autoattack_installed() -> bool:
         return False
 
 
+class _EveryRowOwnData:
+    """What most scales share: no input files of their own to make (the paper's are prepared by
+    hand, missing_data_message prints the commands; shapes are generated in memory), every row
+    runs, and the data's own related flags group the auxiliary classes."""
+
+    def inputs(self, seed: int, data_dir: Path) -> list[DataStep]:
+        return []
+
+    def unsupported(self, row: Row) -> str | None:
+        return None
+
+    def class_groups(self) -> dict[str, str] | None:
+        return None
+
+
 @dataclass(frozen=True)
-class PaperScale:
+class PaperScale(_EveryRowOwnData):
     """The paper's data and hyperparameters: each row's preset, data under --data-dir."""
 
     name: str = "paper"
@@ -242,18 +257,9 @@ class PaperScale:
         return [dataclasses.replace(recipe, args=(str(helper.dir), _derived_input(derived, row_cfg, helper)),
                                     options=recipe.options + _device_option(helper), after=helper.dir)]
 
-    def inputs(self, seed: int, data_dir: Path) -> list[DataStep]:
-        return []  # the paper's files are prepared by hand (missing_data_message prints the commands)
-
-    def unsupported(self, row: Row) -> str | None:
-        return None
-
-    def class_groups(self) -> dict[str, str] | None:
-        return None
-
 
 @dataclass(frozen=True)
-class ShapesScale:
+class ShapesScale(_EveryRowOwnData):
     """The demo preset on the built-in shapes data: the paper's grid in minutes per run on a CPU."""
 
     name: str = "demo"
@@ -308,15 +314,6 @@ class ShapesScale:
         step = DataStep(derived.command, (str(helper.dir), str(source.out)), Path(), derived.demo_options + _device_option(helper),
                         after=helper.dir)
         return [source, _named(step, data)]
-
-    def inputs(self, seed: int, data_dir: Path) -> list[DataStep]:
-        return []  # generated in memory
-
-    def unsupported(self, row: Row) -> str | None:
-        return None
-
-    def class_groups(self) -> dict[str, str] | None:
-        return None
 
 
 @dataclass(frozen=True)
