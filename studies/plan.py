@@ -203,7 +203,7 @@ def _autoattack_installed() -> bool:
         return False
 
 
-class _EveryRowOwnData:
+class _MakesNoData:
     """What most scales share: no input files of their own to make (the paper's are prepared by
     hand, missing_data_message prints the commands; shapes are generated in memory), every row
     runs, and the data's own related flags group the auxiliary classes."""
@@ -219,7 +219,7 @@ class _EveryRowOwnData:
 
 
 @dataclass(frozen=True)
-class PaperScale(_EveryRowOwnData):
+class PaperScale(_MakesNoData):
     """The paper's data and hyperparameters: each row's preset, data under --data-dir."""
 
     name: str = "paper"
@@ -259,7 +259,7 @@ class PaperScale(_EveryRowOwnData):
 
 
 @dataclass(frozen=True)
-class ShapesScale(_EveryRowOwnData):
+class ShapesScale(_MakesNoData):
     """The demo preset on the built-in shapes data: the paper's grid in minutes per run on a CPU."""
 
     name: str = "demo"
