@@ -38,7 +38,10 @@ def main() -> None:
     parser.add_argument("--attack", default="pgd20")
     args = parser.parse_args()
     rows = {row: robust_by_seed(args.study, row, args.report, args.attack) for row in (args.row_a, args.row_b)}
-    c = compare(rows, args.row_a, args.row_b)
+    try:
+        c = compare(rows, args.row_a, args.row_b)
+    except ValueError as err:  # an unknown row, or no seed with both reports
+        raise SystemExit(f"{err} (in {args.report}, attack {args.attack})") from None
     for row in (args.row_a, args.row_b):
         print(f"{row}: " + ", ".join(f"s{s} {100 * rows[row][s]:.1f}" for s in c.seeds))
     print(f"| {args.row_a} > {args.row_b} ({args.attack}, {args.report}) | {', '.join(map(str, c.seeds))} | "
