@@ -100,22 +100,36 @@ def demo_command(
                "epochs_override": epochs, "results": {}}
     write_json_output(demo.summary, "demo", summary)  # first: its record marks the folder as this demo's
 
-    steps = 1 + 2 * len(arms)
+    side_by_side = _side_by_side(device, len(arms))
+    steps = 2 if side_by_side else 1 + 2 * len(arms)
     err_console.print(f"[bold]1/{steps}[/] writing the {chosen.name} datasets as .beton files into {demo.data}")
     paths = chosen.make(arms)
     configs = {arm: pipeline.arm_config(arm, chosen, paths, device, seed, epochs) for arm in arms}
-    for i, arm in enumerate(arms):
-        cfg = configs[arm]
-        warm = f", warm-up {cfg.method.warmup_epochs}" if arm == "biamat" else ""
-        err_console.print(f"[bold]{2 + i}/{steps}[/] training {ARMS[arm]}: {cfg.model.name}, {cfg.optim.epochs} "
-                          f"epochs{warm}, into {demo.arm(arm).root}")
-        summary["results"][arm] = _train_arm(cfg, demo.arm(arm).root)
+    roots = {arm: demo.arm(arm).root for arm in arms}
+    if side_by_side:
+        err_console.print(f"[bold]2/{steps}[/] training and evaluating {' and '.join(ARMS[a] for a in arms)} side by "
+                          f"side, one CPU thread each (as the study's runs): {configs[arms[0]].model.name}, "
+                          f"{configs[arms[0]].optim.epochs} epochs, into {demo.root}")
+        done = pipeline.arms_side_by_side(configs, roots, paths["test"], device, chosen)
+        for arm in arms:
+            print_epoch_table(done[arm][0])
+            summary["results"][arm] = done[arm][1]
         write_json_output(demo.summary, "demo", summary)
-    for i, arm in enumerate(arms):
-        err_console.print(f"[bold]{2 + len(arms) + i}/{steps}[/] evaluating {ARMS[arm]}'s best model on the "
-                          f"{chosen.test_words} (clean, PGD-20)")
-        summary["results"][arm].update(pipeline.evaluate_arm(demo.arm(arm).root, paths["test"], device, chosen))
-        write_json_output(demo.summary, "demo", summary)
+    else:
+        if _on_cpu(device):
+            pipeline.one_thread()
+        for i, arm in enumerate(arms):
+            cfg = configs[arm]
+            warm = f", warm-up {cfg.method.warmup_epochs}" if arm == "biamat" else ""
+            err_console.print(f"[bold]{2 + i}/{steps}[/] training {ARMS[arm]}: {cfg.model.name}, {cfg.optim.epochs} "
+                              f"epochs{warm}, into {roots[arm]}")
+            summary["results"][arm] = _train_arm(cfg, roots[arm])
+            write_json_output(demo.summary, "demo", summary)
+        for i, arm in enumerate(arms):
+            err_console.print(f"[bold]{2 + len(arms) + i}/{steps}[/] evaluating {ARMS[arm]}'s best model on the "
+                              f"{chosen.test_words} (clean, PGD-20)")
+            summary["results"][arm].update(pipeline.evaluate_arm(roots[arm], paths["test"], device, chosen))
+            write_json_output(demo.summary, "demo", summary)
 
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["verdict"] = pipeline.verdict(summary["results"], chosen.name)
@@ -126,6 +140,19 @@ def demo_command(
     summary["status"] = "done"
     write_json_output(demo.summary, "demo", summary)
     _print_results(summary, demo, chosen)
+
+
+def _on_cpu(device: str) -> bool:
+    from engine.runtime import resolve_device
+
+    return resolve_device(device).type == "cpu"
+
+
+def _side_by_side(device: str, arms: int) -> bool:
+    """On a CPU with a core for each arm, the arms train at once, one thread each."""
+    from loaders.options import available_cores
+
+    return arms > 1 and _on_cpu(device) and available_cores() >= arms
 
 
 def _default_data(shapes_options: list[str], source: Optional[Path]) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -148,6 +149,53 @@ def train_arm(cfg: "TrainConfig", run_dir: Path, on_step: Callable | None = None
     records = train(cfg, run_dir, overwrite=True, on_step=on_step)
     return records, {"train_seconds": round(time.perf_counter() - started, 1), "epochs": cfg.optim.epochs,
                      "model": cfg.model.name, "aux_mode": cfg.method.aux_mode}
+
+
+class EpochLines:
+    """Progress of an arm trained in another process: one line per finished epoch on stderr
+    (picklable, unlike a progress bar)."""
+
+    def __init__(self, arm: str, epochs: int) -> None:
+        self.arm, self.epochs = arm, epochs
+
+    def __call__(self, epoch: int, batch: int, batches: int, images_per_s: float) -> None:
+        if batch == batches:
+            print(f"  {ARMS[self.arm]}: epoch {epoch + 1}/{self.epochs} trained ({images_per_s:.0f} img/s)",
+                  file=sys.stderr, flush=True)
+
+
+def one_thread() -> None:
+    """A CPU arm's process trains with one thread, as every study run did: the thread count
+    changes the order of floating-point sums, and on a problem this small that alone moves a
+    run's accuracy by several points (docs/fashion-mnist-study.md), so one thread is what lets
+    the demo repeat the study's run of its seed."""
+    import os
+
+    os.environ["OMP_NUM_THREADS"] = os.environ["NUMBA_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def train_and_evaluate(arm: str, cfg: "TrainConfig", run_dir: Path, test: Path, device: str,
+                       data: DemoData) -> tuple[list[dict], dict]:
+    """One arm, start to end, in the calling process: (epoch records, facts with the evaluation)."""
+    records, facts = train_arm(cfg, run_dir, on_step=EpochLines(arm, cfg.optim.epochs))
+    facts.update(evaluate_arm(run_dir, test, device, data))
+    return records, facts
+
+
+def arms_side_by_side(configs: dict[str, "TrainConfig"], roots: dict[str, Path], test: Path, device: str,
+                      data: DemoData) -> dict[str, tuple[list[dict], dict]]:
+    """Every arm in a process of its own, one thread each, at once (a CPU with a core per arm):
+    the demo's wall time is its slowest arm's."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(len(configs), mp_context=get_context("spawn"), initializer=one_thread) as pool:
+        futures = {arm: pool.submit(train_and_evaluate, arm, cfg, roots[arm], test, device, data)
+                   for arm, cfg in configs.items()}
+        return {arm: future.result() for arm, future in futures.items()}
 
 
 def evaluate_arm(run_dir: Path, test: Path, device: str, data: DemoData | None = None) -> dict:
