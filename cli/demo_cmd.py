@@ -4,6 +4,7 @@ prints the table."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -116,20 +117,8 @@ def demo_command(
             summary["results"][arm] = done[arm][1]
         write_json_output(demo.summary, "demo", summary)
     else:
-        if _on_cpu(device):
-            pipeline.one_thread()
-        for i, arm in enumerate(arms):
-            cfg = configs[arm]
-            warm = f", warm-up {cfg.method.warmup_epochs}" if arm == "biamat" else ""
-            err_console.print(f"[bold]{2 + i}/{steps}[/] training {ARMS[arm]}: {cfg.model.name}, {cfg.optim.epochs} "
-                              f"epochs{warm}, into {roots[arm]}")
-            summary["results"][arm] = _train_arm(cfg, roots[arm])
-            write_json_output(demo.summary, "demo", summary)
-        for i, arm in enumerate(arms):
-            err_console.print(f"[bold]{2 + len(arms) + i}/{steps}[/] evaluating {ARMS[arm]}'s best model on the "
-                              f"{chosen.test_words} (clean, PGD-20)")
-            summary["results"][arm].update(pipeline.evaluate_arm(roots[arm], paths["test"], device, chosen))
-            write_json_output(demo.summary, "demo", summary)
+        with pipeline.torch_threads(1) if _on_cpu(device) else contextlib.nullcontext():
+            _arms_in_turn(arms, configs, roots, paths, device, chosen, summary, demo, steps)
 
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["verdict"] = pipeline.verdict(summary["results"], chosen.name)
@@ -167,6 +156,25 @@ def _default_data(shapes_options: list[str], source: Optional[Path]) -> str:
     err_console.print("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist): the demo runs on "
                       "the built-in shapes instead.", highlight=False)
     return "shapes"
+
+
+def _arms_in_turn(arms, configs, roots, paths, device, chosen, summary, demo, steps) -> None:
+    """Each arm trained, then each evaluated, in this process (a GPU, or a CPU with fewer cores than arms)."""
+    from engine.outputs import write_json_output
+    from studies import demo as pipeline
+
+    for i, arm in enumerate(arms):
+        cfg = configs[arm]
+        warm = f", warm-up {cfg.method.warmup_epochs}" if arm == "biamat" else ""
+        err_console.print(f"[bold]{2 + i}/{steps}[/] training {ARMS[arm]}: {cfg.model.name}, {cfg.optim.epochs} "
+                          f"epochs{warm}, into {roots[arm]}")
+        summary["results"][arm] = _train_arm(cfg, roots[arm])
+        write_json_output(demo.summary, "demo", summary)
+    for i, arm in enumerate(arms):
+        err_console.print(f"[bold]{2 + len(arms) + i}/{steps}[/] evaluating {ARMS[arm]}'s best model on the "
+                          f"{chosen.test_words} (clean, PGD-20)")
+        summary["results"][arm].update(pipeline.evaluate_arm(roots[arm], paths["test"], device, chosen))
+        write_json_output(demo.summary, "demo", summary)
 
 
 class _EpochLines:

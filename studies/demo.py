@@ -14,12 +14,13 @@ whichever arm wins.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from studies.data_steps import DataStep
 
@@ -165,16 +166,31 @@ class EpochLines:
 
 
 def one_thread() -> None:
-    """A CPU arm's process trains with one thread, as every study run did: the thread count
+    """A CPU arm's own process trains with one thread, as every study run did: the thread count
     changes the order of floating-point sums, and on a problem this small that alone moves a
     run's accuracy by several points (docs/fashion-mnist-study.md), so one thread is what lets
-    the demo repeat the study's run of its seed."""
+    the demo repeat the study's run of its seed. (A process initializer: it sets the
+    environment the process's numba and OpenMP read.)"""
     import os
 
     os.environ["OMP_NUM_THREADS"] = os.environ["NUMBA_NUM_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's thread count set to `n` in this process for the block, then given back (the
+    in-process arms of a machine with one core; the environment is left alone)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def train_and_evaluate(arm: str, cfg: "TrainConfig", run_dir: Path, test: Path, device: str,

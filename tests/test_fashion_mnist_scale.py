@@ -126,9 +126,20 @@ def test_the_demo_trains_the_studys_setting_on_fashion_mnist_and_reads_it_agains
     fx.write_idx(fm, "train", n=3000, gz=True)  # 300 of each class: the setting's draws fit
     fx.write_idx(fm, "t10k", n=600)
     out = tmp_path / "demo"
+    import os
+
+    import torch
+
+    def thread_settings():
+        return torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"), os.environ.get("NUMBA_NUM_THREADS")
+
+    before = thread_settings()
     result = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"}).invoke(
         app, ["demo", "--out", str(out), "--source", str(fm), "--device", "cpu", "--epochs", "1", "--only", "biamat"])
     assert result.exit_code == 0, result.output
+    # One arm trains in this process with one thread, and leaves the process as it found it
+    # (numba refuses a changed NUMBA_NUM_THREADS once its threads run).
+    assert thread_settings() == before
     summary = json.loads((out / "demo.json").read_text())
     assert summary["dataset"] == "fashion-mnist" and summary["status"] == "done"
     bia = tomllib.loads((out / "biamat" / "config.toml").read_text())
