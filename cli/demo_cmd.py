@@ -122,7 +122,6 @@ def demo_command(
 
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["verdict"] = pipeline.verdict(summary["results"], chosen.name)
-    study = None
     if chosen.name == "fashion-mnist":
         study = pipeline.compare_with_study(summary["results"], pipeline.read_reference(), same_setting=epochs is None)
         summary["study"] = {"lines": study.lines, "within_spread": study.within}

@@ -282,7 +282,6 @@ class ShapesScale(_MakesNoData):
         classes = PRIMARY_CLASSES[row.primary]
         stand_ins = {**STAND_INS, **grid.stand_ins}
         aux = [self._spec(demo, "aux", classes=classes, seed=seed, groups=stand_ins[a]) for a in row.aux]
-        method = load_preset(row.paper_preset())["method"]
         primary = self._spec(demo, "primary", classes=classes, seed=seed)
         test = self._spec(demo, "test", classes=classes, seed=seed)
         if row.trains_on:  # a pre-training: the auxiliary dataset's stand-in, its held-out split the test
@@ -291,9 +290,7 @@ class ShapesScale(_MakesNoData):
             groups = stand_ins[row.trains_on]
             primary = self._spec(demo, "aux", classes=classes, seed=seed, groups=groups)
             test = self._spec(demo, "aux", classes=classes, seed=seed, groups=groups, n=parse_shapes_spec(test)[1]["n"])
-        overrides: dict[str, object] = {"data.primary": primary, "data.test": test, "data.aux": aux}
-        overrides |= {f"method.{k}": method[k] for k in METHOD_KEYS if k in method}
-        overrides["method.aux_mode"] = row.aux_mode if row.aux else "none"
+        overrides = {"data.primary": primary, "data.test": test, "data.aux": aux, **_method_overrides(row)}
         # The grid's and the row's demo-scale settings, then this scale's own (a smaller scale
         # shrinks every grid), then the row's (what the row is).
         scaled = parse_overrides([*grid.demo_settings, *row.demo, *self.settings])
@@ -341,10 +338,8 @@ class FashionMnistScale:
         files = {role: str(step.out) for role, step in fashion_mnist.data_steps(data_dir, seed, self.source).items()}
         stand_ins = {**STAND_INS, **grid.stand_ins}
         aux = list(dict.fromkeys(files[role] for a in row.aux for role in fashion_mnist.AUX_ROLES[stand_ins[a]]))
-        method = load_preset(row.paper_preset())["method"]
-        overrides: dict[str, object] = {"data.primary": files["primary"], "data.test": files["test"], "data.aux": aux}
-        overrides |= {f"method.{k}": method[k] for k in METHOD_KEYS if k in method}
-        overrides["method.aux_mode"] = row.aux_mode if row.aux else "none"
+        overrides = {"data.primary": files["primary"], "data.test": files["test"], "data.aux": aux,
+                     **_method_overrides(row)}
         return fashion_mnist.PRESET, {**overrides, **parse_overrides(row.fashion), **parse_overrides(row.settings),
                                       "runtime.seed": seed}
 
@@ -367,6 +362,14 @@ class FashionMnistScale:
         from studies import fashion_mnist
 
         return list(fashion_mnist.data_steps(data_dir, seed, self.source).values())
+
+
+def _method_overrides(row: Row) -> dict[str, object]:
+    """A laptop scale's method settings for `row`: METHOD_KEYS from its paper preset, and its
+    auxiliary mode (none without auxiliary data)."""
+    method = load_preset(row.paper_preset())["method"]
+    return {**{f"method.{k}": method[k] for k in METHOD_KEYS if k in method},
+            "method.aux_mode": row.aux_mode if row.aux else "none"}
 
 
 def _shapes_options(spec: str, **changes) -> tuple[str, tuple[tuple[str, object], ...]]:
